@@ -1,0 +1,3 @@
+"""Repository-wide test settings."""
+
+pytest_plugins = ["pytester"]

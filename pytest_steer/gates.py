@@ -1,0 +1,551 @@
+"""CI gates: small expressions on config aggregates that pass or fail on a CI bound.
+
+Grammar (whitespace is free between tokens)::
+
+    gate      := [selector ":"] lhs op number
+    selector  := "alpha=" number | "baseline" | "all" | config-name
+    lhs       := metric | metric "-" "baseline"
+    op        := ">=" | ">" | "<=" | "<"
+    metric    := "strict_prompt_accuracy" | "strict_instruction_accuracy"
+               | "loose_prompt_accuracy" | "loose_instruction_accuracy" | "quality"
+               | "follow_rate[" instruction-id "]" | "loose_follow_rate[" instruction-id "]"
+
+A config name is made of letters, digits, ``_`` and ``.`` (``alpha10``, ``alpha2.5``);
+an instruction id is anything up to the closing bracket (``detectable_format:title``).
+
+Examples::
+
+    strict_prompt_accuracy >= 0.5                     every config, baseline included
+    alpha=10: strict_prompt_accuracy - baseline >= 0  steering at alpha 10 must not hurt
+    quality - baseline >= -0.5                        every steered config
+    baseline: loose_instruction_accuracy > 0.6
+    alpha10: follow_rate[detectable_format:title] >= 0.8
+
+Semantics:
+
+* Without a selector (or with ``all``) a gate applies to every config; a delta gate
+  (``metric - baseline``) applies to every steered config and cannot select the
+  baseline itself. Each selected config gives one result; a selector matching no config
+  gives one failing result.
+* A gate is decided by a confidence bound, never the point estimate: ``>=`` and ``>``
+  hold when ``ci_low`` clears the threshold, ``<=`` and ``<`` when ``ci_high`` does.
+* A delta gate bounds the paired per-prompt difference ``config - baseline`` over the
+  prompts both evaluated (:func:`pytest_steer.aggregate.compare`).
+* A gate refuses to pass when a config involved has more errored cases than the error
+  budget, when fewer prompts than the minimum were evaluated, or when the metric is
+  missing (e.g. ``quality`` with quality scoring off).
+
+Comparison with a saved run (:func:`compare_runs`) matches configs by name and flags a
+regression of a metric when the paired delta ``current - saved`` is surely worse than
+its tolerance: ``ci_high < -tolerance``. Noise alone therefore does not fail a build;
+a drop larger than the tolerance that the CI cannot explain does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_steer.aggregate import (
+    ACCURACY_METRICS,
+    FOLLOW_RATE_PREFIXES,
+    METRICS,
+    ConfigAggregate,
+    compare,
+    follow_rate_name,
+    is_metric_name,
+)
+from pytest_steer.stats import Interval
+
+COMPARISON_OPS = (">=", ">", "<=", "<")
+_METRIC_CHOICES = ", ".join((*METRICS, *(f"{p}[<instruction id>]" for p in FOLLOW_RATE_PREFIXES)))
+
+
+class GateSyntaxError(ValueError):
+    """An invalid gate expression; the message points at the offending position."""
+
+    def __init__(self, text: str, position: int, problem: str) -> None:
+        self.text = text
+        self.position = position
+        self.problem = problem
+        super().__init__(f"invalid gate: {problem}\n  {text}\n  {' ' * position}^")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which configs a gate applies to: ``default``, ``all``, ``name`` or ``alpha``."""
+
+    kind: str
+    value: str | float | None = None
+
+    def matches(self, agg: ConfigAggregate, *, delta: bool) -> bool:
+        if delta and agg.is_baseline:
+            return False
+        if self.kind == "name":
+            return agg.name == self.value
+        if self.kind == "alpha":
+            return agg.alpha is not None and math.isclose(agg.alpha, float(self.value))
+        return True
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A parsed gate expression."""
+
+    text: str
+    selector: Selector
+    metric: str
+    delta: bool
+    op: str
+    threshold: float
+
+    @property
+    def lhs(self) -> str:
+        return f"{self.metric} - baseline" if self.delta else self.metric
+
+    @property
+    def bound(self) -> str:
+        """The CI bound that decides the gate."""
+        return "ci_low" if self.op in (">=", ">") else "ci_high"
+
+    def holds(self, observed: Interval) -> bool:
+        value = observed.ci_low if self.bound == "ci_low" else observed.ci_high
+        return {
+            ">=": value >= self.threshold,
+            ">": value > self.threshold,
+            "<=": value <= self.threshold,
+            "<": value < self.threshold,
+        }[self.op]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The verdict of one gate on one config (``config`` is ``None`` when none matched)."""
+
+    gate: str
+    config: str | None
+    passed: bool
+    observed: Interval | None
+    threshold: float
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate,
+            "config": self.config,
+            "passed": self.passed,
+            "observed": None if self.observed is None else self.observed.to_dict(),
+            "threshold": self.threshold,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """Whether one metric of one config regressed against a saved run."""
+
+    config: str
+    metric: str
+    tolerance: float
+    passed: bool
+    observed: Interval | None  # paired delta current - saved
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "metric": self.metric,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+            "observed": None if self.observed is None else self.observed.to_dict(),
+            "message": self.message,
+        }
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # name, number, bracket, op, colon, equals, minus, plus, end
+    text: str
+    position: int
+
+
+_NAME_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_NAME_CHARS = _NAME_START | set("0123456789.")
+_DIGITS = set("0123456789")
+_PUNCTUATION = {":": "colon", "=": "equals", "-": "minus", "+": "plus"}
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c in _NAME_START:
+            end = i
+            while end < len(text) and text[end] in _NAME_CHARS:
+                end += 1
+            tokens.append(_Token("name", text[i:end], i))
+            i = end
+        elif c in _DIGITS or (c == "." and text[i + 1 : i + 2] in _DIGITS):
+            end = _scan_number(text, i)
+            tokens.append(_Token("number", text[i:end], i))
+            i = end
+        elif c == "[":
+            close = text.find("]", i + 1)
+            if close < 0:
+                raise GateSyntaxError(text, i, "unclosed '[': expected ']' after the instruction id")
+            content = text[i + 1 : close].strip()
+            if not content:
+                raise GateSyntaxError(text, i + 1, "expected an instruction id inside '[...]'")
+            tokens.append(_Token("bracket", content, i))
+            i = close + 1
+        elif c in "<>":
+            op = c + "=" if text[i + 1 : i + 2] == "=" else c
+            tokens.append(_Token("op", op, i))
+            i += len(op)
+        elif c in _PUNCTUATION:
+            tokens.append(_Token(_PUNCTUATION[c], c, i))
+            i += 1
+        else:
+            raise GateSyntaxError(text, i, f"unexpected character {c!r}")
+    tokens.append(_Token("end", "", len(text)))
+    return tokens
+
+
+def _scan_number(text: str, start: int) -> int:
+    """End of the decimal number starting at ``start`` (digits, fraction, exponent)."""
+    end = start
+    while end < len(text) and text[end] in _DIGITS:
+        end += 1
+    if end < len(text) and text[end] == ".":
+        end += 1
+        while end < len(text) and text[end] in _DIGITS:
+            end += 1
+    if end < len(text) and text[end] in "eE":
+        exponent = end + 1
+        if exponent < len(text) and text[exponent] in "+-":
+            exponent += 1
+        if exponent < len(text) and text[exponent] in _DIGITS:
+            end = exponent
+            while end < len(text) and text[end] in _DIGITS:
+                end += 1
+    return end
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.index = 0
+
+    def peek(self, ahead: int = 0) -> _Token:
+        return self.tokens[min(self.index + ahead, len(self.tokens) - 1)]
+
+    def advance(self) -> _Token:
+        token = self.peek()
+        self.index += 1
+        return token
+
+    def fail(self, token: _Token, problem: str) -> GateSyntaxError:
+        return GateSyntaxError(self.text, token.position, problem)
+
+    def gate(self) -> Gate:
+        selector_token = self.peek()
+        selector = self.selector()
+        metric = self.metric()
+        delta = self.baseline_suffix()
+        if delta and selector.kind == "name" and selector.value == "baseline":
+            raise self.fail(
+                selector_token,
+                "a delta gate compares steered configs with the baseline; it cannot select 'baseline'",
+            )
+        op = self.op()
+        threshold = self.number()
+        if self.peek().kind != "end":
+            raise self.fail(self.peek(), "unexpected text after the threshold; a gate ends with its number")
+        return Gate(self.text.strip(), selector, metric, delta, op, threshold)
+
+    def selector(self) -> Selector:
+        first, second = self.peek(), self.peek(1)
+        if first.kind == "name" and first.text == "alpha" and second.kind == "equals":
+            self.advance()
+            self.advance()
+            alpha = self.number()
+            self.expect_colon()
+            return Selector("alpha", alpha)
+        if first.kind == "name" and second.kind == "colon":
+            self.advance()
+            self.advance()
+            return Selector("all") if first.text == "all" else Selector("name", first.text)
+        return Selector("default")
+
+    def expect_colon(self) -> None:
+        if self.peek().kind != "colon":
+            raise self.fail(self.peek(), "expected ':' after the selector")
+        self.advance()
+
+    def metric(self) -> str:
+        token = self.peek()
+        if token.kind != "name":
+            raise self.fail(token, f"expected a metric name ({_METRIC_CHOICES})")
+        self.advance()
+        if token.text in FOLLOW_RATE_PREFIXES:
+            bracket = self.peek()
+            if bracket.kind != "bracket":
+                raise self.fail(bracket, f"expected '[<instruction id>]' after {token.text!r}")
+            self.advance()
+            return follow_rate_name(bracket.text, loose=token.text == "loose_follow_rate")
+        if token.text in METRICS:
+            return token.text
+        if self.peek().kind == "name":
+            raise self.fail(self.peek(), f"expected ':' after the selector {token.text!r}")
+        raise self.fail(token, f"unknown metric {token.text!r}; expected one of {_METRIC_CHOICES}")
+
+    def baseline_suffix(self) -> bool:
+        if self.peek().kind != "minus":
+            return False
+        self.advance()
+        token = self.peek()
+        if token.kind != "name" or token.text != "baseline":
+            raise self.fail(token, "expected 'baseline' after '-' (a delta gate reads 'metric - baseline')")
+        self.advance()
+        return True
+
+    def op(self) -> str:
+        token = self.peek()
+        if token.kind != "op":
+            raise self.fail(token, f"expected a comparison operator ({', '.join(COMPARISON_OPS)})")
+        self.advance()
+        return token.text
+
+    def number(self) -> float:
+        sign = 1.0
+        if self.peek().kind in ("minus", "plus"):
+            sign = -1.0 if self.advance().kind == "minus" else 1.0
+        token = self.peek()
+        if token.kind != "number":
+            raise self.fail(token, "expected a number")
+        self.advance()
+        return sign * float(token.text)
+
+
+def parse_gate(text: str) -> Gate:
+    """Parse one gate expression; raises :class:`GateSyntaxError` pointing at the error."""
+    return _Parser(text).gate()
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def evaluate_gates(
+    gates: Iterable[Gate | str],
+    aggregates: Sequence[ConfigAggregate],
+    *,
+    max_errors: int | float,
+    min_prompts: int,
+) -> list[GateResult]:
+    """Evaluate every gate on every config it selects, in gate order then config order.
+
+    ``max_errors`` is a count of errored cases per config, or, as a float below 1, a
+    fraction of the config's cases. ``min_prompts`` is the fewest prompts an interval
+    may rest on (for delta gates: prompts common to the config and the baseline).
+    """
+    if max_errors < 0:
+        raise ValueError(f"max_errors must be a count or fraction >= 0, got {max_errors!r}")
+    if min_prompts < 0:
+        raise ValueError(f"min_prompts must be >= 0, got {min_prompts!r}")
+    results: list[GateResult] = []
+    for gate in gates:
+        gate = parse_gate(gate) if isinstance(gate, str) else gate
+        targets = [agg for agg in aggregates if gate.selector.matches(agg, delta=gate.delta)]
+        if not targets:
+            names = ", ".join(agg.name for agg in aggregates) or "none"
+            message = f"{gate.text}: selects no config (configs in this run: {names}) -> FAIL"
+            results.append(GateResult(gate.text, None, False, None, gate.threshold, message))
+            continue
+        baseline = next((agg for agg in aggregates if agg.is_baseline), None)
+        for agg in targets:
+            results.append(_evaluate(gate, agg, baseline, max_errors, min_prompts))
+    return results
+
+
+def _evaluate(
+    gate: Gate,
+    agg: ConfigAggregate,
+    baseline: ConfigAggregate | None,
+    max_errors: int | float,
+    min_prompts: int,
+) -> GateResult:
+    reasons: list[str] = []
+    involved = [agg]
+    observed: Interval | None = None
+    if gate.delta and baseline is None:
+        reasons.append("the run has no baseline config to compare with")
+    elif gate.delta:
+        involved.append(baseline)
+        missing = [c.name for c in involved if gate.metric not in c.per_prompt]
+        if missing:
+            reasons.append(f"{gate.metric} is not available for {', '.join(missing)}")
+        else:
+            observed = compare(agg, baseline, gate.metric)
+    else:
+        observed = agg.interval(gate.metric)
+        if observed is None:
+            reasons.append(f"{gate.metric} is not available for {agg.name}")
+    for config in involved:
+        reason = _error_budget_reason(config, max_errors)
+        if reason:
+            reasons.append(reason)
+    if observed is not None and observed.n_prompts < min_prompts:
+        reasons.append(f"only {observed.n_prompts} prompt(s) evaluated, at least {min_prompts} required")
+    elif observed is not None and not observed.is_defined:
+        reasons.append("no prompt to estimate it from")
+    passed = not reasons and observed is not None and gate.holds(observed)
+    verdict = "PASS" if passed else "FAIL"
+    if observed is None:
+        message = f"{agg.name}: {gate.lhs} not evaluated -> FAIL ({'; '.join(reasons)})"
+    else:
+        message = (
+            f"{agg.name}: {gate.lhs} = {_format_interval(observed, signed=gate.delta)} "
+            f"needs {gate.bound} {gate.op} {gate.threshold:g} -> {verdict}"
+        )
+        if reasons:
+            message += f" ({'; '.join(reasons)})"
+    return GateResult(gate.text, agg.name, passed, observed, gate.threshold, message)
+
+
+def _error_budget_reason(agg: ConfigAggregate, max_errors: int | float) -> str | None:
+    if isinstance(max_errors, float) and max_errors < 1:
+        allowed = max_errors * agg.n_cases
+        budget = f"{max_errors:g} of its cases"
+    else:
+        allowed = max_errors
+        budget = f"{max_errors:g}"
+    if agg.n_errors > allowed:
+        return f"{agg.name} has {agg.n_errors} errored case(s) of {agg.n_cases}, over the budget of {budget}"
+    return None
+
+
+def _format_interval(interval: Interval, *, signed: bool) -> str:
+    spec = "+.3f" if signed else ".3f"
+    return (
+        f"{interval.mean:{spec}} [{interval.ci_low:{spec}}, {interval.ci_high:{spec}}] "
+        f"({interval.n_prompts} prompts)"
+    )
+
+
+# ---------------------------------------------------------------------------- saved runs
+
+
+def compare_runs(
+    current: Sequence[ConfigAggregate],
+    saved: Sequence[ConfigAggregate],
+    metric_thresholds: dict[str, float],
+) -> list[ComparisonResult]:
+    """Check every current config against the saved config of the same name.
+
+    For each metric with tolerance ``t`` the paired delta ``current - saved`` is taken
+    over the prompts both runs evaluated; the check fails (a regression) when
+    ``ci_high < -t``, and also when the saved run lacks the config or the metric, or
+    shares no prompt with the current one, since then nothing was compared.
+    """
+    for metric, tolerance in metric_thresholds.items():
+        if not is_metric_name(metric):
+            raise ValueError(f"unknown metric {metric!r}; expected one of {_METRIC_CHOICES}")
+        if not tolerance >= 0:
+            raise ValueError(f"tolerance of {metric} must be a number >= 0, got {tolerance!r}")
+    saved_by_name = {agg.name: agg for agg in saved}
+    results: list[ComparisonResult] = []
+    for agg in current:
+        old = saved_by_name.get(agg.name)
+        for metric, tolerance in metric_thresholds.items():
+            results.append(_compare_config(agg, old, metric, tolerance, saved))
+    return results
+
+
+def _compare_config(
+    agg: ConfigAggregate,
+    old: ConfigAggregate | None,
+    metric: str,
+    tolerance: float,
+    saved: Sequence[ConfigAggregate],
+) -> ComparisonResult:
+    def failed(reason: str, observed: Interval | None = None) -> ComparisonResult:
+        message = f"{agg.name}: {metric} vs saved not compared -> FAIL ({reason})"
+        return ComparisonResult(agg.name, metric, tolerance, False, observed, message)
+
+    if old is None:
+        names = ", ".join(a.name for a in saved) or "none"
+        return failed(f"the saved run has no config {agg.name!r}; it has: {names}")
+    missing = [label for label, a in (("current", agg), ("saved", old)) if metric not in a.per_prompt]
+    if missing:
+        return failed(f"{metric} is missing from the {' and '.join(missing)} run")
+    observed = compare(agg, old, metric)
+    if observed.n_prompts == 0:
+        return failed("no prompt in common between the two runs", observed)
+    passed = not observed.ci_high < -tolerance
+    message = (
+        f"{agg.name}: {metric} vs saved = {_format_interval(observed, signed=True)} "
+        f"regression if ci_high < {-tolerance:g} -> {'PASS' if passed else 'FAIL'}"
+    )
+    return ComparisonResult(agg.name, metric, tolerance, passed, observed, message)
+
+
+def parse_compare_fail(text: str) -> dict[str, float]:
+    """Parse ``"metric:tolerance,..."`` into tolerances per metric.
+
+    A bare number sets the tolerance of the four accuracy metrics; a metric named
+    explicitly keeps its own. Example: ``"0.05,quality:0.5"``.
+    """
+    explicit: dict[str, float] = {}
+    bare: float | None = None
+    for raw_item in text.split(","):
+        item = raw_item.strip()
+        if not item:
+            raise ValueError(f"invalid comparison tolerances {text!r}: empty item; separate items with ','")
+        name, colon, value = item.rpartition(":")
+        if not colon or "]" in value:
+            # No 'metric:' part: a bare number, or a metric whose tolerance is missing.
+            tolerance = _parse_tolerance(text, item, item, allow_metric_hint=True)
+            if bare is not None:
+                raise ValueError(f"invalid comparison tolerances {text!r}: more than one bare tolerance")
+            bare = tolerance
+            continue
+        name = name.strip()
+        if not is_metric_name(name):
+            raise ValueError(
+                f"invalid comparison tolerances {text!r}: unknown metric {name!r}; "
+                f"expected one of {_METRIC_CHOICES}"
+            )
+        if name in explicit:
+            raise ValueError(f"invalid comparison tolerances {text!r}: {name} is given twice")
+        explicit[name] = _parse_tolerance(text, item, value.strip(), allow_metric_hint=False)
+    tolerances = dict.fromkeys(ACCURACY_METRICS, bare) if bare is not None else {}
+    tolerances.update(explicit)
+    return tolerances
+
+
+def _parse_tolerance(text: str, item: str, value: str, *, allow_metric_hint: bool) -> float:
+    try:
+        tolerance = float(value)
+    except ValueError:
+        hint = (
+            f"; give it a tolerance, e.g. '{item}:0.05'"
+            if allow_metric_hint and is_metric_name(item)
+            else "; expected 'metric:tolerance' or a bare tolerance"
+        )
+        raise ValueError(
+            f"invalid comparison tolerances {text!r}: {value!r} is not a number{hint}"
+        ) from None
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(
+            f"invalid comparison tolerances {text!r}: tolerance in {item!r} must be a finite number >= 0"
+        )
+    return tolerance

@@ -1,0 +1,169 @@
+"""Batched, seeded generation.
+
+Each row of a batch samples from its own ``torch.Generator`` seeded by its case: the
+Gumbel-max trick turns sampling into an argmax of the logits plus per-row noise, which
+the library's greedy search then takes. A response therefore depends only on its
+prompt, its seed and the model, never on the other rows of its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from pytest_steer.models import LoadedModel
+
+CPU_BATCH_SIZE = 16
+MAX_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 128
+    greedy: bool = False
+    temperature: float = 0.7
+    top_p: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "greedy": self.greedy, "temperature": self.temperature, "top_p": self.top_p}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    seed: int
+    highlights: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_new_tokens: int
+    missing_spans: tuple[str, ...] = ()
+
+
+class PerRowSampler(LogitsProcessor):
+    """Temperature, nucleus filtering and per-row Gumbel noise; the argmax is a sample."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            scores = _nucleus(scores, self.top_p)
+        vocab = scores.shape[-1]
+        exponential = torch.stack(
+            [torch.empty(vocab, device=scores.device).exponential_(generator=g) for g in self.generators]
+        )
+        return scores - exponential.log()  # -log(Exp(1)) is Gumbel(0, 1)
+
+
+def _nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative - sorted_scores.softmax(dim=-1) >= top_p  # keep the token that crosses top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))
+
+
+def render_prompt(tokenizer: Any, prompt: str) -> str:
+    """The text the model sees: the chat template with a generation prompt, when there is one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Rows per batch: a fixed size on CPU; on GPUs, what a third of free memory holds as KV cache."""
+    if loaded.device.type != "cuda":
+        return CPU_BATCH_SIZE
+    config = loaded.model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    bytes_per_row = 2 * config.num_hidden_layers * kv_heads * head_dim * (prompt_tokens + max_new_tokens)
+    bytes_per_row *= loaded.model.dtype.itemsize
+    free, _ = torch.cuda.mem_get_info(loaded.device)
+    return max(1, min(MAX_BATCH_SIZE, int(free / 3 // bytes_per_row)))
+
+
+class Engine:
+    """Generates responses for batches of requests with one loaded model."""
+
+    def __init__(self, loaded: LoadedModel, settings: GenerationSettings) -> None:
+        self.loaded = loaded
+        self.settings = settings
+        tokenizer = loaded.tokenizer
+        eos = loaded.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+        self.generation_config = GenerationConfig(
+            do_sample=False,  # sampling happens in PerRowSampler; see the module docstring
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+
+    def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
+        texts = [render_prompt(self.loaded.tokenizer, p) for p in prompts]
+        encoded = self.loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def generate(self, requests: Sequence[GenerationRequest], steering: Any | None = None) -> list[Generation]:
+        """One batch. ``steering`` is a PASTA instance (or None for the unsteered model)."""
+        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        texts = [render_prompt(tokenizer, r.prompt) for r in requests]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.loaded.device)
+        processors = LogitsProcessorList()
+        if not self.settings.greedy:
+            seeds = [r.seed for r in requests]
+            processors.append(PerRowSampler(seeds, self.settings.temperature, self.settings.top_p, self.loaded.device))
+        missing: list[list[str]] = [[] for _ in requests]
+        with torch.inference_mode():
+            if steering is None:
+                output = self._generate(batch, processors)
+            else:
+                spans = [list(r.highlights) for r in requests]
+                with steering.apply(model, tokenizer, batch["input_ids"], batch["attention_mask"], spans, texts=texts) as applied:
+                    missing = applied.missing
+                    output = self._generate(batch, processors)
+        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+        return [
+            Generation(text=self._decode(tokens), n_new_tokens=self._length(tokens), missing_spans=tuple(row_missing))
+            for tokens, row_missing in zip(new_tokens, missing)
+        ]
+
+    def _generate(self, batch: Any, processors: LogitsProcessorList) -> torch.Tensor:
+        return self.loaded.model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            generation_config=self.generation_config,
+            logits_processor=processors,
+        )
+
+    def _length(self, tokens: list[int]) -> int:
+        """New tokens up to and including the first end-of-sequence token."""
+        for index, token in enumerate(tokens):
+            if token in self.eos_ids:
+                return index + 1
+        return len(tokens)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.loaded.tokenizer.decode(tokens[: self._length(tokens)], skip_special_tokens=True)
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar prompt length (longest first), to limit padding.
+
+    Ties keep their input order, so the plan is a pure function of the case list.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+

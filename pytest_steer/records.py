@@ -1,0 +1,45 @@
+"""The record of one case: what travels from a worker to the controller and into reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+USER_PROPERTY = "steer_record"
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    key: str
+    config: str
+    alpha: float | None
+    trial: int
+    seed: int
+    prompt: str
+    response: str
+    instruction_id_list: list[str]
+    strict: list[bool]
+    loose: list[bool]
+    follow_all_strict: bool
+    follow_all_loose: bool
+    quality: float | None
+    n_new_tokens: int
+    missing_spans: list[str]
+    cached: bool
+    error: str | None = None
+    model: dict[str, str] | None = None  # the ModelFingerprint of the weights that answered
+
+    @property
+    def case_id(self) -> str:
+        return f"{self.key}-{self.config}-t{self.trial}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseRecord:
+        names = {field.name for field in fields(cls)}
+        missing = names - set(data) - {"error"}
+        if missing:
+            raise ValueError(f"case record is missing {sorted(missing)}; was it written by another version of pytest-steer?")
+        return cls(**{name: data[name] for name in names if name in data})

@@ -1,0 +1,1 @@
+"""Renderers of :class:`pytest_steer.results.RunResults`: terminal, JSON and files."""

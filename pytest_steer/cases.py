@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
 from pytest_steer.data import PromptRow, highlights
 
 BASELINE = "baseline"
+# node id of a case: path::test_name[<key>-<config>-t<trial>]
+CASE_NODEID = re.compile(r"^(?P<function>.+)\[(?P<key>.+)-(?P<config>baseline|alpha[0-9.e+-]+)-t(?P<trial>\d+)\]$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class Case:
     @property
     def id(self) -> str:
         return f"{self.row.key}-{self.config.name}-t{self.trial}"
+
+
+def config_alpha(name: str) -> float | None:
+    return None if name == BASELINE else float(name.removeprefix("alpha"))
 
 
 def steering_configs(alphas: Sequence[float]) -> list[SteeringConfig]:

@@ -12,6 +12,7 @@ from pytest_steer.cases import Case, build_cases, steering_configs
 from pytest_steer.data import DatasetError, Selection, load_rows, select
 from pytest_steer.hub import HubUnavailableError
 from pytest_steer.options import SteerSettings
+from pytest_steer.sharding import select_shard
 
 
 def plan_cases(settings: SteerSettings) -> list[Case]:
@@ -31,6 +32,8 @@ def plan_cases(settings: SteerSettings) -> list[Case]:
             limit=settings.limit,
         )
         rows = select(rows, selection, origin=settings.dataset)
+        if settings.shard is not None:
+            rows = select_shard(rows, settings.shard)
         return build_cases(
             rows, steering_configs(settings.alpha), trials=settings.trials, seed=settings.seed, highlight=settings.highlight
         )

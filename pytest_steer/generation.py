@@ -16,6 +16,9 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from pytest_steer.models import LoadedModel
 
+# Bumped whenever a change here alters the text generated for the same inputs; part of
+# the response cache key, so cached responses of an older engine are not reused.
+ENGINE_VERSION = 1
 CPU_BATCH_SIZE = 16
 MAX_BATCH_SIZE = 64
 

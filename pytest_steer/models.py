@@ -179,15 +179,19 @@ def _hub_alternatives() -> str:
     return f"a local checkpoint directory, --steer-model {EMBEDDED} (the embedded default), or a populated HF cache"
 
 
-def _from_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained`` on a local path, or on a hub id without hanging offline."""
+def load_pretrained(loader: Any, name: str, *, what: str = "model", alternatives: str | None = None, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` on a local path, or on a hub id without hanging offline.
+
+    ``what`` and ``alternatives`` word the error raised when a hub id is neither cached
+    nor reachable (by default: the model under test and its offline alternatives).
+    """
     if not looks_like_hub_id(name):
         return loader.from_pretrained(Path(name).expanduser(), **kwargs)
     repo, revision = split_revision(name)
     try:
         return loader.from_pretrained(repo, revision=revision, local_files_only=True, **kwargs)
     except OSError:
-        require_hub(repo, what="model", alternatives=_hub_alternatives())
+        require_hub(repo, what=what, alternatives=alternatives or _hub_alternatives())
         return loader.from_pretrained(repo, revision=revision, **kwargs)
 
 
@@ -212,7 +216,7 @@ def load_tokenizer(name: str, *, cache_dir: Path | None = None) -> Any:
     from transformers import AutoTokenizer
 
     source = str(embedded_checkpoint(cache_dir)) if name == EMBEDDED else name
-    tokenizer = _from_pretrained(AutoTokenizer, source)
+    tokenizer = load_pretrained(AutoTokenizer, source)
     tokenizer.padding_side = "left"  # decoder-only generation appends on the right
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -241,7 +245,7 @@ def load_model(
     checkpoint = embedded_checkpoint(cache_dir) if name == EMBEDDED else None
     source = str(checkpoint) if checkpoint else name
     try:
-        model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, attn_implementation=attn_implementation)
+        model = load_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, attn_implementation=attn_implementation)
     except HubUnavailableError:
         raise
     except (OSError, ValueError) as exc:

@@ -15,9 +15,17 @@ from typing import Any, Callable
 import pytest
 
 from pytest_steer.data import HIGHLIGHTS
+from pytest_steer.hub import looks_like_hub_id
+from pytest_steer.sharding import Shard, parse_shard
 
 CASE_MODES = ("record", "strict")
 SCALE_POSITIONS = ("include", "exclude", "generation")
+QUALITY_FLUENCY = "fluency"
+QUALITY_NONE = "none"
+REWARD_PREFIX = "reward:"
+REFERENCE_REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
+REWARD_TRANSFORMS = ("identity", "sigmoid")
+LABELLED_REWARD_TRANSFORMS = ("softmax", "log_softmax")
 
 
 def _positive_int(text: str) -> int:
@@ -71,8 +79,61 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _gate(text: str) -> str:
+    from pytest_steer.gates import parse_gate
+
+    parse_gate(text)  # a syntax error stops pytest here, with a caret at its position
+    return text
+
+
+def _error_budget(text: str) -> float:
+    value = float(text)
+    if value < 0 or not math.isfinite(value):
+        raise ValueError("must be a count (0, 1, 2, ...) or a fraction below 1")
+    return value
+
+
+def _compare_fail(text: str) -> str:
+    from pytest_steer.gates import parse_compare_fail
+
+    parse_compare_fail(text)
+    return text
+
+
 def _batch_size(text: str) -> int | None:
     return None if text == "auto" else _positive_int(text)
+
+
+def _quality(text: str) -> str:
+    """``fluency``, ``none`` or ``reward:<model id or path>`` (the path must exist)."""
+    if text in (QUALITY_FLUENCY, QUALITY_NONE):
+        return text
+    if not text.startswith(REWARD_PREFIX):
+        raise ValueError(
+            f"{text!r} is not a quality scorer; use {QUALITY_FLUENCY}, {QUALITY_NONE} or "
+            f"{REWARD_PREFIX}<model id or path> (e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})"
+        )
+    name = text.removeprefix(REWARD_PREFIX).strip()
+    if not name:
+        raise ValueError(f"{text!r} names no reward model; use {REWARD_PREFIX}<model id or path>")
+    if not Path(name).expanduser().exists() and not looks_like_hub_id(name):
+        raise ValueError(
+            f"reward model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); check the path"
+        )
+    return REWARD_PREFIX + name
+
+
+def _reward_transform(text: str) -> str:
+    """``identity``, ``sigmoid``, or ``softmax:<label>`` / ``log_softmax:<label>``."""
+    kind, colon, label = text.partition(":")
+    if kind in REWARD_TRANSFORMS and not colon:
+        return text
+    if kind in LABELLED_REWARD_TRANSFORMS and label.strip():
+        return f"{kind}:{label.strip()}"
+    raise ValueError(
+        f"{text!r} is not a reward transform; use identity or sigmoid (single-logit heads), or "
+        "softmax:<label> / log_softmax:<label> with a label index or name of a multi-label head"
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +147,7 @@ class Option:
     flag: bool = False
     repeatable: bool = False
     metavar: str | None = None
+    ini_name: str | None = None  # when the ini name is not steer_<name>
 
     @property
     def cli(self) -> str:
@@ -93,7 +155,7 @@ class Option:
 
     @property
     def ini(self) -> str:
-        return "steer_" + self.name
+        return self.ini_name or "steer_" + self.name
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -119,8 +181,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("temperature", "sampling temperature", parse=_positive_float, default=0.7),
     Option("top_p", "nucleus sampling threshold", parse=_probability, default=1.0),
     Option("batch_size", "generation batch size: auto or N", parse=_batch_size, default=None),
+    Option("quality", f"quality scorer: {QUALITY_FLUENCY} (mean log-likelihood per response token under the unsteered model, nats), {QUALITY_NONE}, or {REWARD_PREFIX}<id or path> (a sequence-classification reward model, e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})", parse=_quality, default=QUALITY_FLUENCY, metavar="SCORER"),
+    Option("reward_transform", "reward head output to score: identity, sigmoid, or softmax:<label> / log_softmax:<label> (label index or name) for multi-label heads", parse=_reward_transform, default="identity", metavar="TRANSFORM"),
+    Option("reward_batch_size", "(prompt, response) pairs per reward-model forward pass", parse=_positive_int, default=8, metavar="N"),
+    Option("reward_max_length", "reward-model input tokens per pair; longer pairs are truncated", parse=_positive_int, default=1024, metavar="N"),
     Option("case_mode", "record: every case records its verdicts and passes (misses are shown apart); strict: each case asserts", parse=_choice(*CASE_MODES), default="record"),
     Option("json", "also write results.json to this path", parse=Path, metavar="PATH"),
+    Option("gate", "CI gate on the aggregates, e.g. 'alpha=10: strict_prompt_accuracy - baseline >= 0' (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_gates"),
+    Option("max_errors", "error budget of the gates: a count, or a fraction of a config's cases when below 1", parse=_error_budget, default=0, metavar="N"),
+    Option("min_prompts", "gates refuse to pass on fewer evaluated prompts than this", parse=_positive_int, default=5, metavar="N"),
+    Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=Path, metavar="PATH"),
+    Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=Path, metavar="PATH"),
+    Option("compare_fail", "regression tolerances against --steer-baseline: 'metric:tol,...', or one number for every accuracy metric", parse=_compare_fail, default="0", metavar="SPEC"),
+    Option("report_dir", "directory of the trade-off report (report.html, results.json, cases.jsonl, summary.csv, figures); default: steer-report in pytest's cache dir", parse=Path, metavar="DIR"),
+    Option("summary_md", "also write a short markdown summary to this path, e.g. \"$GITHUB_STEP_SUMMARY\"", parse=Path, metavar="PATH"),
+    Option("cache_dir", "directory of the response cache; default: steer-responses in pytest's cache dir", parse=Path, metavar="DIR"),
+    Option("no_cache", "neither read nor write cached responses: generate every case", flag=True, default=False),
+    Option("shard", "run shard i of n (1-based) of the selected prompts, e.g. 2/4; merge the shards with python -m pytest_steer merge", parse=parse_shard, metavar="I/N"),
 )
 
 
@@ -148,9 +225,29 @@ class SteerSettings:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int | None = None
+    quality: str = QUALITY_FLUENCY
+    reward_transform: str = "identity"
+    reward_batch_size: int = 8
+    reward_max_length: int = 1024
     case_mode: str = "record"
     json: Path | None = None
+    gate: tuple[str, ...] = ()
+    max_errors: float = 0
+    min_prompts: int = 5
+    save: Path | None = None
+    baseline: Path | None = None
+    compare_fail: str = "0"
+    report_dir: Path | None = None
+    summary_md: Path | None = None
+    cache_dir: Path | None = None
+    no_cache: bool = False
+    shard: Shard | None = None
     rootdir: Path = field(default=Path("."), compare=False)
+
+    @property
+    def reward_model(self) -> str | None:
+        """The reward model id or path of ``reward:<...>`` quality scoring, else None."""
+        return self.quality.removeprefix(REWARD_PREFIX) if self.quality.startswith(REWARD_PREFIX) else None
 
 
 def add_options(parser: pytest.Parser) -> None:

@@ -11,6 +11,7 @@ no torch and prints nothing.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -29,6 +30,7 @@ pytest.register_assert_rewrite("pytest_steer.assertions")
 
 CASE_FIXTURE = "steer_case"
 SESSION_PLUGIN = "steer-session"
+HTML_PLUGIN = "steer-html"
 RECORD_KEY = pytest.StashKey[dict]()
 
 
@@ -38,6 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SteerSession(config, settings_from_config(config)), SESSION_PLUGIN)
+    if importlib.util.find_spec("pytest_html") is not None:
+        from pytest_steer.report import html_plugin
+
+        config.pluginmanager.register(html_plugin, HTML_PLUGIN)
 
 
 def _session(config: pytest.Config) -> SteerSession:
@@ -97,6 +103,8 @@ class SteerSession:
         self._runner: CaseRunner | None = None
         self._results: RunResults | None = None
         self.written: list[Path] = []
+        self.expected: list[str] = []  # node ids of the collected cases (on the controller too)
+        self.notes: list[str] = []
 
     def plan(self) -> list[Case]:
         """Load and validate the prompts once; bad input fails collection with one clear message."""
@@ -109,10 +117,16 @@ class SteerSession:
     @property
     def runner(self) -> CaseRunner:
         if self._runner is None:
+            from pytest_steer.cache import resolve_cache_dir
             from pytest_steer.runner import CaseRunner
 
+            s = self.settings
             self._runner = CaseRunner(
-                self.settings, self.plan(), worker_index=_worker_index(self.config), progress=self._progress
+                s,
+                self.plan(),
+                worker_index=_worker_index(self.config),
+                progress=self._progress,
+                cache_dir=resolve_cache_dir(s.no_cache, s.cache_dir, s.rootdir, self.config),
             )
         return self._runner
 
@@ -132,37 +146,96 @@ class SteerSession:
 
         return SteerScheduling(config, log)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        from pytest_steer.cases import CASE_NODEID
+
+        if not self.expected:  # every worker collects the same cases
+            self.expected = [nodeid for nodeid in ids if CASE_NODEID.match(nodeid)]
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.expected = [item.nodeid for item in session.items if CASE_FIXTURE in getattr(item, "fixturenames", ())]
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = getattr(report, "steer_record", None)
         if record is not None:
-            self.records.append(record)
+            self.records.append({**record, "nodeid": report.nodeid})
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Iterator[Any]:
+        """After the cases (on the controller, or in a plain run): gates become test outcomes."""
         result = yield
-        if self.records and not hasattr(self.config, "workerinput"):
-            self.results()
+        if self.expected and not hasattr(self.config, "workerinput"):
+            self._decide(session)
         return result
 
+    def _decide(self, session: pytest.Session) -> None:
+        from pytest_steer.baseline import save_run
+        from pytest_steer.gating import decide
+
+        results = self.results()
+        decisions = decide(results, self.settings)
+        self.notes.extend(decisions.notes)
+        # Count the verdicts as collected so the progress percentage stays truthful.
+        session.testscollected += len(results.gates) + len(results.comparisons) + len(decisions.errors)
+        for gate in results.gates:
+            self._report_outcome(f"steer-gates::{gate.config or 'no config'}::{gate.gate}", gate.passed, gate.message, gate.to_dict())
+        for comparison in results.comparisons:
+            nodeid = f"steer-baseline::{comparison.config}::{comparison.metric}"
+            self._report_outcome(nodeid, comparison.passed, comparison.message, comparison.to_dict())
+        for error in decisions.errors:
+            self._report_outcome("steer-baseline::comparison", False, error, {})
+        if self.settings.save:
+            self.written.append(save_run(results.run, results.aggregates, self.settings.save))
+
+    def _report_outcome(self, nodeid: str, passed: bool, message: str, details: dict[str, Any]) -> None:
+        """A verdict that is not a collected test, reported like one: terminal, exit code, JUnit and HTML agree."""
+        hook = self.config.hook
+        location = (nodeid.split("::")[0], None, nodeid.split("::", 1)[1])
+        properties = [(f"steer.{name}", value if isinstance(value, (str, int, float, bool)) else str(value)) for name, value in details.items()]
+        hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+        for when, outcome, longrepr in (("setup", "passed", None), ("call", "passed" if passed else "failed", None if passed else message), ("teardown", "passed", None)):
+            report = pytest.TestReport(nodeid, location, {}, outcome, longrepr, when, user_properties=properties if when == "teardown" else [])
+            hook.pytest_runtest_logreport(report=report)
+        hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.records and self.settings.json:
+        if not self.expected or hasattr(self.config, "workerinput"):  # workers leave reports to the controller
+            return
+        from pytest_steer.report.files import REPORT_HTML, default_report_dir, write_report
+
+        results = self.results()
+        report_dir = self.settings.report_dir or default_report_dir(self.config)
+        self.written.extend(write_report(results, report_dir))
+        if self.settings.json:
             from pytest_steer.report.json import write_results
 
-            self.written.append(write_results(self.results(), self.settings.json))
+            self.written.append(write_results(results, self.settings.json, include_cases=True))
+        if self.settings.summary_md:
+            from pytest_steer.report.markdown import write_markdown
+
+            self.written.append(write_markdown(results, self.settings.summary_md, report=Path(report_dir) / REPORT_HTML))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.records:
+        if not self.expected or hasattr(self.config, "workerinput"):
             return
-        from pytest_steer.report.terminal import write_summary
+        for note in self.notes:
+            terminalreporter.write_line(f"[steer] note: {note}", yellow=True)
+        from pytest_steer.report.terminal import write_summary, written_lines
 
         write_summary(terminalreporter, self.results())
-        for path in self.written:
-            terminalreporter.write_line(f"[steer] wrote {path}")
+        for line in written_lines(self.written):
+            terminalreporter.write_line(line)
 
     def results(self) -> RunResults:
         """Aggregates of every record received so far (built once, after the test loop)."""
         if self._results is None:
             from pytest_steer.results import RunResults
 
-            self._results = RunResults.build(self.settings, self.records)
+            from pytest_steer.records import lost_record
+
+            reported = {record["nodeid"] for record in self.records}
+            lost = [lost_record(nodeid) for nodeid in self.expected if nodeid not in reported]
+            self._results = RunResults.build(self.settings, self.records + lost)
+            self._results.n_lost = len(lost)
         return self._results

@@ -43,3 +43,31 @@ class CaseRecord:
         if missing:
             raise ValueError(f"case record is missing {sorted(missing)}; was it written by another version of pytest-steer?")
         return cls(**{name: data[name] for name in names if name in data})
+
+
+def lost_record(nodeid: str) -> dict[str, Any]:
+    """The record of a collected case that never reported: an error, never a miss."""
+    from pytest_steer.cases import CASE_NODEID, config_alpha
+
+    match = CASE_NODEID.match(nodeid)
+    if match is None:
+        raise ValueError(f"{nodeid!r} is not the node id of a steer case")
+    return CaseRecord(
+        key=match["key"],
+        config=match["config"],
+        alpha=config_alpha(match["config"]),
+        trial=int(match["trial"]),
+        seed=0,
+        prompt="",
+        response="",
+        instruction_id_list=[],
+        strict=[],
+        loose=[],
+        follow_all_strict=False,
+        follow_all_loose=False,
+        quality=None,
+        n_new_tokens=0,
+        missing_spans=[],
+        cached=False,
+        error="lost: the case never reported (its worker crashed or the run was interrupted)",
+    ).to_dict() | {"nodeid": nodeid}

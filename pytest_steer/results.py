@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pytest_steer.aggregate import ConfigAggregate, aggregate, deltas_vs_baseline
+from pytest_steer.gates import ComparisonResult, GateResult
 from pytest_steer.options import SteerSettings
 from pytest_steer.stats import Interval
 
@@ -23,17 +24,25 @@ class RunResults:
     records: list[dict[str, Any]]
     aggregates: list[ConfigAggregate]
     deltas: dict[str, dict[str, Interval]] = field(default_factory=dict)
+    gates: list[GateResult] = field(default_factory=list)
+    comparisons: list[ComparisonResult] = field(default_factory=list)
+    n_lost: int = 0  # cases collected but never reported (e.g. their worker crashed)
+
+    @property
+    def n_cached(self) -> int:
+        """Cases whose response was read from the response cache instead of generated."""
+        return sum(bool(record.get("cached")) for record in self.records)
 
     @classmethod
     def build(cls, settings: SteerSettings, records: Sequence[dict[str, Any]]) -> RunResults:
+        return cls.from_records(run_fingerprint(settings, records), records, seed=settings.seed)
+
+    @classmethod
+    def from_records(cls, run: dict[str, Any], records: Sequence[dict[str, Any]], *, seed: int) -> RunResults:
+        """Aggregate records under a given run fingerprint, e.g. one read back from ``results.json``."""
         ordered = sorted(records, key=lambda r: (r["config"], r["key"], r["trial"]))
-        aggregates = aggregate(ordered, seed=settings.seed)
-        return cls(
-            run=run_fingerprint(settings, ordered),
-            records=ordered,
-            aggregates=aggregates,
-            deltas=deltas_vs_baseline(aggregates),
-        )
+        aggregates = aggregate(ordered, seed=seed)
+        return cls(run=run, records=ordered, aggregates=aggregates, deltas=deltas_vs_baseline(aggregates))
 
 
 def run_fingerprint(settings: SteerSettings, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -66,9 +75,22 @@ def run_fingerprint(settings: SteerSettings, records: Sequence[dict[str, Any]]) 
             "heads": settings.heads or "default",
             "scale_position": settings.scale_position,
         },
+        "quality": _quality_fingerprint(settings),
         "versions": _versions(),
         "git_commit": _git_commit(settings.rootdir),
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _quality_fingerprint(settings: SteerSettings) -> dict[str, Any]:
+    """The scorer, and for a reward model what shapes its scores."""
+    if settings.reward_model is None:
+        return {"spec": settings.quality}
+    return {
+        "spec": settings.quality,
+        "reward_model": settings.reward_model,
+        "transform": settings.reward_transform,
+        "max_length": settings.reward_max_length,
     }
 
 

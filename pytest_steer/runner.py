@@ -3,19 +3,33 @@
 A case's response is produced together with the other cases of its generation batch the
 first time any of them is needed. Batches are planned from the full case list of a
 config, which every worker collects identically, so a batch (and therefore every
-response) is the same in a serial run and under xdist.
+response) is the same in a serial run and under xdist. Responses already in the response
+cache (:mod:`pytest_steer.cache`) are read back; only a batch's misses are generated.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, quality_key
 from pytest_steer.cases import Case, SteeringConfig
-from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, auto_batch_size, plan_batches
+from pytest_steer.generation import (
+    ENGINE_VERSION,
+    Engine,
+    Generation,
+    GenerationRequest,
+    GenerationSettings,
+    auto_batch_size,
+    plan_batches,
+)
 from pytest_steer.ifeval import evaluate
 from pytest_steer.models import LoadedModel, load_model
 from pytest_steer.options import SteerSettings
+from pytest_steer.quality import QualityScorer, create_scorer
 from pytest_steer.records import CaseRecord
 from pytest_steer.steering import PASTA, default_head_layers, parse_heads
 
@@ -29,8 +43,19 @@ def generation_settings(settings: SteerSettings) -> GenerationSettings:
 
 
 class CaseRunner:
-    def __init__(self, settings: SteerSettings, cases: Sequence[Case], *, worker_index: int | None = None, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        settings: SteerSettings,
+        cases: Sequence[Case],
+        *,
+        worker_index: int | None = None,
+        progress: Progress | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.settings = settings
+        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        self._from_cache: dict[str, int] = {}
+        self._cache_warned = False
         self.worker_index = worker_index
         self.progress = progress or (lambda message: None)
         self._cases_by_config: dict[str, list[Case]] = {}
@@ -40,6 +65,8 @@ class CaseRunner:
         self._batches: dict[str, list[list[Case]]] = {}
         self._loaded: LoadedModel | None = None
         self._engine: Engine | None = None
+        self._scorer: QualityScorer | None = None
+        self._scorer_failure: Exception | None = None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -58,6 +85,21 @@ class CaseRunner:
         if self._engine is None:
             self._engine = Engine(self.loaded, generation_settings(self.settings))
         return self._engine
+
+    @property
+    def scorer(self) -> QualityScorer:
+        """Created on first use, once per worker; a failure to create it is remembered, not retried."""
+        if self._scorer_failure is not None:
+            raise self._scorer_failure
+        if self._scorer is None:
+            start = time.perf_counter()
+            try:
+                self._scorer = create_scorer(self.settings, self.loaded)
+            except Exception as exc:
+                self._scorer_failure = exc
+                raise
+            self.progress(f"quality: {self._scorer.description}, ready in {time.perf_counter() - start:.1f} s")
+        return self._scorer
 
     def steering(self, config: SteeringConfig) -> PASTA | None:
         if not config.steered:
@@ -89,23 +131,129 @@ class CaseRunner:
         config = batch[0].config
         plan = self._plan(config.name)
         start = time.perf_counter()
-        requests = [GenerationRequest(case.row.prompt, case.seed, case.highlights) for case in batch]
         try:
-            generations = self.engine.generate(requests, self.steering(config))
+            keys, generations, cached = self._generations(batch, self.steering(config))
         except Exception as exc:  # one failed batch must not lose the rest of the run
             for case in batch:
                 self._records[case.id] = _error_record(case, f"generation failed: {type(exc).__name__}: {exc}")
             self.progress(f"{config.name}: batch {plan.index(batch) + 1}/{len(plan)} failed: {exc}")
             return
-        for case, generation in zip(batch, generations):
-            self._records[case.id] = self._check(case, generation.text, generation.n_new_tokens, list(generation.missing_spans))
-        done = sum(len(b) for b in plan[: plan.index(batch) + 1])
-        total = sum(len(b) for b in plan)
-        tokens = sum(g.n_new_tokens for g in generations)
         elapsed = time.perf_counter() - start
-        self.progress(f"{config.name}: batch {plan.index(batch) + 1}/{len(plan)}, {done}/{total} cases, {tokens / elapsed:.0f} tokens/s")
+        scoring_start = time.perf_counter()
+        try:  # after generation, outside any steering: fluency reads the unsteered model
+            qualities = self._qualities(batch, keys, generations)
+        except Exception as exc:  # as for generation: these cases become errors, the run goes on
+            for case, generation in zip(batch, generations):
+                self._records[case.id] = _error_record(case, f"quality scoring failed: {type(exc).__name__}: {exc}", response=generation.text)
+            self.progress(f"{config.name}: batch {plan.index(batch) + 1}/{len(plan)} quality scoring failed: {exc}")
+            return
+        scoring = time.perf_counter() - scoring_start
+        for case, generation, quality, hit in zip(batch, generations, qualities, cached):
+            self._records[case.id] = self._check(
+                case, generation.text, generation.n_new_tokens, list(generation.missing_spans), quality, cached=hit
+            )
+        self._report_progress(config, batch, generations, cached, elapsed, scoring)
 
-    def _check(self, case: Case, response: str, n_new_tokens: int, missing: list[str]) -> CaseRecord:
+    def _report_progress(
+        self, config: SteeringConfig, batch: list[Case], generations: list[Generation], cached: list[bool], elapsed: float, scoring: float
+    ) -> None:
+        plan = self._plan(config.name)
+        cases = self._cases_by_config[config.name]
+        done = sum(case.id in self._records for case in cases)
+        hits = sum(cached)
+        self._from_cache[config.name] = self._from_cache.get(config.name, 0) + hits
+        if hits < len(batch):
+            tokens = sum(g.n_new_tokens for g, hit in zip(generations, cached) if not hit)
+            from_cache = f" ({hits} from cache)" if hits else ""
+            self.progress(
+                f"{config.name}: batch {plan.index(batch) + 1}/{len(plan)}, {done}/{len(cases)} cases{from_cache}, "
+                f"{tokens / elapsed:.0f} tokens/s, quality {scoring:.1f} s"
+            )
+        if done == len(cases) and self._from_cache[config.name]:
+            self.progress(f"{config.name}: {self._from_cache[config.name]} cases from cache")
+        if self.cache is not None and self.cache.write_errors and not self._cache_warned:
+            self._cache_warned = True
+            self.progress(f"response cache not written ({self.cache.write_errors[0]}); choose a writable --steer-cache-dir")
+
+    def _generations(self, batch: list[Case], steering: PASTA | None) -> tuple[list[str | None], list[Generation], list[bool]]:
+        """The batch's responses, its cache keys, and which responses came from the cache.
+
+        Only the misses are generated, together as a smaller batch: a response depends on
+        its own prompt, seed and settings, not on the other rows of its batch.
+        """
+        keys = [self._generation_key(case, steering) for case in batch] if self.cache is not None else [None] * len(batch)
+        found = [self._cached_generation(key) for key in keys]
+        misses = [i for i, generation in enumerate(found) if generation is None]
+        if misses:
+            requests = [GenerationRequest(batch[i].row.prompt, batch[i].seed, batch[i].highlights) for i in misses]
+            for i, generation in zip(misses, self.engine.generate(requests, steering)):
+                found[i] = generation
+                if self.cache is not None:
+                    payload = {"text": generation.text, "n_new_tokens": generation.n_new_tokens, "missing_spans": list(generation.missing_spans)}
+                    self.cache.put(GENERATION, keys[i], payload)
+        missed = set(misses)
+        return keys, [g for g in found if g is not None], [i not in missed for i in range(len(batch))]
+
+    def _cached_generation(self, key: str | None) -> Generation | None:
+        entry = self.cache.get(GENERATION, key) if self.cache is not None and key is not None else None
+        if entry is None:
+            return None
+        return Generation(text=entry["text"], n_new_tokens=entry["n_new_tokens"], missing_spans=tuple(entry["missing_spans"]))
+
+    def _qualities(self, batch: list[Case], keys: list[str | None], generations: list[Generation]) -> list[float | None]:
+        """Quality scores of the batch's responses: cached ones as stored, the others scored together."""
+        scorer_spec = self._scorer_spec()
+        quality_keys = [quality_key(key, scorer_spec) if key is not None else None for key in keys]
+        scores: list[float | None] = [None] * len(batch)
+        misses = []
+        for i, key in enumerate(quality_keys):
+            entry = self.cache.get(QUALITY, key) if self.cache is not None and key is not None else None
+            if entry is None:
+                misses.append(i)
+            else:
+                scores[i] = entry["quality"]
+        if misses:
+            fresh = self.scorer.score([batch[i].row.prompt for i in misses], [generations[i].text for i in misses])
+            for i, score in zip(misses, fresh):
+                scores[i] = None if score is None else float(score)
+                key = quality_keys[i]
+                if self.cache is not None and key is not None:
+                    self.cache.put(QUALITY, key, {"quality": scores[i]})
+        return scores
+
+    def _generation_key(self, case: Case, steering: PASTA | None) -> str:
+        """What a response depends on; see pytest_steer.cache."""
+        steering_key = None
+        if steering is not None:
+            steering_key = {
+                "method": "pasta",
+                "alpha": steering.alpha,
+                "layers": [[layer, None if heads is None else list(heads)] for layer, heads in steering.layer_selection.items()],
+                "scale_position": steering.scale_position,
+                "highlights": list(case.highlights),
+            }
+        return generation_key(
+            model=self.loaded.fingerprint.to_dict(),
+            environment=self._environment(),
+            prompt=case.row.prompt,
+            steering=steering_key,
+            generation=self.engine.settings.to_dict(),
+            seed=case.seed,
+        )
+
+    def _environment(self) -> dict[str, Any]:
+        """What changes the numerics without changing any setting: device kind, engine, libraries."""
+        return {"device": self.loaded.device.type, "engine": ENGINE_VERSION, **_library_versions()}
+
+    def _scorer_spec(self) -> dict[str, Any]:
+        s = self.settings
+        if s.reward_model is None:
+            return {"quality": s.quality}
+        return {"quality": s.quality, "transform": s.reward_transform, "max_length": s.reward_max_length}
+
+    def _check(
+        self, case: Case, response: str, n_new_tokens: int, missing: list[str], quality: float | None, *, cached: bool = False
+    ) -> CaseRecord:
         row = case.row
         try:
             verdict = evaluate(row.prompt, response, list(row.instruction_id_list), [dict(k) for k in row.kwargs])
@@ -124,12 +272,17 @@ class CaseRunner:
             loose=list(verdict.loose),
             follow_all_strict=verdict.follow_all_strict,
             follow_all_loose=verdict.follow_all_loose,
-            quality=None,
+            quality=quality,
             n_new_tokens=n_new_tokens,
             missing_spans=missing,
-            cached=False,
+            cached=cached,
             model=self.loaded.fingerprint.to_dict(),
         )
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in ("torch", "transformers")}
 
 
 def _error_record(case: Case, error: str, response: str = "") -> CaseRecord:

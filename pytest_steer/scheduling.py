@@ -8,16 +8,14 @@ schedules like ``--dist load``. Node ids are left untouched (unlike ``--dist loa
 
 from __future__ import annotations
 
-import re
-
 from xdist.scheduler import LoadScopeScheduling
+from xdist.workermanage import WorkerController
 
-# test_module.py::test_name[<key>-<config>-t<trial>]
-_STEER_CASE = re.compile(r"^(?P<function>.+)\[(?P<key>.+)-(?P<config>baseline|alpha[0-9.e+-]+)-t(?P<trial>\d+)\]$")
+from pytest_steer.cases import CASE_NODEID
 
 
 def work_unit(nodeid: str) -> str:
-    match = _STEER_CASE.match(nodeid)
+    match = CASE_NODEID.match(nodeid)
     if match is None:
         return nodeid
     return f"{match['function']}[{match['config']}]"
@@ -26,3 +24,16 @@ def work_unit(nodeid: str) -> str:
 class SteerScheduling(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
         return work_unit(nodeid)
+
+    def remove_node(self, node: WorkerController) -> str | None:
+        """Like the base class, but the test that crashed a worker is not run again.
+
+        Re-running it would crash the replacement worker too, until xdist gives up on
+        every remaining case; this way only the crashing case is lost.
+        """
+        workload = self.assigned_work.get(node, {})
+        crashed = next((nodeid for unit in workload.values() for nodeid, done in unit.items() if not done), None)
+        if crashed is not None:
+            workload[work_unit(crashed)][crashed] = True
+        super().remove_node(node)
+        return crashed

@@ -1,27 +1,59 @@
-"""``results.json``: the run fingerprint, per-config aggregates and the case records."""
+"""``results.json``: the run fingerprint, aggregates, gates and comparisons (schema in docs/report.md).
+
+In a report directory the case records live one per line in ``cases.jsonl`` beside this
+file; a standalone file (``--steer-json PATH``) carries them itself under ``cases``. Each
+config keeps its per-prompt values, so a later run can be compared with this one paired
+per prompt, and this file can be read back into the same aggregates without recomputing.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
+from pytest_steer.aggregate import ConfigAggregate
+from pytest_steer.gates import ComparisonResult, GateResult
 from pytest_steer.results import SCHEMA_VERSION, RunResults
+from pytest_steer.stats import Interval
 
 
-def results_dict(results: RunResults) -> dict[str, Any]:
+def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[str, Any]:
     configs = []
     for agg in results.aggregates:
-        entry = agg.to_dict()
+        entry = agg.to_dict(include_per_prompt=True)
         entry["delta_vs_baseline"] = {m: iv.to_dict() for m, iv in results.deltas.get(agg.name, {}).items()}
         configs.append(entry)
-    return {
+    data = {
         "schema_version": SCHEMA_VERSION,
         "run": results.run,
+        "n_cases": len(results.records),
+        "n_lost": results.n_lost,
         "configs": configs,
-        "cases": results.records,
+        "instructions": instruction_table(results.aggregates),
+        "gates": [gate.to_dict() for gate in results.gates],
+        "comparisons": [comparison.to_dict() for comparison in results.comparisons],
     }
+    if include_cases:
+        data["cases"] = results.records
+    return data
+
+
+def instruction_table(aggregates: Sequence[ConfigAggregate]) -> list[dict[str, Any]]:
+    """Per instruction id, its strict and loose follow rate in every config that has it."""
+    ids = sorted({iid for agg in aggregates for iid in agg.per_instruction})
+    return [
+        {
+            "instruction_id": iid,
+            "configs": {
+                agg.name: {side: iv.to_dict() for side, iv in agg.per_instruction[iid].items()}
+                for agg in aggregates
+                if iid in agg.per_instruction
+            },
+        }
+        for iid in ids
+    ]
 
 
 def _strict_json(value: Any) -> Any:
@@ -35,8 +67,74 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
-def write_results(results: RunResults, path: Path) -> Path:
+def write_results(results: RunResults, path: Path, *, include_cases: bool = False) -> Path:
+    """``include_cases`` for a standalone file, which has no ``cases.jsonl`` beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_strict_json(results_dict(results)), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    document = results_dict(results, include_cases=include_cases)
+    text = json.dumps(_strict_json(document), indent=2, ensure_ascii=False, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+def read_results(path: Path, records: Sequence[dict[str, Any]] | None = None) -> RunResults:
+    """The results saved in ``path``; ``records`` (from ``cases.jsonl``) default to the file's own ``cases``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); is it a results.json written by pytest-steer?") from None
+    return results_from_dict(data, records, source=str(path))
+
+
+def results_from_dict(
+    data: Mapping[str, Any], records: Sequence[dict[str, Any]] | None = None, *, source: str = "results"
+) -> RunResults:
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{source} has schema_version {version!r}, this pytest-steer reads version {SCHEMA_VERSION}; "
+            "regenerate it with the matching pytest-steer version"
+        )
+    records = list(data.get("cases", [])) if records is None else records
+    aggregates = [ConfigAggregate.from_dict(entry) for entry in data["configs"]]
+    deltas = {
+        entry["name"]: {m: Interval.from_dict(iv) for m, iv in entry.get("delta_vs_baseline", {}).items()}
+        for entry in data["configs"]
+        if entry.get("delta_vs_baseline")
+    }
+    return RunResults(
+        run=dict(data["run"]),
+        records=sorted(records, key=lambda r: (r["config"], r["key"], r["trial"])),
+        aggregates=aggregates,
+        deltas=deltas,
+        gates=[gate_from_dict(g) for g in data.get("gates", [])],
+        comparisons=[comparison_from_dict(c) for c in data.get("comparisons", [])],
+        n_lost=int(data.get("n_lost", 0)),
+    )
+
+
+def _interval(data: Mapping[str, Any] | None) -> Interval | None:
+    return None if data is None else Interval.from_dict(dict(data))
+
+
+def gate_from_dict(data: Mapping[str, Any]) -> GateResult:
+    return GateResult(
+        gate=data["gate"],
+        config=data["config"],
+        passed=bool(data["passed"]),
+        observed=_interval(data["observed"]),
+        threshold=float(data["threshold"]),
+        message=data["message"],
+    )
+
+
+def comparison_from_dict(data: Mapping[str, Any]) -> ComparisonResult:
+    return ComparisonResult(
+        config=data["config"],
+        metric=data["metric"],
+        tolerance=float(data["tolerance"]),
+        passed=bool(data["passed"]),
+        observed=_interval(data["observed"]),
+        message=data["message"],
+    )

@@ -1,68 +1,179 @@
-"""The per-config table at the end of the terminal output."""
+"""The trade-off table at the end of the terminal output, laid out for the terminal's width.
+
+Each config gets a row of means with their 95% CIs; each steered config gets a second
+row (``Δ``) with its paired difference from the baseline. On wide terminals a value and
+its CI share one line; on narrower ones the CI goes under the value, and if even that
+does not fit, the metric columns wrap into a second block that repeats the config column.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
+from pytest_steer.aggregate import METRICS
+from pytest_steer.report.table import (
+    METRIC_TITLES,
+    ConfigRow,
+    config_rows,
+    describe_run,
+    format_ci,
+    format_mean,
+)
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
 
-COLUMNS = (
-    ("strict prompt", "strict_prompt_accuracy"),
-    ("strict instr", "strict_instruction_accuracy"),
-    ("loose prompt", "loose_prompt_accuracy"),
-    ("loose instr", "loose_instruction_accuracy"),
-    ("quality", "quality"),
-)
+Cell = list[str]  # the lines of one table cell
+Grid = list[list[Cell]]  # first row is the header
+DELTA_LABEL = "  Δ"
+GAP = "  "
+MIN_WIDTH = 60
+DEFAULT_WIDTH = 100
 
 
-def format_interval(interval: Interval | None, *, signed: bool = False) -> str:
-    if interval is None or not interval.is_defined:
-        return "-"
-    sign = "+" if signed else ""
-    return f"{interval.mean:{sign}.3f} [{interval.ci_low:{sign}.2f},{interval.ci_high:{sign}.2f}]"
+def _inline(interval: Interval | None, signed: bool) -> Cell:
+    mean = format_mean(interval, signed=signed)
+    ci = format_ci(interval)
+    return [f"{mean} {ci}" if ci else mean]
 
 
-def table_rows(results: RunResults) -> list[list[str]]:
-    header = ["config", "prompts", "cases"] + [title for title, _ in COLUMNS] + ["Δ strict prompt"]
-    rows = [header]
-    for agg in results.aggregates:
-        delta = results.deltas.get(agg.name, {}).get("strict_prompt_accuracy")
-        cases = f"{agg.n_cases}" + (f" ({agg.n_errors} err)" if agg.n_errors else "")
-        rows.append(
-            [agg.name, str(agg.n_prompts), cases]
-            + [format_interval(agg.metrics.get(metric)) for _, metric in COLUMNS]
-            + [format_interval(delta, signed=True) if delta else "-"]
-        )
-    return rows
+def _stacked(interval: Interval | None, signed: bool) -> Cell:
+    ci = format_ci(interval, compact=True)
+    return [format_mean(interval, signed=signed)] + ([ci] if ci else [])
 
 
-def render_table(rows: list[list[str]], width: int) -> list[str]:
-    """Columns that do not fit ``width`` wrap into a second block, keeping the config column."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    blocks, current, used = [], [0], widths[0]
-    for index in range(1, len(widths)):
-        if used + 2 + widths[index] > width and len(current) > 1:
-            blocks.append(current)
-            current, used = [0], widths[0]
-        current.append(index)
-        used += 2 + widths[index]
-    blocks.append(current)
+def build_grid(rows: list[ConfigRow], *, stacked: bool, split_headers: bool = False) -> Grid:
+    """Header plus one row per config and one ``Δ`` row per steered config with deltas.
+
+    ``stacked`` puts each CI under its mean and the error count under the prompt count;
+    ``split_headers`` writes the metric titles over two lines. Both save width.
+    """
+    metric_cell = _stacked if stacked else _inline
+    show_errors = any(row.n_errors for row in rows)
+    errors_column = show_errors and not stacked
+    show_verdicts = any(row.verdicts.text != "-" for row in rows)
+    header: list[Cell] = [["config"], ["prompts"]]
+    if errors_column:
+        header.append(["errors"])
+    header += [METRIC_TITLES[m].split(" ") if split_headers else [METRIC_TITLES[m]] for m in METRICS]
+    if show_verdicts:
+        header.append(["gates"])
+    grid: Grid = [header]
+    for row in rows:
+        prompts = [str(row.n_prompts)] + ([f"{row.n_errors} err"] if show_errors and stacked and row.n_errors else [])
+        cells: list[Cell] = [[row.name], prompts]
+        if errors_column:
+            cells.append([f"{row.n_errors}/{row.n_cases}"])
+        cells += [metric_cell(row.values[m], False) for m in METRICS]
+        if show_verdicts:
+            cells.append([row.verdicts.text])
+        grid.append(cells)
+        if row.deltas:
+            delta: list[Cell] = [[DELTA_LABEL], [""]] + ([[""]] if errors_column else [])
+            delta += [metric_cell(row.deltas[m], True) for m in METRICS]
+            grid.append(delta + ([[""]] if show_verdicts else []))
+    return grid
+
+
+def _column_widths(grid: Grid) -> list[int]:
+    return [max(len(line) for row in grid for line in row[i]) for i in range(len(grid[0]))]
+
+
+def _render(grid: Grid, columns: list[int], widths: list[int]) -> list[str]:
     lines = []
+    for number, row in enumerate(grid):
+        height = max(len(row[i]) for i in columns)
+        for depth in range(height):
+            parts = [(row[i][depth] if depth < len(row[i]) else "").ljust(widths[i]) for i in columns]
+            lines.append(GAP.join(parts).rstrip())
+        if number == 0:
+            lines.append(GAP.join("-" * widths[i] for i in columns))
+    return lines
+
+
+def _total_width(widths: list[int], columns: list[int]) -> int:
+    return sum(widths[i] for i in columns) + len(GAP) * (len(columns) - 1)
+
+
+def render_table(results: RunResults, width: int) -> list[str]:
+    """The table in the most readable layout that fits ``width`` columns."""
+    rows = config_rows(results)
+    for stacked in (False, True):
+        grid = build_grid(rows, stacked=stacked, split_headers=stacked)
+        widths = _column_widths(grid)
+        every = list(range(len(widths)))
+        if _total_width(widths, every) <= width:
+            return _render(grid, every, widths)
+    grid = build_grid(rows, stacked=True)  # blocks wrap anyway: keep each title on one line
+    return _render_wrapped(grid, _column_widths(grid), width)
+
+
+def _render_wrapped(grid: Grid, widths: list[int], width: int) -> list[str]:
+    """Blocks of columns that fit ``width``, each repeating the config column."""
+    blocks: list[list[int]] = []
+    current = [0]
+    for index in range(1, len(widths)):
+        if _total_width(widths, current + [index]) > width and len(current) > 1:
+            blocks.append(current)
+            current = [0]
+        current.append(index)
+    blocks.append(current)
+    lines: list[str] = []
     for block in blocks:
-        for number, row in enumerate(rows):
-            lines.append("  ".join(row[i].ljust(widths[i]) for i in block).rstrip())
-            if number == 0:
-                lines.append("  ".join("-" * widths[i] for i in block))
-        lines.append("")
-    return lines[:-1]
+        if lines:
+            lines.append("")
+        lines += _render(grid, block, widths)
+    return lines
+
+
+def check_lines(results: RunResults) -> list[tuple[str, bool]]:
+    """One line per gate and saved-run comparison, with whether it passed."""
+    lines = [(f"{'PASS' if g.passed else 'FAIL'}  {g.message}", g.passed) for g in results.gates]
+    lines += [(f"{'PASS' if c.passed else 'FAIL'}  {c.message}", c.passed) for c in results.comparisons]
+    return lines
+
+
+def terminal_width(terminalreporter: Any) -> int:
+    writer = getattr(terminalreporter, "_tw", None)
+    return max(MIN_WIDTH, writer.fullwidth if writer is not None else DEFAULT_WIDTH)
 
 
 def write_summary(terminalreporter: Any, results: RunResults) -> None:
-    width = max(60, getattr(terminalreporter, "_tw", None).fullwidth if getattr(terminalreporter, "_tw", None) else 100)
     terminalreporter.section("steering trade-off", sep="=")
-    model = results.run["model"]
-    terminalreporter.write_line(f"model: {model.get('name')}  dtype: {model.get('dtype', '?')}  attention: {model.get('attn_implementation', '?')}")
-    terminalreporter.write_line("mean [95% CI over prompts]; Δ is the paired difference with the baseline")
-    for line in render_table(table_rows(results), width):
+    for line in describe_run(results):
         terminalreporter.write_line(line)
+    if results.n_cached:
+        terminalreporter.write_line(
+            f"responses: {results.n_cached} of {len(results.records)} cases from the response cache (--steer-no-cache regenerates)"
+        )
+    terminalreporter.write_line("mean [95% CI over prompts]; Δ: paired difference from the baseline over the same prompts")
+    terminalreporter.write_line("")
+    for line in render_table(results, terminal_width(terminalreporter)):
+        terminalreporter.write_line(line)
+    checks = check_lines(results)
+    if checks:
+        failed = sum(not passed for _, passed in checks)
+        terminalreporter.write_line("")
+        terminalreporter.write_line(f"gates: {len(checks) - failed} passed, {failed} failed")
+        for line, passed in checks:
+            terminalreporter.write_line(f"  {line}", green=passed, red=not passed)
+    if results.n_lost:
+        terminalreporter.write_line(
+            f"{results.n_lost} case(s) were collected but never reported (a crashed worker?); "
+            "the aggregates above leave them out",
+            yellow=True,
+        )
+
+
+def written_lines(paths: list[Path]) -> list[str]:
+    """Where the outputs went: the first path in full, the files beside it by name."""
+    if not paths:
+        return []
+    first = paths[0]
+    beside = [p.name for p in paths[1:] if p.parent == first.parent]
+    elsewhere = [p for p in paths[1:] if p.parent != first.parent]
+    lines = [f"[steer] report: {first}"]
+    if beside:
+        lines.append(f"[steer]   with {', '.join(beside)} in {first.parent}")
+    lines += [f"[steer] wrote {p}" for p in elsewhere]
+    return lines

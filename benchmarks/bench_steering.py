@@ -1,0 +1,110 @@
+"""Throughput of PASTA-steered generation against unsteered generation, same model and batch.
+
+Defaults: the embedded SmolLM2-135M-Instruct, batch 16, 64 new tokens, eager attention,
+greedy decoding, all heads of the default middle layers, alpha 10, include. Steered timings
+include locating the spans (PASTA.apply). Rounds alternate unsteered/steered so that drift
+in machine load hits both; the best round of each is reported.
+
+    python benchmarks/bench_steering.py [--batch 16] [--new-tokens 64] [--attn eager] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from pytest_steer.models import load_model
+from pytest_steer.steering import PASTA, default_head_layers
+
+INSTRUCTIONS = [
+    "Answer in all capital letters.",
+    "Do not use any commas in your response.",
+    "Wrap your entire response in double quotation marks.",
+    "End your response with the exact phrase: Is there anything else I can help with?",
+    "Your response must contain at least three bullet points.",
+    "Write at most fifty words.",
+    "Highlight at least two sections with markdown, i.e. *highlighted section*.",
+    "Answer in lowercase letters only, no capitals.",
+]
+TASKS = [
+    "Describe a walk along a rocky coastline at dawn.",
+    "Explain how a bicycle gear system works.",
+    "Give advice to someone starting to learn the piano.",
+    "Summarize why bees matter for farming.",
+    "Write a short note inviting neighbours to a garden party.",
+    "Describe the taste of a ripe mango to someone who never had one.",
+    "Explain what a leap year is.",
+    "Suggest a plan for a rainy Sunday afternoon.",
+]
+
+
+def prompts(batch: int) -> tuple[list[str], list[list[str]]]:
+    contents, substrings = [], []
+    for index in range(batch):
+        instruction = INSTRUCTIONS[index % len(INSTRUCTIONS)]
+        contents.append(f"{TASKS[index % len(TASKS)]} {instruction}")
+        substrings.append([instruction])
+    return contents, substrings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--attn", choices=["eager", "sdpa"], default="eager")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--alpha", type=float, default=10.0)
+    args = parser.parse_args()
+
+    loaded = load_model(name="embedded", device="cpu", dtype="float32", attn_implementation=args.attn)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    contents, substrings = prompts(args.batch)
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+        for c in contents
+    ]
+    encoding = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    input_ids, attention_mask = encoding["input_ids"], encoding["attention_mask"]
+    pasta = PASTA(head_config=default_head_layers(model.config.num_hidden_layers), alpha=args.alpha)
+
+    def generate(new_tokens: int) -> torch.Tensor:
+        with torch.no_grad():
+            return model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+            )
+
+    def unsteered(new_tokens: int) -> torch.Tensor:
+        return generate(new_tokens)
+
+    def steered(new_tokens: int) -> torch.Tensor:
+        with pasta.apply(model, tokenizer, input_ids, attention_mask, substrings, texts=texts):
+            return generate(new_tokens)
+
+    unsteered(4), steered(4)  # warm-up
+    best = {"unsteered": 0.0, "steered": 0.0}
+    outputs = {}
+    for _ in range(args.rounds):
+        for name, run in (("unsteered", unsteered), ("steered", steered)):
+            start = time.perf_counter()
+            outputs[name] = run(args.new_tokens)
+            elapsed = time.perf_counter() - start
+            best[name] = max(best[name], args.batch * args.new_tokens / elapsed)
+
+    changed = (outputs["steered"] != outputs["unsteered"]).any(dim=1).sum().item()
+    print(f"model: {loaded.fingerprint.name}, layers {model.config.num_hidden_layers}, torch threads {torch.get_num_threads()}")
+    print(f"batch {args.batch}, prompt length {input_ids.shape[1]}, {args.new_tokens} new tokens, {args.attn}, greedy, "
+          f"{pasta!r}, best of {args.rounds} rounds")
+    print(f"unsteered: {best['unsteered']:.1f} tokens/s")
+    print(f"steered:   {best['steered']:.1f} tokens/s")
+    print(f"ratio steered/unsteered: {best['steered'] / best['unsteered']:.3f}")
+    print(f"rows whose greedy output steering changed: {changed}/{args.batch}")
+
+
+if __name__ == "__main__":
+    main()

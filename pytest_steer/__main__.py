@@ -1,0 +1,136 @@
+"""``python -m pytest_steer``: rebuild reports from saved runs, without a model.
+
+``report DIR [--out DIR]``
+    Regenerate every output (results.json, cases.jsonl, summary.csv, figures, report.html)
+    from a saved report directory (or a results.json file with cases.jsonl beside it).
+``merge OUT_DIR DIR1 DIR2 ... [--gate EXPR ...] [--max-errors N] [--min-prompts N]``
+    Merge the cases of several runs of one evaluation (e.g. shards on several machines),
+    re-aggregate, evaluate the gates and write every output to OUT_DIR. Exit code 1 when
+    a gate fails.
+
+Both print the trade-off table; ``--summary-md PATH`` also writes the markdown summary.
+Exit codes: 0 done, 1 a gate failed, 2 bad arguments or inputs that cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pytest_steer.options import OPTIONS, Option
+from pytest_steer.report.files import REPORT_HTML, write_report
+from pytest_steer.report.markdown import write_markdown
+from pytest_steer.report.terminal import check_lines, render_table
+from pytest_steer.report.table import describe_run
+from pytest_steer.results import RunResults
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _plugin_option(name: str) -> Option:
+    """The plugin's own option, so ``merge`` parses and defaults gate settings exactly like a run."""
+    return next(option for option in OPTIONS if option.name == name)
+
+
+def _argument_type(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pytest_steer", description="Rebuild pytest-steer reports from saved runs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    report = commands.add_parser("report", help="regenerate every output of a saved report directory")
+    report.add_argument("source", type=Path, metavar="DIR", help="report directory (or its results.json)")
+    report.add_argument("--out", type=Path, metavar="DIR", help="write the outputs here instead of DIR")
+    report.add_argument("--summary-md", type=Path, metavar="PATH", help="also write a markdown summary here")
+
+    merge = commands.add_parser("merge", help="merge the cases of several runs and evaluate gates on the whole")
+    merge.add_argument("out", type=Path, metavar="OUT_DIR", help="directory for the merged report")
+    merge.add_argument("sources", type=Path, nargs="+", metavar="DIR", help="report directories (or standalone results.json files) of the runs to merge")
+    merge.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="gate on the merged aggregates, e.g. 'alpha=10: strict_prompt_accuracy - baseline >= 0' (repeatable)",
+    )
+    for name in ("max_errors", "min_prompts"):
+        option = _plugin_option(name)
+        merge.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_argument_type(option),
+            default=option.default,
+            metavar=option.metavar or "N",
+            help=f"{option.help} (as {option.cli}); default {option.default}",
+        )
+    merge.add_argument("--summary-md", type=Path, metavar="PATH", help="also write a markdown summary here")
+    return parser
+
+
+def _print_results(results: RunResults, written: Sequence[Path]) -> None:
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    for line in describe_run(results):
+        print(line)
+    print("mean [95% CI over prompts]; Δ: paired difference from the baseline over the same prompts\n")
+    for line in render_table(results, width):
+        print(line)
+    for line, _ in check_lines(results):
+        print(f"  {line}")
+    if written:
+        print(f"\nwrote {written[0]}")
+        for path in written[1:]:
+            print(f"      {path}")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pytest_steer.report.saved import load_report, results_path
+
+    results = load_report(args.source)
+    if not results.records:
+        print(f"note: no cases.jsonl beside {results_path(args.source)}; the report has no case list", file=sys.stderr)
+    out = args.out or results_path(args.source).parent
+    return _write(results, out, args.summary_md, exit_on_gates=False)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pytest_steer.gates import evaluate_gates, parse_gate
+    from pytest_steer.report.merge import merge_reports
+
+    gates = [parse_gate(text) for text in args.gate]  # syntax errors stop before any reading
+    results = merge_reports(args.sources)
+    results.gates = evaluate_gates(gates, results.aggregates, max_errors=args.max_errors, min_prompts=args.min_prompts)
+    return _write(results, args.out, args.summary_md, exit_on_gates=True)
+
+
+def _write(results: RunResults, out: Path, summary_md: Path | None, *, exit_on_gates: bool) -> int:
+    written = write_report(results, out)
+    if summary_md is not None:
+        written.append(write_markdown(results, summary_md, report=out / REPORT_HTML))
+    _print_results(results, written)
+    failed = any(not g.passed for g in results.gates) or any(not c.passed for c in results.comparisons)
+    return EXIT_GATE_FAILED if exit_on_gates and failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = _report if args.command == "report" else _merge
+    try:
+        return command(args)
+    except (OSError, ValueError) as exc:  # unreadable, malformed or incompatible inputs, bad gates
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Saved runs: what ``--steer-save`` writes and ``--steer-baseline`` compares against.
+
+A baseline file keeps per-prompt values (not only means), so a later run is compared
+paired per prompt. Comparing across models is the point of a baseline (a new
+checkpoint against the last good one); comparing across datasets, generation or
+steering settings is not, and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_steer.aggregate import ConfigAggregate
+
+BASELINE_FORMAT = "pytest-steer-baseline/1"
+MUST_MATCH = ("dataset", "generation", "steering")
+# Other draws of the same distribution: pairing per prompt still applies.
+MAY_DIFFER = ("seed", "trials", "n_prompts", "alphas")
+
+
+class BaselineError(ValueError):
+    """The baseline file cannot be read or cannot be compared with this run."""
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    run: dict[str, Any]
+    aggregates: list[ConfigAggregate]
+
+
+def save_run(run: dict[str, Any], aggregates: list[ConfigAggregate], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": BASELINE_FORMAT, "run": run, "configs": [a.to_dict(include_per_prompt=True) for a in aggregates]}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
+    tmp.replace(path)  # never leave a half-written baseline behind
+    return path
+
+
+def load_run(path: Path) -> SavedRun:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BaselineError(f"--steer-baseline {path}: no such file; create one with --steer-save {path}") from None
+    except json.JSONDecodeError as exc:
+        raise BaselineError(f"--steer-baseline {path}: not JSON ({exc}); was it written by --steer-save?") from None
+    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
+        raise BaselineError(f"--steer-baseline {path}: not a {BASELINE_FORMAT} file; write baselines with --steer-save")
+    try:
+        aggregates = [ConfigAggregate.from_dict(config) for config in data["configs"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BaselineError(f"--steer-baseline {path}: malformed config entry ({exc})") from None
+    return SavedRun(run=data["run"], aggregates=aggregates)
+
+
+def mismatches(current: dict[str, Any], saved: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(notes, blocking differences) between two run fingerprints."""
+    notes = []
+    if _model_id(current) != _model_id(saved):
+        notes.append(f"the baseline was produced by {_model_id(saved)}; this run uses {_model_id(current)}")
+    blocking = []
+    for section in MUST_MATCH:
+        ours, theirs = current.get(section) or {}, saved.get(section) or {}
+        differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        hard = [k for k in differing if k not in MAY_DIFFER]
+        soft = [k for k in differing if k in MAY_DIFFER]
+        for keys, bucket in ((hard, blocking), (soft, notes)):
+            if keys:
+                details = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in keys)
+                bucket.append(f"{section} settings differ from the baseline ({details})")
+    return notes, blocking
+
+
+def _model_id(run: dict[str, Any]) -> str:
+    model = run.get("model") or {}
+    return f"{model.get('name')}@{model.get('revision', '?')} ({model.get('dtype', '?')})"
+

@@ -1,0 +1,291 @@
+"""Quality scores of responses: a reward model, or fluency under the unsteered model.
+
+Every scorer maps (prompt, response) pairs to one float per pair, or ``None`` where a
+pair has no score. ``--steer-quality`` picks the scorer:
+
+* ``fluency`` (default): :class:`FluencyScorer`, the mean log-likelihood per response
+  token under the model under test without steering, in nats (0 is the maximum; higher
+  is more fluent). It reuses the model already loaded for generation.
+* ``reward:<model id or path>``: :class:`RewardModelScorer`, any Hugging Face
+  sequence-classification reward model, read on the plain user prompt (not the chat
+  template) and the response, with a transform of its head's output.
+* ``none``: :class:`NoQualityScorer`, no score.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from pytest_steer.generation import render_prompt
+from pytest_steer.hub import looks_like_hub_id
+from pytest_steer.models import LoadedModel, load_pretrained, resolve_dtype
+from pytest_steer.options import (
+    LABELLED_REWARD_TRANSFORMS,
+    QUALITY_FLUENCY,
+    QUALITY_NONE,
+    REFERENCE_REWARD_MODEL,
+    REWARD_PREFIX,
+    SteerSettings,
+)
+
+FLUENCY_BATCH_SIZE = 8
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
+
+
+class QualityError(RuntimeError):
+    """A quality scorer cannot be built or used; the message says why and what to do."""
+
+
+class QualityScorer(Protocol):
+    description: str
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
+        """One score per (prompt, response) pair, in order."""
+        ...
+
+
+class NoQualityScorer:
+    """``--steer-quality none``: every pair is left without a score."""
+
+    description = QUALITY_NONE
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
+        return [None] * len(responses)
+
+
+def _chunks(count: int, size: int) -> list[slice]:
+    return [slice(start, start + size) for start in range(0, count, size)]
+
+
+class FluencyScorer:
+    """Mean log-likelihood per response token under the unsteered model, in nats.
+
+    The prompt is rendered with the chat template exactly as for generation; the
+    response text is tokenized on its own (no special tokens) and appended. The score
+    is the mean of ``log p(token | all tokens before it)`` over the response tokens.
+    The end-of-sequence token is not scored, so the score depends on the response text
+    alone: a response cut at ``--steer-max-new-tokens`` and one the model ended itself
+    are scored alike. An empty response has no tokens and therefore no score (``None``).
+
+    Rows are left-padded with position ids counted from each row's first real token, so
+    a row's score does not depend on the other rows of its batch. Only the logits of the
+    last ``longest response + 1`` positions are computed.
+    """
+
+    description = QUALITY_FLUENCY
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = FLUENCY_BATCH_SIZE) -> None:
+        self.loaded = loaded
+        self.batch_size = batch_size
+        self._slices_logits = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
+        scores: list[float | None] = []
+        for chunk in _chunks(len(responses), self.batch_size):
+            scores.extend(self._score_batch(prompts[chunk], responses[chunk]))
+        return scores
+
+    def _score_batch(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
+        tokenizer, model, device = self.loaded.tokenizer, self.loaded.model, self.loaded.device
+        prompt_ids = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+        if any(not ids for ids in prompt_ids):
+            raise QualityError("fluency needs a non-empty prompt to condition the first response token on")
+        rows = [p + r for p, r in zip(prompt_ids, response_ids)]
+        width = max(len(row) for row in rows)
+        longest = max(len(ids) for ids in response_ids)
+        if longest == 0:
+            return [None] * len(rows)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = longest + 1  # the logit before the first response token predicts it
+        extra = {"logits_to_keep": keep} if self._slices_logits else {}
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **extra).logits
+            logits = logits[:, -keep:-1].float()  # position j predicts token j + 1
+            targets = input_ids[:, width - longest :]
+            token_log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        return [
+            float(token_log_probs[row, longest - len(ids) :].mean()) if ids else None
+            for row, ids in enumerate(response_ids)
+        ]
+
+
+@dataclass(frozen=True)
+class RewardTransform:
+    """How a reward head's logits become one score: ``identity`` and ``sigmoid`` take a
+    single logit; ``softmax``/``log_softmax`` take one label of a multi-label head."""
+
+    kind: str
+    label: int | None = None
+
+    @classmethod
+    def resolve(cls, spec: str, config: Any, model_name: str) -> RewardTransform:
+        """Check ``spec`` against the head described by ``config`` (labels by index or name)."""
+        kind, _, label_text = spec.partition(":")
+        num_labels = int(config.num_labels)
+        id2label = {int(index): str(name) for index, name in (getattr(config, "id2label", None) or {}).items()}
+        labels = ", ".join(f"{index}={name}" for index, name in sorted(id2label.items())) or "none named"
+        if kind not in LABELLED_REWARD_TRANSFORMS:
+            if num_labels != 1:
+                raise QualityError(
+                    f"reward model {model_name!r} has {num_labels} output labels ({labels}) but {kind} needs a single-logit head; "
+                    "pass --steer-reward-transform softmax:<label> or log_softmax:<label>"
+                )
+            return cls(kind)
+        if num_labels < 2:
+            raise QualityError(
+                f"reward model {model_name!r} has a single-logit head, where {kind} is always constant; "
+                "pass --steer-reward-transform identity or sigmoid"
+            )
+        if label_text.isdigit():
+            index = int(label_text)
+        else:
+            index = next((i for i, name in id2label.items() if name == label_text), -1)
+        if not 0 <= index < num_labels:
+            raise QualityError(
+                f"reward model {model_name!r} has no label {label_text!r}; its labels are {labels}: "
+                f"pass --steer-reward-transform {kind}:<index or name>"
+            )
+        return cls(kind, index)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(batch, num_labels)`` logits -> ``(batch,)`` scores."""
+        if self.kind == "identity":
+            return logits[:, 0]
+        if self.kind == "sigmoid":
+            return logits[:, 0].sigmoid()
+        if self.kind == "softmax":
+            return logits.softmax(-1)[:, self.label]
+        return logits.log_softmax(-1)[:, self.label]
+
+
+def _reward_alternatives() -> str:
+    return (
+        f"a local reward model directory (--steer-quality {REWARD_PREFIX}/path/to/model), "
+        f"--steer-quality {QUALITY_FLUENCY} (needs no other model), or a populated HF cache"
+    )
+
+
+class RewardModelScorer:
+    """A Hugging Face sequence-classification reward model on (user prompt, response) pairs.
+
+    Pairs are scored in batches of ``batch_size``, right-padded, truncated to
+    ``max_length`` tokens (the longer of prompt and response is cut first).
+    """
+
+    def __init__(
+        self, name: str, model: Any, tokenizer: Any, transform: RewardTransform, *, batch_size: int, max_length: int, device: torch.device
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self.description = f"reward model {name} ({transform.kind}{'' if transform.label is None else f':{transform.label}'})"
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        *,
+        device: torch.device,
+        dtype: str = "auto",
+        transform: str = "identity",
+        batch_size: int = 8,
+        max_length: int = 1024,
+    ) -> RewardModelScorer:
+        """Load a reward model on ``device`` with the generator's dtype policy (``--steer-dtype``).
+
+        Its configuration is checked before any weights are read: it must be a sequence
+        classifier whose head fits ``transform``. A hub id that is neither cached nor
+        reachable fails within seconds with :class:`~pytest_steer.hub.HubUnavailableError`.
+        """
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        if not looks_like_hub_id(name) and not Path(name).expanduser().exists():
+            raise QualityError(
+                f"reward model path {name!r} does not exist; check the path in --steer-quality {REWARD_PREFIX}<id or path>, "
+                f"or use --steer-quality {QUALITY_FLUENCY}"
+            )
+        where = {"what": "reward model", "alternatives": _reward_alternatives()}
+        try:
+            config = load_pretrained(AutoConfig, name, **where)
+        except (OSError, ValueError) as exc:
+            raise QualityError(f"cannot read the configuration of reward model {name!r}: {exc}") from exc
+        architectures = list(getattr(config, "architectures", None) or [])
+        if not any(arch.endswith(CLASSIFIER_SUFFIX) for arch in architectures):
+            raise QualityError(
+                f"{name!r} is not a sequence-classification reward model (its architectures: {', '.join(architectures) or 'none listed'}); "
+                f"pass a model with a classification head, e.g. --steer-quality {REWARD_PREFIX}{REFERENCE_REWARD_MODEL}, "
+                f"or use --steer-quality {QUALITY_FLUENCY}"
+            )
+        resolved = RewardTransform.resolve(transform, config, name)
+        torch_dtype = resolve_dtype(dtype, device)
+        try:
+            model, info = load_pretrained(
+                AutoModelForSequenceClassification, name, **where, config=config, dtype=torch_dtype, output_loading_info=True
+            )
+            tokenizer = load_pretrained(AutoTokenizer, name, **where)
+        except (OSError, ValueError) as exc:
+            raise QualityError(f"cannot load reward model {name!r}: {exc}") from exc
+        if info.get("missing_keys"):
+            missing = sorted(info["missing_keys"])
+            raise QualityError(
+                f"reward model {name!r} lacks weights for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}, "
+                "which would be random; pass a checkpoint saved with its trained classification head"
+            )
+        tokenizer.padding_side = "right"  # the head reads the first token or the last real one; right padding suits both
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id  # decoder classifiers locate the last real token by it
+        model.to(device).eval()
+        model.requires_grad_(False)
+        return cls(name, model, tokenizer, resolved, batch_size=batch_size, max_length=max_length, device=device)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
+        scores: list[float | None] = []
+        for chunk in _chunks(len(responses), self.batch_size):
+            encoded = self.tokenizer(
+                list(prompts[chunk]),
+                list(responses[chunk]),
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(self.device)
+            with torch.inference_mode():
+                logits = self.model(**encoded).logits.float()
+            scores.extend(float(value) for value in self.transform(logits))
+        return scores
+
+
+def create_scorer(settings: SteerSettings, loaded: LoadedModel) -> QualityScorer:
+    """The scorer ``--steer-quality`` names; a reward model goes on the generator's device."""
+    if settings.quality == QUALITY_NONE:
+        return NoQualityScorer()
+    if settings.quality == QUALITY_FLUENCY:
+        return FluencyScorer(loaded)
+    name = settings.reward_model
+    if name is None:
+        raise QualityError(
+            f"--steer-quality {settings.quality!r} is not a scorer; use {QUALITY_FLUENCY}, {QUALITY_NONE} or {REWARD_PREFIX}<id or path>"
+        )
+    return RewardModelScorer.load(
+        name,
+        device=loaded.device,
+        dtype=settings.dtype,
+        transform=settings.reward_transform,
+        batch_size=settings.reward_batch_size,
+        max_length=settings.reward_max_length,
+    )

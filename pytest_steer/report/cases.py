@@ -1,0 +1,40 @@
+"""``cases.jsonl``: every case record, one JSON object per line, in (config, key, trial) order.
+
+A line is ``CaseRecord.to_dict()`` plus the test's node id: prompt key, config, alpha, trial, seed, prompt,
+response, the instruction ids with their strict and loose verdicts by position, quality,
+error and the model fingerprint. Reading a file back validates every line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from pytest_steer.records import CaseRecord
+
+
+def write_cases(records: Iterable[dict[str, Any]], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_cases(path: Path) -> list[dict[str, Any]]:
+    """The records of ``path``; a malformed line raises ``ValueError`` naming file and line."""
+    path = Path(path)
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                CaseRecord.from_dict(record)  # validates; extra keys such as the test node id are kept
+            except (json.JSONDecodeError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{number}: not a case record ({exc}); was it written by pytest-steer?") from None
+            records.append(record)
+    return records

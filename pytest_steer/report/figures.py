@@ -1,0 +1,286 @@
+"""Figures of the trade-off (PNG through matplotlib's Agg canvas; pyplot's global state is never touched).
+
+* :func:`trade_off_figure`: accuracy vs alpha, quality vs alpha, and quality vs strict
+  prompt accuracy with the Pareto frontier; error bars are the 95% CIs over prompts and
+  the unsteered baseline is drawn as a reference line with its CI band (it has no alpha).
+* :func:`instruction_heatmap_figure`: strict follow rate per instruction id × config.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.transforms import offset_copy
+
+from pytest_steer.aggregate import ACCURACY_METRICS, QUALITY_METRIC, ConfigAggregate
+from pytest_steer.report.table import METRIC_TITLES
+from pytest_steer.results import RunResults
+from pytest_steer.stats import Interval
+
+ALPHA_LABEL = "PASTA alpha (larger = stronger steering)"
+ACCURACY_STYLES = {
+    "strict_prompt_accuracy": ("tab:blue", "-", "o"),
+    "strict_instruction_accuracy": ("tab:orange", "-", "s"),
+    "loose_prompt_accuracy": ("tab:blue", "--", "o"),
+    "loose_instruction_accuracy": ("tab:orange", "--", "s"),
+}
+QUALITY_COLOR = "tab:green"
+BASELINE_COLOR = "black"
+FRONTIER_METRIC = "strict_prompt_accuracy"
+DODGE_POINTS = 4.0  # horizontal shift between the accuracy series, so their error bars do not hide each other
+DPI = 110
+
+
+@dataclass(frozen=True)
+class Point:
+    """One config's position on the quality-vs-accuracy panel."""
+
+    name: str
+    accuracy: Interval
+    quality: Interval
+    is_baseline: bool
+
+
+def _defined(agg: ConfigAggregate, metric: str) -> Interval | None:
+    interval = agg.metrics.get(metric)
+    return interval if interval is not None and interval.is_defined else None
+
+
+def _errors(intervals: list[Interval]) -> list[list[float]]:
+    """Asymmetric error-bar lengths below and above each mean."""
+    return [[iv.mean - iv.ci_low for iv in intervals], [iv.ci_high - iv.mean for iv in intervals]]
+
+
+def pareto_frontier(points: list[Point]) -> list[Point]:
+    """Points no other point beats on both accuracy and quality (higher is better), by accuracy."""
+    frontier = []
+    for p in points:
+        dominated = any(
+            q.accuracy.mean >= p.accuracy.mean
+            and q.quality.mean >= p.quality.mean
+            and (q.accuracy.mean > p.accuracy.mean or q.quality.mean > p.quality.mean)
+            for q in points
+        )
+        if not dominated:
+            frontier.append(p)
+    return sorted(frontier, key=lambda p: (p.accuracy.mean, -p.quality.mean))
+
+
+def _steered(results: RunResults) -> list[ConfigAggregate]:
+    return [agg for agg in results.aggregates if not agg.is_baseline]
+
+
+def _baseline(results: RunResults) -> ConfigAggregate | None:
+    return next((agg for agg in results.aggregates if agg.is_baseline), None)
+
+
+def _alpha_axis(ax: Axes, alphas: list[float]) -> None:
+    """Ticks at the alphas run, log scale when they span a decade; limits set here because
+    the dodged series do not take part in autoscaling."""
+    ax.set_xlabel(ALPHA_LABEL)
+    if not alphas:
+        return
+    low, high = min(alphas), max(alphas)
+    if high / low >= 10:
+        ax.set_xscale("log")
+        ax.set_xlim(low / 1.3, high * 1.3)
+    else:
+        pad = 0.1 * (high - low) if high > low else 0.5 * low
+        ax.set_xlim(low - pad, high + pad)
+    ax.set_xticks(alphas)
+    ax.set_xticklabels([f"{a:g}" for a in alphas])
+    ax.minorticks_off()
+
+
+def _baseline_reference(ax: Axes, interval: Interval | None, color: str, label: str) -> None:
+    if interval is None:
+        return
+    ax.axhline(interval.mean, color=color, linestyle=":", linewidth=1.2, label=label)
+    ax.axhspan(interval.ci_low, interval.ci_high, color=color, alpha=0.08, linewidth=0)
+
+
+def _empty_note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey")
+
+
+def _accuracy_panel(ax: Axes, results: RunResults) -> None:
+    steered = _steered(results)
+    baseline = _baseline(results)
+    alphas = [agg.alpha for agg in steered]
+    for index, metric in enumerate(ACCURACY_METRICS):
+        color, linestyle, marker = ACCURACY_STYLES[metric]
+        shift = (index - (len(ACCURACY_METRICS) - 1) / 2) * DODGE_POINTS
+        points = [(agg.alpha, _defined(agg, metric)) for agg in steered]
+        points = [(alpha, iv) for alpha, iv in points if iv is not None]
+        if points:
+            ax.errorbar(
+                [alpha for alpha, _ in points],
+                [iv.mean for _, iv in points],
+                yerr=_errors([iv for _, iv in points]),
+                color=color,
+                linestyle=linestyle,
+                marker=marker,
+                capsize=3,
+                label=METRIC_TITLES[metric],
+                transform=offset_copy(ax.transData, fig=ax.figure, x=shift, units="points"),
+            )
+        if baseline is not None and metric == FRONTIER_METRIC:
+            _baseline_reference(ax, _defined(baseline, metric), BASELINE_COLOR, "baseline (unsteered), strict prompt")
+    ax.set_ylabel("accuracy (fraction followed)")
+    ax.set_title("instruction following vs steering strength")
+    ax.set_ylim(-0.02, 1.02)
+    _alpha_axis(ax, alphas)
+    if not steered:
+        _empty_note(ax, "no steered config in this run")
+    ax.legend(fontsize="small", loc="best")
+
+
+def _quality_panel(ax: Axes, results: RunResults) -> None:
+    steered = _steered(results)
+    baseline = _baseline(results)
+    points = [(agg.alpha, _defined(agg, QUALITY_METRIC)) for agg in steered]
+    points = [(alpha, iv) for alpha, iv in points if iv is not None]
+    if points:
+        ax.errorbar(
+            [alpha for alpha, _ in points],
+            [iv.mean for _, iv in points],
+            yerr=_errors([iv for _, iv in points]),
+            color=QUALITY_COLOR,
+            marker="o",
+            capsize=3,
+            label="steered",
+        )
+    baseline_quality = _defined(baseline, QUALITY_METRIC) if baseline is not None else None
+    _baseline_reference(ax, baseline_quality, BASELINE_COLOR, "baseline (unsteered)")
+    ax.set_ylabel("quality (higher is better)")
+    ax.set_title("response quality vs steering strength")
+    _alpha_axis(ax, [agg.alpha for agg in steered])
+    if not points and baseline_quality is None:
+        _empty_note(ax, "no quality scores in this run")
+    else:
+        ax.legend(fontsize="small", loc="best")
+
+
+def trade_off_points(results: RunResults) -> list[Point]:
+    points = []
+    for agg in results.aggregates:
+        accuracy, quality = _defined(agg, FRONTIER_METRIC), _defined(agg, QUALITY_METRIC)
+        if accuracy is not None and quality is not None:
+            points.append(Point(agg.name, accuracy, quality, agg.is_baseline))
+    return points
+
+
+def _pareto_panel(ax: Axes, results: RunResults) -> None:
+    points = trade_off_points(results)
+    ax.set_xlabel("strict prompt accuracy")
+    ax.set_ylabel("quality (higher is better)")
+    ax.set_title("quality vs accuracy (up and right is better)")
+    if not points:
+        _empty_note(ax, "needs accuracy and quality")
+        return
+    frontier = pareto_frontier(points)
+    ax.plot(
+        [p.accuracy.mean for p in frontier],
+        [p.quality.mean for p in frontier],
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label="Pareto frontier",
+    )
+    for group, color, marker, label in (
+        ([p for p in points if not p.is_baseline], QUALITY_COLOR, "o", "steered"),
+        ([p for p in points if p.is_baseline], BASELINE_COLOR, "*", "baseline (unsteered)"),
+    ):
+        if not group:
+            continue
+        ax.errorbar(
+            [p.accuracy.mean for p in group],
+            [p.quality.mean for p in group],
+            xerr=_errors([p.accuracy for p in group]),
+            yerr=_errors([p.quality for p in group]),
+            color=color,
+            marker=marker,
+            markersize=10 if marker == "*" else 6,
+            linestyle="none",
+            capsize=3,
+            label=label,
+        )
+    for p in points:
+        ax.annotate(p.name, (p.accuracy.mean, p.quality.mean), textcoords="offset points", xytext=(5, 5), fontsize="small")
+    ax.legend(fontsize="small", loc="best")
+
+
+def _title(results: RunResults) -> str:
+    model = (results.run.get("model") or {}).get("name", "?")
+    n_prompts = (results.run.get("dataset") or {}).get("n_prompts", "?")
+    trials = (results.run.get("generation") or {}).get("trials", "?")
+    return f"{model}: {n_prompts} prompts × {trials} trial(s); error bars: 95% CI over prompts"
+
+
+def trade_off_figure(results: RunResults) -> Figure:
+    """Three panels: accuracy vs alpha, quality vs alpha, quality vs accuracy."""
+    figure = Figure(figsize=(16, 5), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    accuracy_ax, quality_ax, pareto_ax = figure.subplots(1, 3)
+    _accuracy_panel(accuracy_ax, results)
+    _quality_panel(quality_ax, results)
+    _pareto_panel(pareto_ax, results)
+    figure.suptitle(_title(results), fontsize="medium")
+    return figure
+
+
+def config_label(agg: ConfigAggregate) -> str:
+    return "baseline" if agg.is_baseline else f"α={agg.alpha:g}"
+
+
+def follow_rate_matrix(results: RunResults) -> tuple[list[str], list[str], list[list[float]]]:
+    """Instruction ids (rows), config labels (columns) and the strict follow rates (NaN: no prompt)."""
+    ids = sorted({iid for agg in results.aggregates for iid in agg.per_instruction})
+    labels = [config_label(agg) for agg in results.aggregates]
+    matrix = []
+    for iid in ids:
+        row = []
+        for agg in results.aggregates:
+            interval = agg.per_instruction.get(iid, {}).get("strict")
+            row.append(interval.mean if interval is not None and interval.is_defined else math.nan)
+        matrix.append(row)
+    return ids, labels, matrix
+
+
+def instruction_heatmap_figure(results: RunResults) -> Figure:
+    ids, labels, matrix = follow_rate_matrix(results)
+    height = 1.6 + 0.32 * max(len(ids), 1)
+    width = 4.5 + 0.9 * max(len(labels), 1)
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    ax.set_title("strict follow rate per instruction id")
+    ax.set_xlabel("config (left to right: unsteered, then larger alpha = stronger steering)")
+    ax.set_ylabel("instruction id")
+    if not ids:
+        _empty_note(ax, "no instruction verdicts in this run")
+        return figure
+    cmap = colormaps["RdYlGn"].with_extremes(bad="lightgrey")
+    image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels)
+    ax.set_yticks(range(len(ids)))
+    ax.set_yticklabels(ids, fontsize="small")
+    for row, values in enumerate(matrix):
+        for column, value in enumerate(values):
+            if not math.isnan(value):
+                ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize="x-small")
+    figure.colorbar(image, ax=ax, label="follow rate")
+    return figure
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

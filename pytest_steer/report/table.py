@@ -1,0 +1,124 @@
+"""The trade-off table every report shows: one row per config, values, deltas and gate verdicts.
+
+The terminal, markdown, HTML and pytest-html renderers lay this table out differently but
+read the same rows and format numbers the same way, so every output shows the same figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pytest_steer.aggregate import METRICS
+from pytest_steer.results import RunResults
+from pytest_steer.stats import Interval
+
+METRIC_TITLES = {
+    "strict_prompt_accuracy": "strict prompt",
+    "strict_instruction_accuracy": "strict instr",
+    "loose_prompt_accuracy": "loose prompt",
+    "loose_instruction_accuracy": "loose instr",
+    "quality": "quality",
+}
+MISSING = "-"
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """How many gate and saved-run checks on one config passed and failed."""
+
+    passed: int
+    failed: int
+
+    @property
+    def text(self) -> str:
+        total = self.passed + self.failed
+        if total == 0:
+            return MISSING
+        return f"pass {total}/{total}" if not self.failed else f"FAIL {self.failed}/{total}"
+
+
+@dataclass(frozen=True)
+class ConfigRow:
+    """One config of the table; ``deltas`` is empty for the baseline."""
+
+    name: str
+    alpha: float | None
+    n_prompts: int
+    n_cases: int
+    n_errors: int
+    values: dict[str, Interval | None]
+    deltas: dict[str, Interval | None]
+    verdicts: Verdicts
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.alpha is None
+
+
+def config_rows(results: RunResults) -> list[ConfigRow]:
+    """Rows in the aggregates' order: baseline first, then by ascending alpha."""
+    rows = []
+    for agg in results.aggregates:
+        deltas = results.deltas.get(agg.name)
+        rows.append(
+            ConfigRow(
+                name=agg.name,
+                alpha=agg.alpha,
+                n_prompts=agg.n_prompts,
+                n_cases=agg.n_cases,
+                n_errors=agg.n_errors,
+                values={metric: agg.metrics.get(metric) for metric in METRICS},
+                deltas={} if deltas is None else {metric: deltas.get(metric) for metric in METRICS},
+                verdicts=config_verdicts(results, agg.name),
+            )
+        )
+    return rows
+
+
+def config_verdicts(results: RunResults, config: str) -> Verdicts:
+    outcomes = [g.passed for g in results.gates if g.config == config]
+    outcomes += [c.passed for c in results.comparisons if c.config == config]
+    return Verdicts(passed=sum(outcomes), failed=len(outcomes) - sum(outcomes))
+
+
+def format_mean(interval: Interval | None, *, signed: bool = False) -> str:
+    if interval is None or not interval.is_defined:
+        return MISSING
+    return f"{interval.mean:+.3f}" if signed else f"{interval.mean:.3f}"
+
+
+def format_ci(interval: Interval | None, *, compact: bool = False) -> str:
+    """``[low, high]`` at two decimals; ``compact`` drops the space for narrow terminals."""
+    if interval is None or not interval.is_defined:
+        return ""
+    separator = "," if compact else ", "
+    return f"[{interval.ci_low:.2f}{separator}{interval.ci_high:.2f}]"
+
+
+def format_interval(interval: Interval | None, *, signed: bool = False) -> str:
+    if interval is None or not interval.is_defined:
+        return MISSING
+    return f"{format_mean(interval, signed=signed)} {format_ci(interval)}"
+
+
+def describe_run(results: RunResults) -> list[str]:
+    """Short lines on what was evaluated: model, prompts, decoding and steering."""
+    run = results.run
+    model = run.get("model") or {}
+    dataset = run.get("dataset") or {}
+    generation = run.get("generation") or {}
+    steering = run.get("steering") or {}
+    decoding = (
+        "greedy"
+        if generation.get("greedy")
+        else f"sampling (temperature {generation.get('temperature')}, top-p {generation.get('top_p')})"
+    )
+    alphas = ", ".join(f"{a:g}" for a in steering.get("alphas") or []) or "none"
+    return [
+        f"model: {model.get('name', '?')} ({model.get('dtype', '?')}, {model.get('attn_implementation', '?')} attention)",
+        f"prompts: {dataset.get('n_prompts', '?')} from {dataset.get('source', '?')}; "
+        f"{generation.get('trials', '?')} trial(s) each, {decoding}, {generation.get('max_new_tokens', '?')} new tokens, "
+        f"seed {generation.get('seed', '?')}",
+        f"steering: {steering.get('method', '?')} at alpha {alphas} (larger alpha = stronger steering), "
+        f"heads {steering.get('heads', '?')}, {steering.get('scale_position', '?')}",
+    ]

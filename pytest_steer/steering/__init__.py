@@ -1,0 +1,50 @@
+"""PASTA attention steering.
+
+``from pytest_steer.steering import PASTA`` loads torch; the helpers and the exceptions
+(``parse_heads``, ``default_head_layers``, ``locate_spans``, ``SteeringError`` ...) do not,
+so option parsing can use them while the plugin stays free of torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from pytest_steer.steering.errors import (
+    HeadConfigError,
+    SpanLocationError,
+    SteeringError,
+    SteeringWarning,
+    UnsupportedModelError,
+    UnsupportedTokenizerError,
+)
+from pytest_steer.steering.heads import HeadConfig, default_head_layers, parse_heads
+from pytest_steer.steering.spans import locate_spans
+
+_LAZY = {
+    "PASTA": "pytest_steer.steering.pasta",
+    "SteeredRun": "pytest_steer.steering.pasta",
+    "prompt_key_bias": "pytest_steer.steering.pasta",
+}
+
+__all__ = [
+    "PASTA",
+    "HeadConfig",
+    "HeadConfigError",
+    "SpanLocationError",
+    "SteeredRun",
+    "SteeringError",
+    "SteeringWarning",
+    "UnsupportedModelError",
+    "UnsupportedTokenizerError",
+    "default_head_layers",
+    "locate_spans",
+    "parse_heads",
+    "prompt_key_bias",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,13 @@
+"""Fixtures of the report tests: results built from hand-made records."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_steer.results import RunResults
+from report_fixtures import make_results
+
+
+@pytest.fixture(scope="session")
+def results() -> RunResults:
+    return make_results()

@@ -1,0 +1,153 @@
+"""python -m pytest_steer report / merge: regenerate and merge saved reports without a model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from report_fixtures import make_records, make_run, make_results
+from pytest_steer.__main__ import main
+from pytest_steer.report.cases import write_cases
+from pytest_steer.report.files import write_report
+from pytest_steer.report.json import results_dict, write_results
+from pytest_steer.results import RunResults
+
+OUTPUTS = ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png")
+
+
+def _numbers(path: Path) -> dict:
+    """What the report says, without the per-run and per-shard bookkeeping."""
+    data = json.loads((path / "results.json").read_text())
+    return {key: data[key] for key in ("configs", "instructions", "gates", "comparisons", "n_lost", "n_cases")}
+
+
+def _save(results: RunResults, directory: Path) -> Path:
+    """The files ``report`` and ``merge`` read back (the figures and HTML are not needed)."""
+    write_results(results, directory / "results.json")
+    write_cases(results.records, directory / "cases.jsonl")
+    return directory
+
+
+def test_report_regenerates_identical_outputs(results: RunResults, tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    write_report(results, saved)
+    assert main(["report", str(saved), "--out", str(tmp_path / "again"), "--summary-md", str(tmp_path / "s.md")]) == 0
+    for name in ("results.json", "cases.jsonl", "summary.csv", "report.html"):
+        assert (tmp_path / "again" / name).read_bytes() == (saved / name).read_bytes(), name
+    assert (tmp_path / "s.md").read_text().startswith("### Steering trade-off")
+
+
+def test_report_accepts_a_results_json_without_cases(results: RunResults, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_results(results, tmp_path / "only" / "r.json")
+    assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "no cases.jsonl" in capsys.readouterr().err
+    assert _numbers(tmp_path / "out") == {**_numbers(_save(results, tmp_path / "full")), "n_cases": 0}
+    assert (tmp_path / "out" / "cases.jsonl").read_text() == ""
+
+
+def test_report_of_a_missing_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def _shards(tmp_path: Path, records: list[dict], **run_changes: dict) -> list[Path]:
+    """Two shards split by prompt key, as if run on two machines."""
+    halves = [[r for r in records if int(r["key"][1:]) % 2 == side] for side in (0, 1)]
+    paths = []
+    for index, half in enumerate(halves):
+        run = make_run(n_prompts=6, time=f"2026-01-0{index + 1}T00:00:00+00:00") | {"git_commit": f"commit{index}"}
+        if index == 1:
+            for section, values in run_changes.items():
+                run[section] = run[section] | values
+        paths.append(_save(RunResults.from_records(run, half, seed=0), tmp_path / f"shard{index}"))
+    return paths
+
+
+def test_merge_equals_the_unsharded_run(tmp_path: Path) -> None:
+    records = make_records()
+    shards = _shards(tmp_path, records)
+    gate = "alpha=10: strict_prompt_accuracy - baseline >= 0.5"
+    code = main(["merge", str(tmp_path / "merged"), *map(str, shards), "--gate", gate, "--max-errors", "1"])
+    assert code == 1  # the gate fails, as on the whole run
+    whole = make_results(records)
+    whole.gates = [g for g in whole.gates if g.gate == gate]
+    merged = _numbers(tmp_path / "merged")
+    assert merged == {key: results_dict(whole)[key] for key in merged}
+    data = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert data["run"]["dataset"]["n_prompts"] == 12
+    assert data["run"]["git_commit"] is None  # the shards ran different commits
+    assert data["run"]["time"] == "2026-01-02T00:00:00+00:00"
+    assert [s["n_cases"] for s in data["run"]["shards"]] == [48, 48]
+    assert all((tmp_path / "merged" / name).is_file() for name in OUTPUTS)
+
+
+def test_merge_exits_0_when_gates_pass(tmp_path: Path) -> None:
+    shards = _shards(tmp_path, make_records())
+    assert main(["merge", str(tmp_path / "m"), *map(str, shards), "--gate", "strict_prompt_accuracy >= 0.05", "--max-errors", "1"]) == 0
+
+
+def test_merge_counts_errors_against_the_budget(tmp_path: Path) -> None:
+    shards = _shards(tmp_path, make_records())
+    assert main(["merge", str(tmp_path / "m"), *map(str, shards), "--gate", "alpha30: strict_prompt_accuracy >= 0"]) == 1
+    gates = json.loads((tmp_path / "m" / "results.json").read_text())["gates"]
+    assert "over the budget" in gates[0]["message"]
+
+
+def test_merge_refuses_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shards = _shards(tmp_path, make_records(), generation={"temperature": 1.0})
+    assert main(["merge", str(tmp_path / "m"), *map(str, shards)]) == 2
+    err = capsys.readouterr().err
+    assert "generation.temperature: 0.7 vs 1.0" in err and "other settings" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_refuses_another_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shards = _shards(tmp_path, make_records(), model={"dtype": "bfloat16"})
+    assert main(["merge", str(tmp_path / "m"), *map(str, shards)]) == 2
+    assert 'model.dtype: "float32" vs "bfloat16"' in capsys.readouterr().err
+
+
+def test_merge_refuses_a_case_in_two_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shard = _save(RunResults.from_records(make_run(), make_records(n_prompts=2, trials=1), seed=0), tmp_path / "a")
+    copy = _save(RunResults.from_records(make_run(), make_records(n_prompts=2, trials=1), seed=0), tmp_path / "b")
+    assert main(["merge", str(tmp_path / "m"), str(shard), str(copy)]) == 2
+    assert "case key=p000 config=alpha10 trial=0 is in both" in capsys.readouterr().err
+
+
+def test_merge_rejects_a_bad_gate_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["merge", str(tmp_path / "m"), str(tmp_path / "none"), "--gate", "strict_prompt_accuracy >="]) == 2
+    assert "invalid gate" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs(results: RunResults, tmp_path: Path) -> None:
+    saved = _save(results, tmp_path / "saved")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_steer", "report", str(saved), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "alpha10" in done.stdout and f"wrote {tmp_path / 'out' / 'report.html'}" in done.stdout
+
+
+def test_standalone_results_json_carries_its_cases(tmp_path: Path) -> None:
+    """--steer-json files embed the cases, so they can be reported on and merged alone."""
+    records = make_records()
+    shards = _shards(tmp_path, records)
+    standalone = []
+    for index, shard in enumerate(shards):
+        data = json.loads((shard / "results.json").read_text())
+        data["cases"] = [json.loads(line) for line in (shard / "cases.jsonl").read_text().splitlines()]
+        path = tmp_path / f"standalone{index}.json"
+        path.write_text(json.dumps(data))
+        standalone.append(path)
+    assert main(["merge", str(tmp_path / "merged"), *map(str, standalone), "--max-errors", "1"]) == 0
+    merged = _numbers(tmp_path / "merged")
+    assert merged["configs"] == results_dict(RunResults.from_records(make_run(), records, seed=0))["configs"]
+    assert main(["report", str(standalone[0]), "--out", str(tmp_path / "one")]) == 0
+    assert len((tmp_path / "one" / "cases.jsonl").read_text().splitlines()) == 48

@@ -1,0 +1,111 @@
+"""The figures: built as matplotlib Figures and inspected (axes, labels, plotted data)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from report_fixtures import make_records, make_run
+from pytest_steer.report.figures import (
+    ALPHA_LABEL,
+    Point,
+    instruction_heatmap_figure,
+    pareto_frontier,
+    png_bytes,
+    trade_off_figure,
+)
+from pytest_steer.results import RunResults
+from pytest_steer.stats import Interval
+
+
+def _series(ax, label: str):
+    """The data line of an errorbar series, or a plain line, by legend label."""
+    for container in ax.containers:
+        if container.get_label() == label:
+            return container.lines[0]
+    return next(line for line in ax.get_lines() if line.get_label() == label)
+
+
+def test_trade_off_has_three_labelled_panels(results: RunResults) -> None:
+    figure = trade_off_figure(results)
+    accuracy, quality, pareto = figure.axes
+    assert accuracy.get_xlabel() == quality.get_xlabel() == ALPHA_LABEL
+    assert "larger = stronger steering" in ALPHA_LABEL
+    assert accuracy.get_ylabel().startswith("accuracy")
+    assert quality.get_ylabel().startswith("quality")
+    assert (pareto.get_xlabel(), pareto.get_ylabel()) == ("strict prompt accuracy", "quality (higher is better)")
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == ["5", "10", "30"]
+
+
+def test_accuracy_and_quality_panels_plot_the_aggregates(results: RunResults) -> None:
+    accuracy, quality, _ = trade_off_figure(results).axes
+    steered = results.aggregates[1:]
+    strict = _series(accuracy, "strict prompt")
+    assert list(strict.get_xdata()) == [5.0, 10.0, 30.0]
+    assert list(strict.get_ydata()) == [agg.metrics["strict_prompt_accuracy"].mean for agg in steered]
+    loose = _series(accuracy, "loose instr")
+    assert list(loose.get_ydata()) == [agg.metrics["loose_instruction_accuracy"].mean for agg in steered]
+    assert list(_series(quality, "steered").get_ydata()) == [agg.metrics["quality"].mean for agg in steered]
+    baseline = results.aggregates[0]
+    reference = _series(quality, "baseline (unsteered)")
+    assert list(reference.get_ydata()) == [baseline.metrics["quality"].mean] * 2
+    assert list(_series(accuracy, "baseline (unsteered), strict prompt").get_ydata())[0] == baseline.metrics["strict_prompt_accuracy"].mean
+
+
+def test_error_bars_span_the_confidence_intervals(results: RunResults) -> None:
+    _, quality, _ = trade_off_figure(results).axes
+    container = next(c for c in quality.containers if c.get_label() == "steered")
+    segments = container.lines[2][0].get_segments()
+    for segment, agg in zip(segments, results.aggregates[1:]):
+        interval = agg.metrics["quality"]
+        assert np.allclose(sorted(segment[:, 1]), [interval.ci_low, interval.ci_high])
+
+
+def test_pareto_panel_marks_baseline_and_frontier(results: RunResults) -> None:
+    _, _, pareto = trade_off_figure(results).axes
+    baseline = _series(pareto, "baseline (unsteered)")
+    agg = results.aggregates[0]
+    assert baseline.get_marker() == "*"
+    assert (baseline.get_xdata()[0], baseline.get_ydata()[0]) == (agg.metrics["strict_prompt_accuracy"].mean, agg.metrics["quality"].mean)
+    frontier = _series(pareto, "Pareto frontier")
+    points = [(a.metrics["strict_prompt_accuracy"].mean, a.metrics["quality"].mean) for a in results.aggregates]
+    undominated = sorted(p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points))
+    assert list(zip(frontier.get_xdata(), frontier.get_ydata())) == undominated
+    assert {t.get_text() for t in pareto.texts} == {"baseline", "alpha5", "alpha10", "alpha30"}
+
+
+def _point(name: str, accuracy: float, quality: float) -> Point:
+    return Point(name, Interval(accuracy, accuracy, accuracy, 1), Interval(quality, quality, quality, 1), name == "b")
+
+
+def test_pareto_frontier_keeps_only_undominated_points() -> None:
+    points = [_point("b", 0.5, -1.0), _point("a", 0.7, -1.5), _point("c", 0.6, -2.0), _point("d", 0.7, -1.2)]
+    assert [p.name for p in pareto_frontier(points)] == ["b", "d"]
+
+
+def test_heatmap_shows_follow_rate_per_instruction_and_config(results: RunResults) -> None:
+    figure = instruction_heatmap_figure(results)
+    ax = figure.axes[0]
+    ids = [t.get_text() for t in ax.get_yticklabels()]
+    assert ids == sorted({iid for agg in results.aggregates for iid in agg.per_instruction})
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["baseline", "α=5", "α=10", "α=30"]
+    assert "stronger steering" in ax.get_xlabel()
+    image = ax.get_images()[0].get_array()
+    for row, iid in enumerate(ids):
+        for column, agg in enumerate(results.aggregates):
+            assert image[row, column] == agg.per_instruction[iid]["strict"].mean
+
+
+def test_figures_without_quality_or_steering_say_so() -> None:
+    records = [dict(r, quality=None) for r in make_records(n_prompts=3, trials=1) if r["alpha"] is None]
+    results = RunResults.from_records(make_run(n_prompts=3, trials=1), records, seed=0)
+    accuracy, quality, pareto = trade_off_figure(results).axes
+    assert [t.get_text() for t in accuracy.texts] == ["no steered config in this run"]
+    assert [t.get_text() for t in quality.texts] == ["no quality scores in this run"]
+    assert [t.get_text() for t in pareto.texts] == ["needs accuracy and quality"]
+    assert not math.isnan(accuracy.get_lines()[0].get_ydata()[0])  # the baseline reference is still drawn
+
+
+def test_png_bytes_are_a_png(results: RunResults) -> None:
+    assert png_bytes(instruction_heatmap_figure(results)).startswith(b"\x89PNG\r\n\x1a\n")

@@ -1,0 +1,107 @@
+"""report.html and the markdown summary: escaped text, paired cases, the same numbers as the JSON."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from report_fixtures import HOSTILE_RESPONSE, make_records, make_run
+from pytest_steer.report.files import write_report
+from pytest_steer.report.html import MAX_CASE_GROUPS, render_html
+from pytest_steer.report.json import results_dict
+from pytest_steer.report.markdown import render_markdown
+from pytest_steer.results import RunResults
+
+REPO = Path(__file__).resolve().parents[2]
+FIGURES = {"trade_off": b"\x89PNG-one", "instruction_heatmap": b"\x89PNG-two"}
+
+
+def _group(page: str, key: str, trial: int) -> str:
+    """The case-browser block of one prompt and trial."""
+    blocks = re.findall(r'<details class="case".*?</details>', page, flags=re.S)
+    return next(b for b in blocks if f"<strong>{key}</strong> trial {trial} " in b)
+
+
+def test_responses_and_prompts_are_escaped(results: RunResults) -> None:
+    page = render_html(results, FIGURES)
+    assert HOSTILE_RESPONSE not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;/pre&gt;&lt;b&gt;bold&lt;/b&gt;" in page
+    assert "write about &lt;topic&gt; &amp; include a title." in page
+    assert page.count("<script>") == 1  # the page's own filter script only
+
+
+def test_case_block_shows_baseline_and_steered_side_by_side(results: RunResults) -> None:
+    page = render_html(results, FIGURES)
+    block = _group(page, "p003", 1)
+    sides = re.findall(r'<div class="side (baseline|steered)">\s*<h4>(\w+)', block)
+    assert sides == [("baseline", "baseline"), ("steered", "alpha5"), ("steered", "alpha10"), ("steered", "alpha30")]
+    for config in ("baseline", "alpha5", "alpha10", "alpha30"):
+        assert f"{config} answer 3.1" in block
+    assert block.count("<pre") == 5  # the prompt once, then one response per config
+    record = next(r for r in results.records if (r["key"], r["trial"], r["config"]) == ("p003", 1, "alpha10"))
+    marks = [f"strict {'✓' if s else '✗'}, loose {'✓' if lo else '✗'}" for s, lo in zip(record["strict"], record["loose"])]
+    alpha10 = block.split("<h4>alpha10")[1].split('<div class="side')[0]
+    for iid, mark in zip(record["instruction_id_list"], marks):
+        assert f"<li>{iid}: {mark}</li>" in alpha10
+
+
+def test_errored_case_shows_its_error(results: RunResults) -> None:
+    block = _group(render_html(results, FIGURES), "p005", 1)
+    assert "generation failed: RuntimeError: out of memory" in block
+    assert '<span class="badge fail">error</span>' in block
+
+
+def test_table_figures_and_gates_are_on_the_page(results: RunResults) -> None:
+    page = render_html(results, FIGURES)
+    assert page.count('src="data:image/png;base64,') == 2
+    for config in results_dict(results)["configs"]:
+        value = config["metrics"]["strict_prompt_accuracy"]
+        assert f"<td>{value['mean']:.3f}<span class=\"ci\">[{value['ci_low']:.2f}, {value['ci_high']:.2f}]</span></td>" in page
+    assert page.count('<span class="badge fail">FAIL</span>') == 1
+    assert "alpha10: strict_prompt_accuracy - baseline = +0.250" in page
+    assert "needs ci_low &gt;= 0.5 -&gt; FAIL" in page
+
+
+def test_case_browser_is_capped(monkeypatch: pytest.MonkeyPatch, results: RunResults) -> None:
+    monkeypatch.setattr("pytest_steer.report.html.MAX_CASE_GROUPS", 5)
+    page = render_html(results, FIGURES)
+    assert page.count('<details class="case"') == 5
+    assert "Showing the first 5 of 24 prompt × trial groups" in page
+    assert MAX_CASE_GROUPS >= 1000
+
+
+def test_markdown_summary_has_a_row_per_config_and_the_gates(results: RunResults) -> None:
+    text = render_markdown(results, report=Path("out/report.html"))
+    assert text.startswith("### Steering trade-off: ❌ 1 of 5 gate(s) failed")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| config")]
+    assert [row.split(" | ")[0] for row in rows] == ["| baseline", "| alpha5", "| alpha10", "| alpha30"]
+    data = results_dict(results)
+    for row, config in zip(rows, data["configs"]):
+        value = config["metrics"]["strict_prompt_accuracy"]
+        assert f"| {value['mean']:.3f} [{value['ci_low']:.2f}, {value['ci_high']:.2f}] |" in row
+    assert "❌ `alpha10: strict_prompt_accuracy - baseline" in text
+    assert text.rstrip().endswith("Full report: `out/report.html`")
+
+
+def test_markdown_escapes_table_breaking_text() -> None:
+    records = [dict(r, config="a|b") for r in make_records(n_prompts=2, trials=1) if r["alpha"] is None]
+    results = RunResults.from_records(make_run(n_prompts=2, trials=1), records, seed=0)
+    assert "| a\\|b |" in render_markdown(results)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(results: RunResults, tmp_path: Path) -> None:
+    write_report(results, tmp_path)
+    check = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "check_report_render.py"), str(tmp_path), "--screenshot", str(tmp_path / "shot.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "ok   24 case group(s) in the DOM" in check.stdout

@@ -1,0 +1,246 @@
+"""The response cache: keys, hits and misses, untrusted entries, and runs that reuse it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO
+from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, resolve_cache_dir
+
+SUITE = str(REPO / "suites" / "ifeval")
+KEY_PARTS: dict[str, Any] = {
+    "model": {"name": "m", "revision": "r1", "dtype": "float32", "attn_implementation": "eager"},
+    "environment": {"device": "cpu", "engine": 1},
+    "prompt": "Write a haiku. Use no commas.",
+    "steering": {"method": "pasta", "alpha": 10.0, "layers": [[0, None]], "scale_position": "include", "highlights": ["Use no commas."]},
+    "generation": {"max_new_tokens": 8, "greedy": False, "temperature": 0.7, "top_p": 1.0},
+    "seed": 123,
+}
+PAYLOAD = {"text": "Leaves fall softly", "n_new_tokens": 5, "missing_spans": []}
+
+
+def test_same_key_hits_and_every_key_part_changes_the_key(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    key = generation_key(**KEY_PARTS)
+    assert cache.get(GENERATION, key) is None
+    cache.put(GENERATION, key, PAYLOAD)
+    assert cache.get(GENERATION, generation_key(**KEY_PARTS)) == PAYLOAD
+    variants = {
+        "model": {**KEY_PARTS["model"], "revision": "r2"},
+        "environment": {**KEY_PARTS["environment"], "device": "cuda"},
+        "prompt": KEY_PARTS["prompt"] + " ",
+        "steering": {**KEY_PARTS["steering"], "alpha": 5.0},
+        "generation": {**KEY_PARTS["generation"], "temperature": 0.8},
+        "seed": 124,
+    }
+    for part, value in variants.items():
+        assert cache.get(GENERATION, generation_key(**{**KEY_PARTS, part: value})) is None, part
+    for part, value in {
+        "heads": [[1, None]],
+        "scale_position": "exclude",
+        "highlights": ["Write a haiku."],
+    }.items():
+        steering = {**KEY_PARTS["steering"], {"heads": "layers"}.get(part, part): value}
+        assert generation_key(**{**KEY_PARTS, "steering": steering}) != key, part
+    assert generation_key(**{**KEY_PARTS, "steering": None}) != key
+    assert cache.rejected == 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda raw: raw[: len(raw) // 2], id="partial"),
+        pytest.param(lambda raw: raw.replace(b"Leaves", b"Leaved"), id="checksum"),
+        pytest.param(lambda raw: b"", id="empty"),
+        pytest.param(lambda raw: b"\x00\xff garbage", id="garbage"),
+    ],
+)
+def test_damaged_entry_is_a_miss_and_a_new_put_repairs_it(tmp_path: Path, damage: Any) -> None:
+    cache = ResponseCache(tmp_path)
+    key = generation_key(**KEY_PARTS)
+    cache.put(GENERATION, key, PAYLOAD)
+    path = cache.path(GENERATION, key)
+    path.write_bytes(damage(path.read_bytes()))
+    assert cache.get(GENERATION, key) is None
+    assert cache.rejected == 1
+    cache.put(GENERATION, key, PAYLOAD)
+    assert cache.get(GENERATION, key) == PAYLOAD
+
+
+def test_entry_under_another_key_or_with_wrong_types_is_not_trusted(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    key, other = generation_key(**KEY_PARTS), generation_key(**{**KEY_PARTS, "seed": 1})
+    cache.put(GENERATION, key, PAYLOAD)
+    cache.path(GENERATION, other).parent.mkdir(parents=True, exist_ok=True)
+    cache.path(GENERATION, other).write_bytes(cache.path(GENERATION, key).read_bytes())
+    assert cache.get(GENERATION, other) is None
+    entry = json.loads(cache.path(GENERATION, key).read_text())
+    entry["payload"]["n_new_tokens"] = "5"
+    from pytest_steer.cache import digest
+
+    entry["checksum"] = digest(entry["payload"])  # self-consistent, but the wrong type
+    cache.path(GENERATION, key).write_text(json.dumps(entry))
+    assert cache.get(GENERATION, key) is None
+    with pytest.raises(ValueError, match="wrong fields"):
+        cache.put(QUALITY, key, {"quality": "high"})
+
+
+def test_unwritable_cache_does_not_stop_the_run(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cache = ResponseCache(blocker)
+    cache.put(GENERATION, generation_key(**KEY_PARTS), PAYLOAD)
+    assert len(cache.write_errors) == 1
+    assert cache.get(GENERATION, generation_key(**KEY_PARTS)) is None
+
+
+def test_cache_dir_resolution(tmp_path: Path) -> None:
+    assert resolve_cache_dir(True, tmp_path / "x", tmp_path) is None
+    assert resolve_cache_dir(False, tmp_path / "x", tmp_path) == tmp_path / "x"
+    assert resolve_cache_dir(False, None, tmp_path) == tmp_path / ".pytest_cache" / "d" / "steer-responses"
+
+
+# --- a runner reusing the cache, on a tiny model ------------------------------------------------
+
+
+def _settings(model: Path, **changes: Any) -> Any:
+    from pytest_steer.options import SteerSettings
+
+    base = SteerSettings(model=str(model), alpha=(10.0,), limit=3, max_new_tokens=6, batch_size=4)
+    return dataclasses.replace(base, **changes)
+
+
+def _run(settings: Any, cache_dir: Path | None) -> dict[str, Any]:
+    from pytest_steer.collection import plan_cases
+    from pytest_steer.runner import CaseRunner
+
+    cases = plan_cases(settings)
+    runner = CaseRunner(settings, cases, cache_dir=cache_dir)
+    return {case.id: runner.record(case) for case in cases}
+
+
+@pytest.fixture
+def no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_steer.generation import Engine
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("generated although every response was cached")
+
+    monkeypatch.setattr(Engine, "generate", refuse)
+
+
+def test_rerun_generates_nothing_and_changes_regenerate_only_what_changed(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_steer.generation import Engine
+
+    first = _run(_settings(tiny_checkpoint), tmp_path)
+    assert len(first) == 6 and not any(r.cached or r.error for r in first.values())
+
+    generated: list[int] = []
+    original = Engine.generate
+
+    def counting(self: Engine, requests: Any, steering: Any = None) -> Any:
+        generated.append(len(requests))
+        return original(self, requests, steering)
+
+    monkeypatch.setattr(Engine, "generate", counting)
+    second = _run(_settings(tiny_checkpoint), tmp_path)
+    assert generated == []
+    assert all(r.cached for r in second.values())
+    assert {i: (r.response, r.quality, r.n_new_tokens) for i, r in first.items()} == {
+        i: (r.response, r.quality, r.n_new_tokens) for i, r in second.items()
+    }
+
+    more_alphas = _run(_settings(tiny_checkpoint, alpha=(10.0, 2.0)), tmp_path)
+    assert sum(generated) == 3  # only the new alpha2 cases
+    assert {i for i, r in more_alphas.items() if not r.cached} == {i for i in more_alphas if "-alpha2-" in i}
+
+    generated.clear()
+    _run(_settings(tiny_checkpoint, seed=1), tmp_path)
+    assert sum(generated) == 6
+
+
+def test_damaged_entry_is_regenerated_identically_and_rewritten(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    first = _run(_settings(tiny_checkpoint), tmp_path)
+    files = sorted((tmp_path / GENERATION).rglob("*.json"))
+    assert len(files) == 6
+    files[0].write_bytes(files[0].read_bytes()[:40])  # a partial write
+    second = _run(_settings(tiny_checkpoint), tmp_path)
+    assert sum(not r.cached for r in second.values()) == 1
+    assert {i: r.response for i, r in first.items()} == {i: r.response for i, r in second.items()}
+    third = _run(_settings(tiny_checkpoint), tmp_path)
+    assert all(r.cached for r in third.values())
+
+
+def test_no_cache_writes_and_reads_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    settings = _settings(tiny_checkpoint, no_cache=True, cache_dir=tmp_path)
+    records = _run(settings, resolve_cache_dir(settings.no_cache, settings.cache_dir, settings.rootdir))
+    assert not any(r.cached for r in records.values())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_options_are_parsed(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    from pytest_steer.options import settings_from_config
+
+    settings = settings_from_config(pytester.parseconfig("--steer-no-cache", "--steer-cache-dir", str(tmp_path)))
+    assert settings.no_cache is True and settings.cache_dir == tmp_path
+    assert settings_from_config(pytester.parseconfig()).no_cache is False
+
+
+def test_a_subset_of_a_batch_generates_the_same_responses(tiny_checkpoint: Path) -> None:
+    """What lets the runner generate only the cache misses of a batch."""
+    from pytest_steer.collection import plan_cases
+    from pytest_steer.generation import Engine, GenerationRequest
+    from pytest_steer.models import load_model
+    from pytest_steer.runner import generation_settings
+    from pytest_steer.steering import PASTA
+
+    settings = _settings(tiny_checkpoint, limit=6, max_new_tokens=12)
+    cases = [case for case in plan_cases(settings) if case.config.steered]
+    engine = Engine(load_model(str(tiny_checkpoint), device="cpu"), generation_settings(settings))
+    requests = [GenerationRequest(case.row.prompt, case.seed, case.highlights) for case in cases]
+    for steering in (None, PASTA(head_config=[0, 1], alpha=10.0)):
+        full = engine.generate(requests, steering)
+        subset = engine.generate(requests[1::2], steering) + engine.generate(requests[0:1], steering)
+        assert subset == full[1::2] + full[0:1]
+        assert len({g.text for g in full}) > 1
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def _suite(pytester: pytest.Pytester, model: Path, cache: Path, report: Path, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        SUITE, "-p", "no:cacheprovider", "--rootdir", str(REPO), "--steer-model", str(model),
+        "--steer-cache-dir", str(cache), "--steer-report-dir", str(report),
+        "--steer-alpha", "10", "--steer-limit", "2", "--steer-max-new-tokens", "8", *args,
+    )  # fmt: skip
+
+
+def _responses(report: Path) -> dict[str, tuple[str, bool]]:
+    lines = (report / "cases.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return {f"{r['key']}-{r['config']}": (r["response"], r["cached"]) for r in records}
+
+
+def test_second_run_of_the_suite_comes_from_the_cache(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = _suite(pytester, tiny_checkpoint, cache, tmp_path / "r1")
+    assert first.ret == 0, first.stdout.str()
+    assert "from cache" not in first.stdout.str()
+    second = _suite(pytester, tiny_checkpoint, cache, tmp_path / "r2")
+    assert second.ret == 0, second.stdout.str()
+    second.stdout.fnmatch_lines(
+        ["*[[]steer[]] baseline: 2 cases from cache*", "*[[]steer[]] alpha10: 2 cases from cache*", "responses: 4 of 4 cases from the response cache*"]
+    )
+    assert "tokens/s" not in second.stdout.str()
+    one, two = _responses(tmp_path / "r1"), _responses(tmp_path / "r2")
+    assert len(one) == 4
+    assert {k: text for k, (text, _) in one.items()} == {k: text for k, (text, _) in two.items()}
+    assert not any(cached for _, cached in one.values()) and all(cached for _, cached in two.values())

@@ -1,0 +1,119 @@
+"""End-to-end runs of the plugin through pytester subprocesses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SUITE = str(REPO / "suites" / "ifeval")
+
+
+def run_suite(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(SUITE, "-p", "no:cacheprovider", "--rootdir", str(REPO), *args)
+
+
+def test_shipped_suite_on_embedded_model(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = run_suite(
+        pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-max-new-tokens", "8", "--steer-json", str(out), "-v"
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_follows_instructions[[]s001-baseline-t0[]]*", "*test_follows_instructions[[]s002-alpha10-t0[]]*"])
+    result.stdout.fnmatch_lines(["*steering trade-off*", "config*prompts*strict prompt*", "baseline*2*", "alpha10*2*"])
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == 1
+    assert [c["name"] for c in data["configs"]] == ["baseline", "alpha10"]
+    assert data["configs"][1]["alpha"] == 10.0
+    assert set(data["configs"][0]["metrics"]) >= {
+        "strict_prompt_accuracy",
+        "strict_instruction_accuracy",
+        "loose_prompt_accuracy",
+        "loose_instruction_accuracy",
+    }
+    assert len(data["cases"]) == 4
+    case = data["cases"][0]
+    assert case["model"]["revision"].startswith("sha256:")
+    assert 0 < case["n_new_tokens"] <= 8
+    assert len(case["strict"]) == len(case["instruction_id_list"])
+    # the table prints the same numbers as the JSON
+    for config in data["configs"]:
+        mean = config["metrics"]["strict_prompt_accuracy"]["mean"]
+        result.stdout.fnmatch_lines([f"{config['name']} *{mean:.3f} *"])
+
+
+def test_plugin_is_inert_without_steer_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_plain="""
+        import sys
+        def test_nothing_heavy_was_imported():
+            assert "torch" not in sys.modules
+            assert "transformers" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == 0
+    output = result.stdout.str()
+    assert "[steer]" not in output
+    assert "steering trade-off" not in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steer-alpha", "-3"], "*--steer-alpha*alpha '-3' must be a positive number*"),
+        (["--steer-alpha", "ten"], "*--steer-alpha*alpha 'ten' is not a number*"),
+        (["--steer-trials", "0"], "*--steer-trials*must be a positive integer*"),
+        (["--steer-scale-position", "middle"], "*--steer-scale-position*'middle' is not one of include, exclude, generation*"),
+    ],
+)
+def test_bad_options_stop_before_anything_runs(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = run_suite(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steer-instruction-ids", "no:such_id"], "*selection from builtin is empty*"),
+        (["--steer-model", "/no/such/model"], "*neither an existing local path nor a Hugging Face model id*"),
+        (["--steer-heads", "8-x"], "*--steer-heads*"),
+    ],
+)
+def test_bad_input_fails_collection_with_one_message(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = run_suite(pytester, *args)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines([message, "*1 error*"])
+    assert "passed" not in result.stdout.str()
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_dataset_with_wrong_columns(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"key": 1, "text": "hello", "instruction_id_list": [], "kwargs": []}) + "\n")
+    result = run_suite(pytester, "--steer-dataset", str(data))
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*lacks the column(s) [[]'prompt'[]]*"])
+
+
+def test_strict_mode_fails_cases_with_reasons(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    result = run_suite(
+        pytester, "--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-max-new-tokens", "4",
+        "--steer-case-mode", "strict", "--steer-greedy",
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*instruction(s) not followed (strict)*"])
+
+
+def test_record_mode_reports_misses_apart(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    result = run_suite(
+        pytester, "--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-max-new-tokens", "4", "--steer-trials", "2"
+    )
+    assert result.ret == pytest.ExitCode.OK
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("missed", 0) + outcomes.get("passed", 0) == 6
+    assert "failed" not in outcomes

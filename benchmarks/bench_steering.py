@@ -2,15 +2,17 @@
 
 Defaults: the embedded SmolLM2-135M-Instruct, batch 16, 64 new tokens, eager attention,
 greedy decoding, all heads of the default middle layers, alpha 10, include. Steered timings
-include locating the spans (PASTA.apply). Rounds alternate unsteered/steered so that drift
-in machine load hits both; the best round of each is reported.
+include locating the spans (PASTA.apply). Each round times both, in alternating order, so
+that drift in machine load hits both alike; the best round of each is reported, and the median
+of the per-round ratios as a check on noise.
 
-    python benchmarks/bench_steering.py [--batch 16] [--new-tokens 64] [--attn eager] [--rounds 3]
+    python benchmarks/bench_steering.py [--batch 16] [--new-tokens 64] [--attn eager] [--rounds 4] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -54,9 +56,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--attn", choices=["eager", "sdpa"], default="eager")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     loaded = load_model(name="embedded", device="cpu", dtype="float32", attn_implementation=args.attn)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -87,14 +92,17 @@ def main() -> None:
             return generate(new_tokens)
 
     unsteered(4), steered(4)  # warm-up
-    best = {"unsteered": 0.0, "steered": 0.0}
+    runs = {"unsteered": unsteered, "steered": steered}
+    speeds: dict[str, list[float]] = {"unsteered": [], "steered": []}
     outputs = {}
-    for _ in range(args.rounds):
-        for name, run in (("unsteered", unsteered), ("steered", steered)):
+    for round_index in range(args.rounds):
+        order = ("unsteered", "steered") if round_index % 2 == 0 else ("steered", "unsteered")
+        for name in order:
             start = time.perf_counter()
-            outputs[name] = run(args.new_tokens)
-            elapsed = time.perf_counter() - start
-            best[name] = max(best[name], args.batch * args.new_tokens / elapsed)
+            outputs[name] = runs[name](args.new_tokens)
+            speeds[name].append(args.batch * args.new_tokens / (time.perf_counter() - start))
+    best = {name: max(values) for name, values in speeds.items()}
+    paired = statistics.median(s / u for s, u in zip(speeds["steered"], speeds["unsteered"]))
 
     changed = (outputs["steered"] != outputs["unsteered"]).any(dim=1).sum().item()
     print(f"model: {loaded.fingerprint.name}, layers {model.config.num_hidden_layers}, torch threads {torch.get_num_threads()}")
@@ -102,7 +110,7 @@ def main() -> None:
           f"{pasta!r}, best of {args.rounds} rounds")
     print(f"unsteered: {best['unsteered']:.1f} tokens/s")
     print(f"steered:   {best['steered']:.1f} tokens/s")
-    print(f"ratio steered/unsteered: {best['steered'] / best['unsteered']:.3f}")
+    print(f"ratio steered/unsteered: {best['steered'] / best['unsteered']:.3f} (median of per-round ratios {paired:.3f})")
     print(f"rows whose greedy output steering changed: {changed}/{args.batch}")
 
 

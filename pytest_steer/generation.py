@@ -1,9 +1,9 @@
 """Batched, seeded generation.
 
-Each row of a batch samples from its own ``torch.Generator`` seeded by its case: the
-Gumbel-max trick turns sampling into an argmax of the logits plus per-row noise, which
-the library's greedy search then takes. A response therefore depends only on its
-prompt, its seed and the model, never on the other rows of its batch.
+Each row of a batch samples with random numbers derived from its own case seed, drawn
+inside a logits processor that leaves only the sampled token for the library's greedy
+search to take. A response therefore depends only on its prompt, its seed and the model,
+never on the other rows of its batch or on the order in which batches run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pytest_steer.models import LoadedModel
 
 # Bumped whenever a change here alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 CPU_BATCH_SIZE = 16
 MAX_BATCH_SIZE = 64
 
@@ -49,22 +49,51 @@ class Generation:
 
 
 class PerRowSampler(LogitsProcessor):
-    """Temperature, nucleus filtering and per-row Gumbel noise; the argmax is a sample."""
+    """Temperature, nucleus filtering, then one inverse-CDF draw per row.
+
+    The uniform numbers come from a counter-based hash of (row seed, step), computed for
+    the whole batch at once: no per-row Python work, and a row's draws depend on its seed
+    alone. The returned scores keep only the drawn token, so greedy search emits it.
+    """
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.seeds = torch.tensor(list(seeds), dtype=torch.int64, device=device)
         self.temperature = temperature
         self.top_p = top_p
+        self.step = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:
             scores = _nucleus(scores, self.top_p)
-        vocab = scores.shape[-1]
-        exponential = torch.stack(
-            [torch.empty(vocab, device=scores.device).exponential_(generator=g) for g in self.generators]
-        )
-        return scores - exponential.log()  # -log(Exp(1)) is Gumbel(0, 1)
+        cdf = scores.softmax(dim=-1).double().cumsum(dim=-1)
+        target = uniform(self.seeds, self.step).to(cdf.device) * cdf[:, -1]
+        self.step += 1
+        choice = torch.searchsorted(cdf, target[:, None]).clamp_(max=scores.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
+
+
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _splitmix64(z: torch.Tensor) -> torch.Tensor:
+    z = z + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One float64 in (0, 1) per seed for this step (SplitMix64 of seed and step)."""
+    z = _splitmix64(_splitmix64(seeds) ^ _splitmix64(torch.full_like(seeds, step)))
+    return (_shift_right(z, 11).double() + 0.5) * 2.0**-53
 
 
 def _nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:

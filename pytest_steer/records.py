@@ -29,6 +29,41 @@ class CaseRecord:
     error: str | None = None
     model: dict[str, str] | None = None  # the ModelFingerprint of the weights that answered
 
+    @classmethod
+    def failed(
+        cls,
+        *,
+        key: str,
+        config: str,
+        alpha: float | None,
+        trial: int,
+        error: str,
+        seed: int = 0,
+        prompt: str = "",
+        instruction_id_list: list[str] | None = None,
+        response: str = "",
+    ) -> CaseRecord:
+        """A case without verdicts: an error, counted apart and never as a miss."""
+        return cls(
+            key=key,
+            config=config,
+            alpha=alpha,
+            trial=trial,
+            seed=seed,
+            prompt=prompt,
+            response=response,
+            instruction_id_list=list(instruction_id_list or []),
+            strict=[],
+            loose=[],
+            follow_all_strict=False,
+            follow_all_loose=False,
+            quality=None,
+            n_new_tokens=0,
+            missing_spans=[],
+            cached=False,
+            error=error,
+        )
+
     @property
     def case_id(self) -> str:
         return f"{self.key}-{self.config}-t{self.trial}"
@@ -39,7 +74,7 @@ class CaseRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaseRecord:
         names = {field.name for field in fields(cls)}
-        missing = names - set(data) - {"error"}
+        missing = names - set(data) - {"error", "model"}
         if missing:
             raise ValueError(f"case record is missing {sorted(missing)}; was it written by another version of pytest-steer?")
         return cls(**{name: data[name] for name in names if name in data})
@@ -52,22 +87,8 @@ def lost_record(nodeid: str) -> dict[str, Any]:
     match = CASE_NODEID.match(nodeid)
     if match is None:
         raise ValueError(f"{nodeid!r} is not the node id of a steer case")
-    return CaseRecord(
-        key=match["key"],
-        config=match["config"],
-        alpha=config_alpha(match["config"]),
-        trial=int(match["trial"]),
-        seed=0,
-        prompt="",
-        response="",
-        instruction_id_list=[],
-        strict=[],
-        loose=[],
-        follow_all_strict=False,
-        follow_all_loose=False,
-        quality=None,
-        n_new_tokens=0,
-        missing_spans=[],
-        cached=False,
-        error="lost: the case never reported (its worker crashed or the run was interrupted)",
-    ).to_dict() | {"nodeid": nodeid}
+    error = "lost: the case never reported (its worker crashed or the run was interrupted)"
+    record = CaseRecord.failed(
+        key=match["key"], config=match["config"], alpha=config_alpha(match["config"]), trial=int(match["trial"]), error=error
+    )
+    return record.to_dict() | {"nodeid": nodeid}

@@ -286,22 +286,14 @@ def _library_versions() -> dict[str, str]:
 
 
 def _error_record(case: Case, error: str, response: str = "") -> CaseRecord:
-    return CaseRecord(
+    return CaseRecord.failed(
         key=case.row.key,
         config=case.config.name,
         alpha=case.config.alpha,
         trial=case.trial,
+        error=error,
         seed=case.seed,
         prompt=case.row.prompt,
-        response=response,
         instruction_id_list=list(case.row.instruction_id_list),
-        strict=[],
-        loose=[],
-        follow_all_strict=False,
-        follow_all_loose=False,
-        quality=None,
-        n_new_tokens=0,
-        missing_spans=[],
-        cached=False,
-        error=error,
+        response=response,
     )

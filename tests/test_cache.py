@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
 from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, resolve_cache_dir
 
+REPO = Path(__file__).resolve().parents[1]
 SUITE = str(REPO / "suites" / "ifeval")
 KEY_PARTS: dict[str, Any] = {
     "model": {"name": "m", "revision": "r1", "dtype": "float32", "attn_implementation": "eager"},

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-
+REPO = Path(__file__).resolve().parents[1]
 SUITE = str(REPO / "suites" / "ifeval")
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import REPO
+from pathlib import Path
+
 from pytest_steer.options import OPTIONS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_option_is_in_the_readme_table() -> None:

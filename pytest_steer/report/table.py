@@ -50,10 +50,6 @@ class ConfigRow:
     deltas: dict[str, Interval | None]
     verdicts: Verdicts
 
-    @property
-    def is_baseline(self) -> bool:
-        return self.alpha is None
-
 
 def config_rows(results: RunResults) -> list[ConfigRow]:
     """Rows in the aggregates' order: baseline first, then by ascending alpha."""

@@ -9,7 +9,7 @@ does not fit, the metric columns wrap into a second block that repeats the confi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pytest_steer.aggregate import METRICS
 from pytest_steer.report.table import (

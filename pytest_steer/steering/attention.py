@@ -21,6 +21,7 @@ with that head set (all layers share the mask object transformers built for the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -90,18 +91,8 @@ class PromptKeyBias:
 
     def install(self, model: nn.Module, attention: Sequence[nn.Module]) -> list[RemovableHandle]:
         handles = [model.register_forward_pre_hook(self._check_prompt, with_kwargs=True)]
-        try:
-            for layer, heads in self.layer_heads.items():
-                module = attention[layer]
-
-                def hook(module: nn.Module, args: tuple, kwargs: dict, heads: HeadSet = heads) -> tuple[tuple, dict]:
-                    return self._steer(heads, module, args, kwargs)
-
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        except BaseException:
-            for handle in handles:
-                handle.remove()
-            raise
+        for layer, heads in self.layer_heads.items():
+            handles.append(attention[layer].register_forward_pre_hook(partial(self._steer, heads), with_kwargs=True))
         return handles
 
     def release(self) -> None:

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, PerRowSampler, plan_batches, uniform
+from pytest_steer.models import load_model
+
+
+def test_uniform_draws_are_in_range_deterministic_and_well_spread() -> None:
+    seeds = torch.arange(20_000, dtype=torch.int64) * 7919
+    draws = uniform(seeds, 3)
+    assert draws.dtype == torch.float64
+    assert bool(((draws > 0) & (draws < 1)).all())
+    assert torch.equal(draws, uniform(seeds, 3))
+    assert not torch.equal(draws, uniform(seeds, 4))
+    assert abs(draws.mean().item() - 0.5) < 0.01
+    assert abs(draws.var().item() - 1 / 12) < 0.005
+    counts = torch.histc(draws.float(), bins=10, min=0, max=1)
+    assert counts.min().item() > 1_800  # each decile holds about 2,000
+
+
+def test_a_rows_draw_depends_on_its_seed_only() -> None:
+    alone = uniform(torch.tensor([42]), 7)
+    in_batch = uniform(torch.tensor([5, 42, 9]), 7)
+    assert alone.item() == in_batch[1].item()
+
+
+def test_sampler_follows_the_distribution_and_keeps_one_token_per_row() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    scores = probs.log().expand(4000, -1).clone()
+    sampler = PerRowSampler(range(4000), temperature=1.0, top_p=1.0, device=torch.device("cpu"))
+    out = sampler(torch.zeros(4000, 1, dtype=torch.long), scores)
+    assert bool((torch.isfinite(out).sum(dim=-1) == 1).all())
+    chosen = out.argmax(dim=-1)
+    frequencies = torch.bincount(chosen, minlength=4).float() / 4000
+    assert torch.allclose(frequencies, probs, atol=0.03)
+    assert frequencies[3] == 0
+
+
+def test_nucleus_drops_the_tail() -> None:
+    scores = torch.tensor([0.6, 0.3, 0.1]).log().expand(2000, -1).clone()
+    sampler = PerRowSampler(range(2000), temperature=1.0, top_p=0.8, device=torch.device("cpu"))
+    chosen = sampler(torch.zeros(2000, 1, dtype=torch.long), scores).argmax(dim=-1)
+    assert set(chosen.tolist()) == {0, 1}
+
+
+def test_plan_batches_longest_first_and_stable() -> None:
+    assert plan_batches([3, 9, 3, 5, 9], 2) == [[1, 4], [3, 0], [2]]
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_responses_do_not_depend_on_the_batch(tiny_checkpoint: Path, greedy: bool) -> None:
+    engine = Engine(load_model(str(tiny_checkpoint), device="cpu", dtype="float32"), GenerationSettings(max_new_tokens=6, greedy=greedy))
+    requests = [
+        GenerationRequest("Write a haiku about rain.", 11),
+        GenerationRequest("Name three colours, please, in a list.", 12),
+        GenerationRequest("Hi.", 13),
+    ]
+    together = engine.generate(requests)
+    alone = [engine.generate([request])[0] for request in requests]
+    assert together == alone
+    assert all(1 <= g.n_new_tokens <= 6 for g in together)
+
+
+def test_different_seeds_give_different_samples(tiny_checkpoint: Path) -> None:
+    engine = Engine(load_model(str(tiny_checkpoint), device="cpu", dtype="float32"), GenerationSettings(max_new_tokens=8, temperature=1.5))
+    texts = {engine.generate([GenerationRequest("Tell me a story.", seed)])[0].text for seed in range(6)}
+    assert len(texts) > 1

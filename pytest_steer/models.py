@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import torch
 
+from huggingface_hub import try_to_load_from_cache
+
 from pytest_steer.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
 
 EMBEDDED = "embedded"
@@ -173,6 +175,9 @@ def check_model_source(name: str) -> None:
             f"--steer-model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); "
             f"check the path, or use {EMBEDDED!r} for the embedded default"
         )
+    repo, revision = split_revision(name)
+    if not isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str):
+        require_hub(repo, what="model", alternatives=_hub_alternatives())
 
 
 def _hub_alternatives() -> str:

@@ -64,18 +64,26 @@ class CaseRunner:
         self._records: dict[str, CaseRecord] = {}
         self._batches: dict[str, list[list[Case]]] = {}
         self._loaded: LoadedModel | None = None
+        self._load_failure: Exception | None = None
         self._engine: Engine | None = None
         self._scorer: QualityScorer | None = None
         self._scorer_failure: Exception | None = None
 
     @property
     def loaded(self) -> LoadedModel:
+        """Loaded on first use, once per worker; a failure is remembered, not retried per case."""
+        if self._load_failure is not None:
+            raise self._load_failure
         if self._loaded is None:
             start = time.perf_counter()
             s = self.settings
-            self._loaded = load_model(
-                s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index
-            )
+            try:
+                self._loaded = load_model(
+                    s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index
+                )
+            except Exception as exc:
+                self._load_failure = exc
+                raise
             fp = self._loaded.fingerprint
             self.progress(f"loaded {fp.name} ({fp.dtype}, {fp.attn_implementation}) on {self._loaded.device} in {time.perf_counter() - start:.1f} s")
         return self._loaded

@@ -116,3 +116,11 @@ def test_record_mode_reports_misses_apart(pytester: pytest.Pytester, tiny_checkp
     outcomes = result.parseoutcomes()
     assert outcomes.get("missed", 0) + outcomes.get("passed", 0) == 6
     assert "failed" not in outcomes
+
+
+def test_uncached_hub_model_offline_fails_collection(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    result = run_suite(pytester, "--steer-model", "some-org/uncached-model")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*cannot load model 'some-org/uncached-model'*Offline alternatives*--steer-model embedded*"])

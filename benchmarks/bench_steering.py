@@ -4,7 +4,8 @@ Defaults: the embedded SmolLM2-135M-Instruct, batch 16, 64 new tokens, eager att
 greedy decoding, all heads of the default middle layers, alpha 10, include. Steered timings
 include locating the spans (PASTA.apply). Each round times both, in alternating order, so
 that drift in machine load hits both alike; the best round of each is reported, and the median
-of the per-round ratios as a check on noise.
+of the per-round ratios and the tokens per CPU-second of this process as checks on noise
+from other processes.
 
     python benchmarks/bench_steering.py [--batch 16] [--new-tokens 64] [--attn eager] [--rounds 4] [--threads N]
 """
@@ -93,15 +94,19 @@ def main() -> None:
 
     unsteered(4), steered(4)  # warm-up
     runs = {"unsteered": unsteered, "steered": steered}
+    tokens = args.batch * args.new_tokens
     speeds: dict[str, list[float]] = {"unsteered": [], "steered": []}
+    cpu_speeds: dict[str, list[float]] = {"unsteered": [], "steered": []}
     outputs = {}
     for round_index in range(args.rounds):
         order = ("unsteered", "steered") if round_index % 2 == 0 else ("steered", "unsteered")
         for name in order:
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             outputs[name] = runs[name](args.new_tokens)
-            speeds[name].append(args.batch * args.new_tokens / (time.perf_counter() - start))
+            speeds[name].append(tokens / (time.perf_counter() - wall))
+            cpu_speeds[name].append(tokens / (time.process_time() - cpu))
     best = {name: max(values) for name, values in speeds.items()}
+    cpu_best = {name: max(values) for name, values in cpu_speeds.items()}
     paired = statistics.median(s / u for s, u in zip(speeds["steered"], speeds["unsteered"]))
 
     changed = (outputs["steered"] != outputs["unsteered"]).any(dim=1).sum().item()
@@ -111,6 +116,9 @@ def main() -> None:
     print(f"unsteered: {best['unsteered']:.1f} tokens/s")
     print(f"steered:   {best['steered']:.1f} tokens/s")
     print(f"ratio steered/unsteered: {best['steered'] / best['unsteered']:.3f} (median of per-round ratios {paired:.3f})")
+    # Other processes on the machine distort wall-clock figures; CPU time of this process much less so.
+    print(f"per CPU-second: unsteered {cpu_best['unsteered']:.1f}, steered {cpu_best['steered']:.1f} tokens, "
+          f"ratio {cpu_best['steered'] / cpu_best['unsteered']:.3f}")
     print(f"rows whose greedy output steering changed: {changed}/{args.batch}")
 
 

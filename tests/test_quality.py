@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model, LlamaConfig, LlamaForCausalLM
+from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
 
 from pytest_steer import quality as quality_module
 from pytest_steer import runner as runner_module
@@ -279,28 +279,6 @@ def test_an_uncached_hub_id_fails_when_the_hub_is_unreachable(monkeypatch: pytes
 # --- the runner ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with the embedded tokenizer: generation in milliseconds."""
-    directory = tmp_path_factory.mktemp("generator")
-    tokenizer = load_tokenizer(EMBEDDED)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 def run_all(settings: SteerSettings) -> tuple[CaseRunner, list]:
     cases = plan_cases(settings)
     runner = CaseRunner(settings, cases)
@@ -311,20 +289,20 @@ def runner_settings(model: Path, quality: str) -> SteerSettings:
     return SteerSettings(model=str(model), device="cpu", dtype="float32", limit=3, max_new_tokens=6, batch_size=2, quality=quality)
 
 
-def test_runner_records_fluency_of_each_response(tiny_generator: Path) -> None:
-    runner, records = run_all(runner_settings(tiny_generator, "fluency"))
+def test_runner_records_fluency_of_each_response(tiny_checkpoint: Path) -> None:
+    runner, records = run_all(runner_settings(tiny_checkpoint, "fluency"))
     assert len(records) == 3 and all(record.error is None for record in records)
     expected = [direct_fluency(runner.loaded, record.prompt, record.response) for record in records]
     assert [record.quality for record in records] == pytest.approx(expected, abs=1e-4)
 
 
-def test_runner_without_quality_records_none(tiny_generator: Path) -> None:
-    _, records = run_all(runner_settings(tiny_generator, "none"))
+def test_runner_without_quality_records_none(tiny_checkpoint: Path) -> None:
+    _, records = run_all(runner_settings(tiny_checkpoint, "none"))
     assert [record.quality for record in records] == [None] * 3
     assert all(record.error is None for record in records)
 
 
-def test_a_scorer_that_cannot_load_makes_error_records_once(tiny_generator: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_scorer_that_cannot_load_makes_error_records_once(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     attempts = []
 
     def counting(settings: SteerSettings, loaded: LoadedModel) -> object:
@@ -332,7 +310,7 @@ def test_a_scorer_that_cannot_load_makes_error_records_once(tiny_generator: Path
         return quality_module.create_scorer(settings, loaded)
 
     monkeypatch.setattr(runner_module, "create_scorer", counting)
-    _, records = run_all(runner_settings(tiny_generator, f"reward:{embedded_checkpoint()}"))  # a causal LM: refused
+    _, records = run_all(runner_settings(tiny_checkpoint, f"reward:{embedded_checkpoint()}"))  # a causal LM: refused
     assert len(attempts) == 1  # two batches, one load attempt
     assert all(record.error and record.error.startswith("quality scoring failed: QualityError:") for record in records)
     assert all(record.strict == [] and record.quality is None for record in records)

@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["SteerCase", "assert_follows_instructions", "assert_quality_at_least"]
 
 _LAZY = {
-    "SteerCase": "pytest_steer.case",
+    "SteerCase": "pytest_steer.steer_case",
     "assert_follows_instructions": "pytest_steer.assertions",
     "assert_quality_at_least": "pytest_steer.assertions",
 }

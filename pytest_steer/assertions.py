@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from pytest_steer.case import SteerCase
+from pytest_steer.steer_case import SteerCase
 
 
 def assert_follows_instructions(case: SteerCase, *, loose: bool = False) -> None:

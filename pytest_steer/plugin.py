@@ -22,7 +22,7 @@ from pytest_steer.options import SteerSettings, add_options, settings_from_confi
 
 if TYPE_CHECKING:
     from pytest_steer.cases import Case
-    from pytest_steer.case import SteerCase
+    from pytest_steer.steer_case import SteerCase
     from pytest_steer.results import RunResults
     from pytest_steer.runner import CaseRunner
 
@@ -55,6 +55,20 @@ def _worker_index(config: pytest.Config) -> int | None:
     return int(worker.removeprefix("gw")) if worker else None
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per visible GPU when the model goes to CUDA; xdist's default otherwise.
+
+    xdist asks before ``pytest_configure``, so the device option is read directly.
+    """
+    device = config.getoption("steer_device") or config.getini("steer_device") or "auto"
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or not (device == "auto" or device.startswith("cuda")):
+        return None  # the user's explicit choice, or no GPU work
+    from pytest_steer.devices import visible_gpu_count
+
+    return visible_gpu_count() or None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if CASE_FIXTURE not in metafunc.fixturenames:
         return
@@ -65,7 +79,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def steer_case(request: pytest.FixtureRequest) -> SteerCase:
     """One prompt × config × trial: its response (generated in a batch), verdicts and record."""
-    from pytest_steer.case import SteerCase, SteerCaseError, junit_properties
+    from pytest_steer.steer_case import SteerCase, SteerCaseError, junit_properties
 
     session = _session(request.config)
     record = session.runner.record(request.param)

@@ -120,6 +120,11 @@ class SteerSession:
         self.expected: list[str] = []  # node ids of the collected cases (on the controller too)
         self.notes: list[str] = []
 
+    @property
+    def reports_here(self) -> bool:
+        """Steer cases ran and this process reports them: a plain run or the xdist controller."""
+        return bool(self.expected) and not hasattr(self.config, "workerinput") and not self.config.option.collectonly
+
     def plan(self) -> list[Case]:
         """Load and validate the prompts once; bad input fails collection with one clear message."""
         if self._cases is None:
@@ -179,7 +184,7 @@ class SteerSession:
     def pytest_runtestloop(self, session: pytest.Session) -> Iterator[Any]:
         """After the cases (on the controller, or in a plain run): gates become test outcomes."""
         result = yield
-        if self.expected and not hasattr(self.config, "workerinput"):
+        if self.reports_here:
             self._decide(session)
         return result
 
@@ -206,15 +211,22 @@ class SteerSession:
         """A verdict that is not a collected test, reported like one: terminal, exit code, JUnit and HTML agree."""
         hook = self.config.hook
         location = (nodeid.split("::")[0], None, nodeid.split("::", 1)[1])
-        properties = [(f"steer.{name}", value if isinstance(value, (str, int, float, bool)) else str(value)) for name, value in details.items()]
+        properties = [
+            (f"steer.{name}", value if isinstance(value, (str, int, float, bool)) else str(value)) for name, value in details.items()
+        ]
+        phases = (
+            ("setup", "passed", None, []),
+            ("call", "passed" if passed else "failed", None if passed else message, []),
+            ("teardown", "passed", None, properties),  # JUnit writes properties from the teardown report
+        )
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-        for when, outcome, longrepr in (("setup", "passed", None), ("call", "passed" if passed else "failed", None if passed else message), ("teardown", "passed", None)):
-            report = pytest.TestReport(nodeid, location, {}, outcome, longrepr, when, user_properties=properties if when == "teardown" else [])
+        for when, outcome, longrepr, user_properties in phases:
+            report = pytest.TestReport(nodeid, location, {}, outcome, longrepr, when, user_properties=user_properties)
             hook.pytest_runtest_logreport(report=report)
         hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.expected or hasattr(self.config, "workerinput"):  # workers leave reports to the controller
+        if not self.reports_here:  # workers leave reports to the controller
             return
         from pytest_steer.report.files import REPORT_HTML, default_report_dir, write_report
 
@@ -231,7 +243,7 @@ class SteerSession:
             self.written.append(write_markdown(results, self.settings.summary_md, report=Path(report_dir) / REPORT_HTML))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.expected or hasattr(self.config, "workerinput"):
+        if not self.reports_here:
             return
         for note in self.notes:
             terminalreporter.write_line(f"[steer] note: {note}", yellow=True)

@@ -124,3 +124,11 @@ def test_uncached_hub_model_offline_fails_collection(pytester: pytest.Pytester, 
     result = run_suite(pytester, "--steer-model", "some-org/uncached-model")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*cannot load model 'some-org/uncached-model'*Offline alternatives*--steer-model embedded*"])
+
+
+def test_collect_only_lists_cases_and_reports_nothing(pytester: pytest.Pytester) -> None:
+    result = run_suite(pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-trials", "2", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*test_follows_instructions[[]s001-baseline-t0[]]", "*test_follows_instructions[[]s002-alpha10-t1[]]", "8 tests collected*"])
+    assert "steering trade-off" not in result.stdout.str()
+    assert "[steer]" not in result.stdout.str()

@@ -24,7 +24,7 @@ import functools
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -262,40 +262,45 @@ class ResponseLanguage(Checker):
         return f"{_language_found(response)}, expected {self.language!r}"
 
 
+class _EnglishInOneCase(Checker):
+    """English text entirely in one letter case (the reference also requires English)."""
+
+    in_case: ClassVar[Callable[[str], bool]]
+    offending: ClassVar[Callable[[str], bool]]  # a character that breaks the case
+    offending_noun: ClassVar[str]
+    expected: ClassVar[str]
+
+    def check(self, response: str) -> bool:
+        if not self.in_case(response):
+            return False
+        detected = text.detect_language(response)
+        return detected is None or detected == "en"
+
+    def explain(self, response: str) -> str:
+        if not self.in_case(response):
+            found = sum(1 for char in response if self.offending(char))
+            return f"found {_amount(found, self.offending_noun)}, expected {self.expected}"
+        return f"{_language_found(response)}, expected 'en'"
+
+
 @_register
 @dataclass(frozen=True)
-class EnglishCapital(Checker):
+class EnglishCapital(_EnglishInOneCase):
     instruction_id = "change_case:english_capital"
-
-    def check(self, response: str) -> bool:
-        if not response.isupper():
-            return False
-        detected = text.detect_language(response)
-        return detected is None or detected == "en"
-
-    def explain(self, response: str) -> str:
-        if not response.isupper():
-            lower = sum(1 for char in response if char.islower())
-            return f"found {_amount(lower, 'lower-case letter')}, expected all capitals"
-        return f"{_language_found(response)}, expected 'en'"
+    in_case = staticmethod(str.isupper)
+    offending = staticmethod(str.islower)
+    offending_noun = "lower-case letter"
+    expected = "all capitals"
 
 
 @_register
 @dataclass(frozen=True)
-class EnglishLowercase(Checker):
+class EnglishLowercase(_EnglishInOneCase):
     instruction_id = "change_case:english_lowercase"
-
-    def check(self, response: str) -> bool:
-        if not response.islower():
-            return False
-        detected = text.detect_language(response)
-        return detected is None or detected == "en"
-
-    def explain(self, response: str) -> str:
-        if not response.islower():
-            upper = sum(1 for char in response if char.isupper())
-            return f"found {_amount(upper, 'capital letter')}, expected all lower-case"
-        return f"{_language_found(response)}, expected 'en'"
+    in_case = staticmethod(str.islower)
+    offending = staticmethod(str.isupper)
+    offending_noun = "capital letter"
+    expected = "all lower-case"
 
 
 @_register

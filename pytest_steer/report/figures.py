@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
@@ -109,6 +110,20 @@ def _empty_note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey")
 
 
+def _alpha_errorbar(ax: Axes, configs: list[ConfigAggregate], metric: str, **style: Any) -> bool:
+    """One metric against alpha with CI error bars; False when no config has a value."""
+    points = [(agg.alpha, interval) for agg in configs if (interval := _defined(agg, metric)) is not None]
+    if points:
+        ax.errorbar(
+            [alpha for alpha, _ in points],
+            [interval.mean for _, interval in points],
+            yerr=_errors([interval for _, interval in points]),
+            capsize=3,
+            **style,
+        )
+    return bool(points)
+
+
 def _accuracy_panel(ax: Axes, results: RunResults) -> None:
     steered = _steered(results)
     baseline = _baseline(results)
@@ -116,20 +131,16 @@ def _accuracy_panel(ax: Axes, results: RunResults) -> None:
     for index, metric in enumerate(ACCURACY_METRICS):
         color, linestyle, marker = ACCURACY_STYLES[metric]
         shift = (index - (len(ACCURACY_METRICS) - 1) / 2) * DODGE_POINTS
-        points = [(agg.alpha, _defined(agg, metric)) for agg in steered]
-        points = [(alpha, iv) for alpha, iv in points if iv is not None]
-        if points:
-            ax.errorbar(
-                [alpha for alpha, _ in points],
-                [iv.mean for _, iv in points],
-                yerr=_errors([iv for _, iv in points]),
-                color=color,
-                linestyle=linestyle,
-                marker=marker,
-                capsize=3,
-                label=METRIC_TITLES[metric],
-                transform=offset_copy(ax.transData, fig=ax.figure, x=shift, units="points"),
-            )
+        _alpha_errorbar(
+            ax,
+            steered,
+            metric,
+            color=color,
+            linestyle=linestyle,
+            marker=marker,
+            label=METRIC_TITLES[metric],
+            transform=offset_copy(ax.transData, fig=ax.figure, x=shift, units="points"),
+        )
         if baseline is not None and metric == FRONTIER_METRIC:
             _baseline_reference(ax, _defined(baseline, metric), BASELINE_COLOR, "baseline (unsteered), strict prompt")
     ax.set_ylabel("accuracy (fraction followed)")
@@ -144,24 +155,13 @@ def _accuracy_panel(ax: Axes, results: RunResults) -> None:
 def _quality_panel(ax: Axes, results: RunResults) -> None:
     steered = _steered(results)
     baseline = _baseline(results)
-    points = [(agg.alpha, _defined(agg, QUALITY_METRIC)) for agg in steered]
-    points = [(alpha, iv) for alpha, iv in points if iv is not None]
-    if points:
-        ax.errorbar(
-            [alpha for alpha, _ in points],
-            [iv.mean for _, iv in points],
-            yerr=_errors([iv for _, iv in points]),
-            color=QUALITY_COLOR,
-            marker="o",
-            capsize=3,
-            label="steered",
-        )
+    plotted = _alpha_errorbar(ax, steered, QUALITY_METRIC, color=QUALITY_COLOR, marker="o", label="steered")
     baseline_quality = _defined(baseline, QUALITY_METRIC) if baseline is not None else None
     _baseline_reference(ax, baseline_quality, BASELINE_COLOR, "baseline (unsteered)")
     ax.set_ylabel("quality (higher is better)")
     ax.set_title("response quality vs steering strength")
     _alpha_axis(ax, [agg.alpha for agg in steered])
-    if not points and baseline_quality is None:
+    if not plotted and baseline_quality is None:
         _empty_note(ax, "no quality scores in this run")
     else:
         ax.legend(fontsize="small", loc="best")

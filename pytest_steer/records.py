@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Mapping
 
 USER_PROPERTY = "steer_record"
@@ -74,7 +74,8 @@ class CaseRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaseRecord:
         names = {field.name for field in fields(cls)}
-        missing = names - set(data) - {"error", "model"}
+        required = {field.name for field in fields(cls) if field.default is MISSING}
+        missing = required - set(data)
         if missing:
             raise ValueError(f"case record is missing {sorted(missing)}; was it written by another version of pytest-steer?")
         return cls(**{name: data[name] for name in names if name in data})

@@ -106,7 +106,10 @@ def test_a_crashed_worker_loses_only_its_case(pytester: pytest.Pytester, tiny_ch
         "--steer-gate", "strict_prompt_accuracy >= 0",
     )
     result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*[[]s002-alpha10-t0[]]*"])
-    assert result.stdout.str().count("crashed while running") == 1
+    assert result.stdout.str().count("replacing crashed worker") == 1
+    failed = [line for line in result.stdout.lines if line.startswith("FAILED ")]
+    assert len(failed) == 2, failed  # the lost case, once, and the gate its error fails
+    assert sum("[s002-alpha10-t0]" in line for line in failed) == 1
     data = json.loads(out.read_text())
     configs = {c["name"]: c for c in data["configs"]}
     assert configs["alpha10"]["n_errors"] == 1

@@ -17,14 +17,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pytest_steer.options import OPTIONS, Option
 from pytest_steer.report.files import REPORT_HTML, write_report
 from pytest_steer.report.markdown import write_markdown
-from pytest_steer.report.terminal import check_lines, render_table
 from pytest_steer.report.table import describe_run
+from pytest_steer.report.terminal import check_lines, render_table
 from pytest_steer.results import RunResults
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     merge = commands.add_parser("merge", help="merge the cases of several runs and evaluate gates on the whole")
     merge.add_argument("out", type=Path, metavar="OUT_DIR", help="directory for the merged report")
-    merge.add_argument("sources", type=Path, nargs="+", metavar="DIR", help="report directories (or standalone results.json files) of the runs to merge")
+    merge.add_argument(
+        "sources", type=Path, nargs="+", metavar="DIR", help="report directories (or standalone results.json files) of the runs to merge"
+    )
     merge.add_argument(
         "--gate",
         action="append",

@@ -26,8 +26,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 CACHE_FORMAT = 1
 GENERATION = "generation"

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pytest_steer.hub import hub_offline, hub_reachable, looks_like_hub_id, split_revision
 
@@ -182,7 +183,7 @@ def _sample_per_instruction(rows: list[PromptRow], selection: Selection) -> list
     ids = selection.instruction_ids or tuple(sorted({i for row in rows for i in row.instruction_id_list}))
     picked: set[str] = set()
     for instruction_id in ids:
-        candidates = sorted((row.key for row in rows if instruction_id in row.instruction_id_list and row.key not in picked))
+        candidates = sorted(row.key for row in rows if instruction_id in row.instruction_id_list and row.key not in picked)
         rng = random.Random(f"{selection.sample_seed}:{instruction_id}")  # private stream: order-independent
         picked.update(rng.sample(candidates, min(selection.per_instruction or 0, len(candidates))))
     return [row for row in rows if row.key in picked]

@@ -15,12 +15,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-
 from huggingface_hub import try_to_load_from_cache
 
 from pytest_steer.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision

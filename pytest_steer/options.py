@@ -8,9 +8,10 @@ line wins. Values are validated here, so bad input stops pytest before anything 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

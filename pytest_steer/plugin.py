@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,9 +23,9 @@ from pytest_steer.options import SteerSettings, add_options, settings_from_confi
 
 if TYPE_CHECKING:
     from pytest_steer.cases import Case
-    from pytest_steer.steer_case import SteerCase
     from pytest_steer.results import RunResults
     from pytest_steer.runner import CaseRunner
+    from pytest_steer.steer_case import SteerCase
 
 pytest.register_assert_rewrite("pytest_steer.assertions")
 
@@ -96,6 +97,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     record = item.stash.get(RECORD_KEY, None)
     if record is not None and (report.when == "call" or (report.when == "setup" and report.failed)):
         report.steer_record = record  # travels to the xdist controller with the report
+    if hasattr(item.config, "workerinput"):
+        progress = _session(item.config).take_worker_progress()
+        if progress:
+            report.steer_progress = progress
     return report
 
 
@@ -119,6 +124,8 @@ class SteerSession:
         self.written: list[Path] = []
         self.expected: list[str] = []  # node ids of the collected cases (on the controller too)
         self.notes: list[str] = []
+        self._worker_progress: list[str] = []
+        self._interrupted_line: Path | str | None = None
 
     @property
     def reports_here(self) -> bool:
@@ -150,12 +157,37 @@ class SteerSession:
         return self._runner
 
     def _progress(self, message: str) -> None:
+        worker = getattr(self.config, "workerinput", None)
+        if worker is not None:  # workers have no terminal: the message rides on the next test report
+            self._worker_progress.append(f"{worker['workerid']}: {message}")
+        else:
+            self._write_progress(message)
+
+    def take_worker_progress(self) -> list[str]:
+        messages, self._worker_progress = self._worker_progress, []
+        return messages
+
+    def _write_progress(self, message: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is None or hasattr(self.config, "workerinput"):
+        if reporter is None:
             return
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if self._interrupted_line is None:
+                self._interrupted_line = reporter.currentfspath  # status letters being written, if any
+            if reporter.currentfspath is None and self.config.get_terminal_writer().width_of_current_line:
+                reporter.line("")  # xdist's letters have no file prefix that would end their line
             reporter.write_line(f"[steer] {message}")
+
+    def _resume_interrupted_line(self) -> None:
+        """Rewrite the prefix of the line that progress messages broke, before its next letter."""
+        interrupted, self._interrupted_line = self._interrupted_line, None
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if interrupted is None or reporter is None:
+            return
+        # pytest keeps a file path (-q) or a whole location line (-v) as the current prefix.
+        reporter.write(interrupted if isinstance(interrupted, str) else f"{os.path.relpath(interrupted, reporter.startpath)} ")
+        reporter.currentfspath = interrupted
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -175,7 +207,11 @@ class SteerSession:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.expected = [item.nodeid for item in session.items if CASE_FIXTURE in getattr(item, "fixturenames", ())]
 
+    @pytest.hookimpl(tryfirst=True)  # before the terminal writes this report's letter
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for message in getattr(report, "steer_progress", ()):
+            self._write_progress(message)
+        self._resume_interrupted_line()
         record = getattr(report, "steer_record", None)
         if record is not None:
             self.records.append({**record, "nodeid": report.nodeid})
@@ -256,9 +292,8 @@ class SteerSession:
     def results(self) -> RunResults:
         """Aggregates of every record received so far (built once, after the test loop)."""
         if self._results is None:
-            from pytest_steer.results import RunResults
-
             from pytest_steer.records import lost_record
+            from pytest_steer.results import RunResults
 
             reported = {record["nodeid"] for record in self.records}
             lost = [lost_record(nodeid) for nodeid in self.expected if nodeid not in reported]

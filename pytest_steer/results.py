@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pytest_steer.aggregate import ConfigAggregate, aggregate, deltas_vs_baseline
 from pytest_steer.gates import ComparisonResult, GateResult

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, quality_key
 from pytest_steer.cases import Case, SteeringConfig
@@ -85,7 +86,8 @@ class CaseRunner:
                 self._load_failure = exc
                 raise
             fp = self._loaded.fingerprint
-            self.progress(f"loaded {fp.name} ({fp.dtype}, {fp.attn_implementation}) on {self._loaded.device} in {time.perf_counter() - start:.1f} s")
+            elapsed = time.perf_counter() - start
+            self.progress(f"loaded {fp.name} ({fp.dtype}, {fp.attn_implementation}) on {self._loaded.device} in {elapsed:.1f} s")
         return self._loaded
 
     @property
@@ -152,7 +154,8 @@ class CaseRunner:
             qualities = self._qualities(batch, keys, generations)
         except Exception as exc:  # as for generation: these cases become errors, the run goes on
             for case, generation in zip(batch, generations):
-                self._records[case.id] = _error_record(case, f"quality scoring failed: {type(exc).__name__}: {exc}", response=generation.text)
+                message = f"quality scoring failed: {type(exc).__name__}: {exc}"
+                self._records[case.id] = _error_record(case, message, response=generation.text)
             self.progress(f"{config.name}: batch {plan.index(batch) + 1}/{len(plan)} quality scoring failed: {exc}")
             return
         scoring = time.perf_counter() - scoring_start
@@ -197,7 +200,11 @@ class CaseRunner:
             for i, generation in zip(misses, self.engine.generate(requests, steering)):
                 found[i] = generation
                 if self.cache is not None:
-                    payload = {"text": generation.text, "n_new_tokens": generation.n_new_tokens, "missing_spans": list(generation.missing_spans)}
+                    payload = {
+                        "text": generation.text,
+                        "n_new_tokens": generation.n_new_tokens,
+                        "missing_spans": list(generation.missing_spans),
+                    }
                     self.cache.put(GENERATION, keys[i], payload)
         missed = set(misses)
         return keys, [g for g in found if g is not None], [i not in missed for i in range(len(batch))]

@@ -12,8 +12,9 @@ paired comparisons survive merging.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 _SYNTAX = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 

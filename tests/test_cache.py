@@ -237,7 +237,11 @@ def test_second_run_of_the_suite_comes_from_the_cache(pytester: pytest.Pytester,
     second = _suite(pytester, tiny_checkpoint, cache, tmp_path / "r2")
     assert second.ret == 0, second.stdout.str()
     second.stdout.fnmatch_lines(
-        ["*[[]steer[]] baseline: 2 cases from cache*", "*[[]steer[]] alpha10: 2 cases from cache*", "responses: 4 of 4 cases from the response cache*"]
+        [
+            "*[[]steer[]] baseline: 2 cases from cache*",
+            "*[[]steer[]] alpha10: 2 cases from cache*",
+            "responses: 4 of 4 cases from the response cache*",
+        ]
     )
     assert "tokens/s" not in second.stdout.str()
     one, two = _responses(tmp_path / "r1"), _responses(tmp_path / "r2")

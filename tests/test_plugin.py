@@ -129,6 +129,21 @@ def test_uncached_hub_model_offline_fails_collection(pytester: pytest.Pytester, 
 def test_collect_only_lists_cases_and_reports_nothing(pytester: pytest.Pytester) -> None:
     result = run_suite(pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-trials", "2", "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*test_follows_instructions[[]s001-baseline-t0[]]", "*test_follows_instructions[[]s002-alpha10-t1[]]", "8 tests collected*"])
+    result.stdout.fnmatch_lines(
+        ["*test_follows_instructions[[]s001-baseline-t0[]]", "*test_follows_instructions[[]s002-alpha10-t1[]]", "8 tests collected*"]
+    )
     assert "steering trade-off" not in result.stdout.str()
     assert "[steer]" not in result.stdout.str()
+
+
+def test_progress_lines_leave_the_status_letters_readable(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    args = ["--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-alpha", "10", "--steer-max-new-tokens", "4"]
+    args += ["--steer-no-cache"]
+    serial = run_suite(pytester, *args)
+    # the line of letters that a batch's progress broke resumes with its file prefix
+    serial.stdout.fnmatch_lines(["[[]steer[]] alpha10: batch 1/1, 3/3 cases*", "*test_ifeval.py [.m][.m][.m]*"], consecutive=True)
+    parallel = run_suite(pytester, *args, "-n", "2")
+    # workers' progress reaches the controller's terminal, on lines of its own
+    for config in ("baseline", "alpha10"):
+        parallel.stdout.re_match_lines([rf"\[steer\] gw[01]: {config}: batch 1/1, 3/3 cases.*"])
+    assert all(line.startswith("[steer]") for line in parallel.stdout.lines if "[steer]" in line)

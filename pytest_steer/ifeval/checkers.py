@@ -72,7 +72,7 @@ class Checker(ABC):
     instruction_id: ClassVar[str]
     arguments: ClassVar[tuple[Arg, ...]] = ()
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook: most checkers need no cross-argument check
     def check_arguments(cls, parsed: dict[str, Any]) -> None:
         """Reject combinations of individually valid arguments; raise InstructionError."""
 

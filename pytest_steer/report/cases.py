@@ -8,8 +8,9 @@ error and the model fingerprint. Reading a file back validates every line.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pytest_steer.records import CaseRecord
 

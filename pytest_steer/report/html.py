@@ -12,8 +12,9 @@ import base64
 import html
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from string import Template
-from typing import Any, Mapping
+from typing import Any
 
 from pytest_steer.aggregate import METRICS
 from pytest_steer.report.table import (

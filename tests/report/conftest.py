@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from report_fixtures import make_results
 
 from pytest_steer.results import RunResults
-from report_fixtures import make_results
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_fixtures import make_records, make_results, make_run
 
-from report_fixtures import make_records, make_run, make_results
 from pytest_steer.__main__ import main
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.files import write_report

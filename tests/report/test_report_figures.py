@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from report_fixtures import make_records, make_run
+
 from pytest_steer.report.figures import (
     ALPHA_LABEL,
     Point,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from report_fixtures import make_records, make_run
+
 from pytest_steer.aggregate import METRICS
 from pytest_steer.report.cases import read_cases, write_cases
 from pytest_steer.report.json import read_results, results_dict, write_results

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from report_fixtures import HOSTILE_RESPONSE, make_records, make_run
+
 from pytest_steer.report.files import write_report
 from pytest_steer.report.html import MAX_CASE_GROUPS, render_html
 from pytest_steer.report.json import results_dict

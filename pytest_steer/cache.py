@@ -8,8 +8,9 @@ What is stored:
   prompt, steering (alpha, resolved heads, scale position, highlight spans), generation
   settings and the case seed. Changing any of them misses only the affected cases.
 - ``quality`` entries: the quality score of one cached response under one scorer
-  (:func:`quality_key`). Fluency is a forward pass of the model and a reward model may be
-  large, so scores are kept too; instruction checks are cheap and always recomputed.
+  (:func:`quality_key`; for a reward model, the revision of its weights too). Fluency is
+  a forward pass of the model and a reward model may be large, so scores are kept too;
+  instruction checks are cheap and always recomputed.
 
 Layout: ``<dir>/<namespace>/<first two hex digits>/<sha256 of the key>.json``. Each file is
 written to a temporary file in the same folder and renamed into place (``os.replace``),

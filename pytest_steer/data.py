@@ -77,8 +77,7 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
 
     try:
         if path.suffix == ".jsonl":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
+            return _read_jsonl(path)
         if path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             return data if isinstance(data, list) else pd.DataFrame(data).to_dict("records")
@@ -86,6 +85,22 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         return frame.to_dict("records")
     except (ValueError, OSError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from exc
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
+            raise DatasetError(f"{path} line {number}: {problem}; each line must be one JSON object") from exc
+        if not isinstance(record, dict):
+            raise DatasetError(f"{path} line {number}: a JSON {type(record).__name__}, not an object; each line must be one JSON object")
+        records.append(record)
+    return records
 
 
 def _read_hub(source: str, split: str | None) -> list[dict[str, Any]]:

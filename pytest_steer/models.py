@@ -203,17 +203,28 @@ def load_pretrained(loader: Any, name: str, *, what: str = "model", alternatives
 def _revision(model: Any, name: str, checkpoint: Path | None) -> str:
     if checkpoint is not None:
         return json.loads((checkpoint / FINGERPRINT_FILE).read_text())["revision"]
-    commit = getattr(model.config, "_commit_hash", None)
-    if commit:
-        return commit
-    weights = sorted(Path(name).expanduser().glob("*.safetensors")) if Path(name).expanduser().is_dir() else []
-    if weights:
+    return getattr(model.config, "_commit_hash", None) or source_revision(name)
+
+
+def source_revision(name: str) -> str:
+    """Which weights a hub id or local folder stands for, read without loading them: the
+    commit of the cached snapshot, or a digest of the local weight files' names, sizes and
+    modification times (cheap, and it changes whenever a checkpoint is saved again)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        weights = sorted(p for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern))
+        if not weights:
+            return "unknown"
         digest = hashlib.sha256()
-        for path in weights:
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        for weight in weights:
+            stat = weight.stat()
+            digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return f"local:{digest.hexdigest()[:16]}"
-    return "unknown"
+    repo, revision = split_revision(name)
+    config = try_to_load_from_cache(repo, "config.json", revision=revision)
+    if isinstance(config, str):
+        return Path(config).parent.name  # the hub cache keeps files under snapshots/<commit>/
+    return revision or "unresolved"
 
 
 def load_tokenizer(name: str, *, cache_dir: Path | None = None) -> Any:

@@ -28,7 +28,7 @@ from pytest_steer.generation import (
     plan_batches,
 )
 from pytest_steer.ifeval import evaluate
-from pytest_steer.models import LoadedModel, load_model
+from pytest_steer.models import LoadedModel, load_model, source_revision
 from pytest_steer.options import SteerSettings
 from pytest_steer.quality import QualityScorer, create_scorer
 from pytest_steer.records import CaseRecord
@@ -68,6 +68,7 @@ class CaseRunner:
         self._load_failure: Exception | None = None
         self._engine: Engine | None = None
         self._scorer: QualityScorer | None = None
+        self._reward_revision: str | None = None
         self._scorer_failure: Exception | None = None
 
     @property
@@ -261,10 +262,19 @@ class CaseRunner:
         return {"device": self.loaded.device.type, "engine": ENGINE_VERSION, **_library_versions()}
 
     def _scorer_spec(self) -> dict[str, Any]:
+        """What a quality score depends on beyond its response's generation key (which holds the
+        generator, so fluency needs nothing more); for a reward model, which weights it is."""
         s = self.settings
         if s.reward_model is None:
             return {"quality": s.quality}
-        return {"quality": s.quality, "transform": s.reward_transform, "max_length": s.reward_max_length}
+        if self._reward_revision is None:
+            self._reward_revision = source_revision(s.reward_model)
+        return {
+            "quality": s.quality,
+            "revision": self._reward_revision,
+            "transform": s.reward_transform,
+            "max_length": s.reward_max_length,
+        }
 
     def _check(
         self, case: Case, response: str, n_new_tokens: int, missing: list[str], quality: float | None, *, cached: bool = False

@@ -91,6 +91,17 @@ def test_mismatched_lengths_and_duplicate_keys(tmp_path: Path) -> None:
         load_rows(str(write(tmp_path / "b.jsonl", [ROWS[0], ROWS[0]])))
 
 
+def test_broken_jsonl_line_is_named_by_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    good = json.dumps(ROWS[0])
+    path.write_text(f"{good}\n\n{{'key': 2}}\n")
+    with pytest.raises(DatasetError, match=r"broken.jsonl line 3: not valid JSON \(.* at column 2\); each line must be one JSON object"):
+        load_rows(str(path))
+    path.write_text(f"{good}\n[1, 2]\n")
+    with pytest.raises(DatasetError, match=r"broken.jsonl line 2: a JSON list, not an object"):
+        load_rows(str(path))
+
+
 def test_unknown_source_and_unsupported_suffix(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not 'builtin', an existing file"):
         load_rows(str(tmp_path / "nothing.jsonl"))

@@ -14,7 +14,7 @@ from pytest_steer import quality as quality_module
 from pytest_steer import runner as runner_module
 from pytest_steer.collection import plan_cases
 from pytest_steer.hub import HubUnavailableError
-from pytest_steer.models import EMBEDDED, LoadedModel, embedded_checkpoint, load_model, load_tokenizer
+from pytest_steer.models import EMBEDDED, LoadedModel, embedded_checkpoint, load_model, load_tokenizer, source_revision
 from pytest_steer.options import OPTIONS, SteerSettings
 from pytest_steer.quality import FluencyScorer, NoQualityScorer, QualityError, RewardModelScorer, create_scorer
 from pytest_steer.results import run_fingerprint
@@ -315,3 +315,48 @@ def test_a_scorer_that_cannot_load_makes_error_records_once(tiny_checkpoint: Pat
     assert all(record.error and record.error.startswith("quality scoring failed: QualityError:") for record in records)
     assert all(record.strict == [] and record.quality is None for record in records)
     assert any(record.response for record in records)  # the generated text is kept for inspection
+
+
+def test_source_revision_names_the_weights_without_loading_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    copy = save_classifier(tmp_path / "copy")
+    before = source_revision(str(copy))
+    assert before.startswith("local:") and source_revision(str(copy)) == before
+    save_classifier(copy)  # saved again: the weights may have changed
+    assert source_revision(str(copy)) != before
+    snapshot = tmp_path / "hub" / "models--org--reward" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert source_revision("org/reward") == "0123abcd"
+    assert source_revision("org/uncached") == "unresolved"
+
+
+def test_cached_reward_scores_are_reused_until_the_reward_model_changes(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reward = save_classifier(tmp_path / "reward")
+    loads = []
+
+    def counting(settings: SteerSettings, loaded: LoadedModel) -> object:
+        loads.append(settings.quality)
+        return quality_module.create_scorer(settings, loaded)
+
+    monkeypatch.setattr(runner_module, "create_scorer", counting)
+    settings = runner_settings(tiny_checkpoint, f"reward:{reward}")
+
+    def run() -> list:
+        cases = plan_cases(settings)
+        runner = CaseRunner(settings, cases, cache_dir=tmp_path / "cache")
+        return [runner.record(case) for case in cases]
+
+    first = run()
+    assert len(loads) == 1 and all(record.quality is not None for record in first)
+    assert [record.quality for record in run()] == [record.quality for record in first]
+    assert len(loads) == 1  # every score came from the cache; the reward model was not loaded
+    save_classifier(reward)  # the same path now holds a newly saved checkpoint
+    assert [record.quality for record in run()] == pytest.approx([record.quality for record in first])
+    assert len(loads) == 2  # rescored, not trusted

@@ -220,6 +220,8 @@ def source_revision(name: str) -> str:
             stat = weight.stat()
             digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return f"local:{digest.hexdigest()[:16]}"
+    if not looks_like_hub_id(name):
+        return "unknown"  # not a checkpoint folder: loading it will say what is wrong
     repo, revision = split_revision(name)
     config = try_to_load_from_cache(repo, "config.json", revision=revision)
     if isinstance(config, str):

@@ -333,6 +333,7 @@ def test_source_revision_names_the_weights_without_loading_them(tmp_path: Path, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert source_revision("org/reward") == "0123abcd"
     assert source_revision("org/uncached") == "unresolved"
+    assert source_revision(str(snapshot / "config.json")) == "unknown"  # a file, not a checkpoint folder
 
 
 def test_cached_reward_scores_are_reused_until_the_reward_model_changes(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.hub import hub_offline, hub_reachable, looks_like_hub_id, split_revision
+from pytest_steer.jsonl import JsonLinesError, read_json_lines
 
 BUILTIN = "builtin"
 HUB_DATASETS = ("ibm-research/Split-IFEval", "google/IFEval")
@@ -77,30 +78,16 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
 
     try:
         if path.suffix == ".jsonl":
-            return _read_jsonl(path)
+            return [row for _, row in read_json_lines(path)]
         if path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             return data if isinstance(data, list) else pd.DataFrame(data).to_dict("records")
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
         return frame.to_dict("records")
+    except JsonLinesError as exc:  # already names the file and the line
+        raise DatasetError(str(exc)) from exc
     except (ValueError, OSError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from exc
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
-            raise DatasetError(f"{path} line {number}: {problem}; each line must be one JSON object") from exc
-        if not isinstance(record, dict):
-            raise DatasetError(f"{path} line {number}: a JSON {type(record).__name__}, not an object; each line must be one JSON object")
-        records.append(record)
-    return records
 
 
 def _read_hub(source: str, split: str | None) -> list[dict[str, Any]]:

@@ -95,10 +95,10 @@ def test_broken_jsonl_line_is_named_by_its_number(tmp_path: Path) -> None:
     path = tmp_path / "broken.jsonl"
     good = json.dumps(ROWS[0])
     path.write_text(f"{good}\n\n{{'key': 2}}\n")
-    with pytest.raises(DatasetError, match=r"broken.jsonl line 3: not valid JSON \(.* at column 2\); each line must be one JSON object"):
+    with pytest.raises(DatasetError, match=r"broken.jsonl:3: not valid JSON \(.* at column 2\); each line must be one JSON object"):
         load_rows(str(path))
     path.write_text(f"{good}\n[1, 2]\n")
-    with pytest.raises(DatasetError, match=r"broken.jsonl line 2: a JSON list, not an object"):
+    with pytest.raises(DatasetError, match=r"broken.jsonl:2: a JSON list, not an object; each line must be one JSON object"):
         load_rows(str(path))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pytest_steer.ifeval.driver import Evaluation, evaluate
+from pytest_steer.jsonl import JsonLinesError, read_json_lines
 
 
 class ScoringInputError(ValueError):
@@ -40,20 +41,11 @@ def _clip(value: str, limit: int = 60) -> str:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        handle = path.open(encoding="utf-8")
+        yield from read_json_lines(path)
     except OSError as error:
         raise ScoringInputError(f"cannot read {path}: {error.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ScoringInputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ScoringInputError(f"{path}:{number}: expected a JSON object per line")
-            yield number, row
+    except JsonLinesError as error:
+        raise ScoringInputError(str(error)) from None
 
 
 def _key(value: Any) -> str | None:

@@ -17,7 +17,9 @@ from pytest_steer.sharding import select_shard
 
 def plan_cases(settings: SteerSettings) -> list[Case]:
     from pytest_steer.models import ModelLoadError, check_model_source
+    from pytest_steer.steering import SteeringError
     from pytest_steer.steering.heads import parse_heads
+    from pytest_steer.steering.stack import check_steering_stack
 
     try:
         if settings.heads:
@@ -34,8 +36,9 @@ def plan_cases(settings: SteerSettings) -> list[Case]:
         rows = select(rows, selection, origin=settings.dataset)
         if settings.shard is not None:
             rows = select_shard(rows, settings.shard)
-        return build_cases(
-            rows, steering_configs(settings.alpha), trials=settings.trials, seed=settings.seed, highlight=settings.highlight
-        )
-    except (DatasetError, HubUnavailableError, ModelLoadError, ValueError) as exc:
+        configs = steering_configs(settings.alpha)
+        if any(config.steered for config in configs):
+            check_steering_stack(settings.attn_implementation)
+        return build_cases(rows, configs, trials=settings.trials, seed=settings.seed, highlight=settings.highlight)
+    except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
         raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None

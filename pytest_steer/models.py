@@ -168,8 +168,18 @@ def check_model_source(name: str) -> None:
     if name == EMBEDDED:
         embedded_gguf_path()
         return
-    if Path(name).expanduser().exists():
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"--steer-model {name!r} is a directory that holds no model (no config.json); point it at a checkpoint "
+                "saved with save_pretrained(), or use a Hugging Face model id"
+            )
         return
+    if path.exists():
+        raise ModelLoadError(
+            f"--steer-model {name!r} is a file; give the checkpoint directory that holds config.json and the weights"
+        )
     if not looks_like_hub_id(name):
         raise ModelLoadError(
             f"--steer-model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); "

@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/bootstrap.sh"
 cd "$root"
-exec "${STEER_VENV:-$root/.venv}/bin/pytest" tests "$@"
+exec "${STEER_VENV:-$root/.venv}/bin/pytest" "$@"  # no path given: the testpaths of pyproject.toml

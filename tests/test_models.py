@@ -71,6 +71,27 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
         check_model_source(str(tmp_path / "no" / "such" / "model"))
 
 
+def test_a_directory_without_a_model_or_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="holds no model \\(no config.json\\)"):
+        check_model_source(str(tmp_path))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="is a file; give the checkpoint directory"):
+        check_model_source(str(weights))
+
+
+def test_a_directory_without_a_model_fails_collection_once(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    result = pytester.runpytest_subprocess(
+        str(repo / "suites" / "ifeval"), "-p", "no:cacheprovider", "--rootdir", str(repo), "--steer-model", str(tmp_path),
+        "--steer-alpha", "10", "--steer-limit", "2",
+    )
+    output = result.stdout.str()
+    assert result.ret == 2, output
+    assert output.count("holds no model") == 1, output
+    assert "crashed" not in output and "Traceback" not in output
+
+
 def test_hub_id_offline_fails_fast_and_names_alternatives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache

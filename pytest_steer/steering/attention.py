@@ -1,27 +1,31 @@
-"""Folding a per-head bias over the prompt's keys into the attention mask of chosen layers.
+"""Adding a per-head bias over the prompt's keys inside attention, through transformers' attention interface.
 
-Mechanism: a forward pre-hook on each steered attention module swaps the ``attention_mask``
-keyword for an additive float mask of shape (batch, heads, queries, keys) that carries the
-model's own masking (causal, padding) plus the bias on the selected heads. Both eager and
-SDPA attention add a float mask to the scaled logits before the softmax, so one mask serves
-both, and no transformers function or config is replaced. The incoming mask can be:
+Every supported decoder runs its attention core through
+``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager)``, with the
+documented signature ``(module, query, key, value, attention_mask, **kwargs)``. This module
+registers two functions on that interface (``AttentionInterface.register``), ``steer_eager``
+and ``steer_sdpa``, with the matching mask builders (``AttentionMaskInterface.register``).
+Each one adds the bias of the module's steered heads to the mask it receives, then runs the
+plain computation of its base (eager here, SDPA from transformers' registry).
 
-- a float mask (eager): the bias is added to it;
-- a boolean mask (SDPA): masked positions become the dtype's minimum, never 0/1 floats, so
-  padding stays masked;
-- None (SDPA without padding, where attention relies on ``is_causal``): the causal pattern is
-  rebuilt from the cache's query and key offsets.
+While a batch is steered (``PromptKeyBias.install``) the model's implementation is switched
+to the steered twin of its own (``set_attn_implementation``) and the steered modules are
+registered here; ``uninstall`` restores both. Nothing depends on the keyword names a model
+passes between its layers (the KV cache's keyword changed in transformers 5.24): the bias is
+placed by key index, which is the key's absolute position for dynamic and static caches, so
+the prompt's keys 0..P-1 keep their bias in the prefill and in every decode step, and keys
+past the prompt get none.
 
-Keys are addressed by absolute position (cache offset + index), so the prompt's positions
-0..P-1 keep their bias in the prefill and in every KV-cache decode step, and keys past the
-prompt get none. A mask is built once per forward and head set, and reused by every layer
-with that head set (all layers share the mask object transformers built for the forward).
+The mask received can be a float mask (eager: added to), a boolean mask (SDPA: masked
+positions become the dtype's minimum, never 0/1 floats, so padding stays masked) or None
+(SDPA without padding: the causal pattern SDPA would apply is rebuilt). One steered mask is
+built per forward and head set and shared by every layer with that head set.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import torch
@@ -31,9 +35,79 @@ from torch.utils.hooks import RemovableHandle
 from pytest_steer.steering.errors import SteeringError, UnsupportedModelError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-STEERABLE_ATTENTION = ("eager", "sdpa")
+STEERED_IMPLEMENTATIONS = {"eager": "steer_eager", "sdpa": "steer_sdpa"}
 
 HeadSet = tuple[int, ...]
+
+# Attention modules being steered now -> the bias they add. Weak, so a dropped model is never kept alive.
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, _LayerSteering] = weakref.WeakKeyDictionary()
+
+
+def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """(batch, kv_heads, keys, dim) -> (batch, kv_heads * groups, keys, dim), each key/value head serving its query group."""
+    if groups == 1:
+        return states
+    batch, kv_heads, keys, dim = states.shape
+    return states[:, :, None].expand(batch, kv_heads, groups, keys, dim).reshape(batch, kv_heads * groups, keys, dim)
+
+
+def eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention as the Llama-family eager implementation computes it, operation for operation."""
+    groups = query.shape[1] // key.shape[1]
+    key_states, value_states = repeat_kv(key, groups), repeat_kv(value, groups)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value_states).transpose(1, 2).contiguous()
+    return output, weights
+
+
+def _steered(base: str) -> Any:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    compute = eager_attention if base == "eager" else sdpa_attention_forward
+
+    def steered_attention(
+        module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any
+    ) -> tuple[torch.Tensor, Any]:
+        steering = _ACTIVE.get(module)
+        if steering is not None:
+            attention_mask = steering.mask(query, key, attention_mask, kwargs.get("sliding_window"))
+        return compute(module, query, key, value, attention_mask, **kwargs)
+
+    steered_attention.__name__ = f"steer_{base}_attention"
+    return steered_attention
+
+
+_registered = False
+
+
+def register_steered_attention() -> None:
+    """Register ``steer_eager`` and ``steer_sdpa`` with transformers (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask, sdpa_mask
+
+    masks = {"eager": eager_mask, "sdpa": sdpa_mask}
+    for base, name in STEERED_IMPLEMENTATIONS.items():
+        AttentionInterface.register(name, _steered(base))
+        AttentionMaskInterface.register(name, masks[base])
+    _registered = True
 
 
 def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
@@ -50,7 +124,7 @@ def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
             f"this model is {model_type or type(model).__name__!r}. Use a model of one of those families"
         )
     implementation = getattr(config, "_attn_implementation", None)
-    if implementation not in STEERABLE_ATTENTION:
+    if implementation not in STEERED_IMPLEMENTATIONS:
         raise UnsupportedModelError(
             f"attention implementation {implementation!r} cannot be steered: PASTA adds a per-head bias through the "
             "attention mask, which only eager and sdpa attention apply as given; load the model with "
@@ -65,6 +139,17 @@ def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
     return [layer.self_attn for layer in layers], int(config.num_attention_heads)
 
 
+class _LayerSteering:
+    """What one attention module adds: its head set's share of the batch's prompt bias."""
+
+    def __init__(self, batch: PromptKeyBias, heads: HeadSet) -> None:
+        self.batch = batch
+        self.heads = heads
+
+    def mask(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, sliding_window: int | None) -> torch.Tensor:
+        return self.batch.steered_mask(self.heads, query, key, mask, sliding_window)
+
+
 class PromptKeyBias:
     """Installs and serves the steered masks for one batch of prompts.
 
@@ -72,13 +157,7 @@ class PromptKeyBias:
     prompt key; ``layer_heads`` says which query heads of which layers receive it.
     """
 
-    def __init__(
-        self,
-        key_bias: torch.Tensor,
-        prompt_ids: torch.Tensor,
-        layer_heads: dict[int, HeadSet],
-        num_heads: int,
-    ) -> None:
+    def __init__(self, key_bias: torch.Tensor, prompt_ids: torch.Tensor, layer_heads: dict[int, HeadSet], num_heads: int) -> None:
         self.prompt_ids = prompt_ids
         self.layer_heads = layer_heads
         self._head_bias: dict[HeadSet, torch.Tensor] = {}
@@ -88,26 +167,51 @@ class PromptKeyBias:
             self._head_bias[heads] = key_bias[:, None, None, :] * selected[None, :, None, None]
         # Per head set: (mask received, its signature, steered mask) of the latest forward.
         self._latest: dict[HeadSet, tuple[torch.Tensor | None, tuple[Any, ...], torch.Tensor]] = {}
+        self._model: nn.Module | None = None
+        self._implementation: str | None = None
+        self._handles: list[RemovableHandle] = []
+        self._modules: list[nn.Module] = []
 
-    def install(self, model: nn.Module, attention: Sequence[nn.Module]) -> list[RemovableHandle]:
-        handles = [model.register_forward_pre_hook(self._check_prompt, with_kwargs=True)]
+    def install(self, model: nn.Module, attention: Sequence[nn.Module]) -> None:
+        register_steered_attention()
+        implementation = model.config._attn_implementation
+        target = STEERED_IMPLEMENTATIONS[implementation]
+        model.set_attn_implementation(target)
+        if model.config._attn_implementation != target:
+            model.set_attn_implementation(implementation)
+            raise UnsupportedModelError(
+                f"{type(model).__name__} did not switch to the attention function {target!r} (transformers refuses to change "
+                "its attention implementation), so the steering bias cannot be applied; use a supported Llama-family model"
+            )
+        self._model, self._implementation = model, implementation
+        self._handles = [model.register_forward_pre_hook(self._check_prompt, with_kwargs=True)]
         for layer, heads in self.layer_heads.items():
-            handles.append(attention[layer].register_forward_pre_hook(partial(self._steer, heads), with_kwargs=True))
-        return handles
+            _ACTIVE[attention[layer]] = _LayerSteering(self, heads)
+            self._modules.append(attention[layer])
 
-    def release(self) -> None:
-        """Drop the masks kept from the latest forward."""
+    def uninstall(self) -> None:
+        """Restore the model's own attention and drop the masks kept from the latest forward."""
+        for module in self._modules:
+            _ACTIVE.pop(module, None)
+        for handle in self._handles:
+            handle.remove()
+        if self._model is not None:
+            self._model.set_attn_implementation(self._implementation)
+        self._modules, self._handles, self._model = [], [], None
         self._latest.clear()
 
     def _check_prompt(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """A forward that starts a sequence must start with the steered prompt, or the bias lands elsewhere."""
+        """A forward that holds the prompt's length must hold the steered prompt, or the bias lands elsewhere.
+
+        Shorter forwards are decode steps (or a foreign sequence, which ``steered_mask``
+        refuses when it has fewer keys than the prompt).
+        """
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("past_key_values")
-        if input_ids is None or (cache is not None and cache.get_seq_length() > 0):
+        prompt_rows, prompt_length = self.prompt_ids.shape
+        if input_ids is None or input_ids.shape[1] < prompt_length:
             return
-        rows, prompt_rows = input_ids.shape[0], self.prompt_ids.shape[0]
-        prompt_length = self.prompt_ids.shape[1]
-        if rows % prompt_rows == 0 and input_ids.shape[1] >= prompt_length:
+        rows = input_ids.shape[0]
+        if rows % prompt_rows == 0:
             expected = self.prompt_ids.repeat_interleave(rows // prompt_rows, dim=0).to(input_ids.device)
             if torch.equal(input_ids[:, :prompt_length], expected):
                 return
@@ -117,50 +221,47 @@ class PromptKeyBias:
             "given to PASTA.apply(), or open a new apply() block for other prompts"
         )
 
-    def _steer(self, heads: HeadSet, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if "attention_mask" not in kwargs:
-            raise UnsupportedModelError(
-                f"{type(module).__name__} did not receive attention_mask as a keyword, so the steering bias cannot be "
-                "applied; use a supported Llama-family model"
+    def steered_mask(
+        self, heads: HeadSet, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, sliding_window: int | None
+    ) -> torch.Tensor:
+        batch, queries, keys = query.shape[0], query.shape[2], key.shape[2]
+        prompt_length = self.prompt_ids.shape[1]
+        if keys < prompt_length:
+            raise SteeringError(
+                f"a forward inside the steering block attends over {keys} keys, fewer than the {prompt_length} tokens of the "
+                "steered prompt batch; run the model (or generate) on the input_ids given to PASTA.apply()"
             )
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        mask = kwargs["attention_mask"]
-        batch, queries = hidden.shape[0], hidden.shape[1]
-        cache = kwargs.get("past_key_values")
-        if cache is not None:
-            query_offset = int(cache.get_query_offset(module.layer_idx))
-            keys, key_offset = cache.get_mask_sizes(queries, module.layer_idx)
-        else:
-            query_offset, keys, key_offset = 0, queries, 0
-        if mask is not None:
-            keys = mask.shape[-1]
-        signature = (batch, queries, keys, key_offset, query_offset, hidden.dtype, hidden.device)
+        if sliding_window is not None and keys >= sliding_window:
+            raise SteeringError(
+                f"the sequence reached the model's sliding window of {sliding_window} tokens, past which its cache drops the "
+                "prompt's first keys and the bias could not follow them; generate fewer tokens or use a shorter prompt"
+            )
+        if mask is not None and mask.shape[-1] != keys:
+            mask = mask[..., :keys]
+        signature = (batch, queries, keys, query.dtype, query.device)
         latest = self._latest.get(heads)
         if latest is not None and latest[0] is mask and latest[1] == signature:
-            steered = latest[2]
-        else:
-            steered = self._steered_mask(heads, mask, signature)
-            self._latest[heads] = (mask, signature, steered)
-        kwargs["attention_mask"] = steered
-        return args, kwargs
+            return latest[2]
+        steered = self._build_mask(heads, mask, signature)
+        self._latest[heads] = (mask, signature, steered)
+        return steered
 
-    def _steered_mask(self, heads: HeadSet, mask: torch.Tensor | None, signature: tuple[Any, ...]) -> torch.Tensor:
-        batch, queries, keys, key_offset, query_offset, dtype, device = signature
-        bias = self._bias_over_keys(heads, batch, keys, key_offset, dtype, device)
+    def _build_mask(self, heads: HeadSet, mask: torch.Tensor | None, signature: tuple[Any, ...]) -> torch.Tensor:
+        batch, queries, keys, dtype, device = signature
+        bias = self._bias_over_keys(heads, batch, keys, dtype, device)
         masked = torch.finfo(dtype).min
         if mask is None:
-            query_positions = torch.arange(queries, device=device) + query_offset
-            key_positions = torch.arange(keys, device=device) + key_offset
-            visible = key_positions[None, :] <= query_positions[:, None]
+            if queries == 1:  # one query sees every key
+                return bias
+            # SDPA's causal pattern without a mask: query i sees keys 0..i (aligned top-left).
+            visible = torch.arange(keys, device=device)[None, :] <= torch.arange(queries, device=device)[:, None]
             return torch.where(visible, bias, masked)
         if mask.dtype == torch.bool:
             return torch.where(mask, bias, masked)
         return mask + bias.to(mask.dtype)
 
-    def _bias_over_keys(
-        self, heads: HeadSet, batch: int, keys: int, key_offset: int, dtype: torch.dtype, device: torch.device
-    ) -> torch.Tensor:
-        """(batch, heads, 1, keys): the prompt bias at absolute key positions, zero past the prompt."""
+    def _bias_over_keys(self, heads: HeadSet, batch: int, keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(batch, heads, 1, keys): the prompt bias at key positions 0..P-1, zero past the prompt."""
         prompt_bias = self._head_bias[heads]
         prompt_rows, prompt_length = prompt_bias.shape[0], prompt_bias.shape[-1]
         if batch != prompt_rows:
@@ -170,11 +271,6 @@ class PromptKeyBias:
                     "run the batch given to PASTA.apply() (generate may repeat each row, e.g. num_return_sequences)"
                 )
             prompt_bias = prompt_bias.repeat_interleave(batch // prompt_rows, dim=0)
-        if key_offset == 0 and keys <= prompt_length:
-            bias = prompt_bias[..., :keys]
-        else:
-            bias = prompt_bias.new_zeros(*prompt_bias.shape[:3], keys)
-            overlap = min(prompt_length, key_offset + keys) - key_offset
-            if overlap > 0:
-                bias[..., :overlap] = prompt_bias[..., key_offset : key_offset + overlap]
-        return bias.to(device=device, dtype=dtype)
+        if keys > prompt_length:
+            prompt_bias = nn.functional.pad(prompt_bias, (0, keys - prompt_length))
+        return prompt_bias.to(device=device, dtype=dtype)

@@ -49,7 +49,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from pytest_steer.steering.attention import PromptKeyBias, steerable_attention
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
@@ -125,6 +124,8 @@ class PASTA:
         it removes every hook. Substrings that cannot be found are listed per row in
         ``.missing`` and reported with a SteeringWarning.
         """
+        if model in _STEERED_MODELS:
+            raise SteeringError("this model is already inside a PASTA.apply() block; leave it before opening another")
         attention, num_heads = steerable_attention(model)
         layer_heads = resolve_heads(self.layer_selection, len(attention), num_heads)
         if input_ids.ndim != 2:
@@ -179,7 +180,6 @@ class SteeredRun:
     _model: nn.Module = field(repr=False)
     _attention: list[nn.Module] = field(repr=False)
     _bias: PromptKeyBias = field(repr=False)
-    _handles: list[RemovableHandle] = field(default_factory=list, repr=False)
 
     @property
     def steered_rows(self) -> list[bool]:
@@ -189,15 +189,12 @@ class SteeredRun:
         if self._model in _STEERED_MODELS:
             raise SteeringError("this model is already inside a PASTA.apply() block; leave it before opening another")
         if bool(self.key_bias.any()):
-            self._handles = self._bias.install(self._model, self._attention)
+            self._bias.install(self._model, self._attention)
         _STEERED_MODELS.add(self._model)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._bias.release()
+        self._bias.uninstall()
         _STEERED_MODELS.discard(self._model)

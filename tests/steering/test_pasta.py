@@ -272,9 +272,9 @@ def test_other_inputs_inside_the_block_are_refused(tiny) -> None:
     texts = tiny.chat(PROMPTS)
     input_ids, attention_mask = tiny.batch(texts)
     with PASTA([1], 10.0).apply(model, tiny.tokenizer, input_ids, attention_mask, SUBSTRINGS):
-        with pytest.raises(SteeringError, match="not the steered prompt batch"):
+        with pytest.raises(SteeringError, match="steered prompt batch"):
             logits_of(model, input_ids[:, 1:], attention_mask[:, 1:], tiny)
-        with pytest.raises(SteeringError, match="not the steered prompt batch"):
+        with pytest.raises(SteeringError, match="steered prompt batch"):
             logits_of(model, input_ids.flip(0), attention_mask.flip(0), tiny)
 
 

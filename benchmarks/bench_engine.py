@@ -33,7 +33,7 @@ from pytest_steer.data import load_rows
 from pytest_steer.generation import Engine, Generation, GenerationRequest, GenerationSettings, plan_batches
 from pytest_steer.models import load_model
 from pytest_steer.options import SteerSettings
-from pytest_steer.runner import CaseRunner
+from pytest_steer.runner import runner_for
 from pytest_steer.steering import PASTA, default_head_layers
 
 
@@ -62,9 +62,9 @@ def timed_runner(settings: SteerSettings, cache_dir: Path) -> tuple[float, int]:
     from pytest_steer.collection import plan_cases
 
     start = time.perf_counter()
-    cases = plan_cases(settings)
-    runner = CaseRunner(settings, cases, cache_dir=cache_dir)
-    records = [runner.record(case) for case in cases]
+    plan = plan_cases(settings)
+    runner = runner_for(settings, plan, cache_dir=cache_dir)
+    records = [runner.record(case) for case in plan.cases]
     return time.perf_counter() - start, sum(r.cached for r in records)
 
 

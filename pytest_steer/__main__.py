@@ -18,6 +18,7 @@ import argparse
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,8 @@ def _merge(args: argparse.Namespace) -> int:
 
     gates = [parse_gate(text) for text in args.gate]  # syntax errors stop before any reading
     results = merge_reports(args.sources)
-    results.gates = evaluate_gates(gates, results.aggregates, max_errors=args.max_errors, min_prompts=args.min_prompts)
-    return _write(results, args.out, args.summary_md, exit_on_gates=True)
+    gated = evaluate_gates(gates, results.aggregates, max_errors=args.max_errors, min_prompts=args.min_prompts)
+    return _write(replace(results, gates=gated), args.out, args.summary_md, exit_on_gates=True)
 
 
 def _write(results: RunResults, out: Path, summary_md: Path | None, *, exit_on_gates: bool) -> int:

@@ -88,6 +88,7 @@ class ConfigAggregate:
     metrics: dict[str, Interval]
     per_instruction: dict[str, dict[str, Interval]]  # id -> {"strict": ..., "loose": ...}
     per_prompt: dict[str, PerPrompt]  # metric -> prompt key -> (numerator, denominator)
+    method: str | None = None  # the steering method; None for the unsteered baseline
     confidence: float = 0.95
     n_resamples: int = 2000
     seed: int = 0
@@ -95,7 +96,7 @@ class ConfigAggregate:
     @property
     def is_baseline(self) -> bool:
         """The unsteered config, the one steered configs are compared with."""
-        return self.alpha is None
+        return self.method is None and self.alpha is None
 
     def interval(self, metric: str) -> Interval | None:
         """The interval of a metric or follow-rate name; ``None`` when this config lacks it."""
@@ -111,6 +112,7 @@ class ConfigAggregate:
         """JSON-ready form; ``include_per_prompt`` keeps what a later paired comparison needs."""
         data: dict[str, Any] = {
             "name": self.name,
+            "method": self.method,
             "alpha": self.alpha,
             "n_prompts": self.n_prompts,
             "n_cases": self.n_cases,
@@ -143,6 +145,7 @@ class ConfigAggregate:
         return cls(
             name=str(data["name"]),
             alpha=None if alpha is None else float(alpha),
+            method=data.get("method", None if alpha is None else "pasta"),
             n_prompts=int(data["n_prompts"]),
             n_cases=int(data["n_cases"]),
             n_errors=int(data["n_errors"]),
@@ -168,7 +171,7 @@ def aggregate(
     confidence: float = 0.95,
     n_resamples: int = 2000,
 ) -> list[ConfigAggregate]:
-    """Aggregate case records per config, baseline first, then by ascending alpha."""
+    """Aggregate case records per config, baseline first, then PASTA by ascending alpha, then other methods."""
     by_config: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
         fields = _record_fields(record)
@@ -180,9 +183,9 @@ def aggregate(
     return sorted(aggregates, key=config_order)
 
 
-def config_order(agg: ConfigAggregate) -> tuple[bool, float, str]:
-    """Sort key: baseline first, then ascending alpha, ties by name."""
-    return (agg.alpha is not None, agg.alpha if agg.alpha is not None else 0.0, agg.name)
+def config_order(agg: ConfigAggregate) -> tuple[bool, bool, float, str]:
+    """Sort key: baseline first, then PASTA by ascending alpha, then the other methods by name."""
+    return (agg.method is not None, agg.method != "pasta", agg.alpha if agg.alpha is not None else 0.0, agg.name)
 
 
 def compare(a: ConfigAggregate, b: ConfigAggregate, metric: str) -> Interval:
@@ -232,11 +235,20 @@ def _record_fields(record: Mapping[str, Any] | Any) -> dict[str, Any]:
         missing = [name for name in _RECORD_FIELDS if name not in record]
         if missing:
             raise ValueError(f"case record lacks field(s) {', '.join(missing)}: {dict(record)!r}")
-        return {name: record[name] for name in _RECORD_FIELDS}
-    missing = [name for name in _RECORD_FIELDS if not hasattr(record, name)]
-    if missing:
-        raise ValueError(f"case record {record!r} lacks attribute(s) {', '.join(missing)}")
-    return {name: getattr(record, name) for name in _RECORD_FIELDS}
+        fields = {name: record[name] for name in _RECORD_FIELDS}
+        method = record.get("method", _UNNAMED)
+    else:
+        missing = [name for name in _RECORD_FIELDS if not hasattr(record, name)]
+        if missing:
+            raise ValueError(f"case record {record!r} lacks attribute(s) {', '.join(missing)}")
+        fields = {name: getattr(record, name) for name in _RECORD_FIELDS}
+        method = getattr(record, "method", _UNNAMED)
+    # Records written before methods were named carry only an alpha: PASTA's.
+    fields["method"] = method if method is not _UNNAMED else None if fields["alpha"] is None else "pasta"
+    return fields
+
+
+_UNNAMED = object()
 
 
 @dataclass(frozen=True)
@@ -266,6 +278,7 @@ def _aggregate_config(
     n_resamples: int,
 ) -> ConfigAggregate:
     alpha = _config_alpha(name, records)
+    method = _config_method(name, records)
     prompts: dict[str, _PromptTrials] = {}
     n_errors = 0
     for record in records:
@@ -298,6 +311,7 @@ def _aggregate_config(
     return ConfigAggregate(
         name=name,
         alpha=alpha,
+        method=method,
         n_prompts=len(prompts),
         n_cases=len(records),
         n_errors=n_errors,
@@ -315,6 +329,13 @@ def _config_alpha(name: str, records: list[Mapping[str, Any]]) -> float | None:
     if len(alphas) != 1:
         raise ValueError(f"config {name!r} has records with different alphas {sorted(alphas, key=str)}")
     return alphas.pop()
+
+
+def _config_method(name: str, records: list[Mapping[str, Any]]) -> str | None:
+    methods = {r["method"] for r in records}
+    if len(methods) != 1:
+        raise ValueError(f"config {name!r} has records of different methods {sorted(methods, key=str)}")
+    return methods.pop()
 
 
 def _add_trial(prompts: dict[str, _PromptTrials], config: str, record: Mapping[str, Any]) -> None:

@@ -7,24 +7,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pytest_steer.records import CaseRecord
 from pytest_steer.steer_case import SteerCase
 
 
 def assert_follows_instructions(case: SteerCase, *, loose: bool = False) -> None:
     """Every instruction of the case's prompt is followed (strict scoring unless ``loose``)."""
+    message = missed_instructions(case.record, case.kwargs, loose=loose)
+    assert message is None, message
+
+
+def missed_instructions(record: CaseRecord, kwargs: Sequence[Mapping[str, Any]], *, loose: bool = False) -> str | None:
+    """What the case's response missed, instruction by instruction; None when it followed them all."""
     from pytest_steer.ifeval import describe_failure
 
-    verdicts = case.record.loose if loose else case.record.strict
+    verdicts = record.loose if loose else record.strict
     missed = [
-        describe_failure(instruction_id, kwargs, case.response, case.prompt)
-        for instruction_id, kwargs, followed in zip(case.instruction_id_list, case.kwargs, verdicts)
+        describe_failure(instruction_id, dict(arguments), record.response, record.prompt)
+        for instruction_id, arguments, followed in zip(record.instruction_id_list, kwargs, verdicts)
         if not followed
     ]
+    if not missed:
+        return None
     scoring = "loose" if loose else "strict"
-    assert not missed, (
-        f"{case.record.case_id}: {len(missed)} of {len(verdicts)} instruction(s) not followed ({scoring}):\n  - "
+    return (
+        f"{record.case_id}: {len(missed)} of {len(verdicts)} instruction(s) not followed ({scoring}):\n  - "
         + "\n  - ".join(missed)
-        + f"\nresponse: {case.response[:500]!r}"
+        + f"\nresponse: {record.response[:500]!r}"
     )
 
 

@@ -18,7 +18,7 @@ from pytest_steer.aggregate import ConfigAggregate
 BASELINE_FORMAT = "pytest-steer-baseline/1"
 MUST_MATCH = ("dataset", "generation", "steering")
 # Other draws of the same distribution: pairing per prompt still applies.
-MAY_DIFFER = ("seed", "trials", "n_prompts", "alphas")
+MAY_DIFFER = ("seed", "trials", "n_prompts")
 
 
 class BaselineError(ValueError):
@@ -66,8 +66,11 @@ def mismatches(current: dict[str, Any], saved: dict[str, Any]) -> tuple[list[str
     for section in MUST_MATCH:
         ours, theirs = current.get(section) or {}, saved.get(section) or {}
         differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        hard = [k for k in differing if k not in MAY_DIFFER]
-        soft = [k for k in differing if k in MAY_DIFFER]
+        if section == "steering":  # configs are matched by name: one on only one side is simply not compared
+            hard = [k for k in differing if k in ours and k in theirs]
+        else:
+            hard = [k for k in differing if k not in MAY_DIFFER]
+        soft = [k for k in differing if k not in hard]
         for keys, bucket in ((hard, blocking), (soft, notes)):
             if keys:
                 details = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in keys)

@@ -4,30 +4,58 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_steer.data import PromptRow, highlights
 
 BASELINE = "baseline"
-# node id of a case: path::test_name[<key>-<config>-t<trial>]
-CASE_NODEID = re.compile(r"^(?P<function>.+)\[(?P<key>.+)-(?P<config>baseline|alpha[0-9.e+-]+)-t(?P<trial>\d+)\]$")
+_CONFIG_NAME = r"[A-Za-z0-9_.]+"
+# node id of a case: path::test_name[<key>-<config>-t<trial>]; config names never hold "-".
+CASE_NODEID = re.compile(rf"^(?P<function>.+)\[(?P<key>.+)-(?P<config>{_CONFIG_NAME})-t(?P<trial>\d+)\]$")
+
+
+def case_id(key: str, config: str, trial: int) -> str:
+    """The one spelling of a case's id, e.g. ``s004-pasta_alpha10-t2``."""
+    return f"{key}-{config}-t{trial}"
 
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    """The unsteered baseline (``alpha is None``) or PASTA at one strength."""
+    """The unsteered baseline (``method is None``) or one steering method with its parameters."""
 
     name: str
-    alpha: float | None
+    method: str | None
+    params: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def pasta(cls, alpha: float) -> SteeringConfig:
-        return cls(f"alpha{alpha:g}", alpha)
+    def of(cls, method: str, params: Mapping[str, Any], *, named_by: Sequence[str] | None = None) -> SteeringConfig:
+        """A config named after its method and the parameters in ``named_by`` (default: all of them)."""
+        shown = params if named_by is None else {name: params[name] for name in named_by if name in params}
+        suffix = "".join(f"_{name}{_name_part(value)}" for name, value in shown.items())
+        return cls(method + suffix, method, tuple(params.items()))
 
     @property
     def steered(self) -> bool:
-        return self.alpha is not None
+        return self.method is not None
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def alpha(self) -> float | None:
+        """PASTA's strength; None for every other config."""
+        return self.parameters.get("alpha") if self.method == "pasta" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "method": self.method, "params": self.parameters}
+
+
+def _name_part(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9_.]", "", text.replace("-", "m"))
 
 
 @dataclass(frozen=True)
@@ -40,15 +68,27 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.row.key}-{self.config.name}-t{self.trial}"
+        return case_id(self.row.key, self.config.name, self.trial)
 
 
-def config_alpha(name: str) -> float | None:
-    return None if name == BASELINE else float(name.removeprefix("alpha"))
-
-
-def steering_configs(alphas: Sequence[float]) -> list[SteeringConfig]:
-    return [SteeringConfig(BASELINE, None)] + [SteeringConfig.pasta(alpha) for alpha in sorted(alphas)]
+def steering_configs(
+    alphas: Sequence[float],
+    methods: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    *,
+    heads: str | None = None,
+    scale_position: str = "include",
+) -> list[SteeringConfig]:
+    """The baseline, PASTA at each alpha (ascending), then each ``(method, params)`` in order."""
+    configs = [SteeringConfig(BASELINE, None)]
+    for alpha in sorted(alphas):
+        configs.append(SteeringConfig.of("pasta", {"alpha": alpha, "heads": heads, "scale_position": scale_position}, named_by=["alpha"]))
+    for method, params in methods:
+        configs.append(SteeringConfig.of(method, params))
+    names = [config.name for config in configs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"configs {', '.join(repeated)} are asked for twice; give each method and alpha once")
+    return configs
 
 
 def case_seed(base_seed: int, key: str, trial: int) -> int:

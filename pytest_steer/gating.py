@@ -1,43 +1,46 @@
-"""Turns a run's aggregates into verdicts: gates, and the comparison with a saved baseline."""
+"""A run's verdicts: its gates, and the comparison with a saved baseline."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from pytest_steer.aggregate import ConfigAggregate
 from pytest_steer.baseline import BaselineError, load_run, mismatches
-from pytest_steer.gates import compare_runs, evaluate_gates, parse_compare_fail
+from pytest_steer.gates import ComparisonResult, GateResult, compare_runs, evaluate_gates, parse_compare_fail
 from pytest_steer.options import SteerSettings
-from pytest_steer.results import RunResults
 
 
 @dataclass
-class Decisions:
+class Verdicts:
+    gates: list[GateResult] = field(default_factory=list)
+    comparisons: list[ComparisonResult] = field(default_factory=list)
+    comparison_errors: list[str] = field(default_factory=list)  # a comparison that could not be made
     notes: list[str] = field(default_factory=list)  # worth saying, not failing on
-    errors: list[str] = field(default_factory=list)  # a comparison that could not be made
+
+    def as_fields(self) -> dict[str, Any]:
+        return {"gates": self.gates, "comparisons": self.comparisons, "comparison_errors": self.comparison_errors, "notes": self.notes}
 
 
-def decide(results: RunResults, settings: SteerSettings) -> Decisions:
-    """Fill ``results.gates`` and ``results.comparisons``; return notes and blocking problems."""
-    decisions = Decisions()
-    results.gates = evaluate_gates(
-        settings.gate, results.aggregates, max_errors=_budget(settings.max_errors), min_prompts=settings.min_prompts
+def decide(aggregates: list[ConfigAggregate], run: dict[str, Any], settings: SteerSettings) -> Verdicts:
+    verdicts = Verdicts(
+        gates=evaluate_gates(settings.gate, aggregates, max_errors=_budget(settings.max_errors), min_prompts=settings.min_prompts)
     )
     if settings.baseline is None:
-        return decisions
+        return verdicts
     try:
         saved = load_run(settings.baseline)
     except BaselineError as exc:
-        decisions.errors.append(str(exc))
-        return decisions
-    notes, blocking = mismatches(results.run, saved.run)
-    decisions.notes.extend(notes)
+        verdicts.comparison_errors.append(str(exc))
+        return verdicts
+    notes, blocking = mismatches(run, saved.run)
+    verdicts.notes.extend(notes)
     if blocking:
-        decisions.errors.extend(f"--steer-baseline {settings.baseline}: {problem}; nothing was compared" for problem in blocking)
-        return decisions
-    results.comparisons = compare_runs(results.aggregates, saved.aggregates, parse_compare_fail(settings.compare_fail))
-    return decisions
+        verdicts.comparison_errors.extend(f"--steer-baseline {settings.baseline}: {problem}; nothing was compared" for problem in blocking)
+        return verdicts
+    verdicts.comparisons = compare_runs(aggregates, saved.aggregates, parse_compare_fail(settings.compare_fail))
+    return verdicts
 
 
 def _budget(value: float) -> int | float:
     return int(value) if value >= 1 or value == 0 else value
-

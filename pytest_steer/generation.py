@@ -16,6 +16,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from pytest_steer.models import LoadedModel
+from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod
 
 # Bumped whenever a change here alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.
@@ -149,10 +150,11 @@ class Engine:
         encoded = self.loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
-    def generate(self, requests: Sequence[GenerationRequest], steering: Any | None = None) -> list[Generation]:
-        """One batch. ``steering`` is a PASTA instance (or None for the unsteered model)."""
+    def generate(self, requests: Sequence[GenerationRequest], steering: SteeringMethod | None = None) -> list[Generation]:
+        """One batch, unsteered (``steering`` None) or under a steering method."""
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
-        texts = [render_prompt(tokenizer, r.prompt) for r in requests]
+        prepared = [steering.prepare(r.prompt, r.highlights) if steering else PreparedPrompt(r.prompt) for r in requests]
+        texts = [render_prompt(tokenizer, p.text) for p in prepared]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.loaded.device)
         processors = LogitsProcessorList()
         if not self.settings.greedy:
@@ -163,14 +165,15 @@ class Engine:
             if steering is None:
                 output = self._generate(batch, processors)
             else:
-                spans = [list(r.highlights) for r in requests]
-                with steering.apply(model, tokenizer, batch["input_ids"], batch["attention_mask"], spans, texts=texts) as applied:
-                    missing = applied.missing
+                highlights = [list(r.highlights) for r in requests]
+                prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, highlights)
+                with steering.steer(prompt_batch) as steered:
+                    missing = steered.missing
                     output = self._generate(batch, processors)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         return [
-            Generation(text=self._decode(tokens), n_new_tokens=self._length(tokens), missing_spans=tuple(row_missing))
-            for tokens, row_missing in zip(new_tokens, missing)
+            Generation(text=self._decode(tokens), n_new_tokens=self._length(tokens), missing_spans=(*ready.missing, *row_missing))
+            for tokens, ready, row_missing in zip(new_tokens, prepared, missing)
         ]
 
     def _generate(self, batch: Any, processors: LogitsProcessorList) -> torch.Tensor:

@@ -7,6 +7,7 @@ line wins. Values are validated here, so bad input stops pytest before anything 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +102,24 @@ def _compare_fail(text: str) -> str:
     return text
 
 
+def _method(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``name`` or ``name:key=value,key=value``; values are JSON when they parse as JSON, else strings."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"{text!r} names no method; use e.g. emphasis or emphasis:marker=__")
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"{text!r}: parameter {item!r} is not key=value; use e.g. {name}:key=value")
+        try:
+            params[key.strip()] = json.loads(value)
+        except ValueError:
+            params[key.strip()] = value.strip()
+    return name, tuple(params.items())
+
+
 def _batch_size(text: str) -> int | None:
     return None if text == "auto" else _positive_int(text)
 
@@ -149,6 +168,7 @@ class Option:
     repeatable: bool = False
     metavar: str | None = None
     ini_name: str | None = None  # when the ini name is not steer_<name>
+    comma_separated: bool = True  # a repeatable option's values may also be given as a,b,c
 
     @property
     def cli(self) -> str:
@@ -173,6 +193,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),
     Option("highlight", "spans PASTA emphasizes: auto (the 'instructions' column when present, else the last sentence), instructions, last-sentence, prompt", parse=_choice(*HIGHLIGHTS), default="auto"),
     Option("alpha", "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated)", parse=_alpha, repeatable=True, default=(), metavar="ALPHA"),
+    Option("method", "another steering method beside the baseline and PASTA: emphasis (marks the highlights in the prompt), or a method registered by the pytest_steer_methods hook; NAME or NAME:key=value,... (repeatable)", parse=_method, repeatable=True, default=(), metavar="METHOD", comma_separated=False),
     Option("heads", "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)", metavar="HEADS"),
     Option("scale_position", "PASTA scale position: include, exclude or generation", parse=_choice(*SCALE_POSITIONS), default="include"),
     Option("trials", "sampled responses per prompt and config", parse=_positive_int, default=1),
@@ -217,6 +238,7 @@ class SteerSettings:
     limit: int | None = None
     highlight: str = "auto"
     alpha: tuple[float, ...] = ()
+    method: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     heads: str | None = None
     scale_position: str = "include"
     trials: int = 1
@@ -283,7 +305,10 @@ def settings_from_config(config: pytest.Config) -> SteerSettings:
             continue
         try:
             if option.repeatable:
-                parts = [part.strip() for text in raw for part in str(text).split(",") if part.strip()]
+                texts = [str(text) for text in raw]
+                if option.comma_separated:
+                    texts = [part for text in texts for part in text.split(",")]
+                parts = [part.strip() for part in texts if part.strip()]
                 values[option.name] = tuple(dict.fromkeys(option.parse(part) for part in parts))
             else:
                 values[option.name] = option.parse(str(raw[0]))

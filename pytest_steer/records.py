@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-USER_PROPERTY = "steer_record"
-
+if TYPE_CHECKING:
+    from pytest_steer.cases import SteeringConfig
 
 @dataclass(frozen=True)
 class CaseRecord:
@@ -29,6 +29,7 @@ class CaseRecord:
     cached: bool
     error: str | None = None
     model: dict[str, str] | None = None  # the ModelFingerprint of the weights that answered
+    method: str | None = None  # the config's steering method; None for the unsteered baseline
 
     @classmethod
     def failed(
@@ -43,6 +44,7 @@ class CaseRecord:
         prompt: str = "",
         instruction_id_list: list[str] | None = None,
         response: str = "",
+        method: str | None = None,
     ) -> CaseRecord:
         """A case without verdicts: an error, counted apart and never as a miss."""
         return cls(
@@ -63,11 +65,14 @@ class CaseRecord:
             missing_spans=[],
             cached=False,
             error=error,
+            method=method,
         )
 
     @property
     def case_id(self) -> str:
-        return f"{self.key}-{self.config}-t{self.trial}"
+        from pytest_steer.cases import case_id
+
+        return case_id(self.key, self.config, self.trial)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,15 +87,15 @@ class CaseRecord:
         return cls(**{name: data[name] for name in names if name in data})
 
 
-def lost_record(nodeid: str) -> dict[str, Any]:
+def lost_record(nodeid: str, configs: Mapping[str, SteeringConfig], reason: str) -> dict[str, Any]:
     """The record of a collected case that never reported: an error, never a miss."""
-    from pytest_steer.cases import CASE_NODEID, config_alpha
+    from pytest_steer.cases import CASE_NODEID
 
     match = CASE_NODEID.match(nodeid)
-    if match is None:
-        raise ValueError(f"{nodeid!r} is not the node id of a steer case")
-    error = "lost: the case never reported (its worker crashed or the run was interrupted)"
+    if match is None or match["config"] not in configs:
+        raise ValueError(f"{nodeid!r} is not the node id of a steer case of this run")
+    config = configs[match["config"]]
     record = CaseRecord.failed(
-        key=match["key"], config=match["config"], alpha=config_alpha(match["config"]), trial=int(match["trial"]), error=error
+        key=match["key"], config=config.name, alpha=config.alpha, trial=int(match["trial"]), error=f"lost: {reason}", method=config.method
     )
     return record.to_dict() | {"nodeid": nodeid}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, quality_key
 from pytest_steer.cases import Case, SteeringConfig
+from pytest_steer.collection import Plan
 from pytest_steer.generation import (
     ENGINE_VERSION,
     Engine,
@@ -28,32 +29,39 @@ from pytest_steer.generation import (
     plan_batches,
 )
 from pytest_steer.ifeval import evaluate
-from pytest_steer.models import LoadedModel, load_model, source_revision
+from pytest_steer.models import LoadedModel, load_model
 from pytest_steer.options import SteerSettings
 from pytest_steer.quality import QualityScorer, create_scorer
 from pytest_steer.records import CaseRecord
-from pytest_steer.steering import PASTA, default_head_layers, parse_heads
+from pytest_steer.spec import RunSpec
+from pytest_steer.steering.method import SteeringMethod
 
 Progress = Callable[[str], None]
 
 
-def generation_settings(settings: SteerSettings) -> GenerationSettings:
-    return GenerationSettings(
-        max_new_tokens=settings.max_new_tokens, greedy=settings.greedy, temperature=settings.temperature, top_p=settings.top_p
-    )
+def runner_for(settings: SteerSettings, plan: Plan, **options: Any) -> CaseRunner:
+    """A runner of a plan with the built-in methods, outside a pytest session (benchmarks, tests)."""
+    from pytest_steer.steering.registry import method_registry
+
+    return CaseRunner(settings, RunSpec.from_settings(settings, plan.configs), plan.cases, method_registry(), **options)
 
 
 class CaseRunner:
     def __init__(
         self,
         settings: SteerSettings,
+        spec: RunSpec,
         cases: Sequence[Case],
+        methods: Mapping[str, type[SteeringMethod]],
         *,
         worker_index: int | None = None,
         progress: Progress | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.spec = spec
+        self.methods = methods
+        self._steering: dict[str, SteeringMethod | None] = {}
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
         self._from_cache: dict[str, int] = {}
         self._cache_warned = False
@@ -68,7 +76,6 @@ class CaseRunner:
         self._load_failure: Exception | None = None
         self._engine: Engine | None = None
         self._scorer: QualityScorer | None = None
-        self._reward_revision: str | None = None
         self._scorer_failure: Exception | None = None
 
     @property
@@ -94,7 +101,7 @@ class CaseRunner:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.loaded, generation_settings(self.settings))
+            self._engine = Engine(self.loaded, GenerationSettings(**self.spec.decoding))
         return self._engine
 
     @property
@@ -112,12 +119,12 @@ class CaseRunner:
             self.progress(f"quality: {self._scorer.description}, ready in {time.perf_counter() - start:.1f} s")
         return self._scorer
 
-    def steering(self, config: SteeringConfig) -> PASTA | None:
-        if not config.steered:
-            return None
-        num_layers = self.loaded.model.config.num_hidden_layers
-        heads = parse_heads(self.settings.heads, num_layers) if self.settings.heads else default_head_layers(num_layers)
-        return PASTA(head_config=heads, alpha=config.alpha, scale_position=self.settings.scale_position)
+    def steering(self, config: SteeringConfig) -> SteeringMethod | None:
+        """The config's method, made once for this model; None for the unsteered baseline."""
+        if config.name not in self._steering:
+            method = None if config.method is None else self.methods[config.method].create(config.parameters, self.loaded.model.config)
+            self._steering[config.name] = method
+        return self._steering[config.name]
 
     def record(self, case: Case) -> CaseRecord:
         if case.id not in self._records:
@@ -187,7 +194,7 @@ class CaseRunner:
             self._cache_warned = True
             self.progress(f"response cache not written ({self.cache.write_errors[0]}); choose a writable --steer-cache-dir")
 
-    def _generations(self, batch: list[Case], steering: PASTA | None) -> tuple[list[str | None], list[Generation], list[bool]]:
+    def _generations(self, batch: list[Case], steering: SteeringMethod | None) -> tuple[list[str | None], list[Generation], list[bool]]:
         """The batch's responses, its cache keys, and which responses came from the cache.
 
         Only the misses are generated, together as a smaller batch: a response depends on
@@ -218,8 +225,7 @@ class CaseRunner:
 
     def _qualities(self, batch: list[Case], keys: list[str | None], generations: list[Generation]) -> list[float | None]:
         """Quality scores of the batch's responses: cached ones as stored, the others scored together."""
-        scorer_spec = self._scorer_spec()
-        quality_keys = [quality_key(key, scorer_spec) if key is not None else None for key in keys]
+        quality_keys = [quality_key(key, self.spec.quality) if key is not None else None for key in keys]
         scores: list[float | None] = [None] * len(batch)
         misses = []
         for i, key in enumerate(quality_keys):
@@ -237,44 +243,23 @@ class CaseRunner:
                     self.cache.put(QUALITY, key, {"quality": scores[i]})
         return scores
 
-    def _generation_key(self, case: Case, steering: PASTA | None) -> str:
-        """What a response depends on; see pytest_steer.cache."""
+    def _generation_key(self, case: Case, steering: SteeringMethod | None) -> str:
+        """What a response depends on (the run spec's decoding, the method as made for this model); see pytest_steer.cache."""
         steering_key = None
         if steering is not None:
-            steering_key = {
-                "method": "pasta",
-                "alpha": steering.alpha,
-                "layers": [[layer, None if heads is None else list(heads)] for layer, heads in steering.layer_selection.items()],
-                "scale_position": steering.scale_position,
-                "highlights": list(case.highlights),
-            }
+            steering_key = {"method": steering.name, "params": steering.params(), "highlights": list(case.highlights)}
         return generation_key(
             model=self.loaded.fingerprint.to_dict(),
             environment=self._environment(),
             prompt=case.row.prompt,
             steering=steering_key,
-            generation=self.engine.settings.to_dict(),
+            generation=dict(self.spec.decoding),
             seed=case.seed,
         )
 
     def _environment(self) -> dict[str, Any]:
         """What changes the numerics without changing any setting: device kind, engine, libraries."""
         return {"device": self.loaded.device.type, "engine": ENGINE_VERSION, **_library_versions()}
-
-    def _scorer_spec(self) -> dict[str, Any]:
-        """What a quality score depends on beyond its response's generation key (which holds the
-        generator, so fluency needs nothing more); for a reward model, which weights it is."""
-        s = self.settings
-        if s.reward_model is None:
-            return {"quality": s.quality}
-        if self._reward_revision is None:
-            self._reward_revision = source_revision(s.reward_model)
-        return {
-            "quality": s.quality,
-            "revision": self._reward_revision,
-            "transform": s.reward_transform,
-            "max_length": s.reward_max_length,
-        }
 
     def _check(
         self, case: Case, response: str, n_new_tokens: int, missing: list[str], quality: float | None, *, cached: bool = False
@@ -302,6 +287,7 @@ class CaseRunner:
             missing_spans=missing,
             cached=cached,
             model=self.loaded.fingerprint.to_dict(),
+            method=case.config.method,
         )
 
 
@@ -321,4 +307,5 @@ def _error_record(case: Case, error: str, response: str = "") -> CaseRecord:
         prompt=case.row.prompt,
         instruction_id_list=list(case.row.instruction_id_list),
         response=response,
+        method=case.config.method,
     )

@@ -230,7 +230,7 @@ def test_deltas_vs_baseline_for_each_steered_config() -> None:
 def test_to_dict_is_json_and_round_trips_with_per_prompt() -> None:
     baseline, steered = aggregate(_paired_records(), n_resamples=100)
     data = steered.to_dict()
-    assert set(data) == {"name", "alpha", "n_prompts", "n_cases", "n_errors", "confidence", "metrics",
+    assert set(data) == {"name", "method", "alpha", "n_prompts", "n_cases", "n_errors", "confidence", "metrics",
                          "per_instruction"}
     assert data["alpha"] == 10.0
     assert set(data["metrics"]["quality"]) == {"mean", "ci_low", "ci_high", "n_prompts"}

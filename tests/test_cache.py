@@ -117,11 +117,11 @@ def _settings(model: Path, **changes: Any) -> Any:
 
 def _run(settings: Any, cache_dir: Path | None) -> dict[str, Any]:
     from pytest_steer.collection import plan_cases
-    from pytest_steer.runner import CaseRunner
+    from pytest_steer.runner import runner_for
 
-    cases = plan_cases(settings)
-    runner = CaseRunner(settings, cases, cache_dir=cache_dir)
-    return {case.id: runner.record(case) for case in cases}
+    plan = plan_cases(settings)
+    runner = runner_for(settings, plan, cache_dir=cache_dir)
+    return {case.id: runner.record(case) for case in plan.cases}
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_rerun_generates_nothing_and_changes_regenerate_only_what_changed(
 
     more_alphas = _run(_settings(tiny_checkpoint, alpha=(10.0, 2.0)), tmp_path)
     assert sum(generated) == 3  # only the new alpha2 cases
-    assert {i for i, r in more_alphas.items() if not r.cached} == {i for i in more_alphas if "-alpha2-" in i}
+    assert {i for i, r in more_alphas.items() if not r.cached} == {i for i in more_alphas if "-pasta_alpha2-" in i}
 
     generated.clear()
     _run(_settings(tiny_checkpoint, seed=1), tmp_path)
@@ -196,14 +196,13 @@ def test_cache_options_are_parsed(pytester: pytest.Pytester, tmp_path: Path) -> 
 def test_a_subset_of_a_batch_generates_the_same_responses(tiny_checkpoint: Path) -> None:
     """What lets the runner generate only the cache misses of a batch."""
     from pytest_steer.collection import plan_cases
-    from pytest_steer.generation import Engine, GenerationRequest
+    from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings
     from pytest_steer.models import load_model
-    from pytest_steer.runner import generation_settings
     from pytest_steer.steering import PASTA
 
     settings = _settings(tiny_checkpoint, limit=6, max_new_tokens=12)
-    cases = [case for case in plan_cases(settings) if case.config.steered]
-    engine = Engine(load_model(str(tiny_checkpoint), device="cpu"), generation_settings(settings))
+    cases = [case for case in plan_cases(settings).cases if case.config.steered]
+    engine = Engine(load_model(str(tiny_checkpoint), device="cpu"), GenerationSettings(max_new_tokens=12))
     requests = [GenerationRequest(case.row.prompt, case.seed, case.highlights) for case in cases]
     for steering in (None, PASTA(head_config=[0, 1], alpha=10.0)):
         full = engine.generate(requests, steering)
@@ -239,7 +238,7 @@ def test_second_run_of_the_suite_comes_from_the_cache(pytester: pytest.Pytester,
     second.stdout.fnmatch_lines(
         [
             "*[[]steer[]] baseline: 2 cases from cache*",
-            "*[[]steer[]] alpha10: 2 cases from cache*",
+            "*[[]steer[]] pasta_alpha10: 2 cases from cache*",
             "responses: 4 of 4 cases from the response cache*",
         ]
     )

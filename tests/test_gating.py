@@ -27,7 +27,7 @@ def test_passing_gate_exits_zero_and_failing_gate_exits_one(pytester: pytest.Pyt
 
     failing = run_suite(pytester, tiny_checkpoint, "--steer-gate", "alpha=10: strict_prompt_accuracy - baseline >= 0.5")
     assert failing.ret == pytest.ExitCode.TESTS_FAILED
-    failing.stdout.fnmatch_lines(["FAILED *steer-gates::alpha10::alpha=10: strict_prompt_accuracy - baseline >= 0.5*"])
+    failing.stdout.fnmatch_lines(["FAILED *steer-gates::pasta_alpha10::alpha=10: strict_prompt_accuracy - baseline >= 0.5*"])
     assert failing.parseoutcomes()["failed"] == 1
 
 
@@ -67,9 +67,9 @@ def test_junit_has_case_and_gate_testcases(pytester: pytest.Pytester, tiny_check
     run_suite(pytester, tiny_checkpoint, "--steer-gate", "strict_prompt_accuracy >= 0.9", f"--junitxml={junit}")
     cases = ET.parse(junit).getroot().iter("testcase")
     by_name = {case.get("name"): case for case in cases}
-    case = by_name["test_follows_instructions[s001-alpha10-t0]"]
+    case = by_name["test_follows_instructions[s001-pasta_alpha10-t0]"]
     properties = {p.get("name"): p.get("value") for p in case.iter("property")}
-    assert properties["steer.config"] == "alpha10"
+    assert properties["steer.config"] == "pasta_alpha10"
     assert properties["steer.follow_all_strict"] in ("True", "False")
     assert "steer.response" in properties
     gate = by_name["strict_prompt_accuracy >= 0.9"]
@@ -96,7 +96,7 @@ def test_a_crashed_worker_loses_only_its_case(pytester: pytest.Pytester, tiny_ch
         crash_one_case="""
         import os
         def pytest_runtest_call(item):
-            if item.nodeid.endswith("[s002-alpha10-t0]"):
+            if item.nodeid.endswith("[s002-pasta_alpha10-t0]"):
                 os._exit(1)
         """
     )
@@ -105,17 +105,17 @@ def test_a_crashed_worker_loses_only_its_case(pytester: pytest.Pytester, tiny_ch
         pytester, tiny_checkpoint, "-n", "2", "-p", "crash_one_case", "--steer-json", str(out),
         "--steer-gate", "strict_prompt_accuracy >= 0",
     )
-    result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*[[]s002-alpha10-t0[]]*"])
+    result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*[[]s002-pasta_alpha10-t0[]]*"])
     assert result.stdout.str().count("replacing crashed worker") == 1
     failed = [line for line in result.stdout.lines if line.startswith("FAILED ")]
     assert len(failed) == 2, failed  # the lost case, once, and the gate its error fails
-    assert sum("[s002-alpha10-t0]" in line for line in failed) == 1
+    assert sum("[s002-pasta_alpha10-t0]" in line for line in failed) == 1
     data = json.loads(out.read_text())
     configs = {c["name"]: c for c in data["configs"]}
-    assert configs["alpha10"]["n_errors"] == 1
-    assert configs["alpha10"]["n_prompts"] == 5  # the lost case is an error, not a miss
+    assert configs["pasta_alpha10"]["n_errors"] == 1
+    assert configs["pasta_alpha10"]["n_prompts"] == 5  # the lost case is an error, not a miss
     assert configs["baseline"]["n_errors"] == 0
     assert len(data["cases"]) == 12
-    gate = next(g for g in data["gates"] if g["config"] == "alpha10")
+    gate = next(g for g in data["gates"] if g["config"] == "pasta_alpha10")
     assert not gate["passed"]  # the default error budget is 0
     assert result.ret == pytest.ExitCode.TESTS_FAILED

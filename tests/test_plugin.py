@@ -21,12 +21,15 @@ def test_shipped_suite_on_embedded_model(pytester: pytest.Pytester, tmp_path: Pa
         pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-max-new-tokens", "8", "--steer-json", str(out), "-v"
     )
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines(["*test_follows_instructions[[]s001-baseline-t0[]]*", "*test_follows_instructions[[]s002-alpha10-t0[]]*"])
-    result.stdout.fnmatch_lines(["*steering trade-off*", "config*prompts*strict prompt*", "baseline*2*", "alpha10*2*"])
+    result.stdout.fnmatch_lines(["*test_follows_instructions[[]s001-baseline-t0[]]*", "*test_follows_instructions[[]s002-pasta_alpha10-t0[]]*"])
+    result.stdout.fnmatch_lines(["*steering trade-off*", "config*prompts*strict prompt*", "baseline*2*", "pasta_alpha10*2*"])
     data = json.loads(out.read_text())
-    assert data["schema_version"] == 1
-    assert [c["name"] for c in data["configs"]] == ["baseline", "alpha10"]
+    assert data["schema_version"] == 2
+    assert [(c["name"], c["method"]) for c in data["configs"]] == [("baseline", None), ("pasta_alpha10", "pasta")]
     assert data["configs"][1]["alpha"] == 10.0
+    assert data["run"]["steering"]["pasta_alpha10"] == {
+        "method": "pasta", "params": {"alpha": 10.0, "heads": None, "scale_position": "include"}
+    }
     assert set(data["configs"][0]["metrics"]) >= {
         "strict_prompt_accuracy",
         "strict_instruction_accuracy",
@@ -130,7 +133,7 @@ def test_collect_only_lists_cases_and_reports_nothing(pytester: pytest.Pytester)
     result = run_suite(pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-trials", "2", "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
-        ["*test_follows_instructions[[]s001-baseline-t0[]]", "*test_follows_instructions[[]s002-alpha10-t1[]]", "8 tests collected*"]
+        ["*test_follows_instructions[[]s001-baseline-t0[]]", "*test_follows_instructions[[]s002-pasta_alpha10-t1[]]", "8 tests collected*"]
     )
     assert "steering trade-off" not in result.stdout.str()
     assert "[steer]" not in result.stdout.str()
@@ -141,9 +144,12 @@ def test_progress_lines_leave_the_status_letters_readable(pytester: pytest.Pytes
     args += ["--steer-no-cache"]
     serial = run_suite(pytester, *args)
     # the line of letters that a batch's progress broke resumes with its file prefix
-    serial.stdout.fnmatch_lines(["[[]steer[]] alpha10: batch 1/1, 3/3 cases*", "*test_ifeval.py [.m][.m][.m]*"], consecutive=True)
-    parallel = run_suite(pytester, *args, "-n", "2")
-    # workers' progress reaches the controller's terminal, on lines of its own
-    for config in ("baseline", "alpha10"):
-        parallel.stdout.re_match_lines([rf"\[steer\] gw[01]: {config}: batch 1/1, 3/3 cases.*"])
-    assert all(line.startswith("[steer]") for line in parallel.stdout.lines if "[steer]" in line)
+    serial.stdout.fnmatch_lines(["[[]steer[]] pasta_alpha10: batch 1/1, 3/3 cases*", "", "*test_ifeval.py [.m][.m][.m]*"], consecutive=True)
+    for mode in (["-q"], ["-v", "-rA", "--tb=short"]):
+        parallel = run_suite(pytester, *args, "-n", "2", *mode)
+        assert parallel.ret == 0, parallel.stdout.str()
+        assert "INTERNALERROR" not in parallel.stdout.str()
+        # workers' progress reaches the controller's terminal, on lines of its own
+        for config in ("baseline", "pasta_alpha10"):
+            parallel.stdout.re_match_lines([rf"\[steer\] gw[01]: {config}: batch 1/1, 3/3 cases.*"])
+        assert all(line.startswith("[steer]") for line in parallel.stdout.lines if "[steer]" in line)

@@ -17,8 +17,8 @@ from pytest_steer.hub import HubUnavailableError
 from pytest_steer.models import EMBEDDED, LoadedModel, embedded_checkpoint, load_model, load_tokenizer, source_revision
 from pytest_steer.options import OPTIONS, SteerSettings
 from pytest_steer.quality import FluencyScorer, NoQualityScorer, QualityError, RewardModelScorer, create_scorer
-from pytest_steer.results import run_fingerprint
-from pytest_steer.runner import CaseRunner
+from pytest_steer.runner import CaseRunner, runner_for
+from pytest_steer.spec import quality_spec
 
 CPU = torch.device("cpu")
 PROMPTS = [
@@ -79,10 +79,10 @@ def test_reward_transform_rejects(text: str) -> None:
         parse("reward_transform", text)
 
 
-def test_run_fingerprint_names_the_scorer(tmp_path: Path) -> None:
-    assert run_fingerprint(SteerSettings(), [])["quality"] == {"spec": "fluency"}
-    reward = run_fingerprint(SteerSettings(quality=f"reward:{tmp_path}", reward_max_length=512), [])["quality"]
-    assert reward == {"spec": f"reward:{tmp_path}", "reward_model": str(tmp_path), "transform": "identity", "max_length": 512}
+def test_the_run_spec_names_the_scorer(tmp_path: Path) -> None:
+    assert quality_spec(SteerSettings()) == {"scorer": "fluency"}
+    reward = quality_spec(SteerSettings(quality=f"reward:{tmp_path}", reward_max_length=512))
+    assert reward == {"scorer": f"reward:{tmp_path}", "revision": "unknown", "transform": "identity", "max_length": 512}
 
 
 # --- fluency ---------------------------------------------------------------------------
@@ -280,9 +280,9 @@ def test_an_uncached_hub_id_fails_when_the_hub_is_unreachable(monkeypatch: pytes
 
 
 def run_all(settings: SteerSettings) -> tuple[CaseRunner, list]:
-    cases = plan_cases(settings)
-    runner = CaseRunner(settings, cases)
-    return runner, [runner.record(case) for case in cases]
+    plan = plan_cases(settings)
+    runner = runner_for(settings, plan)
+    return runner, [runner.record(case) for case in plan.cases]
 
 
 def runner_settings(model: Path, quality: str) -> SteerSettings:
@@ -350,9 +350,9 @@ def test_cached_reward_scores_are_reused_until_the_reward_model_changes(
     settings = runner_settings(tiny_checkpoint, f"reward:{reward}")
 
     def run() -> list:
-        cases = plan_cases(settings)
-        runner = CaseRunner(settings, cases, cache_dir=tmp_path / "cache")
-        return [runner.record(case) for case in cases]
+        plan = plan_cases(settings)
+        runner = runner_for(settings, plan, cache_dir=tmp_path / "cache")
+        return [runner.record(case) for case in plan.cases]
 
     first = run()
     assert len(loads) == 1 and all(record.quality is not None for record in first)

@@ -75,8 +75,8 @@ def test_shard_applies_after_selection_and_keeps_all_configs_and_trials() -> Non
     from pytest_steer.collection import plan_cases
 
     settings = SteerSettings(alpha=(10.0,), trials=2, limit=5)
-    everything = plan_cases(settings)
-    shards = [plan_cases(dataclasses.replace(settings, shard=Shard(i, 2))) for i in (1, 2)]
+    everything = plan_cases(settings).cases
+    shards = [plan_cases(dataclasses.replace(settings, shard=Shard(i, 2))).cases for i in (1, 2)]
     assert sorted(c.id for s in shards for c in s) == sorted(c.id for c in everything)
     assert [len({c.row.key for c in s}) for s in shards] == [3, 2]
     for shard in shards:

@@ -74,7 +74,8 @@ def pareto_frontier(points: list[Point]) -> list[Point]:
 
 
 def _steered(results: RunResults) -> list[ConfigAggregate]:
-    return [agg for agg in results.aggregates if not agg.is_baseline]
+    """The configs drawn against alpha: PASTA's (other methods appear in the trade-off panel)."""
+    return [agg for agg in results.aggregates if agg.alpha is not None]
 
 
 def _baseline(results: RunResults) -> ConfigAggregate | None:
@@ -236,7 +237,9 @@ def trade_off_figure(results: RunResults) -> Figure:
 
 
 def config_label(agg: ConfigAggregate) -> str:
-    return "baseline" if agg.is_baseline else f"α={agg.alpha:g}"
+    if agg.is_baseline:
+        return "baseline"
+    return f"α={agg.alpha:g}" if agg.alpha is not None else agg.name
 
 
 def follow_rate_matrix(results: RunResults) -> tuple[list[str], list[str], list[list[float]]]:

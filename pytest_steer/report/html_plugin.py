@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.plugin import SESSION_PLUGIN
-
 STYLE = (
     "<style>"
     ".steer-case pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:6px}"
@@ -26,8 +24,10 @@ STYLE = (
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session) -> None:
-    steer = session.config.pluginmanager.get_plugin(SESSION_PLUGIN)
-    if steer is None or not steer.records:
+    from pytest_steer.plugin import steer_session
+
+    steer = steer_session(session.config)
+    if not steer.records:
         return
     from pytest_steer.report.html import table_html
     from pytest_steer.report.table import describe_run

@@ -18,8 +18,9 @@ from typing import Any
 
 from pytest_steer.report.cases import read_cases
 from pytest_steer.report.files import CASES_JSONL
+from pytest_steer.report.json import SCHEMA_VERSION
 from pytest_steer.report.saved import results_path
-from pytest_steer.results import SCHEMA_VERSION, RunResults
+from pytest_steer.results import RunResults
 
 PER_SHARD_KEYS = ("time", "git_commit", "versions", "shards")  # may differ between shards
 PER_SHARD_DATASET_KEYS = ("n_prompts",)
@@ -128,6 +129,4 @@ def merge_reports(locations: Sequence[Path]) -> RunResults:
     records = merged_records(shards)
     run = merged_run(shards, records)
     seed = int((run.get("generation") or {}).get("seed", 0))
-    results = RunResults.from_records(run, records, seed=seed)
-    results.n_lost = sum(shard.n_lost for shard in shards)
-    return results
+    return RunResults.from_records(run, records, seed=seed, n_lost=sum(shard.n_lost for shard in shards))

@@ -97,24 +97,31 @@ def format_interval(interval: Interval | None, *, signed: bool = False) -> str:
     return f"{format_mean(interval, signed=signed)} {format_ci(interval)}"
 
 
+def describe_config(name: str, entry: dict[str, Any]) -> str:
+    """``pasta_alpha10 (pasta: alpha 10, heads default, include)``; ``baseline (unsteered)``."""
+    if entry.get("method") is None:
+        return f"{name} (unsteered)"
+    params = entry.get("params") or {}
+    shown = ", ".join(f"{key} {'default' if value is None else value}" for key, value in params.items())
+    return f"{name} ({entry['method']}{': ' + shown if shown else ''})"
+
+
 def describe_run(results: RunResults) -> list[str]:
     """Short lines on what was evaluated: model, prompts, decoding and steering."""
     run = results.run
     model = run.get("model") or {}
     dataset = run.get("dataset") or {}
     generation = run.get("generation") or {}
-    steering = run.get("steering") or {}
+    steering = {name: entry for name, entry in (run.get("steering") or {}).items() if isinstance(entry, dict)}
     decoding = (
         "greedy"
         if generation.get("greedy")
         else f"sampling (temperature {generation.get('temperature')}, top-p {generation.get('top_p')})"
     )
-    alphas = ", ".join(f"{a:g}" for a in steering.get("alphas") or []) or "none"
     return [
         f"model: {model.get('name', '?')} ({model.get('dtype', '?')}, {model.get('attn_implementation', '?')} attention)",
         f"prompts: {dataset.get('n_prompts', '?')} from {dataset.get('source', '?')}; "
         f"{generation.get('trials', '?')} trial(s) each, {decoding}, {generation.get('max_new_tokens', '?')} new tokens, "
         f"seed {generation.get('seed', '?')}",
-        f"steering: {steering.get('method', '?')} at alpha {alphas} (larger alpha = stronger steering), "
-        f"heads {steering.get('heads', '?')}, {steering.get('scale_position', '?')}",
+        "configs: " + "; ".join(describe_config(name, entry) for name, entry in steering.items()),
     ]

@@ -1,4 +1,4 @@
-"""PASTA attention steering.
+"""Steering methods: the interface, PASTA attention steering and the emphasis prompt baseline.
 
 ``from pytest_steer.steering import PASTA`` loads torch; the helpers and the exceptions
 (``parse_heads``, ``default_head_layers``, ``locate_spans``, ``SteeringError`` ...) do not,
@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from pytest_steer.steering.emphasis import Emphasis
 from pytest_steer.steering.errors import (
     HeadConfigError,
     SpanLocationError,
@@ -19,6 +20,7 @@ from pytest_steer.steering.errors import (
     UnsupportedTokenizerError,
 )
 from pytest_steer.steering.heads import HeadConfig, default_head_layers, parse_heads
+from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeredBatch, SteeringMethod
 from pytest_steer.steering.spans import locate_spans
 
 _LAZY = {
@@ -29,6 +31,11 @@ _LAZY = {
 
 __all__ = [
     "PASTA",
+    "Emphasis",
+    "PreparedPrompt",
+    "PromptBatch",
+    "SteeredBatch",
+    "SteeringMethod",
     "HeadConfig",
     "HeadConfigError",
     "SpanLocationError",

@@ -50,9 +50,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pytest_steer.steering.attention import PromptKeyBias, steerable_attention
-from pytest_steer.steering.errors import SteeringError, SteeringWarning
-from pytest_steer.steering.heads import normalize_head_config, resolve_heads
+from pytest_steer.steering.attention import SUPPORTED_MODEL_TYPES, PromptKeyBias, steerable_attention
+from pytest_steer.steering.errors import SteeringError, SteeringWarning, UnsupportedModelError
+from pytest_steer.steering.heads import default_head_layers, normalize_head_config, parse_heads, resolve_heads
+from pytest_steer.steering.method import PromptBatch, SteeringMethod
 from pytest_steer.steering.spans import TokenSpan, locate_spans
 
 ScalePosition = Literal["include", "exclude", "generation"]
@@ -80,13 +81,50 @@ def prompt_key_bias(
     return values * highlight.any(dim=1, keepdim=True)
 
 
-class PASTA:
+class PASTA(SteeringMethod):
     """Attention steering towards highlighted prompt spans.
 
     ``head_config``: a list of layers (all their heads) or ``{layer: [heads]}``; ``alpha`` > 0,
     where alpha > 1 steers harder towards the highlights under ``include``;
     ``scale_position``: ``include``, ``exclude`` or ``generation`` (see the module docstring).
     """
+
+    name = "pasta"
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any], model_config: Any) -> PASTA:
+        """From a run's parameters: ``alpha``, ``heads`` (None: the middle layers of this model, see
+        ``default_head_layers``; or a head configuration, or its text form) and ``scale_position``."""
+        unknown = set(params) - {"alpha", "heads", "scale_position"}
+        if unknown:
+            raise ValueError(f"PASTA takes the parameters alpha, heads and scale_position, not {', '.join(sorted(unknown))}")
+        if "alpha" not in params:
+            raise ValueError("PASTA needs an alpha, e.g. pasta:alpha=10")
+        num_layers = int(_config_value(model_config, "num_hidden_layers"))
+        heads = params.get("heads")
+        if heads is None:
+            head_config: Any = default_head_layers(num_layers)
+        elif isinstance(heads, str):
+            head_config = parse_heads(heads, num_layers)
+        else:
+            head_config = heads
+        return cls(head_config, params["alpha"], params.get("scale_position", "include"))
+
+    def params(self) -> dict[str, Any]:
+        layers = [[layer, None if heads is None else list(heads)] for layer, heads in self.layer_selection.items()]
+        return {"alpha": self.alpha, "layers": layers, "scale_position": self.scale_position}
+
+    def steer(self, batch: PromptBatch) -> SteeredRun:
+        return self.apply(batch.model, batch.tokenizer, batch.input_ids, batch.attention_mask, batch.highlights, texts=batch.texts)
+
+    def check_model_config(self, model_config: Mapping[str, Any]) -> None:
+        model_type = model_config.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModelError(
+                f"PASTA steering supports the Llama-family decoders {', '.join(SUPPORTED_MODEL_TYPES)}; this model is "
+                f"{model_type!r}. Use a model of one of those families, or a method that changes only the prompt (emphasis)"
+            )
+        resolve_heads(self.layer_selection, int(model_config["num_hidden_layers"]), int(model_config["num_attention_heads"]))
 
     def __init__(
         self,
@@ -168,6 +206,10 @@ class PASTA:
             _attention=attention,
             _bias=PromptKeyBias(key_bias, input_ids, layer_heads, num_heads),
         )
+
+
+def _config_value(model_config: Any, name: str) -> Any:
+    return model_config[name] if isinstance(model_config, Mapping) else getattr(model_config, name)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 from pytest_steer.gates import evaluate_gates
@@ -69,7 +70,13 @@ def make_run(n_prompts: int = 12, trials: int = 2, time: str = "2026-01-01T00:00
         "model": {"name": "tiny-test-model", "revision": "sha256:abc", "dtype": "float32", "attn_implementation": "eager"},
         "dataset": {"source": "builtin", "split": "train", "limit": None, "n_prompts": n_prompts},
         "generation": {"max_new_tokens": 64, "greedy": False, "temperature": 0.7, "top_p": 1.0, "trials": trials, "seed": 0},
-        "steering": {"method": "pasta", "alphas": [5.0, 10.0, 30.0], "heads": "default", "scale_position": "include"},
+        "steering": {
+            config_name(alpha): {
+                "method": None if alpha is None else "pasta",
+                "params": {} if alpha is None else {"alpha": alpha, "heads": None, "scale_position": "include"},
+            }
+            for alpha in ALPHAS
+        },
         "versions": {"pytest-steer": "0.1.0"},
         "git_commit": "0123abc",
         "time": time,
@@ -79,6 +86,6 @@ def make_run(n_prompts: int = 12, trials: int = 2, time: str = "2026-01-01T00:00
 def make_results(records: list[dict[str, Any]] | None = None) -> RunResults:
     records = make_records() if records is None else records
     results = RunResults.from_records(make_run(), records, seed=0)
-    results.gates = evaluate_gates(GATES, results.aggregates, max_errors=1, min_prompts=1)
+    results = replace(results, gates=evaluate_gates(GATES, results.aggregates, max_errors=1, min_prompts=1))
     return results
 

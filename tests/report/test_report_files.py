@@ -12,9 +12,9 @@ from report_fixtures import make_records, make_run
 
 from pytest_steer.aggregate import METRICS
 from pytest_steer.report.cases import read_cases, write_cases
-from pytest_steer.report.json import read_results, results_dict, write_results
+from pytest_steer.report.json import SCHEMA_VERSION, read_results, results_dict, write_results
 from pytest_steer.report.summary_csv import write_summary_csv
-from pytest_steer.results import SCHEMA_VERSION, RunResults
+from pytest_steer.results import RunResults
 
 
 def test_results_json_schema_and_numbers(results: RunResults, tmp_path: Path) -> None:

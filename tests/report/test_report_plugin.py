@@ -29,17 +29,17 @@ def test_run_writes_report_dir_markdown_and_pytest_html(pytester: pytest.Pyteste
     result.stdout.fnmatch_lines([f"[[]steer[]] report: {report / 'report.html'}"])
 
     data = json.loads((report / "results.json").read_text())
-    assert [c["name"] for c in data["configs"]] == ["baseline", "alpha10"]
+    assert [c["name"] for c in data["configs"]] == ["baseline", "pasta_alpha10"]
     for config in data["configs"]:
         mean = config["metrics"]["strict_prompt_accuracy"]["mean"]
         result.stdout.fnmatch_lines([f"{config['name']} *{mean:.3f}*"])
     cases = [json.loads(line) for line in (report / "cases.jsonl").read_text().splitlines()]
     assert sorted((c["key"], c["config"]) for c in cases) == sorted(
-        (key, config) for key in {c["key"] for c in cases} for config in ("baseline", "alpha10")
+        (key, config) for key in {c["key"] for c in cases} for config in ("baseline", "pasta_alpha10")
     )
 
     summary = (tmp_path / "summary.md").read_text()
-    assert "| baseline | 2 |" in summary and "| alpha10 | 2 |" in summary
+    assert "| baseline | 2 |" in summary and "| pasta_alpha10 | 2 |" in summary
 
     page = (tmp_path / "pytest-html.html").read_text()
     assert '<div class="steer-summary"><h2>Steering trade-off</h2>' in page

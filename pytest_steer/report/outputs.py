@@ -1,0 +1,49 @@
+"""Every file a run writes: the report directory, --steer-json, --steer-summary-md and --steer-save.
+
+Each output is written on its own: one that cannot be written (a read-only folder, a
+full disk) costs only itself. Its failure is returned as one line naming the option and
+the path, and the others are still written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_steer.options import SteerSettings
+    from pytest_steer.results import RunResults
+
+
+@dataclass
+class Written:
+    paths: list[Path] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def attempt(self, option: str, target: Path, write: Callable[[], list[Path] | Path]) -> None:
+        try:
+            written = write()
+        except (OSError, ValueError) as exc:
+            self.failures.append(f"{option} {target}: not written ({type(exc).__name__}: {exc})")
+            return
+        self.paths.extend(written if isinstance(written, list) else [written])
+
+
+def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path) -> Written:
+    from pytest_steer.baseline import save_run
+    from pytest_steer.report.files import REPORT_HTML, write_report
+    from pytest_steer.report.json import write_results
+    from pytest_steer.report.markdown import write_markdown
+
+    written = Written()
+    written.attempt("--steer-report-dir", report_dir, lambda: write_report(results, report_dir))
+    if settings.json:
+        written.attempt("--steer-json", settings.json, lambda: write_results(results, settings.json, include_cases=True))
+    if settings.summary_md:
+        report = Path(report_dir) / REPORT_HTML
+        written.attempt("--steer-summary-md", settings.summary_md, lambda: write_markdown(results, settings.summary_md, report=report))
+    if settings.save:
+        written.attempt("--steer-save", settings.save, lambda: save_run(results.run, results.aggregates, settings.save))
+    return written

@@ -1,0 +1,121 @@
+"""Per-process state of a steer run: the plan, the runner (workers) and the records (controller).
+
+The hooks in :mod:`pytest_steer.plugin` call into one :class:`SteerSession` per pytest
+process. On an xdist worker it plans the cases and runs them; on the controller (or in a
+plain run) it also receives every case record and builds the run's results once, after
+the test loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_steer.options import SteerSettings
+from pytest_steer.progress import Progress
+from pytest_steer.report.outputs import Written
+
+if TYPE_CHECKING:
+    from pytest_steer.cases import Case, SteeringConfig
+    from pytest_steer.collection import Plan
+    from pytest_steer.results import RunResults
+    from pytest_steer.runner import CaseRunner
+    from pytest_steer.spec import RunSpec
+    from pytest_steer.steering.method import SteeringMethod
+
+
+class SteerSession:
+    def __init__(self, config: pytest.Config, settings: SteerSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.progress = Progress(config)
+        self.records: list[dict[str, Any]] = []  # received on the controller, in report order
+        self.expected: list[str] = []  # node ids of the collected cases (on the controller too)
+        self.interrupted = False
+        self.written = Written()
+        self._results: RunResults | None = None
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    @property
+    def reports_here(self) -> bool:
+        """Steer cases ran and this process reports them: a plain run or the xdist controller."""
+        return bool(self.expected) and not self.is_worker and not self.config.option.collectonly
+
+    @cached_property
+    def methods(self) -> dict[str, type[SteeringMethod]]:
+        from pytest_steer.steering.registry import method_registry
+
+        return method_registry(self.config.hook.pytest_steer_methods())
+
+    @cached_property
+    def plan(self) -> Plan:
+        """Load and validate the prompts once; bad input fails collection with one clear message."""
+        from pytest_steer.collection import plan_cases
+
+        return plan_cases(self.settings, self.methods)
+
+    @property
+    def cases(self) -> list[Case]:
+        return self.plan.cases
+
+    @cached_property
+    def configs(self) -> tuple[SteeringConfig, ...]:
+        """The run's configs, known without collecting (an xdist controller collects nothing)."""
+        from pytest_steer.collection import run_configs
+
+        return run_configs(self.settings, self.methods)
+
+    @cached_property
+    def spec(self) -> RunSpec:
+        from pytest_steer.spec import RunSpec
+
+        return RunSpec.from_settings(self.settings, self.configs)
+
+    @cached_property
+    def runner(self) -> CaseRunner:
+        from pytest_steer.cache import resolve_cache_dir
+        from pytest_steer.runner import CaseRunner
+
+        s = self.settings
+        worker = getattr(self.config, "workerinput", {}).get("workerid")
+        return CaseRunner(
+            s,
+            self.spec,
+            self.cases,
+            self.methods,
+            worker_index=int(worker.removeprefix("gw")) if worker else None,
+            progress=self.progress,
+            cache_dir=resolve_cache_dir(s.no_cache, s.cache_dir, s.rootdir, self.config),
+        )
+
+    def receive(self, record: dict[str, Any], nodeid: str) -> None:
+        self.records.append({**record, "nodeid": nodeid})
+
+    def results(self) -> RunResults:
+        """Aggregates and verdicts of every record received (built once, after the test loop)."""
+        if self._results is None:
+            from pytest_steer.gating import decide
+            from pytest_steer.records import lost_record
+            from pytest_steer.results import RunResults
+
+            reason = (
+                "the run was interrupted before the case reported"
+                if self.interrupted
+                else "the case never reported (its worker crashed)"
+            )
+            reported = {record["nodeid"] for record in self.records}
+            configs = {config.name: config for config in self.configs}
+            lost = [lost_record(nodeid, configs, reason) for nodeid in self.expected if nodeid not in reported]
+            records = self.records + lost
+            model = next((r["model"] for r in records if r.get("model")), None) or {"name": self.settings.model}
+            run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir)
+            aggregated = RunResults.from_records(run, records, seed=self.settings.seed, n_lost=len(lost))
+            verdicts = decide(aggregated.aggregates, run, self.settings)
+            self._results = replace(aggregated, **verdicts.as_fields())
+        return self._results

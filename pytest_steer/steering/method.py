@@ -1,0 +1,78 @@
+"""The interface every steering method implements, and the batch it receives.
+
+A method changes what the model is given, at one or both of two points:
+
+- ``prepare(prompt, highlights)``: the prompt text, before the chat template (a prompt
+  method such as ``emphasis``);
+- ``steer(batch)``: a context manager that generation runs under, given the tokenized,
+  left-padded batch and each row's highlights (a model method such as PASTA).
+
+``params()`` names everything a response depends on besides the prompt; it goes into the
+response cache key, the run's fingerprint, results.json and the report. Methods are made
+by ``create(params, model_config)`` on each worker, once the model's config is known.
+Third-party methods register through the ``pytest_steer_methods`` hook
+(:mod:`pytest_steer.hooks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt as a method rewrote it, and the highlights it could not find."""
+
+    text: str
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """One tokenized batch, as generation will run it."""
+
+    model: Any
+    tokenizer: Any
+    input_ids: Any  # (rows, length), left-padded
+    attention_mask: Any
+    texts: Sequence[str]  # per row: the exact text tokenized into input_ids (chat template applied)
+    highlights: Sequence[Sequence[str]]  # per row: the spans to emphasize
+
+
+@dataclass
+class SteeredBatch:
+    """What a ``steer`` block reports: per row, the highlights it could not place."""
+
+    missing: list[list[str]] = field(default_factory=list)
+
+
+class SteeringMethod:
+    """Base class of steering methods: by default, it changes nothing.
+
+    Subclasses set ``name`` (letters, digits and ``_``; it starts each config name) and
+    override ``prepare``, ``steer`` or both, and ``params``.
+    """
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any], model_config: Any) -> SteeringMethod:
+        """The method for a run's parameters (from ``--steer-method name:key=value``) and the model's config."""
+        return cls(**params)
+
+    def params(self) -> dict[str, Any]:
+        """JSON-serializable values that, with the prompt, determine a response."""
+        return {}
+
+    def prepare(self, prompt: str, highlights: Sequence[str]) -> PreparedPrompt:
+        return PreparedPrompt(prompt)
+
+    @contextlib.contextmanager
+    def steer(self, batch: PromptBatch) -> Iterator[SteeredBatch]:
+        yield SteeredBatch([[] for _ in batch.texts])
+
+    def check_model_config(self, model_config: Mapping[str, Any]) -> None:
+        """Refuse a model this method cannot steer, from its config.json alone (no weights); raise SteeringError."""

@@ -1,0 +1,108 @@
+"""Steering methods as configs: naming, the registry, the hook, and their place in a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_steer.cases import CASE_NODEID, SteeringConfig, case_id, steering_configs
+from pytest_steer.options import SteerSettings
+from pytest_steer.steering import SteeringMethod
+from pytest_steer.steering.registry import method_registry
+
+SHOUT_CONFTEST = """
+from pytest_steer.steering import PreparedPrompt, SteeringMethod
+
+
+class Shout(SteeringMethod):
+    name = "shout"
+
+    def __init__(self, times: int = 1) -> None:
+        self.times = times
+
+    def params(self):
+        return {"times": self.times}
+
+    def prepare(self, prompt, highlights):
+        return PreparedPrompt(prompt.upper() + "!" * self.times)
+
+
+def pytest_steer_methods():
+    return [Shout]
+"""
+
+
+def test_configs_are_named_after_their_method_and_parameters() -> None:
+    configs = steering_configs([20.0, 2.5], [("emphasis", {}), ("shout", {"times": 3})], heads="8-23")
+    assert [c.name for c in configs] == ["baseline", "pasta_alpha2.5", "pasta_alpha20", "emphasis", "shout_times3"]
+    assert configs[1].to_dict() == {"name": "pasta_alpha2.5", "method": "pasta", "params": {"alpha": 2.5, "heads": "8-23", "scale_position": "include"}}
+    assert [c.alpha for c in configs] == [None, 2.5, 20.0, None, None]
+    assert not configs[0].steered and all(c.steered for c in configs[1:])
+
+
+def test_a_config_asked_for_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="emphasis are asked for twice"):
+        steering_configs([], [("emphasis", {}), ("emphasis", {})])
+
+
+def test_case_ids_parse_back_whatever_the_key_holds() -> None:
+    config = SteeringConfig.of("pasta", {"alpha": 1e-5}, named_by=["alpha"])
+    assert "-" not in config.name
+    nodeid = f"suite/test_x.py::test_y[{case_id('key-with-dashes-7', config.name, 3)}]"
+    match = CASE_NODEID.match(nodeid)
+    assert match is not None
+    assert (match["key"], match["config"], match["trial"]) == ("key-with-dashes-7", config.name, "3")
+
+
+def test_the_registry_holds_the_built_in_methods_and_refuses_bad_ones() -> None:
+    assert sorted(method_registry()) == ["emphasis", "pasta"]
+
+    class Nameless(SteeringMethod):
+        pass
+
+    class Clash(SteeringMethod):
+        name = "pasta"
+
+    with pytest.raises(ValueError, match="must start with a letter"):
+        method_registry([[Nameless]])
+    with pytest.raises(ValueError, match="two steering methods are named 'pasta'"):
+        method_registry([[Clash]])
+    with pytest.raises(TypeError, match="return SteeringMethod subclasses"):
+        method_registry([[object]])
+
+
+def test_an_unknown_method_fails_collection_naming_the_known_ones() -> None:
+    from pytest_steer.collection import run_configs
+
+    with pytest.raises(ValueError, match="'vector' is not a known steering method; known: emphasis, pasta"):
+        run_configs(SteerSettings(method=(("vector", ()),)), method_registry())
+
+
+def test_a_method_registered_in_a_conftest_runs_beside_emphasis(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    pytester.makeconftest(SHOUT_CONFTEST)
+    pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
+    out = pytester.path / "results.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-limit", "2", "--steer-max-new-tokens", "4",
+        "--steer-no-cache", "--steer-method", "shout:times=2", "--steer-method", "emphasis", "--steer-json", str(out), "-v",
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_answers[[]s001-shout_times2-t0[]]*", "*test_answers[[]s002-emphasis-t0[]]*"])
+    result.stdout.fnmatch_lines(["configs: baseline (unsteered); shout_times2 (shout: times 2); emphasis (emphasis)"])
+    data = json.loads(out.read_text())
+    assert [(c["name"], c["method"]) for c in data["configs"]] == [("baseline", None), ("emphasis", "emphasis"), ("shout_times2", "shout")]
+    responses = {(case["key"], case["config"]): case["response"] for case in data["cases"]}
+    assert responses[("s001", "shout_times2")] != responses[("s001", "baseline")]  # the shouted prompt reached the model
+
+
+def test_strict_mode_fails_a_missed_case_in_any_test_that_requests_it(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    pytester.makepyfile(test_mine="def test_mine(steer_case):\n    pass\n")
+    args = ["--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-max-new-tokens", "4", "--steer-no-cache"]
+    result = pytester.runpytest_subprocess("test_mine.py", "-p", "no:cacheprovider", *args, "--steer-case-mode", "strict")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1, result.stdout.str()  # a random 2-layer model misses instructions
+    result.stdout.fnmatch_lines(["*instruction(s) not followed (strict)*"])
+    recorded = pytester.runpytest_subprocess("test_mine.py", "-p", "no:cacheprovider", *args)
+    assert recorded.ret == 0 and recorded.parseoutcomes().get("missed", 0) == outcomes["failed"]

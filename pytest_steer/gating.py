@@ -20,7 +20,12 @@ def decide(results: RunResults, settings: SteerSettings) -> Decisions:
     """Fill ``results.gates`` and ``results.comparisons``; return notes and blocking problems."""
     decisions = Decisions()
     results.gates = evaluate_gates(
-        settings.gate, results.aggregates, max_errors=_budget(settings.max_errors), min_prompts=settings.min_prompts
+        settings.gate,
+        results.aggregates,
+        fail_ifs=settings.fail_if,
+        correction=settings.gate_correction,
+        max_errors=_budget(settings.max_errors),
+        min_prompts=settings.min_prompts,
     )
     if settings.baseline is None:
         return decisions

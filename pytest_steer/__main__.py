@@ -3,10 +3,10 @@
 ``report DIR [--out DIR]``
     Regenerate every output (results.json, cases.jsonl, summary.csv, figures, report.html)
     from a saved report directory (or a results.json file with cases.jsonl beside it).
-``merge OUT_DIR DIR1 DIR2 ... [--gate EXPR ...] [--max-errors N] [--min-prompts N]``
+``merge OUT_DIR DIR1 DIR2 ... [--gate EXPR ...] [--fail-if EXPR ...] [--gate-correction M] [--max-errors N] [--min-prompts N]``
     Merge the cases of several runs of one evaluation (e.g. shards on several machines),
-    re-aggregate, evaluate the gates and write every output to OUT_DIR. Exit code 1 when
-    a gate fails.
+    re-aggregate, judge the gates and fail-ifs as one family (as a run does) and write
+    every output to OUT_DIR. Exit code 1 when a check fails.
 
 Both print the trade-off table; ``--summary-md PATH`` also writes the markdown summary.
 Exit codes: 0 done, 1 a gate failed, 2 bad arguments or inputs that cannot be used.
@@ -61,14 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument(
         "sources", type=Path, nargs="+", metavar="DIR", help="report directories (or standalone results.json files) of the runs to merge"
     )
-    merge.add_argument(
-        "--gate",
-        action="append",
-        default=[],
-        metavar="EXPR",
-        help="gate on the merged aggregates, e.g. 'alpha=10: strict_prompt_accuracy - baseline >= 0' (repeatable)",
-    )
-    for name in ("max_errors", "min_prompts"):
+    for name in ("gate", "fail_if"):
+        option = _plugin_option(name)
+        merge.add_argument(
+            "--" + name.replace("_", "-"), action="append", default=[], metavar="EXPR", help=f"{option.help} (as {option.cli})"
+        )
+    for name in ("gate_correction", "max_errors", "min_prompts"):
         option = _plugin_option(name)
         merge.add_argument(
             "--" + name.replace("_", "-"),
@@ -111,8 +109,16 @@ def _merge(args: argparse.Namespace) -> int:
     from pytest_steer.report.merge import merge_reports
 
     gates = [parse_gate(text) for text in args.gate]  # syntax errors stop before any reading
+    fail_ifs = [parse_gate(text) for text in args.fail_if]
     results = merge_reports(args.sources)
-    gated = evaluate_gates(gates, results.aggregates, max_errors=args.max_errors, min_prompts=args.min_prompts)
+    gated = evaluate_gates(
+        gates,
+        results.aggregates,
+        fail_ifs=fail_ifs,
+        correction=args.gate_correction,
+        max_errors=args.max_errors,
+        min_prompts=args.min_prompts,
+    )
     return _write(replace(results, gates=gated), args.out, args.summary_md, exit_on_gates=True)
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_steer.stats import Interval, bootstrap_ratio, paired_difference
+from pytest_steer.stats import Bootstrap, Interval, bootstrap, paired_bootstrap
 
 ACCURACY_METRICS = (
     "strict_prompt_accuracy",
@@ -107,6 +107,16 @@ class ConfigAggregate:
             return None
         side, instruction_id = follow_rate
         return self.per_instruction.get(instruction_id, {}).get(side)
+
+    def bootstrap(self, metric: str) -> Bootstrap | None:
+        """The replicates behind a metric's interval; ``None`` when this config lacks it."""
+        values = self.per_prompt.get(metric)
+        if values is None:
+            return None
+        keys = sorted(values)
+        return bootstrap(
+            [values[k][0] for k in keys], [values[k][1] for k in keys], n_resamples=self.n_resamples, seed=self.seed
+        )
 
     def to_dict(self, *, include_per_prompt: bool = False) -> dict[str, Any]:
         """JSON-ready form; ``include_per_prompt`` keeps what a later paired comparison needs."""
@@ -194,17 +204,24 @@ def compare(a: ConfigAggregate, b: ConfigAggregate, metric: str) -> Interval:
     Uses ``a``'s bootstrap settings. Raises ``KeyError`` when either config lacks the
     metric; no common prompt gives an undefined interval with ``n_prompts == 0``.
     """
+    return compare_bootstrap(a, b, metric).interval(a.confidence)
+
+
+def compare_bootstrap(
+    a: ConfigAggregate, b: ConfigAggregate, metric: str, prompts: Iterable[str] | None = None
+) -> Bootstrap:
+    """The replicates behind :func:`compare`; ``prompts`` narrows the common prompts further."""
     for agg in (a, b):
         if metric not in agg.per_prompt:
             raise KeyError(f"config {agg.name!r} has no metric {metric!r}")
     values_a, values_b = a.per_prompt[metric], b.per_prompt[metric]
-    keys = sorted(values_a.keys() & values_b.keys())
-    return paired_difference(
+    common = values_a.keys() & values_b.keys()
+    keys = sorted(common if prompts is None else common & set(prompts))
+    return paired_bootstrap(
         [values_a[k][0] for k in keys],
         [values_a[k][1] for k in keys],
         [values_b[k][0] for k in keys],
         [values_b[k][1] for k in keys],
-        confidence=a.confidence,
         n_resamples=a.n_resamples,
         seed=a.seed,
     )
@@ -228,6 +245,53 @@ def deltas_vs_baseline(aggregates: Iterable[ConfigAggregate]) -> dict[str, dict[
         for agg in aggregates
         if agg is not baseline
     }
+
+
+INSTRUCTION_DELTA_METRICS = ("follow_rate", "loose_follow_rate", QUALITY_METRIC)
+
+
+def instruction_deltas_vs_baseline(
+    aggregates: Iterable[ConfigAggregate],
+) -> dict[str, dict[str, dict[str, Interval]]]:
+    """Steered config -> instruction id -> paired delta vs the baseline, per prompt holding the id.
+
+    ``follow_rate`` and ``loose_follow_rate`` are the deltas of that id's follow rates;
+    ``quality`` is the delta of quality over the prompts holding the id (absent without
+    quality scores). Empty when the run has no baseline config.
+    """
+    aggregates = list(aggregates)
+    baseline = next((agg for agg in aggregates if agg.is_baseline), None)
+    if baseline is None:
+        return {}
+    deltas: dict[str, dict[str, dict[str, Interval]]] = {}
+    for agg in aggregates:
+        if agg is baseline:
+            continue
+        per_id: dict[str, dict[str, Interval]] = {}
+        for iid in sorted(agg.per_instruction.keys() & baseline.per_instruction.keys()):
+            strict = follow_rate_name(iid)
+            entry = {
+                "follow_rate": compare(agg, baseline, strict),
+                "loose_follow_rate": compare(agg, baseline, follow_rate_name(iid, loose=True)),
+            }
+            if QUALITY_METRIC in agg.per_prompt and QUALITY_METRIC in baseline.per_prompt:
+                holding = agg.per_prompt[strict].keys() & baseline.per_prompt[strict].keys()
+                paired = compare_bootstrap(agg, baseline, QUALITY_METRIC, holding)
+                entry[QUALITY_METRIC] = paired.interval(agg.confidence)
+            per_id[iid] = entry
+        deltas[agg.name] = per_id
+    return deltas
+
+
+def instruction_quality(agg: ConfigAggregate, instruction_id: str) -> Interval | None:
+    """Mean quality over the prompts of ``agg`` that hold ``instruction_id``; ``None`` without quality."""
+    quality = agg.per_prompt.get(QUALITY_METRIC)
+    holding = agg.per_prompt.get(follow_rate_name(instruction_id))
+    if quality is None or holding is None:
+        return None
+    keys = sorted(quality.keys() & holding.keys())
+    replicates = bootstrap([quality[k][0] for k in keys], n_resamples=agg.n_resamples, seed=agg.seed)
+    return replicates.interval(agg.confidence)
 
 
 def _record_fields(record: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -291,13 +355,10 @@ def _aggregate_config(
 
     def interval(values: PerPrompt) -> Interval:
         keys = sorted(values)
-        return bootstrap_ratio(
-            [values[k][0] for k in keys],
-            [values[k][1] for k in keys],
-            confidence=confidence,
-            n_resamples=n_resamples,
-            seed=seed,
+        replicates = bootstrap(
+            [values[k][0] for k in keys], [values[k][1] for k in keys], n_resamples=n_resamples, seed=seed
         )
+        return replicates.interval(confidence)
 
     metrics = {m: interval(per_prompt[m]) for m in METRICS if m in per_prompt}
     instruction_ids = sorted({iid for p in prompts.values() for iid in p.instruction_ids})

@@ -54,10 +54,11 @@ from pytest_steer.aggregate import (
     METRICS,
     ConfigAggregate,
     compare,
+    compare_bootstrap,
     follow_rate_name,
     is_metric_name,
 )
-from pytest_steer.stats import Interval
+from pytest_steer.stats import Bootstrap, Interval
 
 COMPARISON_OPS = (">=", ">", "<=", "<")
 _METRIC_CHOICES = ", ".join((*METRICS, *(f"{p}[<instruction id>]" for p in FOLLOW_RATE_PREFIXES)))
@@ -122,7 +123,14 @@ class Gate:
 
 @dataclass(frozen=True)
 class GateResult:
-    """The verdict of one gate on one config (``config`` is ``None`` when none matched)."""
+    """The verdict of one gate or fail-if on one config (``config`` is ``None`` when none matched).
+
+    ``observed`` is the interval the decision used: at ``confidence`` (two-sided), which is
+    the run's level without correction and wider under Holm's. ``shown`` says whether the
+    data showed the expression; ``p_value`` is its one-sided bootstrap p-value and
+    ``detectable`` the interval's half-width, about the smallest effect this run could
+    show. The last four are ``None`` for a check that could not be evaluated.
+    """
 
     gate: str
     config: str | None
@@ -130,14 +138,24 @@ class GateResult:
     observed: Interval | None
     threshold: float
     message: str
+    form: str = "gate"
+    shown: bool | None = None
+    p_value: float | None = None
+    confidence: float | None = None
+    detectable: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "gate": self.gate,
+            "form": self.form,
             "config": self.config,
             "passed": self.passed,
+            "shown": self.shown,
             "observed": None if self.observed is None else self.observed.to_dict(),
             "threshold": self.threshold,
+            "confidence": self.confidence,
+            "p_value": self.p_value,
+            "detectable": self.detectable,
             "message": self.message,
         }
 
@@ -343,6 +361,30 @@ def parse_gate(text: str) -> Gate:
 
 # ---------------------------------------------------------------------------- evaluation
 
+GATE, FAIL_IF = "gate", "fail_if"
+CORRECTIONS = ("holm", "none")
+
+
+@dataclass
+class _Check:
+    """One expression on one config while the family is being judged."""
+
+    form: str
+    gate: Gate
+    config: ConfigAggregate
+    replicates: Bootstrap | None
+    reasons: list[str]
+    p_value: float = math.nan
+    tail: float = math.nan  # error allowed to this check's bound after the correction
+    rank: int = 0  # 1-based position in Holm's order
+    family_size: int = 0  # checks tested together
+    shown: bool = False
+    stopped_by: str | None = None  # shown at its own level, but Holm's step-down stopped here first
+
+    @property
+    def tested(self) -> bool:
+        return not self.reasons and self.replicates is not None
+
 
 def evaluate_gates(
     gates: Iterable[Gate | str],
@@ -350,42 +392,62 @@ def evaluate_gates(
     *,
     max_errors: int | float,
     min_prompts: int,
+    fail_ifs: Iterable[Gate | str] = (),
+    correction: str = "holm",
 ) -> list[GateResult]:
-    """Evaluate every gate on every config it selects, in gate order then config order.
+    """Judge every gate and fail-if on every config it selects, as one family.
+
+    A gate passes when the data shows its expression, a fail-if fails when the data shows
+    its expression; "shown" means the expression's confidence bound clears the threshold.
+    With ``correction="holm"`` the bounds are Holm's step-down bounds over every tested
+    check, so the chance that any expression is shown although false stays within the
+    one-sided error of the run's confidence level. Results come gates first, then
+    fail-ifs, each in the given order then config order.
 
     ``max_errors`` is a count of errored cases per config, or, as a float below 1, a
     fraction of the config's cases. ``min_prompts`` is the fewest prompts an interval
     may rest on (for delta gates: prompts common to the config and the baseline).
+    A check that cannot be evaluated fails in both forms.
     """
     if max_errors < 0:
         raise ValueError(f"max_errors must be a count or fraction >= 0, got {max_errors!r}")
     if min_prompts < 0:
         raise ValueError(f"min_prompts must be >= 0, got {min_prompts!r}")
-    results: list[GateResult] = []
-    for gate in gates:
-        gate = parse_gate(gate) if isinstance(gate, str) else gate
-        targets = [agg for agg in aggregates if gate.selector.matches(agg, delta=gate.delta)]
-        if not targets:
-            names = ", ".join(agg.name for agg in aggregates) or "none"
-            message = f"{gate.text}: selects no config (configs in this run: {names}) -> FAIL"
-            results.append(GateResult(gate.text, None, False, None, gate.threshold, message))
-            continue
-        baseline = next((agg for agg in aggregates if agg.is_baseline), None)
-        for agg in targets:
-            results.append(_evaluate(gate, agg, baseline, max_errors, min_prompts))
-    return results
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown gate correction {correction!r}; expected one of {', '.join(CORRECTIONS)}")
+    entries: list[_Check | GateResult] = []
+    for form, expressions in ((GATE, gates), (FAIL_IF, fail_ifs)):
+        for gate in expressions:
+            gate = parse_gate(gate) if isinstance(gate, str) else gate
+            targets = [agg for agg in aggregates if gate.selector.matches(agg, delta=gate.delta)]
+            if not targets:
+                entries.append(_no_target(form, gate, aggregates))
+            baseline = next((agg for agg in aggregates if agg.is_baseline), None)
+            entries += [_prepare(form, gate, agg, baseline, max_errors, min_prompts) for agg in targets]
+    checks = [entry for entry in entries if isinstance(entry, _Check)]
+    confidence = aggregates[0].confidence if aggregates else 0.95
+    _judge(checks, (1.0 - confidence) / 2.0, correction)
+    return [entry if isinstance(entry, GateResult) else _result(entry, correction) for entry in entries]
 
 
-def _evaluate(
+def _no_target(form: str, gate: Gate, aggregates: Sequence[ConfigAggregate]) -> GateResult:
+    names = ", ".join(agg.name for agg in aggregates) or "none"
+    label = _label(form, gate)
+    message = f"{label}: selects no config (configs in this run: {names}) -> FAIL"
+    return GateResult(label, None, False, None, gate.threshold, message, form=form)
+
+
+def _prepare(
+    form: str,
     gate: Gate,
     agg: ConfigAggregate,
     baseline: ConfigAggregate | None,
     max_errors: int | float,
     min_prompts: int,
-) -> GateResult:
+) -> _Check:
     reasons: list[str] = []
     involved = [agg]
-    observed: Interval | None = None
+    replicates: Bootstrap | None = None
     if gate.delta and baseline is None:
         reasons.append("the run has no baseline config to compare with")
     elif gate.delta:
@@ -394,31 +456,100 @@ def _evaluate(
         if missing:
             reasons.append(f"{gate.metric} is not available for {', '.join(missing)}")
         else:
-            observed = compare(agg, baseline, gate.metric)
+            replicates = compare_bootstrap(agg, baseline, gate.metric)
     else:
-        observed = agg.interval(gate.metric)
-        if observed is None:
+        replicates = agg.bootstrap(gate.metric)
+        if replicates is None:
             reasons.append(f"{gate.metric} is not available for {agg.name}")
     for config in involved:
         reason = _error_budget_reason(config, max_errors)
         if reason:
             reasons.append(reason)
-    if observed is not None and observed.n_prompts < min_prompts:
-        reasons.append(f"only {observed.n_prompts} prompt(s) evaluated, at least {min_prompts} required")
-    elif observed is not None and not observed.is_defined:
+    if replicates is not None and replicates.n_prompts < min_prompts:
+        reasons.append(f"only {replicates.n_prompts} prompt(s) evaluated, at least {min_prompts} required")
+    elif replicates is not None and replicates.n_prompts == 0:
         reasons.append("no prompt to estimate it from")
-    passed = not reasons and observed is not None and gate.holds(observed)
-    verdict = "PASS" if passed else "FAIL"
-    if observed is None:
-        message = f"{agg.name}: {gate.lhs} not evaluated -> FAIL ({'; '.join(reasons)})"
+    return _Check(form, gate, agg, replicates, reasons)
+
+
+def _judge(checks: list[_Check], family_tail: float, correction: str) -> None:
+    """Set each tested check's p-value, tail and whether its expression is shown (Holm's step-down)."""
+    tested = [check for check in checks if check.tested]
+    for check in tested:
+        gate = check.gate
+        check.p_value = check.replicates.p_value(gate.threshold, above=gate.bound == "ci_low", strict=gate.op in (">", "<"))
+    ordered = sorted(tested, key=lambda check: check.p_value)  # stable: ties keep the given order
+    stopped_by: str | None = None
+    for rank, check in enumerate(ordered, start=1):
+        check.rank = rank
+        check.family_size = len(ordered)
+        check.tail = family_tail / (len(ordered) - rank + 1) if correction == "holm" else family_tail
+        if stopped_by is not None:
+            if check.gate.holds(_decision_interval(check)):
+                check.stopped_by = stopped_by
+            continue
+        check.shown = check.gate.holds(_decision_interval(check))
+        if not check.shown and correction == "holm":
+            stopped_by = f"{_label(check.form, check.gate)} on {check.config.name}"
+
+
+def _decision_interval(check: _Check) -> Interval:
+    low, high = check.replicates.tails(check.tail)
+    return Interval(check.replicates.estimate, low, high, check.replicates.n_prompts)
+
+
+def _result(check: _Check, correction: str) -> GateResult:
+    gate, agg = check.gate, check.config
+    label = _label(check.form, gate)
+    if check.replicates is None:
+        message = f"{agg.name}: {gate.lhs} not evaluated -> FAIL ({'; '.join(check.reasons)})"
+        return GateResult(label, agg.name, False, None, gate.threshold, message, form=check.form)
+    if not check.tested:
+        observed = check.replicates.interval(agg.confidence) if check.replicates.n_prompts else None
+        shown_text = "not evaluated"
+        passed = False
     else:
-        message = (
-            f"{agg.name}: {gate.lhs} = {_format_interval(observed, signed=gate.delta)} "
-            f"needs {gate.bound} {gate.op} {gate.threshold:g} -> {verdict}"
+        observed = _decision_interval(check)
+        passed = check.shown if check.form == GATE else not check.shown
+        shown_text = "shown" if check.shown else "not shown"
+    verdict = "PASS" if passed else "FAIL"
+    rule = "passes if shown" if check.form == GATE else "fails if shown"
+    parts = [f"{agg.name}: {gate.lhs} = {_format_interval(observed, signed=gate.delta)}" if observed else f"{agg.name}: {gate.lhs}"]
+    detectable = None
+    if check.tested:
+        detectable = (observed.ci_high - observed.ci_low) / 2.0
+        level = 1.0 - check.tail
+        correction_text = f", Holm {check.rank} of {check.family_size}" if correction == "holm" and check.family_size > 1 else ""
+        parts.append(
+            f"{rule}: {gate.bound} {gate.op} {gate.threshold:g} at {level:.2%} one-sided{correction_text}; "
+            f"p = {check.p_value:.3g}; detectable ±{detectable:.3f} -> {shown_text}, {verdict}"
         )
-        if reasons:
-            message += f" ({'; '.join(reasons)})"
-    return GateResult(gate.text, agg.name, passed, observed, gate.threshold, message)
+    else:
+        parts.append(f"{rule}: {gate.bound} {gate.op} {gate.threshold:g} -> {shown_text}, {verdict}")
+    message = "; ".join(parts)
+    notes = list(check.reasons)
+    if check.stopped_by:
+        notes.append(f"it clears at its own level, but Holm's step-down stopped earlier, at {check.stopped_by}")
+    if notes:
+        message += f" ({'; '.join(notes)})"
+    return GateResult(
+        label,
+        agg.name,
+        passed,
+        observed,
+        gate.threshold,
+        message,
+        form=check.form,
+        shown=check.shown if check.tested else None,
+        p_value=check.p_value if check.tested else None,
+        confidence=1.0 - 2.0 * check.tail if check.tested else None,
+        detectable=detectable,
+    )
+
+
+def _label(form: str, gate: Gate) -> str:
+    """How a check is named in outcomes: the expression, prefixed ``fail if`` for that form."""
+    return gate.text if form == GATE else f"fail if {gate.text}"
 
 
 def _error_budget_reason(agg: ConfigAggregate, max_errors: int | float) -> str | None:

@@ -23,9 +23,15 @@ class Verdicts:
 
 
 def decide(aggregates: list[ConfigAggregate], run: dict[str, Any], settings: SteerSettings) -> Verdicts:
-    verdicts = Verdicts(
-        gates=evaluate_gates(settings.gate, aggregates, max_errors=_budget(settings.max_errors), min_prompts=settings.min_prompts)
+    gates = evaluate_gates(
+        settings.gate,
+        aggregates,
+        fail_ifs=settings.fail_if,
+        correction=settings.gate_correction,
+        max_errors=_budget(settings.max_errors),
+        min_prompts=settings.min_prompts,
     )
+    verdicts = Verdicts(gates=gates)
     if settings.baseline is None:
         return verdicts
     try:

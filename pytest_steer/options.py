@@ -28,6 +28,7 @@ REWARD_PREFIX = "reward:"
 REFERENCE_REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
 REWARD_TRANSFORMS = ("identity", "sigmoid")
 LABELLED_REWARD_TRANSFORMS = ("softmax", "log_softmax")
+GATE_CORRECTIONS = ("holm", "none")  # pytest_steer.gates.CORRECTIONS, without importing numpy here
 
 
 def _positive_int(text: str) -> int:
@@ -209,9 +210,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("reward_max_length", "reward-model input tokens per pair; longer pairs are truncated", parse=_positive_int, default=1024, metavar="N"),
     Option("case_mode", "record: every case records its verdicts and passes (misses are shown apart); strict: each case asserts", parse=_choice(*CASE_MODES), default="record"),
     Option("json", "also write results.json to this path", parse=Path, metavar="PATH"),
-    Option("gate", "CI gate on the aggregates, e.g. 'alpha=10: strict_prompt_accuracy - baseline >= 0' (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_gates"),
+    Option("gate", "CI gate: passes when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline > -0.1' (steering at alpha 10 is shown to lose under 0.1) (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_gates"),
+    Option("fail_if", "CI check: fails when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline < 0' (fails only when steering is shown to hurt) (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_fail_if"),
+    Option("gate_correction", "family-wise error control over all gates and fail-ifs of the run: holm (Holm's step-down) or none (each check at the run's level)", parse=_choice(*GATE_CORRECTIONS), default="holm", metavar="METHOD"),
     Option("max_errors", "error budget of the gates: a count, or a fraction of a config's cases when below 1", parse=_error_budget, default=0, metavar="N"),
-    Option("min_prompts", "gates refuse to pass on fewer evaluated prompts than this", parse=_positive_int, default=5, metavar="N"),
+    Option("min_prompts", "gates and fail-ifs refuse to pass on fewer evaluated prompts than this", parse=_positive_int, default=10, metavar="N"),
     Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=Path, metavar="PATH"),
     Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=Path, metavar="PATH"),
     Option("compare_fail", "regression tolerances against --steer-baseline: 'metric:tol,...', or one number for every accuracy metric", parse=_compare_fail, default="0", metavar="SPEC"),
@@ -255,8 +258,10 @@ class SteerSettings:
     case_mode: str = "record"
     json: Path | None = None
     gate: tuple[str, ...] = ()
+    fail_if: tuple[str, ...] = ()
+    gate_correction: str = "holm"
     max_errors: float = 0
-    min_prompts: int = 5
+    min_prompts: int = 10
     save: Path | None = None
     baseline: Path | None = None
     compare_fail: str = "0"

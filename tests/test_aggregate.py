@@ -240,3 +240,30 @@ def test_to_dict_is_json_and_round_trips_with_per_prompt() -> None:
     assert restored == steered
     with pytest.raises(ValueError, match="include_per_prompt=True"):
         ConfigAggregate.from_dict(data)
+
+
+def test_instruction_deltas_are_paired_per_instruction_id() -> None:
+    from pytest_steer.aggregate import instruction_deltas_vs_baseline, instruction_quality
+
+    def record(key, config, alpha, ids, verdicts, quality):
+        return {
+            "key": key, "config": config, "alpha": alpha, "trial": 0, "instruction_id_list": ids,
+            "strict": verdicts, "loose": verdicts, "follow_all_strict": all(verdicts),
+            "follow_all_loose": all(verdicts), "quality": quality, "error": None,
+        }
+
+    records = []
+    for k in range(6):
+        ids = ["a:x", "b:y"] if k < 3 else ["a:x"]
+        records.append(record(str(k), "baseline", None, ids, [False] * len(ids), 0.0))
+        records.append(record(str(k), "alpha10", 10.0, ids, [True] + [False] * (len(ids) - 1), -1.0 if k < 3 else 0.0))
+    aggs = aggregate(records, n_resamples=200)
+    deltas = instruction_deltas_vs_baseline(aggs)
+    assert set(deltas) == {"alpha10"}
+    assert deltas["alpha10"]["a:x"]["follow_rate"].mean == 1.0
+    assert deltas["alpha10"]["b:y"]["follow_rate"].mean == 0.0
+    # Quality over the prompts holding the id: b:y is only on the first three prompts.
+    assert deltas["alpha10"]["b:y"]["quality"].mean == -1.0
+    assert deltas["alpha10"]["b:y"]["quality"].n_prompts == 3
+    assert deltas["alpha10"]["a:x"]["quality"].mean == -0.5
+    assert instruction_quality(aggs[1], "b:y").mean == -1.0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_steer.aggregate import ConfigAggregate
+from pytest_steer.aggregate import ConfigAggregate, compare_bootstrap
 from pytest_steer.gates import (
     Gate,
     GateSyntaxError,
@@ -135,26 +135,34 @@ def evaluate(*gates: str, max_errors: int | float = 0, min_prompts: int = 1, run
     return evaluate_gates(list(gates), run, max_errors=max_errors, min_prompts=min_prompts)
 
 
+def bounds(agg, metric="strict_prompt_accuracy"):
+    return agg.bootstrap(metric).interval(agg.confidence)
+
+
 def test_absolute_gate_decided_by_lower_bound() -> None:
-    # Baseline mean 0.5, interval [0.4, 0.6]: clears 0.4 but not 0.45 although the mean does.
-    assert [r.passed for r in evaluate("baseline: strict_prompt_accuracy >= 0.4")] == [True]
+    # One gate alone is decided on the run's 95% interval, recomputed from the per-prompt values.
+    interval = bounds(BASELINE)
+    assert interval.ci_low < 0.45 < interval.mean
+    assert [r.passed for r in evaluate(f"baseline: strict_prompt_accuracy >= {interval.ci_low - 0.001}")] == [True]
     (result,) = evaluate("baseline: strict_prompt_accuracy >= 0.45")
-    assert not result.passed
+    assert not result.passed and result.shown is False
     assert result.config == "baseline"
-    assert result.observed == BASELINE.metrics["strict_prompt_accuracy"]
+    assert result.observed == interval
     assert result.threshold == 0.45
-    assert result.message == (
-        "baseline: strict_prompt_accuracy = 0.500 [0.400, 0.600] (40 prompts) needs ci_low >= 0.45 -> FAIL"
+    assert result.message.startswith(
+        f"baseline: strict_prompt_accuracy = 0.500 [{interval.ci_low:.3f}, {interval.ci_high:.3f}] (40 prompts); "
+        "passes if shown: ci_low >= 0.45 at 97.50% one-sided; p = "
     )
-    assert [r.passed for r in evaluate("baseline: strict_prompt_accuracy > 0.4")] == [False]
+    assert result.message.endswith(f"detectable ±{(interval.ci_high - interval.ci_low) / 2:.3f} -> not shown, FAIL")
+    assert [r.passed for r in evaluate(f"baseline: strict_prompt_accuracy > {interval.ci_low}")] == [False]
 
 
 def test_upper_bound_gates() -> None:
-    # alpha30 mean 0.25, interval [0.15, 0.35].
+    high = bounds(ALPHA30).ci_high  # alpha30 mean 0.25
     assert [r.passed for r in evaluate("alpha30: quality <= 0.35")] == [False]  # no quality metric
-    assert [r.passed for r in evaluate("alpha30: strict_prompt_accuracy <= 0.35")] == [True]
-    assert [r.passed for r in evaluate("alpha30: strict_prompt_accuracy < 0.35")] == [False]
-    assert [r.passed for r in evaluate("alpha30: strict_prompt_accuracy < 0.36")] == [True]
+    assert [r.passed for r in evaluate(f"alpha30: strict_prompt_accuracy <= {high}")] == [True]
+    assert [r.passed for r in evaluate(f"alpha30: strict_prompt_accuracy < {high}")] == [False]
+    assert [r.passed for r in evaluate(f"alpha30: strict_prompt_accuracy < {high + 0.001}")] == [True]
     assert [r.passed for r in evaluate("alpha30: strict_prompt_accuracy < 0.3")] == [False]
 
 
@@ -184,7 +192,8 @@ def test_delta_gate_uses_paired_difference() -> None:
     assert up.observed.n_prompts == 40
     assert up.passed
     assert up.message.startswith("alpha10: strict_prompt_accuracy - baseline = +0.250 [+")
-    assert up.message.endswith("needs ci_low >= 0 -> PASS")
+    assert "passes if shown: ci_low >= 0 at 98.75% one-sided, Holm 1 of 2" in up.message  # two checks: Holm
+    assert up.message.endswith("-> shown, PASS")
     assert down.observed.mean == pytest.approx(-0.25)
     assert not down.passed
 
@@ -266,15 +275,21 @@ def test_gate_objects_and_strings_both_accepted_and_settings_validated() -> None
 
 
 def test_result_to_dict() -> None:
-    (result,) = evaluate("baseline: strict_prompt_accuracy >= 0.4")
+    (result,) = evaluate("baseline: strict_prompt_accuracy >= 0.2")
     assert result.to_dict() == {
-        "gate": "baseline: strict_prompt_accuracy >= 0.4",
+        "gate": "baseline: strict_prompt_accuracy >= 0.2",
+        "form": "gate",
         "config": "baseline",
         "passed": True,
-        "observed": {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_prompts": 40},
-        "threshold": 0.4,
+        "shown": True,
+        "observed": bounds(BASELINE).to_dict(),
+        "threshold": 0.2,
+        "confidence": 0.95,
+        "p_value": result.p_value,
+        "detectable": result.detectable,
         "message": result.message,
     }
+    assert 0 <= result.p_value < 0.025
 
 
 # ---------------------------------------------------------------------------- saved runs
@@ -359,3 +374,106 @@ def test_parse_compare_fail_errors(text: str, expected: str) -> None:
         parse_compare_fail(text)
     assert expected in str(info.value)
     assert repr(text) in str(info.value)
+
+
+# ---------------------------------------------------------------------------- forms and correction
+
+UNCHANGED = make_config("alpha5", 5.0, values(40, 20))
+
+
+def test_fail_if_fails_only_when_shown() -> None:
+    run = [BASELINE, UNCHANGED, ALPHA10, ALPHA30]
+    results = evaluate_gates([], run, fail_ifs=["strict_prompt_accuracy - baseline < 0"], max_errors=0, min_prompts=1)
+    assert [(r.config, r.form, r.shown, r.passed) for r in results] == [
+        ("alpha5", "fail_if", False, True),  # no change: not shown to hurt
+        ("alpha10", "fail_if", False, True),
+        ("alpha30", "fail_if", True, False),  # shown to hurt
+    ]
+    assert all(r.gate == "fail if strict_prompt_accuracy - baseline < 0" for r in results)
+    assert "fails if shown: ci_high < 0" in results[2].message
+
+
+def test_gate_and_fail_if_share_one_rule() -> None:
+    run = [BASELINE, UNCHANGED, ALPHA10, ALPHA30]
+    for expression in ("strict_prompt_accuracy - baseline >= 0", "strict_prompt_accuracy - baseline < 0.1", "quality >= -0.5"):
+        as_gate = evaluate_gates([expression], run, max_errors=0, min_prompts=1, correction="none")
+        as_fail_if = evaluate_gates([], run, fail_ifs=[expression], max_errors=0, min_prompts=1, correction="none")
+        for gate, fail_if in zip(as_gate, as_fail_if, strict=True):
+            assert gate.observed == fail_if.observed
+            if gate.shown is None:  # not evaluated: both refuse to pass
+                assert not gate.passed and not fail_if.passed
+            else:
+                assert gate.shown == fail_if.shown == gate.passed == (not fail_if.passed)
+
+
+def test_no_change_fails_a_ge_zero_gate_but_not_the_fail_if() -> None:
+    # The old README gate demands a shown improvement; the fail-if asks for shown harm.
+    run = [BASELINE, UNCHANGED]
+    (gate,) = evaluate("alpha=5: strict_prompt_accuracy - baseline >= 0", run=run)
+    (fail_if,) = evaluate_gates([], run, fail_ifs=["alpha=5: strict_prompt_accuracy - baseline < 0"], max_errors=0, min_prompts=1)
+    # Identical values give a zero-width interval at 0: ">= 0" holds, "< 0" is not shown.
+    assert gate.passed and fail_if.passed
+    noisy = make_config("alpha5", 5.0, {**values(40, 20), "0": 0.0, "39": 1.0})
+    (gate,) = evaluate("alpha=5: strict_prompt_accuracy - baseline >= 0", run=[BASELINE, noisy])
+    (fail_if,) = evaluate_gates(
+        [], [BASELINE, noisy], fail_ifs=["alpha=5: strict_prompt_accuracy - baseline < 0"], max_errors=0, min_prompts=1
+    )
+    assert not gate.passed and fail_if.passed
+
+
+def _borderline_threshold() -> float:
+    """A threshold alpha10's delta clears at a one-sided 97.5% bound but not at 98.75% (Holm, 2 checks)."""
+    replicates = compare_bootstrap(ALPHA10, BASELINE, "strict_prompt_accuracy")
+    low_975, low_9875 = replicates.tails(0.025)[0], replicates.tails(0.0125)[0]
+    assert low_9875 < low_975
+    return (low_975 + low_9875) / 2
+
+
+def test_holm_makes_a_family_of_checks_one_decision() -> None:
+    threshold = _borderline_threshold()
+    borderline = f"alpha10: strict_prompt_accuracy - baseline >= {threshold}"
+    other = "alpha30: strict_prompt_accuracy - baseline >= 0"  # clearly not shown, p = 1
+    (alone,) = evaluate(borderline)
+    assert alone.passed and alone.confidence == pytest.approx(0.95)
+    holm = evaluate(borderline, other)
+    assert [r.passed for r in holm] == [False, False]
+    assert holm[0].confidence == pytest.approx(0.975)  # rank 1 of 2: tail 0.025 / 2
+    assert "Holm 1 of 2" in holm[0].message
+    uncorrected = evaluate_gates([borderline, other], RUN, max_errors=0, min_prompts=1, correction="none")
+    assert [r.passed for r in uncorrected] == [True, False]
+    assert holm[0].detectable > uncorrected[0].detectable  # a wider interval detects less
+
+
+def test_holm_steps_down_and_untested_checks_are_not_in_the_family() -> None:
+    sure = "alpha10: strict_prompt_accuracy - baseline >= 0"  # p = 0: shown at rank 1
+    threshold = _borderline_threshold()
+    borderline = f"alpha10: strict_prompt_accuracy - baseline >= {threshold}"
+    untested = "alpha30: quality - baseline >= 0", "alpha30: quality >= 0"  # alpha30 has no quality
+    results = evaluate(sure, borderline, *untested)
+    assert [r.passed for r in results] == [True, True, False, False]
+    # Rank 2 of 2 keeps the full tail: the borderline check passes as if alone.
+    assert results[1].confidence == pytest.approx(0.95)
+    assert [r.p_value for r in results[2:]] == [None, None]
+
+
+def test_fail_ifs_join_the_gates_family() -> None:
+    threshold = _borderline_threshold()
+    borderline = f"alpha10: strict_prompt_accuracy - baseline >= {threshold}"
+    results = evaluate_gates([borderline], RUN, fail_ifs=["alpha30: quality >= 0", "baseline: strict_prompt_accuracy < 0"], max_errors=0, min_prompts=1)
+    assert [(r.form, r.passed) for r in results] == [("gate", False), ("fail_if", False), ("fail_if", True)]
+    assert "Holm" in results[0].message
+
+
+def test_p_value_matches_the_bound() -> None:
+    replicates = compare_bootstrap(ALPHA30, BASELINE, "strict_prompt_accuracy")
+    slack = 2 / ALPHA30.n_resamples  # the bound interpolates between resamples, the p-value counts them
+    for tail in (0.01, 0.025, 0.1):
+        low, high = replicates.tails(tail)
+        assert replicates.p_value(high + 1e-9, above=False, strict=True) <= tail + slack
+        assert replicates.p_value(high - 0.03, above=False, strict=True) > tail
+        assert replicates.p_value(low - 1e-9, above=True, strict=True) <= tail + slack
+
+
+def test_unknown_correction_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown gate correction 'bonf'; expected one of holm, none"):
+        evaluate_gates(["quality >= 0"], RUN, max_errors=0, min_prompts=1, correction="bonf")

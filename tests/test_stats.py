@@ -131,3 +131,34 @@ def test_interval_dict_round_trip_is_json_safe() -> None:
         "n_prompts": 0,
     }
     assert not Interval.from_dict(empty).is_defined
+
+
+def test_student_t_matches_known_values() -> None:
+    from pytest_steer.stats import student_t_cdf, student_t_quantile
+
+    assert student_t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-4)
+    assert student_t_quantile(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
+    assert student_t_quantile(0.975, 30) == pytest.approx(2.0423, abs=1e-4)
+    assert student_t_cdf(2.0, 3) == pytest.approx(0.930337, abs=1e-6)
+    assert student_t_cdf(0.0, 7) == 0.5
+
+
+def test_expanded_interval_is_wider_with_few_prompts_and_tends_to_the_percentile() -> None:
+    from pytest_steer.stats import expanded_tail, unexpanded_tail
+
+    assert expanded_tail(0.025, 5) < expanded_tail(0.025, 20) < expanded_tail(0.025, 1000) < 0.025
+    assert expanded_tail(0.025, 100_000) == pytest.approx(0.025, rel=1e-3)
+    assert unexpanded_tail(expanded_tail(0.01, 7), 7) == pytest.approx(0.01)
+    assert (unexpanded_tail(0.0, 7), unexpanded_tail(1.0, 7)) == (0.0, 1.0)
+
+
+def test_p_value_of_a_threshold_beyond_every_replicate() -> None:
+    from pytest_steer.stats import bootstrap
+
+    replicates = bootstrap(np.random.default_rng(0).random(30), n_resamples=500)
+    assert replicates.p_value(-1.0, above=True, strict=True) == 0.0
+    assert replicates.p_value(2.0, above=True, strict=True) == 1.0
+    assert replicates.p_value(2.0, above=False, strict=False) == 0.0
+    single = bootstrap([0.5])
+    assert single.p_value(0.5, above=True, strict=False) == 0.0
+    assert single.p_value(0.5, above=True, strict=True) == 1.0

@@ -3,7 +3,10 @@
 * :func:`trade_off_figure`: accuracy vs alpha, quality vs alpha, and quality vs strict
   prompt accuracy with the Pareto frontier; error bars are the 95% CIs over prompts and
   the unsteered baseline is drawn as a reference line with its CI band (it has no alpha).
-* :func:`instruction_heatmap_figure`: strict follow rate per instruction id × config.
+* :func:`instruction_heatmap_figure`: strict follow rate and mean quality per instruction
+  id × config.
+* :func:`instruction_delta_figure`: per instruction id, the paired change from the
+  baseline of the strict follow rate and of quality, one bar per alpha with its 95% CI.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import offset_copy
 
-from pytest_steer.aggregate import ACCURACY_METRICS, QUALITY_METRIC, ConfigAggregate
+from pytest_steer.aggregate import (
+    ACCURACY_METRICS,
+    QUALITY_METRIC,
+    ConfigAggregate,
+    instruction_deltas_vs_baseline,
+    instruction_quality,
+)
 from pytest_steer.report.table import METRIC_TITLES
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
@@ -242,35 +251,25 @@ def config_label(agg: ConfigAggregate) -> str:
     return f"α={agg.alpha:g}" if agg.alpha is not None else agg.name
 
 
+def _value(interval: Interval | None) -> float:
+    return interval.mean if interval is not None and interval.is_defined else math.nan
+
+
 def follow_rate_matrix(results: RunResults) -> tuple[list[str], list[str], list[list[float]]]:
     """Instruction ids (rows), config labels (columns) and the strict follow rates (NaN: no prompt)."""
     ids = sorted({iid for agg in results.aggregates for iid in agg.per_instruction})
     labels = [config_label(agg) for agg in results.aggregates]
-    matrix = []
-    for iid in ids:
-        row = []
-        for agg in results.aggregates:
-            interval = agg.per_instruction.get(iid, {}).get("strict")
-            row.append(interval.mean if interval is not None and interval.is_defined else math.nan)
-        matrix.append(row)
+    matrix = [[_value(agg.per_instruction.get(iid, {}).get("strict")) for agg in results.aggregates] for iid in ids]
     return ids, labels, matrix
 
 
-def instruction_heatmap_figure(results: RunResults) -> Figure:
-    ids, labels, matrix = follow_rate_matrix(results)
-    height = 1.6 + 0.32 * max(len(ids), 1)
-    width = 4.5 + 0.9 * max(len(labels), 1)
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
-    ax.set_title("strict follow rate per instruction id")
-    ax.set_xlabel("config (left to right: unsteered, then larger alpha = stronger steering)")
-    ax.set_ylabel("instruction id")
-    if not ids:
-        _empty_note(ax, "no instruction verdicts in this run")
-        return figure
-    cmap = colormaps["RdYlGn"].with_extremes(bad="lightgrey")
-    image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+def quality_matrix(results: RunResults, ids: list[str]) -> list[list[float]]:
+    """Mean quality over the prompts holding each instruction id, per config (NaN: none scored)."""
+    return [[_value(instruction_quality(agg, iid)) for agg in results.aggregates] for iid in ids]
+
+
+def _heatmap(ax: Axes, matrix: list[list[float]], labels: list[str], ids: list[str], cmap: str, **scale: Any) -> Any:
+    image = ax.imshow(matrix, cmap=colormaps[cmap].with_extremes(bad="lightgrey"), aspect="auto", **scale)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels)
     ax.set_yticks(range(len(ids)))
@@ -279,7 +278,74 @@ def instruction_heatmap_figure(results: RunResults) -> Figure:
         for column, value in enumerate(values):
             if not math.isnan(value):
                 ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize="x-small")
-    figure.colorbar(image, ax=ax, label="follow rate")
+    return image
+
+
+def instruction_heatmap_figure(results: RunResults) -> Figure:
+    ids, labels, matrix = follow_rate_matrix(results)
+    quality = quality_matrix(results, ids)
+    has_quality = any(not math.isnan(v) for row in quality for v in row)
+    height = 1.6 + 0.32 * max(len(ids), 1)
+    width = (4.5 + 0.9 * max(len(labels), 1)) * (2 if has_quality else 1)
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2 if has_quality else 1, squeeze=False)[0]
+    axes[0].set_title("strict follow rate per instruction id")
+    axes[0].set_ylabel("instruction id")
+    for ax in axes:
+        ax.set_xlabel("config (left to right: unsteered, then larger alpha = stronger steering)")
+    if not ids:
+        _empty_note(axes[0], "no instruction verdicts in this run")
+        return figure
+    image = _heatmap(axes[0], matrix, labels, ids, "RdYlGn", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes[0], label="follow rate")
+    if has_quality:
+        axes[1].set_title(f"mean {METRIC_TITLES[QUALITY_METRIC]} of the prompts holding it")
+        image = _heatmap(axes[1], quality, labels, ids, "viridis")
+        axes[1].set_yticklabels([])
+        figure.colorbar(image, ax=axes[1], label=METRIC_TITLES[QUALITY_METRIC])
+    return figure
+
+
+DELTA_PANELS = (("follow_rate", "Δ strict follow rate vs baseline"), (QUALITY_METRIC, "Δ quality vs baseline"))
+
+
+def instruction_delta_figure(results: RunResults) -> Figure:
+    """Per instruction id (rows), one horizontal bar per alpha: the paired change from the baseline."""
+    deltas = instruction_deltas_vs_baseline(results.aggregates)
+    steered = [agg for agg in _steered(results) if agg.name in deltas]
+    ids = sorted({iid for per_id in deltas.values() for iid in per_id})
+    panels = [(key, title) for key, title in DELTA_PANELS if any(key in m for d in deltas.values() for m in d.values())]
+    height = 1.8 + 0.22 * max(len(ids), 1) * max(len(steered), 1)
+    figure = Figure(figsize=(5.0 * max(len(panels), 1) + 1.5, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    if not ids or not panels:
+        _empty_note(figure.subplots(), "no steered config with a baseline to compare with")
+        return figure
+    axes = figure.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    band = 0.8 / len(steered)
+    colors = colormaps["viridis"]
+    for ax, (key, title) in zip(axes, panels):
+        for number, agg in enumerate(steered):
+            rows, means, errors = [], [], [[], []]
+            for row, iid in enumerate(ids):
+                interval = deltas[agg.name].get(iid, {}).get(key)
+                if interval is None or not interval.is_defined:
+                    continue
+                rows.append(row - 0.4 + band * (number + 0.5))
+                means.append(interval.mean)
+                errors[0].append(interval.mean - interval.ci_low)
+                errors[1].append(interval.ci_high - interval.mean)
+            color = colors(number / max(len(steered) - 1, 1))
+            ax.barh(rows, means, height=band * 0.9, xerr=errors, color=color, ecolor="black", capsize=1.5, label=config_label(agg))
+        ax.axvline(0.0, color=BASELINE_COLOR, linewidth=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("paired difference over the prompts holding the id, 95% CI")
+    axes[0].set_yticks(range(len(ids)))
+    axes[0].set_yticklabels(ids, fontsize="small")
+    axes[0].invert_yaxis()
+    axes[0].set_ylabel("instruction id")
+    axes[-1].legend(title="steered config", fontsize="small", loc="best")
     return figure
 
 

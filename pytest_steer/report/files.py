@@ -46,11 +46,17 @@ def _user() -> str:
 
 def render_figures(results: RunResults) -> dict[str, bytes]:
     """PNG bytes of every figure, by name (matplotlib is imported only here)."""
-    from pytest_steer.report.figures import instruction_heatmap_figure, png_bytes, trade_off_figure
+    from pytest_steer.report.figures import (
+        instruction_delta_figure,
+        instruction_heatmap_figure,
+        png_bytes,
+        trade_off_figure,
+    )
 
     return {
         "trade_off": png_bytes(trade_off_figure(results)),
         "instruction_heatmap": png_bytes(instruction_heatmap_figure(results)),
+        "instruction_deltas": png_bytes(instruction_delta_figure(results)),
     }
 
 

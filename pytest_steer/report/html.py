@@ -23,6 +23,7 @@ from pytest_steer.report.table import (
     describe_run,
     format_ci,
     format_mean,
+    instruction_delta_rows,
 )
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
@@ -30,7 +31,8 @@ from pytest_steer.stats import Interval
 MAX_CASE_GROUPS = 1000  # prompt × trial groups in the browser; cases.jsonl always has all
 FIGURE_TITLES = {
     "trade_off": "Accuracy and quality against steering strength",
-    "instruction_heatmap": "Follow rate per instruction id",
+    "instruction_heatmap": "Follow rate and quality per instruction id",
+    "instruction_deltas": "Change from the baseline per instruction id (paired, 95% CI)",
 }
 
 CSS = """
@@ -164,6 +166,25 @@ def table_html(results: RunResults) -> str:
     return "\n".join(lines)
 
 
+def instruction_deltas_html(results: RunResults) -> str:
+    """Per instruction id, each steered config's paired Δ strict follow rate and Δ quality vs the baseline."""
+    configs, rows = instruction_delta_rows(results)
+    if not rows:
+        return ""
+    header = "".join(f"<th>{esc(name)}: Δ follow</th><th>{esc(name)}: Δ quality</th>" for name in configs)
+    lines = [
+        "<h3>Per instruction id: paired change from the baseline [95% CI]</h3>",
+        '<table class="tradeoff">',
+        f"<thead><tr><th>instruction id</th>{header}</tr></thead>",
+        "<tbody>",
+    ]
+    for iid, cells in rows:
+        tds = "".join(_cell(follow, signed=True) + _cell(quality, signed=True) for follow, quality in cells)
+        lines.append(f"<tr><td>{esc(iid)}</td>{tds}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
 def _run_html(results: RunResults) -> str:
     run = results.run
     described = "".join(f"<p>{esc(line)}</p>" for line in describe_run(results))
@@ -293,7 +314,7 @@ def render_html(results: RunResults, figures: Mapping[str, bytes]) -> str:
         title=esc(f"Steering trade-off: {model}"),
         css=CSS,
         run=_run_html(results),
-        table=table_html(results),
+        table=table_html(results) + instruction_deltas_html(results),
         checks=_checks_html(results),
         figures=_figures_html(figures),
         cases=_cases_html(results),

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.aggregate import ConfigAggregate
+from pytest_steer.aggregate import ConfigAggregate, instruction_deltas_vs_baseline
 from pytest_steer.gates import ComparisonResult, GateResult
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
@@ -24,10 +24,15 @@ SCHEMA_VERSION = 2
 
 
 def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[str, Any]:
+    instruction_deltas = instruction_deltas_vs_baseline(results.aggregates)
     configs = []
     for agg in results.aggregates:
         entry = agg.to_dict(include_per_prompt=True)
         entry["delta_vs_baseline"] = {m: iv.to_dict() for m, iv in results.deltas.get(agg.name, {}).items()}
+        entry["instruction_delta_vs_baseline"] = {
+            iid: {m: iv.to_dict() for m, iv in metrics.items()}
+            for iid, metrics in instruction_deltas.get(agg.name, {}).items()
+        }
         configs.append(entry)
     data = {
         "schema_version": SCHEMA_VERSION,
@@ -130,6 +135,11 @@ def gate_from_dict(data: Mapping[str, Any]) -> GateResult:
         observed=_interval(data["observed"]),
         threshold=float(data["threshold"]),
         message=data["message"],
+        form=data.get("form", "gate"),
+        shown=data.get("shown"),
+        p_value=data.get("p_value"),
+        confidence=data.get("confidence"),
+        detectable=data.get("detectable"),
     )
 
 

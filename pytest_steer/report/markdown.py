@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_steer.aggregate import METRICS
-from pytest_steer.report.table import METRIC_TITLES, config_rows, describe_run, format_interval
+from pytest_steer.report.table import METRIC_TITLES, config_rows, describe_run, format_interval, instruction_delta_rows
 from pytest_steer.results import RunResults
 
 
@@ -33,6 +33,14 @@ def render_markdown(results: RunResults, report: Path | None = None) -> str:
         delta = format_interval(row.deltas.get("strict_prompt_accuracy"), signed=True) if row.deltas else "-"
         cells = [row.name, str(row.n_prompts)] + [format_interval(row.values[m]) for m in METRICS] + [delta, row.verdicts.text]
         lines.append("| " + " | ".join(_text(c) for c in cells) + " |")
+    configs, instruction_rows = instruction_delta_rows(results)
+    if instruction_rows:
+        lines += ["", "**Per instruction id**: paired Δ from the baseline, strict follow rate / quality [95% CI]", ""]
+        lines.append("| instruction id | " + " | ".join(_text(name) for name in configs) + " |")
+        lines.append("|---|" + "---:|" * len(configs))
+        for iid, cells in instruction_rows:
+            texts = [f"{format_interval(f, signed=True)} / {format_interval(q, signed=True)}" for f, q in cells]
+            lines.append("| " + " | ".join(_text(c) for c in [iid, *texts]) + " |")
     checks = [(g.passed, g.message) for g in results.gates] + [(c.passed, c.message) for c in results.comparisons]
     if checks:
         lines += ["", "**Gates**", ""]

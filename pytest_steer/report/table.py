@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_steer.aggregate import METRICS
+from pytest_steer.aggregate import METRICS, QUALITY_METRIC, instruction_deltas_vs_baseline
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
 
@@ -125,3 +125,21 @@ def describe_run(results: RunResults) -> list[str]:
         f"seed {generation.get('seed', '?')}",
         "configs: " + "; ".join(describe_config(name, entry) for name, entry in steering.items()),
     ]
+
+
+DeltaPair = tuple[Interval | None, Interval | None]  # (Δ strict follow rate, Δ quality)
+
+
+def instruction_delta_rows(results: RunResults) -> tuple[list[str], list[tuple[str, list[DeltaPair]]]]:
+    """Steered config names, and per instruction id their (Δ strict follow rate, Δ quality) vs the baseline."""
+    deltas = instruction_deltas_vs_baseline(results.aggregates)
+    configs = [agg.name for agg in results.aggregates if agg.name in deltas]
+    ids = sorted({iid for per_id in deltas.values() for iid in per_id})
+    rows = []
+    for iid in ids:
+        cells = []
+        for name in configs:
+            entry = deltas[name].get(iid, {})
+            cells.append((entry.get("follow_rate"), entry.get(QUALITY_METRIC)))
+        rows.append((iid, cells))
+    return configs, rows

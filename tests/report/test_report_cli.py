@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from report_fixtures import make_records, make_results, make_run
 
+from pytest_steer.gates import evaluate_gates
 from pytest_steer.__main__ import main
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.files import write_report
 from pytest_steer.report.json import results_dict, write_results
 from pytest_steer.results import RunResults
 
-OUTPUTS = ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png")
+OUTPUTS = ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png", "instruction_deltas.png")
 
 
 def _numbers(path: Path) -> dict:
@@ -75,7 +76,7 @@ def test_merge_equals_the_unsharded_run(tmp_path: Path) -> None:
     code = main(["merge", str(tmp_path / "merged"), *map(str, shards), "--gate", gate, "--max-errors", "1"])
     assert code == 1  # the gate fails, as on the whole run
     whole = make_results(records)
-    whole = dataclasses.replace(whole, gates=[g for g in whole.gates if g.gate == gate])
+    whole = dataclasses.replace(whole, gates=evaluate_gates([gate], whole.aggregates, max_errors=1, min_prompts=10))
     merged = _numbers(tmp_path / "merged")
     assert merged == {key: results_dict(whole)[key] for key in merged}
     data = json.loads((tmp_path / "merged" / "results.json").read_text())
@@ -84,6 +85,22 @@ def test_merge_equals_the_unsharded_run(tmp_path: Path) -> None:
     assert data["run"]["time"] == "2026-01-02T00:00:00+00:00"
     assert [s["n_cases"] for s in data["run"]["shards"]] == [48, 48]
     assert all((tmp_path / "merged" / name).is_file() for name in OUTPUTS)
+
+
+def test_merge_fail_if_and_correction_match_a_run(tmp_path: Path) -> None:
+    records = make_records()
+    shards = _shards(tmp_path, records)
+    fail_if = "strict_prompt_accuracy - baseline < 0"
+    for correction in ("holm", "none"):
+        out = tmp_path / correction
+        args = ["merge", str(out), *map(str, shards), "--fail-if", fail_if, "--gate-correction", correction, "--max-errors", "1"]
+        code = main(args)
+        whole = make_results(records)
+        expected = evaluate_gates([], whole.aggregates, fail_ifs=[fail_if], correction=correction, max_errors=1, min_prompts=10)
+        data = json.loads((out / "results.json").read_text())
+        assert data["gates"] == [g.to_dict() for g in expected]
+        assert code == (1 if any(not g.passed for g in expected) else 0)
+        assert all(g["form"] == "fail_if" and g["gate"] == f"fail if {fail_if}" for g in data["gates"])
 
 
 def test_merge_exits_0_when_gates_pass(tmp_path: Path) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import numpy as np
 from report_fixtures import make_records, make_run
 
+from pytest_steer.aggregate import instruction_deltas_vs_baseline, instruction_quality
 from pytest_steer.report.figures import (
     ALPHA_LABEL,
     Point,
+    instruction_delta_figure,
     instruction_heatmap_figure,
     pareto_frontier,
     png_bytes,
@@ -97,6 +101,31 @@ def test_heatmap_shows_follow_rate_per_instruction_and_config(results: RunResult
             assert image[row, column] == agg.per_instruction[iid]["strict"].mean
 
 
+def test_heatmap_has_a_quality_panel(results: RunResults) -> None:
+    figure = instruction_heatmap_figure(results)
+    follow, quality = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert "quality" in quality.get_title()
+    ids = [t.get_text() for t in follow.get_yticklabels()]
+    image = quality.get_images()[0].get_array()
+    for row, iid in enumerate(ids):
+        for column, agg in enumerate(results.aggregates):
+            assert image[row, column] == pytest.approx(instruction_quality(agg, iid).mean)
+
+
+def test_instruction_delta_figure_has_a_bar_per_alpha_and_id(results: RunResults) -> None:
+    deltas = instruction_deltas_vs_baseline(results.aggregates)
+    figure = instruction_delta_figure(results)
+    follow, quality = figure.axes[:2]
+    assert "follow rate" in follow.get_title() and "quality" in quality.get_title()
+    ids = [t.get_text() for t in follow.get_yticklabels()]
+    assert ids == sorted({iid for per_id in deltas.values() for iid in per_id})
+    bars = [c for c in follow.containers if hasattr(c, "patches")]
+    assert [c.get_label() for c in bars] == ["α=5", "α=10", "α=30"]
+    for container, name in zip(bars, ["alpha5", "alpha10", "alpha30"]):
+        widths = [patch.get_width() for patch in container.patches]
+        assert widths == pytest.approx([deltas[name][iid]["follow_rate"].mean for iid in ids])
+
+
 def test_figures_without_quality_or_steering_say_so() -> None:
     records = [dict(r, quality=None) for r in make_records(n_prompts=3, trials=1) if r["alpha"] is None]
     results = RunResults.from_records(make_run(n_prompts=3, trials=1), records, seed=0)
@@ -105,6 +134,9 @@ def test_figures_without_quality_or_steering_say_so() -> None:
     assert [t.get_text() for t in quality.texts] == ["no quality scores in this run"]
     assert [t.get_text() for t in pareto.texts] == ["needs accuracy and quality"]
     assert not math.isnan(accuracy.get_lines()[0].get_ydata()[0])  # the baseline reference is still drawn
+    assert [t.get_text() for t in instruction_delta_figure(results).axes[0].texts] == [
+        "no steered config with a baseline to compare with"
+    ]
 
 
 def test_png_bytes_are_a_png(results: RunResults) -> None:

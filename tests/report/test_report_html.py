@@ -18,7 +18,7 @@ from pytest_steer.report.markdown import render_markdown
 from pytest_steer.results import RunResults
 
 REPO = Path(__file__).resolve().parents[2]
-FIGURES = {"trade_off": b"\x89PNG-one", "instruction_heatmap": b"\x89PNG-two"}
+FIGURES = {"trade_off": b"\x89PNG-one", "instruction_heatmap": b"\x89PNG-two", "instruction_deltas": b"\x89PNG-three"}
 
 
 def _group(page: str, key: str, trial: int) -> str:
@@ -58,13 +58,14 @@ def test_errored_case_shows_its_error(results: RunResults) -> None:
 
 def test_table_figures_and_gates_are_on_the_page(results: RunResults) -> None:
     page = render_html(results, FIGURES)
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
+    assert "Per instruction id: paired change from the baseline" in page
     for config in results_dict(results)["configs"]:
         value = config["metrics"]["strict_prompt_accuracy"]
         assert f"<td>{value['mean']:.3f}<span class=\"ci\">[{value['ci_low']:.2f}, {value['ci_high']:.2f}]</span></td>" in page
     assert page.count('<span class="badge fail">FAIL</span>') == 1
     assert "alpha10: strict_prompt_accuracy - baseline = +0.250" in page
-    assert "needs ci_low &gt;= 0.5 -&gt; FAIL" in page
+    assert "passes if shown: ci_low &gt;= 0.5" in page and "not shown, FAIL" in page
 
 
 def test_case_browser_is_capped(monkeypatch: pytest.MonkeyPatch, results: RunResults) -> None:
@@ -78,8 +79,14 @@ def test_case_browser_is_capped(monkeypatch: pytest.MonkeyPatch, results: RunRes
 def test_markdown_summary_has_a_row_per_config_and_the_gates(results: RunResults) -> None:
     text = render_markdown(results, report=Path("out/report.html"))
     assert text.startswith("### Steering trade-off: ❌ 1 of 5 gate(s) failed")
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| config")]
+    main, per_instruction = text.split("**Per instruction id**")
+    rows = [line for line in main.splitlines() if line.startswith("| ") and not line.startswith("| config")]
     assert [row.split(" | ")[0] for row in rows] == ["| baseline", "| alpha5", "| alpha10", "| alpha30"]
+    deltas = results_dict(results)["configs"][1]["instruction_delta_vs_baseline"]
+    assert "| instruction id | alpha5 | alpha10 | alpha30 |" in per_instruction
+    for iid, metrics in deltas.items():
+        follow = metrics["follow_rate"]
+        assert f"| {iid} | {follow['mean']:+.3f} [{follow['ci_low']:.2f}, {follow['ci_high']:.2f}] / " in per_instruction
     data = results_dict(results)
     for row, config in zip(rows, data["configs"]):
         value = config["metrics"]["strict_prompt_accuracy"]

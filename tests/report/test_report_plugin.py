@@ -24,7 +24,7 @@ def test_run_writes_report_dir_markdown_and_pytest_html(pytester: pytest.Pyteste
     )
     assert result.ret == 0, result.stdout.str()
     report = cache / "d" / "steer-report"  # default: inside pytest's cache dir
-    for name in ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png"):
+    for name in ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png", "instruction_deltas.png"):
         assert (report / name).is_file(), name
     result.stdout.fnmatch_lines([f"[[]steer[]] report: {report / 'report.html'}"])
 

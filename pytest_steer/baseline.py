@@ -46,14 +46,18 @@ def load_run(path: Path) -> SavedRun:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BaselineError(f"--steer-baseline {path}: no such file; create one with --steer-save {path}") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise BaselineError(f"--steer-baseline {path}: cannot read it ({exc.strerror}); give a readable baseline file") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, or nesting too deep to parse
         raise BaselineError(f"--steer-baseline {path}: not JSON ({exc}); was it written by --steer-save?") from None
     if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
         raise BaselineError(f"--steer-baseline {path}: not a {BASELINE_FORMAT} file; write baselines with --steer-save")
+    if not isinstance(data.get("run"), dict) or not isinstance(data.get("configs"), list):
+        raise BaselineError(f"--steer-baseline {path}: lacks its 'run' object or 'configs' list; save the baseline again with --steer-save")
     try:
         aggregates = [ConfigAggregate.from_dict(config) for config in data["configs"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BaselineError(f"--steer-baseline {path}: malformed config entry ({exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BaselineError(f"--steer-baseline {path}: malformed config entry ({exc!r}); save the baseline again with --steer-save") from None
     return SavedRun(run=data["run"], aggregates=aggregates)
 
 

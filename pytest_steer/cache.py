@@ -99,7 +99,10 @@ class ResponseCache:
             raw = path.read_bytes()
         except OSError:
             return None
-        payload = _verified_payload(raw, namespace, key)
+        try:
+            payload = _verified_payload(raw, namespace, key)
+        except (ValueError, RecursionError):  # whatever a file holds, it is a miss and gets regenerated
+            payload = None
         if payload is None:
             self.rejected += 1
         return payload
@@ -138,10 +141,9 @@ def _bad_fields(namespace: str, payload: Mapping[str, Any]) -> list[str]:
 
 
 def _verified_payload(raw: bytes, namespace: str, key: str) -> dict[str, Any] | None:
-    try:
-        entry = json.loads(raw)
-    except ValueError:  # truncated or garbled file
-        return None
+    """The entry's payload if it is trustworthy, else None; may raise ValueError (bad JSON or
+    text, e.g. a lone surrogate that cannot be re-encoded) or RecursionError (deep nesting)."""
+    entry = json.loads(raw)
     if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
         return None
     payload = entry.get("payload")

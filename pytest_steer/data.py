@@ -8,6 +8,7 @@ its position and field instead of failing halfway through a run.
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 import re
@@ -21,7 +22,6 @@ from pytest_steer.hub import hub_offline, hub_reachable, looks_like_hub_id, spli
 from pytest_steer.jsonl import JsonLinesError, read_json_lines
 
 BUILTIN = "builtin"
-HUB_DATASETS = ("ibm-research/Split-IFEval", "google/IFEval")
 LOCAL_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 REQUIRED_COLUMNS = ("prompt", "instruction_id_list", "kwargs")
 HIGHLIGHTS = ("auto", "instructions", "last-sentence", "prompt")
@@ -38,10 +38,6 @@ class PromptRow:
     instructions: tuple[str, ...]
     instruction_id_list: tuple[str, ...]
     kwargs: tuple[dict[str, Any], ...]
-
-    @property
-    def instruction_texts_known(self) -> bool:
-        return bool(self.instructions)
 
 
 @dataclass(frozen=True)
@@ -121,7 +117,7 @@ def _as_list(value: Any, field: str, where: str) -> list[Any]:
 
 
 def parse_rows(records: Sequence[Mapping[str, Any]], *, origin: str) -> list[PromptRow]:
-    from pytest_steer.ifeval import InstructionError, validate_kwargs
+    from pytest_steer.ifeval import INSTRUCTION_IDS, InstructionError, validate_kwargs
 
     if not records:
         raise DatasetError(f"{origin} has no rows")
@@ -147,6 +143,8 @@ def parse_rows(records: Sequence[Mapping[str, Any]], *, origin: str) -> list[Pro
             raise DatasetError(f"{where}: 'kwargs' has {len(raw_kwargs)} entries for {len(ids)} instruction ids")
         kwargs = []
         for position, (instruction_id, arguments) in enumerate(zip(ids, raw_kwargs)):
+            if instruction_id not in INSTRUCTION_IDS:
+                raise DatasetError(f"{where}: field 'instruction_id_list'[{position}]: {_unknown_id(instruction_id, INSTRUCTION_IDS)}")
             if isinstance(arguments, str):
                 arguments = json.loads(arguments) if arguments.strip() else {}
             try:
@@ -159,6 +157,12 @@ def parse_rows(records: Sequence[Mapping[str, Any]], *, origin: str) -> list[Pro
             raise DatasetError(f"{where}: 'instructions' has {len(texts)} entries for {len(ids)} instruction ids")
         rows.append(PromptRow(key, prompt, tuple(texts), tuple(ids), tuple(kwargs)))
     return rows
+
+
+def _unknown_id(instruction_id: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(instruction_id, known, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"known ids: {', '.join(known)}"
+    return f"unknown instruction id {instruction_id!r}; {hint}"
 
 
 def select(rows: Sequence[PromptRow], selection: Selection, *, origin: str = "the dataset") -> list[PromptRow]:

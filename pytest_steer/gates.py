@@ -82,12 +82,16 @@ class Selector:
     value: str | float | None = None
 
     def matches(self, agg: ConfigAggregate, *, delta: bool) -> bool:
-        if delta and agg.is_baseline:
+        return self.selects(agg.name, agg.alpha, delta=delta)
+
+    def selects(self, name: str, alpha: float | None, *, delta: bool) -> bool:
+        """Whether the config ``name`` (PASTA at ``alpha``, or the baseline when None) is selected."""
+        if delta and alpha is None:
             return False
         if self.kind == "name":
-            return agg.name == self.value
+            return name == self.value
         if self.kind == "alpha":
-            return agg.alpha is not None and math.isclose(agg.alpha, float(self.value))
+            return alpha is not None and math.isclose(alpha, float(self.value))
         return True
 
 

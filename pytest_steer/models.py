@@ -74,14 +74,31 @@ def resolve_device(spec: str, worker_index: int | None = None) -> torch.device:
             device = torch.device(spec)
         except RuntimeError as exc:
             raise ModelLoadError(f"--steer-device {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ModelLoadError(f"--steer-device {spec!r} asked for CUDA but torch sees no CUDA device; use cpu or auto")
+        if device.type == "cuda":
+            _require_cuda_device(spec, device)
+        if device.type == "mps" and not _mps_available():
+            raise ModelLoadError(f"--steer-device {spec!r}: torch has no usable MPS (Apple GPU) backend here; use cpu or auto")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda", (worker_index or 0) % torch.cuda.device_count())
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _require_cuda_device(spec: str, device: torch.device) -> None:
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"--steer-device {spec!r} asked for CUDA but torch sees no CUDA device; use cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ModelLoadError(
+            f"--steer-device {spec!r}: torch sees {count} CUDA device(s) (cuda:0-cuda:{count - 1}); "
+            f"use cuda:N with N below {count}, or auto"
+        )
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
@@ -91,9 +108,12 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     try:
-        return DTYPES[spec]
+        dtype = DTYPES[spec]
     except KeyError:
         raise ModelLoadError(f"--steer-dtype {spec!r} is not supported; use auto or one of {', '.join(DTYPES)}") from None
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ModelLoadError(f"--steer-dtype {spec!r}: the CUDA device {device} does not support bfloat16; use float16, float32 or auto")
+    return dtype
 
 
 def embedded_gguf_path() -> Path:
@@ -128,6 +148,12 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def converted_checkpoint_dir(cache_dir: Path | None = None) -> Path:
+    """Where the embedded GGUF's conversion lives; it holds a checkpoint once converted."""
+    size = embedded_gguf_path().stat().st_size
+    return (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{size}"
+
+
 def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
     """Path of the safetensors checkpoint converted from the embedded GGUF, converting it once.
 
@@ -135,8 +161,7 @@ def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
     directory and renamed into place, so a crash never leaves a half checkpoint.
     """
     gguf = embedded_gguf_path()
-    stat = gguf.stat()
-    target = (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{stat.st_size}"
+    target = converted_checkpoint_dir(cache_dir)
     if (target / FINGERPRINT_FILE).is_file():
         return target
     with _file_lock(target.with_suffix(".lock")):

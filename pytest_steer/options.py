@@ -31,18 +31,33 @@ LABELLED_REWARD_TRANSFORMS = ("softmax", "log_softmax")
 GATE_CORRECTIONS = ("holm", "none")  # pytest_steer.gates.CORRECTIONS, without importing numpy here
 
 
+def _whole_number(text: str, expected: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number; expected {expected}") from None
+
+
+def _finite_number(text: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number; expected {expected}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number; expected {expected}")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    expected = "a positive integer (1, 2, 3, ...)"
+    value = _whole_number(text, expected)
     if value < 1:
-        raise ValueError("must be a positive integer")
+        raise ValueError(f"{text!r} must be a positive integer; expected {expected}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be zero or a positive integer")
-    return value
+def _seed(text: str) -> int:
+    return _whole_number(text, "an integer seed, e.g. 0 or 1234")
 
 
 def _alpha(text: str) -> float:
@@ -56,17 +71,32 @@ def _alpha(text: str) -> float:
 
 
 def _probability(text: str) -> float:
-    value = float(text)
+    expected = "a probability in (0, 1], e.g. 0.9"
+    value = _finite_number(text, expected)
     if not 0 < value <= 1:
-        raise ValueError("must be in (0, 1]")
+        raise ValueError(f"{text!r} must be in (0, 1]; expected {expected}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    expected = "a positive number, e.g. 0.7"
+    value = _finite_number(text, expected)
     if not value > 0:
-        raise ValueError("must be a positive number")
+        raise ValueError(f"{text!r} must be a positive number; expected {expected}")
     return value
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("the path is empty; expected a file or directory path")
+    return Path(text)
+
+
+def _heads(text: str) -> str:
+    from pytest_steer.steering.heads import parse_heads
+
+    parse_heads(text)  # the syntax now; the layers once the model's depth is known
+    return text
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -90,9 +120,10 @@ def _gate(text: str) -> str:
 
 
 def _error_budget(text: str) -> float:
-    value = float(text)
-    if value < 0 or not math.isfinite(value):
-        raise ValueError("must be a count (0, 1, 2, ...) or a fraction below 1")
+    expected = "a count (0, 1, 2, ...) or a fraction of the cases below 1, e.g. 0.05"
+    value = _finite_number(text, expected)
+    if value < 0:
+        raise ValueError(f"{text!r} is negative; expected {expected}")
     return value
 
 
@@ -122,7 +153,12 @@ def _method(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
 
 
 def _batch_size(text: str) -> int | None:
-    return None if text == "auto" else _positive_int(text)
+    if text == "auto":
+        return None
+    value = _whole_number(text, "auto or a positive integer")
+    if value < 1:
+        raise ValueError(f"{text!r} must be auto or a positive integer")
+    return value
 
 
 def _quality(text: str) -> str:
@@ -142,6 +178,14 @@ def _quality(text: str) -> str:
             f"reward model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); check the path"
         )
     return REWARD_PREFIX + name
+
+
+def reward_model_alternatives() -> str:
+    """What to use instead of a reward model that cannot be downloaded."""
+    return (
+        f"a local reward model directory (--steer-quality {REWARD_PREFIX}/path/to/model), "
+        f"--steer-quality {QUALITY_FLUENCY} (needs no other model), or a populated HF cache"
+    )
 
 
 def _reward_transform(text: str) -> str:
@@ -190,15 +234,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("single_instruction", "keep only prompts with exactly one instruction", flag=True, default=False),
     Option("instruction_ids", "keep prompts having any of these instruction ids (comma-separated)", parse=_csv, default=(), metavar="IDS"),
     Option("per_instruction", "sample N prompts per instruction id (seeded by --steer-sample-seed)", parse=_positive_int, metavar="N"),
-    Option("sample_seed", "seed of the per-instruction sampling", parse=int, default=0),
+    Option("sample_seed", "seed of the per-instruction sampling", parse=_seed, default=0),
     Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),
     Option("highlight", "spans PASTA emphasizes: auto (the 'instructions' column when present, else the last sentence), instructions, last-sentence, prompt", parse=_choice(*HIGHLIGHTS), default="auto"),
     Option("alpha", "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated)", parse=_alpha, repeatable=True, default=(), metavar="ALPHA"),
     Option("method", "another steering method beside the baseline and PASTA: emphasis (marks the highlights in the prompt), or a method registered by the pytest_steer_methods hook; NAME or NAME:key=value,... (repeatable)", parse=_method, repeatable=True, default=(), metavar="METHOD", comma_separated=False),
-    Option("heads", "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)", metavar="HEADS"),
+    Option("heads", "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)", parse=_heads, metavar="HEADS"),
     Option("scale_position", "PASTA scale position: include, exclude or generation", parse=_choice(*SCALE_POSITIONS), default="include"),
     Option("trials", "sampled responses per prompt and config", parse=_positive_int, default=1),
-    Option("seed", "base seed; each case's seed derives from (seed, prompt key, trial)", parse=int, default=0),
+    Option("seed", "base seed; each case's seed derives from (seed, prompt key, trial)", parse=_seed, default=0),
     Option("max_new_tokens", "tokens generated per response", parse=_positive_int, default=128),
     Option("greedy", "greedy decoding instead of sampling", flag=True, default=False),
     Option("temperature", "sampling temperature", parse=_positive_float, default=0.7),
@@ -209,18 +253,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("reward_batch_size", "(prompt, response) pairs per reward-model forward pass", parse=_positive_int, default=8, metavar="N"),
     Option("reward_max_length", "reward-model input tokens per pair; longer pairs are truncated", parse=_positive_int, default=1024, metavar="N"),
     Option("case_mode", "record: every case records its verdicts and passes (misses are shown apart); strict: each case asserts", parse=_choice(*CASE_MODES), default="record"),
-    Option("json", "also write results.json to this path", parse=Path, metavar="PATH"),
+    Option("json", "also write results.json to this path", parse=_path, metavar="PATH"),
     Option("gate", "CI gate: passes when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline > -0.1' (steering at alpha 10 is shown to lose under 0.1) (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_gates"),
     Option("fail_if", "CI check: fails when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline < 0' (fails only when steering is shown to hurt) (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_fail_if"),
     Option("gate_correction", "family-wise error control over all gates and fail-ifs of the run: holm (Holm's step-down) or none (each check at the run's level)", parse=_choice(*GATE_CORRECTIONS), default="holm", metavar="METHOD"),
     Option("max_errors", "error budget of the gates: a count, or a fraction of a config's cases when below 1", parse=_error_budget, default=0, metavar="N"),
     Option("min_prompts", "gates and fail-ifs refuse to pass on fewer evaluated prompts than this", parse=_positive_int, default=10, metavar="N"),
-    Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=Path, metavar="PATH"),
-    Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=Path, metavar="PATH"),
+    Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=_path, metavar="PATH"),
+    Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=_path, metavar="PATH"),
     Option("compare_fail", "regression tolerances against --steer-baseline: 'metric:tol,...', or one number for every accuracy metric", parse=_compare_fail, default="0", metavar="SPEC"),
-    Option("report_dir", "directory of the trade-off report (report.html, results.json, cases.jsonl, summary.csv, figures); default: steer-report in pytest's cache dir", parse=Path, metavar="DIR"),
-    Option("summary_md", "also write a short markdown summary to this path, e.g. \"$GITHUB_STEP_SUMMARY\"", parse=Path, metavar="PATH"),
-    Option("cache_dir", "directory of the response cache; default: steer-responses in pytest's cache dir", parse=Path, metavar="DIR"),
+    Option("report_dir", "directory of the trade-off report (report.html, results.json, cases.jsonl, summary.csv, figures); default: steer-report in pytest's cache dir", parse=_path, metavar="DIR"),
+    Option("summary_md", "also write a short markdown summary to this path, e.g. \"$GITHUB_STEP_SUMMARY\"", parse=_path, metavar="PATH"),
+    Option("cache_dir", "directory of the response cache; default: steer-responses in pytest's cache dir", parse=_path, metavar="DIR"),
     Option("no_cache", "neither read nor write cached responses: generate every case", flag=True, default=False),
     Option("shard", "run shard i of n (1-based) of the selected prompts, e.g. 2/4; merge the shards with python -m pytest_steer merge", parse=parse_shard, metavar="I/N"),
 )
@@ -288,35 +332,39 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(option.ini, option.help, type=ini_type, default=None)
 
 
-def _raw_values(config: pytest.Config, option: Option) -> list[str] | None:
+def _raw_values(config: pytest.Config, option: Option) -> list[Any] | None:
     cli = config.getoption(f"steer_{option.name}")
     if cli not in (None, []):
         return cli if option.repeatable else [cli]
-    ini = config.getini(option.ini)
+    try:
+        ini = config.getini(option.ini)
+    except (ValueError, pytest.UsageError) as exc:  # pytest's own conversion of a bool ini value (pytest 9 raises UsageError)
+        raise ValueError(f"{exc}; expected true or false (yes/no, on/off, 1/0 work too)") from None
     if ini in (None, [], ""):
         return None
     return ini if option.repeatable else [ini]
+
+
+def _parse_values(option: Option, raw: list[Any]) -> Any:
+    if option.flag:
+        return raw[0] is True  # the CLI stores True; pytest converts the ini text to a bool
+    if option.repeatable:
+        texts = [str(text) for text in raw]
+        if option.comma_separated:
+            texts = [part for text in texts for part in text.split(",")]
+        parts = [part.strip() for part in texts if part.strip()]
+        return tuple(dict.fromkeys(option.parse(part) for part in parts))
+    return option.parse(str(raw[0]))
 
 
 def settings_from_config(config: pytest.Config) -> SteerSettings:
     """Parse every option; raise ``pytest.UsageError`` naming the option and the fix."""
     values: dict[str, Any] = {}
     for option in OPTIONS:
-        raw = _raw_values(config, option)
-        if raw is None:
-            continue
-        if option.flag:
-            values[option.name] = raw[0] is True or str(raw[0]).lower() in {"1", "true", "yes", "on"}
-            continue
         try:
-            if option.repeatable:
-                texts = [str(text) for text in raw]
-                if option.comma_separated:
-                    texts = [part for text in texts for part in text.split(",")]
-                parts = [part.strip() for part in texts if part.strip()]
-                values[option.name] = tuple(dict.fromkeys(option.parse(part) for part in parts))
-            else:
-                values[option.name] = option.parse(str(raw[0]))
-        except ValueError as exc:
+            raw = _raw_values(config, option)
+            if raw is not None:
+                values[option.name] = _parse_values(option, raw)
+        except (ValueError, TypeError) as exc:  # TypeError: a toml ini value of the wrong type
             raise pytest.UsageError(f"{option.cli} (ini {option.ini}): {exc}") from None
     return SteerSettings(**values, rootdir=Path(config.rootpath))

@@ -32,6 +32,7 @@ from pytest_steer.options import (
     REFERENCE_REWARD_MODEL,
     REWARD_PREFIX,
     SteerSettings,
+    reward_model_alternatives,
 )
 
 FLUENCY_BATCH_SIZE = 8
@@ -168,13 +169,6 @@ class RewardTransform:
         return logits.log_softmax(-1)[:, self.label]
 
 
-def _reward_alternatives() -> str:
-    return (
-        f"a local reward model directory (--steer-quality {REWARD_PREFIX}/path/to/model), "
-        f"--steer-quality {QUALITY_FLUENCY} (needs no other model), or a populated HF cache"
-    )
-
-
 class RewardModelScorer:
     """A Hugging Face sequence-classification reward model on (user prompt, response) pairs.
 
@@ -218,7 +212,7 @@ class RewardModelScorer:
                 f"reward model path {name!r} does not exist; check the path in --steer-quality {REWARD_PREFIX}<id or path>, "
                 f"or use --steer-quality {QUALITY_FLUENCY}"
             )
-        where = {"what": "reward model", "alternatives": _reward_alternatives()}
+        where = {"what": "reward model", "alternatives": reward_model_alternatives()}
         try:
             config = load_pretrained(AutoConfig, name, **where)
         except (OSError, ValueError) as exc:

@@ -72,6 +72,32 @@ def test_damaged_entry_is_a_miss_and_a_new_put_repairs_it(tmp_path: Path, damage
     assert cache.get(GENERATION, key) == PAYLOAD
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"[" * 100_000, id="deeply-nested"),
+        pytest.param(b'{"payload": ' + b"[" * 100_000, id="deeply-nested-inside-an-entry"),
+        pytest.param(b"[1, 2, 3]", id="a-list"),
+        pytest.param(b'"text"', id="a-string"),
+        pytest.param(b"null", id="null"),
+        pytest.param(b"1" * 5000, id="an-int-too-long-to-parse"),
+        pytest.param(b'{"format": 1, "key": "K", "payload": {"text": "\\ud800", "n_new_tokens": 1, "missing_spans": []}}', id="lone-surrogate"),
+        pytest.param(b'{"format": 1, "key": "K", "payload": [], "checksum": "x"}', id="payload-not-a-dict"),
+        pytest.param(b'{"format": 1, "key": "K", "payload": {"text": "t", "n_new_tokens": 1, "missing_spans": [[]]}}', id="spans-not-text"),
+    ],
+)
+def test_no_entry_can_fail_a_read(tmp_path: Path, content: bytes) -> None:
+    cache = ResponseCache(tmp_path)
+    key = generation_key(**KEY_PARTS)
+    path = cache.path(GENERATION, key)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content.replace(b'"K"', json.dumps(key).encode()))
+    assert cache.get(GENERATION, key) is None
+    assert cache.rejected == 1
+    cache.put(GENERATION, key, PAYLOAD)
+    assert cache.get(GENERATION, key) == PAYLOAD
+
+
 def test_entry_under_another_key_or_with_wrong_types_is_not_trusted(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path)
     key, other = generation_key(**KEY_PARTS), generation_key(**{**KEY_PARTS, "seed": 1})

@@ -68,10 +68,22 @@ def test_missing_column_names_the_column(tmp_path: Path) -> None:
         load_rows(str(write(tmp_path / "bad.jsonl", bad)))
 
 
-def test_unknown_instruction_id_names_row_and_field(tmp_path: Path) -> None:
+def test_unknown_instruction_id_names_row_field_position_and_close_matches(tmp_path: Path) -> None:
     bad = json.loads(json.dumps(ROWS))
-    bad[1]["instruction_id_list"] = ["detectable_content:number_placeholderz"]
-    with pytest.raises(DatasetError, match=r"row 1 \(key 2\): field 'kwargs'\[0\].*number_placeholderz"):
+    bad[2]["instruction_id_list"][1] = "startend:end_checkr"
+    with pytest.raises(DatasetError) as caught:
+        load_rows(str(write(tmp_path / "bad.jsonl", bad)))
+    assert str(caught.value).endswith(
+        "row 2 (key 3): field 'instruction_id_list'[1]: unknown instruction id 'startend:end_checkr'; "
+        "did you mean startend:end_checker?"
+    )
+
+
+def test_unknown_instruction_id_without_close_matches_lists_the_known_ids(tmp_path: Path) -> None:
+    bad = json.loads(json.dumps(ROWS))
+    bad[0]["instruction_id_list"] = ["made:up"]
+    with pytest.raises(DatasetError, match=r"row 0 \(key 1\): field 'instruction_id_list'\[0\]: unknown instruction id 'made:up'; "
+                       r"known ids: change_case:capital_word_frequency, .*punctuation:no_comma"):
         load_rows(str(write(tmp_path / "bad.jsonl", bad)))
 
 

@@ -70,6 +70,8 @@ def test_plugin_is_inert_without_steer_tests(pytester: pytest.Pytester) -> None:
         (["--steer-alpha", "ten"], "*--steer-alpha*alpha 'ten' is not a number*"),
         (["--steer-trials", "0"], "*--steer-trials*must be a positive integer*"),
         (["--steer-scale-position", "middle"], "*--steer-scale-position*'middle' is not one of include, exclude, generation*"),
+        (["--steer-heads", "8-x"], "*--steer-heads*heads '8-x': item '8-x' at position 0 is not a layer number*"),
+        (["--steer-trials", "abc"], "*--steer-trials*'abc' is not a whole number; expected a positive integer*"),
     ],
 )
 def test_bad_options_stop_before_anything_runs(pytester: pytest.Pytester, args: list[str], message: str) -> None:
@@ -83,7 +85,6 @@ def test_bad_options_stop_before_anything_runs(pytester: pytest.Pytester, args: 
     [
         (["--steer-instruction-ids", "no:such_id"], "*selection from builtin is empty*"),
         (["--steer-model", "/no/such/model"], "*neither an existing local path nor a Hugging Face model id*"),
-        (["--steer-heads", "8-x"], "*--steer-heads*"),
     ],
 )
 def test_bad_input_fails_collection_with_one_message(pytester: pytest.Pytester, args: list[str], message: str) -> None:

@@ -79,25 +79,11 @@ def parse_relation(value: Any) -> str:
     return str(value)
 
 
-def parse_text(value: Any) -> str:
-    """Any non-empty string, kept as given."""
-    if not isinstance(value, str) or not value:
-        raise ArgumentValueError(f"must be a non-empty string, got {value!r}")
-    return str(value)
-
-
 def parse_stripped(value: Any) -> str:
     """A string with surrounding whitespace removed; must not end up empty."""
     if not isinstance(value, str) or not value.strip():
         raise ArgumentValueError(f"must be a non-empty string, got {value!r}")
     return value.strip()
-
-
-def parse_pattern(value: Any) -> str:
-    """A string that the checker uses as a regular expression, as IFEval does."""
-    text = parse_text(value)
-    _require_regex(text)
-    return text
 
 
 def parse_stripped_pattern(value: Any) -> str:

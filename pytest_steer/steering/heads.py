@@ -34,71 +34,72 @@ def default_head_layers(num_layers: int) -> list[int]:
     return list(range(start, stop))
 
 
-def parse_heads(text: str, num_layers: int | None = None) -> HeadConfig:
-    """Parse ``--steer-heads``: layers ``"8,9,10"``, ranges ``"8-23"``, mixes ``"0-3,7"``,
-    or a JSON object of layer -> heads ``'{"8": [0, 1], "9": [2]}'``.
+def parse_heads(text: str, num_layers: int | None = None, *, argument: str = "heads") -> HeadConfig:
+    """Parse a head configuration's text form: layers ``"8,9,10"``, ranges ``"8-23"``, mixes
+    ``"0-3,7"``, or a JSON object of layer -> heads ``'{"8": [0, 1], "9": [2]}'``.
 
     Raises ValueError (a HeadConfigError) naming the position and the problem. With
-    ``num_layers``, layers beyond the model's depth are rejected too.
+    ``num_layers``, layers beyond the model's depth are rejected too. Messages start with
+    ``argument``, so a caller can name its own option (``argument="--steer-heads"``).
     """
     stripped = text.strip()
     if not stripped:
-        raise HeadConfigError("--steer-heads is empty; give layers like '8-23' or a JSON object like '{\"8\": [0, 1]}'")
+        raise HeadConfigError(f"{argument} is empty; give layers like '8-23' or a JSON object like '{{\"8\": [0, 1]}}'")
     config: HeadConfig
     if stripped.startswith("{"):
-        config = _parse_json_heads(text)
+        config = _parse_json_heads(text, argument)
     else:
-        config = _parse_layer_list(text)
+        config = _parse_layer_list(text, argument)
     if num_layers is not None:
         layers = config if isinstance(config, list) else list(config)
         too_deep = [layer for layer in layers if layer >= num_layers]
         if too_deep:
             raise HeadConfigError(
-                f"--steer-heads {text!r} names layer {too_deep[0]}, but the model has {num_layers} layers "
+                f"{argument} {text!r} names layer {too_deep[0]}, but the model has {num_layers} layers "
                 f"(0-{num_layers - 1}); choose layers below {num_layers}"
             )
     return config
 
 
-def _parse_layer_list(text: str) -> list[int]:
+def _parse_layer_list(text: str, argument: str) -> list[int]:
     layers: list[int] = []
     position = 0
     for item in text.split(","):
         match = _ITEM.fullmatch(item)
         if match is None:
             raise HeadConfigError(
-                f"--steer-heads {text!r}: item {item.strip()!r} at position {position} is not a layer number "
+                f"{argument} {text!r}: item {item.strip()!r} at position {position} is not a layer number "
                 "or a range A-B; use e.g. '8,9,10', '8-23' or '0-3,7'"
             )
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
             raise HeadConfigError(
-                f"--steer-heads {text!r}: range {item.strip()!r} at position {position} runs backwards; write it as {last}-{first}"
+                f"{argument} {text!r}: range {item.strip()!r} at position {position} runs backwards; write it as {last}-{first}"
             )
         layers.extend(range(first, last + 1))
         position += len(item) + 1
     return sorted(set(layers))
 
 
-def _parse_json_heads(text: str) -> dict[int, list[int]]:
+def _parse_json_heads(text: str, argument: str) -> dict[int, list[int]]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise HeadConfigError(f"--steer-heads {text!r} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        raise HeadConfigError(f"{argument} {text!r} is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(raw, dict):
-        raise HeadConfigError(f"--steer-heads {text!r} must be a JSON object of layer -> list of heads")
+        raise HeadConfigError(f"{argument} {text!r} must be a JSON object of layer -> list of heads")
     config: dict[int, list[int]] = {}
     for key, heads in raw.items():
         if not key.strip().isdigit():
-            raise HeadConfigError(f"--steer-heads {text!r}: key {key!r} is not a layer number")
+            raise HeadConfigError(f"{argument} {text!r}: key {key!r} is not a layer number")
         if not isinstance(heads, list) or not heads or not all(_is_index(head) for head in heads):
             raise HeadConfigError(
-                f"--steer-heads {text!r}: layer {key} must map to a non-empty list of head numbers, got {heads!r}"
+                f"{argument} {text!r}: layer {key} must map to a non-empty list of head numbers, got {heads!r}"
             )
         config[int(key)] = sorted(set(heads))
     if not config:
-        raise HeadConfigError(f"--steer-heads {text!r} selects no layer")
+        raise HeadConfigError(f"{argument} {text!r} selects no layer")
     return config
 
 

@@ -1,0 +1,252 @@
+"""Checks that run before any generation, so that a bad setting fails in seconds, not after a batch.
+
+Each check is a plain function that returns nothing when the setting can work and
+otherwise raises :class:`PreflightError` with one message naming the option, the value
+and the fix. Nothing here imports torch or transformers at import time; checks that
+need them import them when called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_steer.gates import Gate, Selector
+
+
+class PreflightError(ValueError):
+    """A setting cannot work; the message names the option, the value and the fix."""
+
+
+# ---------------------------------------------------------------------------- output paths
+
+
+def check_writable_file(path: Path | str, option: str) -> None:
+    """``path`` can be created or overwritten as a file (its folders may not exist yet)."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise PreflightError(f"{option} {path}: is a directory; give a file path inside it, e.g. {target / 'results.json'}")
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise PreflightError(f"{option} {path}: cannot write there (the file is read-only); choose a writable path")
+        return
+    _probe(target.parent, path, option)
+
+
+def check_writable_dir(path: Path | str, option: str) -> None:
+    """Files can be written in ``path`` (created when missing)."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise PreflightError(f"{option} {path}: is a file, not a directory; choose a directory path")
+    _probe(target, path, option)
+
+
+def _probe(folder: Path, path: Path | str, option: str) -> None:
+    """Create and delete a probe file in ``folder`` or, when it does not exist yet, in its
+    nearest existing parent (the folder that ``mkdir(parents=True)`` would write into)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PreflightError(f"{option} {path}: cannot write there ({existing} is a file, not a directory); choose a writable path")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".steer-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PreflightError(
+            f"{option} {path}: cannot write there (cannot create files in {existing}: {exc.strerror}); choose a writable path"
+        ) from None
+
+
+# ---------------------------------------------------------------------------- model configuration
+
+
+def read_model_config(source: str, option: str = "--steer-model") -> dict[str, Any] | None:
+    """The ``config.json`` of a model as a dict, read without any weights: of a local
+    checkpoint folder, of a hub id already in the local Hugging Face cache, or of the
+    embedded default once converted. None when it is not available without downloading."""
+    from pytest_steer.hub import looks_like_hub_id, split_revision
+
+    config_file: Path | None = None
+    if source == "embedded":
+        from pytest_steer.models import ModelLoadError, converted_checkpoint_dir
+
+        try:
+            config_file = converted_checkpoint_dir() / "config.json"
+        except ModelLoadError:  # the package is missing: the model source check says so
+            return None
+    elif Path(source).expanduser().is_dir():
+        config_file = Path(source).expanduser() / "config.json"
+    elif looks_like_hub_id(source):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, revision = split_revision(source)
+        cached = try_to_load_from_cache(repo, "config.json", revision=revision)
+        config_file = Path(cached) if isinstance(cached, str) else None
+    if config_file is None or not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise PreflightError(f"{option} {source}: cannot read {config_file} ({exc}); save the checkpoint again") from None
+    if not isinstance(config, dict):
+        raise PreflightError(f"{option} {source}: {config_file} holds no JSON object; save the checkpoint again")
+    return config
+
+
+def _config_value(config: Mapping[str, Any], *names: str) -> int | None:
+    """The first of ``names`` set in ``config`` or in its ``text_config`` (multimodal models)."""
+    for scope in (config, config.get("text_config") or {}):
+        for name in names:
+            value = scope.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
+def check_heads(heads_text: str, config: Mapping[str, Any] | None) -> None:
+    """``--steer-heads`` parses, and with a model config, names layers and heads the model has."""
+    from pytest_steer.steering.heads import normalize_head_config, parse_heads, resolve_heads
+
+    option = "--steer-heads"
+    num_layers = None if config is None else _config_value(config, "num_hidden_layers", "n_layer")
+    num_heads = None if config is None else _config_value(config, "num_attention_heads", "n_head")
+    try:
+        head_config = parse_heads(heads_text, num_layers, argument=option)
+        if num_layers is not None and num_heads is not None:
+            resolve_heads(normalize_head_config(head_config), num_layers, num_heads)
+    except ValueError as exc:
+        message = str(exc)
+        if not message.startswith(option):
+            message = f"{option} {heads_text!r}: {message}"
+        raise PreflightError(message) from None
+
+
+def check_context(
+    config: Mapping[str, Any] | None,
+    max_new_tokens: int,
+    longest_prompt_tokens: int,
+    option: str = "--steer-max-new-tokens",
+) -> None:
+    """The longest (chat-templated) prompt plus ``max_new_tokens`` fit the model's context."""
+    context = None if config is None else _config_value(config, "max_position_embeddings", "n_positions")
+    if context is None:
+        return
+    if longest_prompt_tokens >= context:
+        raise PreflightError(
+            f"{option} {max_new_tokens}: the longest prompt alone has {longest_prompt_tokens} tokens, and the model's context "
+            f"holds {context} (max_position_embeddings), so no new token fits; select shorter prompts or use a longer-context model"
+        )
+    room = context - longest_prompt_tokens
+    if max_new_tokens > room:
+        raise PreflightError(
+            f"{option} {max_new_tokens}: the longest prompt has {longest_prompt_tokens} tokens and the model's context holds "
+            f"{context} (max_position_embeddings), so {room} new tokens fit; use {option} {room} or less"
+        )
+
+
+# ---------------------------------------------------------------------------- device and dtype
+
+
+def check_device(spec: str) -> None:
+    """``--steer-device`` names a device torch has here (``auto`` always does)."""
+    from pytest_steer.models import ModelLoadError, resolve_device
+
+    try:
+        resolve_device(spec)
+    except ModelLoadError as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def check_dtype(spec: str, device: str = "auto") -> None:
+    """``--steer-dtype`` is auto or a supported dtype, and one the device can compute in."""
+    from pytest_steer.models import ModelLoadError, resolve_device, resolve_dtype
+
+    try:
+        resolve_dtype(spec, resolve_device(device))
+    except ModelLoadError as exc:
+        raise PreflightError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------- baseline and gates
+
+
+def check_baseline_file(path: Path | str) -> None:
+    """``--steer-baseline`` is a readable file that :func:`pytest_steer.baseline.load_run` accepts."""
+    from pytest_steer.baseline import BaselineError, load_run
+
+    try:
+        load_run(Path(path))
+    except BaselineError as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def check_gate_selectors(gates: Iterable[Gate | str], configs: Mapping[str, float | None]) -> None:
+    """Every gate selects at least one config of this run.
+
+    ``configs`` maps each config's name to its PASTA alpha (None for the unsteered
+    baseline); the gates' own selector matching decides, whatever the names look like.
+    """
+    from pytest_steer.gates import GateSyntaxError, parse_gate
+
+    names = ", ".join(configs) or "none"
+    for gate in gates:
+        text = gate if isinstance(gate, str) else gate.text
+        try:
+            parsed = parse_gate(gate) if isinstance(gate, str) else gate
+        except GateSyntaxError as exc:
+            raise PreflightError(f"--steer-gate {text!r}: {exc}") from None
+        if parsed.delta and None not in configs.values():
+            raise PreflightError(
+                f"--steer-gate {text!r} compares with the baseline, which this run does not have (configs: {names}); "
+                "run the baseline too or drop '- baseline'"
+            )
+        if not any(parsed.selector.selects(name, alpha, delta=parsed.delta) for name, alpha in configs.items()):
+            wanted, fix = _describe_selector(parsed.selector, parsed.delta)
+            raise PreflightError(
+                f"--steer-gate {text!r} selects {wanted}, which this run does not have (configs: {names}); {fix}"
+            )
+
+
+def _describe_selector(selector: Selector, delta: bool) -> tuple[str, str]:
+    """What a selector asks for, and how to give it to the run."""
+    if selector.kind == "alpha":
+        return f"alpha {selector.value:g}", f"add --steer-alpha {selector.value:g} or change the selector"
+    if selector.kind == "name":
+        return f"config {selector.value!r}", "change the selector to one of those configs"
+    what = "a steered config" if delta else "a config"
+    return what, "add --steer-alpha A or drop the gate"
+
+
+# ---------------------------------------------------------------------------- quality
+
+
+def check_reward_model_offline(spec: str) -> None:
+    """For ``--steer-quality reward:<hub id>``: the id is in the local cache or the hub is reachable.
+
+    Reward models load through :func:`pytest_steer.models.load_pretrained`, which asks the
+    cache first and the hub only on a miss; this asks the same questions without loading.
+    """
+    from pytest_steer.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
+    from pytest_steer.options import REWARD_PREFIX, reward_model_alternatives
+
+    if not spec.startswith(REWARD_PREFIX):
+        return
+    name = spec.removeprefix(REWARD_PREFIX)
+    if not looks_like_hub_id(name):
+        return  # a local path: the option parser has checked that it exists
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, revision = split_revision(name)
+    if isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str):
+        return
+    try:
+        require_hub(repo, what="reward model", alternatives=reward_model_alternatives())
+    except HubUnavailableError as exc:
+        raise PreflightError(f"--steer-quality {spec}: {exc}") from None

@@ -1,0 +1,66 @@
+"""Option parsing: every bad value is a usage error naming the option and what it expects."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_steer.options import OPTIONS, Option
+
+PYTHON_WORDING = ("invalid literal", "could not convert", "base 10")
+BAD_VALUES = ("abc", "", " ", "-1", "0", "1.5", "nan", "inf", "1e999", "[", "{")
+
+
+def _parsed_options() -> list[Option]:
+    return [option for option in OPTIONS if not option.flag and option.parse is not str]
+
+
+@pytest.mark.parametrize("option", _parsed_options(), ids=lambda option: option.cli)
+@pytest.mark.parametrize("value", BAD_VALUES)
+def test_every_parser_words_its_own_errors(option: Option, value: str) -> None:
+    try:
+        option.parse(value)
+    except ValueError as exc:
+        message = str(exc)
+        assert message, f"{option.cli} {value!r}: empty message"
+        assert not any(wording in message for wording in PYTHON_WORDING), f"{option.cli} {value!r}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--steer-trials", "abc"), "--steer-trials (ini steer_trials): 'abc' is not a whole number; expected a positive integer (1, 2, 3, ...)"),
+        (("--steer-trials", "0"), "--steer-trials (ini steer_trials): '0' must be a positive integer; expected a positive integer (1, 2, 3, ...)"),
+        (("--steer-seed", "1.5"), "--steer-seed (ini steer_seed): '1.5' is not a whole number; expected an integer seed, e.g. 0 or 1234"),
+        (("--steer-temperature", "warm"), "--steer-temperature (ini steer_temperature): 'warm' is not a number; expected a positive number, e.g. 0.7"),
+        (("--steer-temperature", "inf"), "--steer-temperature (ini steer_temperature): 'inf' is not a finite number; expected a positive number, e.g. 0.7"),
+        (("--steer-top-p", "x"), "--steer-top-p (ini steer_top_p): 'x' is not a number; expected a probability in (0, 1], e.g. 0.9"),
+        (("--steer-max-errors", "some"), "--steer-max-errors (ini steer_max_errors): 'some' is not a number; expected a count (0, 1, 2, ...)"),
+        (("--steer-batch-size", "big"), "--steer-batch-size (ini steer_batch_size): 'big' is not a whole number; expected auto or a positive integer"),
+        (("--steer-json", ""), "--steer-json (ini steer_json): the path is empty; expected a file or directory path"),
+        (("--steer-heads", "8-x"), "--steer-heads (ini steer_heads): heads '8-x': item '8-x' at position 0 is not a layer number"),
+    ],
+)
+def test_bad_values_are_usage_errors(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
+    with pytest.raises(pytest.UsageError) as caught:
+        pytester.parseconfigure(*args)
+    assert str(caught.value).startswith(message)
+
+
+def test_bad_ini_flag_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nsteer_greedy = maybe\n")
+    with pytest.raises(pytest.UsageError, match=r"^--steer-greedy \(ini steer_greedy\): invalid truth value 'maybe'; expected true or false"):
+        pytester.parseconfigure()
+
+
+def test_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nsteer_limit = ten\n")
+    with pytest.raises(pytest.UsageError, match=r"^--steer-limit \(ini steer_limit\): 'ten' is not a whole number"):
+        pytester.parseconfigure()
+
+
+def test_good_values_parse(pytester: pytest.Pytester) -> None:
+    from pytest_steer.plugin import SESSION_PLUGIN
+
+    config = pytester.parseconfigure("--steer-trials", "3", "--steer-heads", "0-3,7", "--steer-batch-size", "auto", "--steer-greedy")
+    settings = config.pluginmanager.get_plugin(SESSION_PLUGIN).settings
+    assert (settings.trials, settings.heads, settings.batch_size, settings.greedy) == (3, "0-3,7", None, True)

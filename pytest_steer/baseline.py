@@ -45,19 +45,19 @@ def load_run(path: Path) -> SavedRun:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BaselineError(f"--steer-baseline {path}: no such file; create one with --steer-save {path}") from None
+        raise BaselineError(f"{path}: no such file; save a baseline there first") from None
     except OSError as exc:
-        raise BaselineError(f"--steer-baseline {path}: cannot read it ({exc.strerror}); give a readable baseline file") from None
+        raise BaselineError(f"{path}: cannot read it ({exc.strerror}); give a readable baseline file") from None
     except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, or nesting too deep to parse
-        raise BaselineError(f"--steer-baseline {path}: not JSON ({exc}); was it written by --steer-save?") from None
+        raise BaselineError(f"{path}: not JSON ({exc}); is it a saved baseline?") from None
     if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
-        raise BaselineError(f"--steer-baseline {path}: not a {BASELINE_FORMAT} file; write baselines with --steer-save")
+        raise BaselineError(f"{path}: not a {BASELINE_FORMAT} file; save baselines with save_run")
     if not isinstance(data.get("run"), dict) or not isinstance(data.get("configs"), list):
-        raise BaselineError(f"--steer-baseline {path}: lacks its 'run' object or 'configs' list; save the baseline again with --steer-save")
+        raise BaselineError(f"{path}: lacks its 'run' object or 'configs' list; save the baseline again")
     try:
         aggregates = [ConfigAggregate.from_dict(config) for config in data["configs"]]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BaselineError(f"--steer-baseline {path}: malformed config entry ({exc!r}); save the baseline again with --steer-save") from None
+        raise BaselineError(f"{path}: malformed config entry ({exc!r}); save the baseline again") from None
     return SavedRun(run=data["run"], aggregates=aggregates)
 
 

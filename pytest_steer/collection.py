@@ -6,7 +6,9 @@ names the problem and the fix.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import pytest
@@ -38,32 +40,108 @@ def run_configs(settings: SteerSettings, methods: Mapping[str, type[SteeringMeth
 
 
 def plan_cases(settings: SteerSettings, methods: Mapping[str, type[SteeringMethod]] | None = None) -> Plan:
-    """The run's configs and cases; ``methods`` defaults to the built-in ones."""
-    from pytest_steer.models import ModelLoadError, check_model_source
-    from pytest_steer.steering import SteeringError
-    from pytest_steer.steering.heads import parse_heads
-    from pytest_steer.steering.registry import method_registry
-    from pytest_steer.steering.stack import check_steering_stack
+    """The run's configs and cases, after every check that needs no model weights.
 
+    ``methods`` defaults to the built-in ones.
+    """
+    from pytest_steer.models import ModelLoadError
+    from pytest_steer.steering import SteeringError, SteeringWarning
+    from pytest_steer.steering.registry import method_registry
+
+    methods = methods if methods is not None else method_registry()
     try:
-        configs = run_configs(settings, methods if methods is not None else method_registry())
-        if settings.heads:
-            parse_heads(settings.heads)  # syntax now; layer range once the model is known
-        check_model_source(settings.model)
-        rows = load_rows(settings.dataset, split=settings.dataset_split)
-        selection = Selection(
-            single_instruction=settings.single_instruction,
-            instruction_ids=settings.instruction_ids,
-            per_instruction=settings.per_instruction,
-            sample_seed=settings.sample_seed,
-            limit=settings.limit,
-        )
-        rows = select(rows, selection, origin=settings.dataset)
+        configs = run_configs(settings, methods)
+        check_settings(settings, configs)
+        with naming("--steer-dataset"):
+            rows = load_rows(settings.dataset, split=settings.dataset_split)
+            selection = Selection(
+                single_instruction=settings.single_instruction,
+                instruction_ids=settings.instruction_ids,
+                per_instruction=settings.per_instruction,
+                sample_seed=settings.sample_seed,
+                limit=settings.limit,
+            )
+            rows = select(rows, selection, origin=settings.dataset)
         if settings.shard is not None:
-            rows = select_shard(rows, settings.shard)
-        if any(config.method == "pasta" for config in configs):
-            check_steering_stack(settings.attn_implementation)
-        cases = build_cases(rows, configs, trials=settings.trials, seed=settings.seed, highlight=settings.highlight)
+            with naming("--steer-shard"):
+                rows = select_shard(rows, settings.shard)
+        check_model(settings, configs, methods, [row.prompt for row in rows])
+        for config in configs:
+            if config.method == "pasta" and config.alpha == 1.0:
+                note = f"{config.name} is the identity (log 1 = 0): its responses are the baseline's, read from the response cache"
+                warnings.warn(SteeringWarning(note), stacklevel=1)
+        with naming("--steer-highlight"):
+            cases = build_cases(rows, configs, trials=settings.trials, seed=settings.seed, highlight=settings.highlight)
         return Plan(configs, cases)
     except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
         raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
+
+
+class OptionError(ValueError):
+    """A library error with the option it came from in front."""
+
+
+@contextlib.contextmanager
+def naming(option: str) -> Iterator[None]:
+    """Put the option's name in front of the errors of library calls made for it."""
+    from pytest_steer.models import ModelLoadError
+    from pytest_steer.preflight import with_option
+    from pytest_steer.steering import SteeringError
+
+    try:
+        yield
+    except OptionError:
+        raise
+    except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
+        raise OptionError(with_option(option, str(exc))) from None
+
+
+def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...]) -> None:
+    """What the options alone decide: device, dtype, outputs, baseline file, gate selectors, reward model."""
+    from pytest_steer import preflight
+
+    preflight.check_device(settings.device)
+    preflight.check_dtype(settings.dtype, settings.device)
+    if settings.report_dir is not None:
+        preflight.check_writable_dir(settings.report_dir, "--steer-report-dir")
+    for option, path in (("--steer-json", settings.json), ("--steer-summary-md", settings.summary_md), ("--steer-save", settings.save)):
+        if path is not None:
+            preflight.check_writable_file(path, option)
+    if settings.baseline is not None:
+        preflight.check_baseline_file(settings.baseline)
+    preflight.check_gate_selectors(settings.gate, configs)
+    preflight.check_gate_selectors(settings.fail_if, configs, option="--steer-fail-if")
+    preflight.check_reward_model_offline(settings.quality)
+
+
+def check_model(
+    settings: SteerSettings, configs: tuple[SteeringConfig, ...], methods: Mapping[str, type[SteeringMethod]], prompts: list[str]
+) -> None:
+    """What the model's config.json and tokenizer decide, without its weights: heads, architecture, context."""
+    from pytest_steer import preflight
+    from pytest_steer.models import EMBEDDED, check_model_source, embedded_checkpoint, load_tokenizer
+    from pytest_steer.steering.stack import check_steering_stack
+
+    with naming("--steer-model"):
+        check_model_source(settings.model)
+        if settings.model == EMBEDDED:
+            embedded_checkpoint()  # converted once per machine; its config and tokenizer are needed below
+        config = preflight.read_model_config(settings.model)
+    if settings.heads:
+        preflight.check_heads(settings.heads, config)
+    if config is not None:
+        for steered in (c for c in configs if c.method is not None):
+            with naming(f"--steer-model {settings.model} under {steered.name}"):
+                methods[steered.method].create(steered.parameters, config).check_model_config(config)
+        with naming("--steer-model"):
+            tokenizer = load_tokenizer(settings.model)
+        longest = max((_prompt_tokens(tokenizer, prompt) for prompt in prompts), default=0)
+        preflight.check_context(config, settings.max_new_tokens, longest)
+    if any(c.method == "pasta" for c in configs):
+        check_steering_stack(settings.attn_implementation)
+
+
+def _prompt_tokens(tokenizer: object, prompt: str) -> int:
+    from pytest_steer.generation import render_prompt
+
+    return len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])  # type: ignore[operator]

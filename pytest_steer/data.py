@@ -60,12 +60,12 @@ def load_rows(source: str, *, split: str | None = None) -> list[PromptRow]:
     path = Path(source).expanduser()
     if path.exists():
         if path.suffix not in LOCAL_FORMATS:
-            raise DatasetError(f"--steer-dataset {source!r}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}")
+            raise DatasetError(f"dataset {source!r}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}")
         return parse_rows(_read_local(path), origin=str(path))
     if looks_like_hub_id(source):
         return parse_rows(_read_hub(source, split), origin=source)
     raise DatasetError(
-        f"--steer-dataset {source!r} is not {BUILTIN!r}, an existing file, or a hub dataset id (org/name); check the path"
+        f"dataset {source!r} is not {BUILTIN!r}, an existing file, or a hub dataset id (org/name); check the path"
     )
 
 
@@ -90,8 +90,8 @@ def _read_hub(source: str, split: str | None) -> list[dict[str, Any]]:
     repo, revision = split_revision(source)
     if not hub_offline() and not hub_reachable():
         raise DatasetError(
-            f"--steer-dataset {source!r}: the Hugging Face Hub cannot be reached (no network?). Offline alternatives: "
-            f"--steer-dataset {BUILTIN} (the built-in sample suite), a local .jsonl/.json/.parquet/.csv file, "
+            f"dataset {source!r}: the Hugging Face Hub cannot be reached (no network?). Offline alternatives: "
+            f"the dataset {BUILTIN!r} (the built-in sample suite), a local .jsonl/.json/.parquet/.csv file, "
             "or HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache"
         )
     import datasets
@@ -180,7 +180,7 @@ def select(rows: Sequence[PromptRow], selection: Selection, *, origin: str = "th
     if not chosen:
         raise DatasetError(
             f"the selection from {origin} is empty ({_describe(selection)}); "
-            "relax --steer-single-instruction, --steer-instruction-ids or --steer-limit"
+            "relax single_instruction, instruction_ids, per_instruction or limit"
         )
     return chosen
 
@@ -209,7 +209,7 @@ def highlights(row: PromptRow, mode: str) -> tuple[str, ...]:
         return row.instructions
     if mode == "instructions":
         raise DatasetError(
-            f"row {row.key} has no 'instructions' column; use --steer-highlight last-sentence or prompt for plain IFEval data"
+            f"row {row.key} has no 'instructions' column; highlight last-sentence or prompt for plain IFEval data"
         )
     if mode == "prompt":
         return (row.prompt,)

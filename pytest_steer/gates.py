@@ -82,11 +82,11 @@ class Selector:
     value: str | float | None = None
 
     def matches(self, agg: ConfigAggregate, *, delta: bool) -> bool:
-        return self.selects(agg.name, agg.alpha, delta=delta)
+        return self.selects(agg.name, agg.alpha, baseline=agg.is_baseline, delta=delta)
 
-    def selects(self, name: str, alpha: float | None, *, delta: bool) -> bool:
-        """Whether the config ``name`` (PASTA at ``alpha``, or the baseline when None) is selected."""
-        if delta and alpha is None:
+    def selects(self, name: str, alpha: float | None, *, baseline: bool, delta: bool) -> bool:
+        """Whether the config ``name`` (PASTA at ``alpha``; None for other methods and the baseline) is selected."""
+        if delta and baseline:
             return False
         if self.kind == "name":
             return name == self.value

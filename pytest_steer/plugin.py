@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -89,11 +90,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def steer_case(request: pytest.FixtureRequest) -> SteerCase:
     """One prompt × config × trial: its response (generated in a batch), verdicts and record."""
+    from pytest_steer.runner import RunnerUnavailable
     from pytest_steer.steer_case import SteerCase, SteerCaseError, junit_properties
+    from pytest_steer.steering import SteeringWarning, describe_missing
 
     session = steer_session(request.config)
-    record = session.runner.record(request.param)
+    try:
+        record = session.runner.record(request.param)
+    except RunnerUnavailable as exc:  # nothing can run: one error, and the run stops here
+        request.session.shouldstop = f"pytest-steer: {exc}"
+        pytest.fail(f"pytest-steer: {exc}", pytrace=False)
     request.node.stash[RECORD_KEY] = record
+    if record.missing_spans:
+        warnings.warn(SteeringWarning(f"{record.key}: {describe_missing(record.missing_spans)}"), stacklevel=1)
     request.node.user_properties.extend(junit_properties(record))
     if record.error:
         raise SteerCaseError(f"{record.case_id}: {record.error}")

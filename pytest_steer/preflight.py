@@ -16,11 +16,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pytest_steer.cases import SteeringConfig
     from pytest_steer.gates import Gate, Selector
 
 
 class PreflightError(ValueError):
     """A setting cannot work; the message names the option, the value and the fix."""
+
+
+def with_option(option: str, message: str) -> str:
+    """A library message about its argument, said of the option that set it.
+
+    ``device 'mps': ...`` from the library becomes ``--steer-device 'mps': ...``; a message
+    that names no argument gets the option in front.
+    """
+    if message.startswith(option):
+        return message
+    argument = option.removeprefix("--steer-").replace("-", "_")
+    if message.startswith(argument + " "):
+        return option + message[len(argument) :]
+    return f"{option}: {message}"
 
 
 # ---------------------------------------------------------------------------- output paths
@@ -161,7 +176,7 @@ def check_device(spec: str) -> None:
     try:
         resolve_device(spec)
     except ModelLoadError as exc:
-        raise PreflightError(str(exc)) from None
+        raise PreflightError(with_option("--steer-device", str(exc))) from None
 
 
 def check_dtype(spec: str, device: str = "auto") -> None:
@@ -169,9 +184,13 @@ def check_dtype(spec: str, device: str = "auto") -> None:
     from pytest_steer.models import ModelLoadError, resolve_device, resolve_dtype
 
     try:
-        resolve_dtype(spec, resolve_device(device))
+        device_type = resolve_device(device)
+    except ModelLoadError:
+        return  # check_device reports it
+    try:
+        resolve_dtype(spec, device_type)
     except ModelLoadError as exc:
-        raise PreflightError(str(exc)) from None
+        raise PreflightError(with_option("--steer-dtype", str(exc))) from None
 
 
 # ---------------------------------------------------------------------------- baseline and gates
@@ -184,34 +203,33 @@ def check_baseline_file(path: Path | str) -> None:
     try:
         load_run(Path(path))
     except BaselineError as exc:
-        raise PreflightError(str(exc)) from None
+        raise PreflightError(f"--steer-baseline {exc}") from None
 
 
-def check_gate_selectors(gates: Iterable[Gate | str], configs: Mapping[str, float | None]) -> None:
-    """Every gate selects at least one config of this run.
+def check_gate_selectors(gates: Iterable[Gate | str], configs: Iterable[SteeringConfig], option: str = "--steer-gate") -> None:
+    """Every gate (or fail-if, with ``option="--steer-fail-if"``) selects at least one config of this run.
 
-    ``configs`` maps each config's name to its PASTA alpha (None for the unsteered
-    baseline); the gates' own selector matching decides, whatever the names look like.
+    The gates' own selector matching decides, whatever the config names look like.
     """
     from pytest_steer.gates import GateSyntaxError, parse_gate
 
-    names = ", ".join(configs) or "none"
+    configs = list(configs)
+    names = ", ".join(config.name for config in configs) or "none"
     for gate in gates:
         text = gate if isinstance(gate, str) else gate.text
         try:
             parsed = parse_gate(gate) if isinstance(gate, str) else gate
         except GateSyntaxError as exc:
-            raise PreflightError(f"--steer-gate {text!r}: {exc}") from None
-        if parsed.delta and None not in configs.values():
+            raise PreflightError(f"{option} {text!r}: {exc}") from None
+        if parsed.delta and all(config.steered for config in configs):
             raise PreflightError(
-                f"--steer-gate {text!r} compares with the baseline, which this run does not have (configs: {names}); "
+                f"{option} {text!r} compares with the baseline, which this run does not have (configs: {names}); "
                 "run the baseline too or drop '- baseline'"
             )
-        if not any(parsed.selector.selects(name, alpha, delta=parsed.delta) for name, alpha in configs.items()):
+        selected = (parsed.selector.selects(c.name, c.alpha, baseline=not c.steered, delta=parsed.delta) for c in configs)
+        if not any(selected):
             wanted, fix = _describe_selector(parsed.selector, parsed.delta)
-            raise PreflightError(
-                f"--steer-gate {text!r} selects {wanted}, which this run does not have (configs: {names}); {fix}"
-            )
+            raise PreflightError(f"{option} {text!r} selects {wanted}, which this run does not have (configs: {names}); {fix}")
 
 
 def _describe_selector(selector: Selector, delta: bool) -> tuple[str, str]:

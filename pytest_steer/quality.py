@@ -139,13 +139,13 @@ class RewardTransform:
             if num_labels != 1:
                 raise QualityError(
                     f"reward model {model_name!r} has {num_labels} output labels ({labels}) but {kind} needs a single-logit head; "
-                    "pass --steer-reward-transform softmax:<label> or log_softmax:<label>"
+                    "use the transform softmax:<label> or log_softmax:<label>"
                 )
             return cls(kind)
         if num_labels < 2:
             raise QualityError(
                 f"reward model {model_name!r} has a single-logit head, where {kind} is always constant; "
-                "pass --steer-reward-transform identity or sigmoid"
+                "use the transform identity or sigmoid"
             )
         if label_text.isdigit():
             index = int(label_text)
@@ -154,7 +154,7 @@ class RewardTransform:
         if not 0 <= index < num_labels:
             raise QualityError(
                 f"reward model {model_name!r} has no label {label_text!r}; its labels are {labels}: "
-                f"pass --steer-reward-transform {kind}:<index or name>"
+                f"use the transform {kind}:<index or name>"
             )
         return cls(kind, index)
 
@@ -209,8 +209,7 @@ class RewardModelScorer:
 
         if not looks_like_hub_id(name) and not Path(name).expanduser().exists():
             raise QualityError(
-                f"reward model path {name!r} does not exist; check the path in --steer-quality {REWARD_PREFIX}<id or path>, "
-                f"or use --steer-quality {QUALITY_FLUENCY}"
+                f"reward model path {name!r} does not exist; check the path, or score {QUALITY_FLUENCY} instead"
             )
         where = {"what": "reward model", "alternatives": reward_model_alternatives()}
         try:
@@ -221,8 +220,7 @@ class RewardModelScorer:
         if not any(arch.endswith(CLASSIFIER_SUFFIX) for arch in architectures):
             raise QualityError(
                 f"{name!r} is not a sequence-classification reward model (its architectures: {', '.join(architectures) or 'none listed'}); "
-                f"pass a model with a classification head, e.g. --steer-quality {REWARD_PREFIX}{REFERENCE_REWARD_MODEL}, "
-                f"or use --steer-quality {QUALITY_FLUENCY}"
+                f"pass a model with a classification head, e.g. {REFERENCE_REWARD_MODEL}, or score {QUALITY_FLUENCY} instead"
             )
         resolved = RewardTransform.resolve(transform, config, name)
         torch_dtype = resolve_dtype(dtype, device)

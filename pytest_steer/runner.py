@@ -39,6 +39,10 @@ from pytest_steer.steering.method import SteeringMethod
 Progress = Callable[[str], None]
 
 
+class RunnerUnavailable(RuntimeError):
+    """The model (or the stack under it) cannot be used on this worker: no case can run."""
+
+
 def runner_for(settings: SteerSettings, plan: Plan, **options: Any) -> CaseRunner:
     """A runner of a plan with the built-in methods, outside a pytest session (benchmarks, tests)."""
     from pytest_steer.steering.registry import method_registry
@@ -91,8 +95,8 @@ class CaseRunner:
                     s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index
                 )
             except Exception as exc:
-                self._load_failure = exc
-                raise
+                self._load_failure = RunnerUnavailable(f"--steer-model {s.model}: the model failed to load: {type(exc).__name__}: {exc}")
+                raise self._load_failure from exc
             fp = self._loaded.fingerprint
             elapsed = time.perf_counter() - start
             self.progress(f"loaded {fp.name} ({fp.dtype}, {fp.attn_implementation}) on {self._loaded.device} in {elapsed:.1f} s")
@@ -245,8 +249,8 @@ class CaseRunner:
 
     def _generation_key(self, case: Case, steering: SteeringMethod | None) -> str:
         """What a response depends on (the run spec's decoding, the method as made for this model); see pytest_steer.cache."""
-        steering_key = None
-        if steering is not None:
+        steering_key = None  # the baseline, and methods that change nothing, share the baseline's responses
+        if steering is not None and not steering.is_identity:
             steering_key = {"method": steering.name, "params": steering.params(), "highlights": list(case.highlights)}
         return generation_key(
             model=self.loaded.fingerprint.to_dict(),

@@ -125,7 +125,7 @@ def test_unknown_source_and_unsupported_suffix(tmp_path: Path) -> None:
 def test_hub_dataset_without_network_names_offline_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("pytest_steer.data.hub_reachable", lambda: False)
-    with pytest.raises(DatasetError, match="--steer-dataset builtin"):
+    with pytest.raises(DatasetError, match="the dataset .builtin. \\(the built-in sample suite\\)"):
         load_rows("ibm-research/Split-IFEval")
 
 
@@ -161,5 +161,5 @@ def test_highlight_modes() -> None:
     assert highlights(with_texts, "auto") == ("Use no commas.",)
     assert highlights(plain, "auto") == ("Answer in French!",)
     assert highlights(plain, "prompt") == (plain.prompt,)
-    with pytest.raises(DatasetError, match="--steer-highlight last-sentence"):
+    with pytest.raises(DatasetError, match="highlight last-sentence or prompt"):
         highlights(plain, "instructions")

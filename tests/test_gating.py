@@ -45,7 +45,8 @@ def test_gates_refuse_to_pass_on_too_few_prompts(pytester: pytest.Pytester, tiny
 
 def test_baseline_regression_fails_and_mismatch_is_refused(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
     saved = tmp_path / "baseline.json"
-    assert run_suite(pytester, tiny_checkpoint, "--steer-save", str(saved)).ret == pytest.ExitCode.OK
+    twelve = ("--steer-limit", "12")  # enough prompts for the small-sample interval to show the regression
+    assert run_suite(pytester, tiny_checkpoint, *twelve, "--steer-save", str(saved)).ret == pytest.ExitCode.OK
     data = json.loads(saved.read_text())
     # Pretend the saved run followed every instruction: the current run is then a sure regression.
     for config in data["configs"]:
@@ -53,11 +54,11 @@ def test_baseline_regression_fails_and_mismatch_is_refused(pytester: pytest.Pyte
             if metric.endswith("accuracy"):
                 config["per_prompt"][metric] = {key: [den, den] for key, (num, den) in values.items()}
     saved.write_text(json.dumps(data))
-    result = run_suite(pytester, tiny_checkpoint, "--steer-baseline", str(saved), "--steer-compare-fail", "strict_prompt_accuracy:0.1")
+    result = run_suite(pytester, tiny_checkpoint, *twelve, "--steer-baseline", str(saved), "--steer-compare-fail", "strict_prompt_accuracy:0.1")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["FAILED *steer-baseline::baseline::strict_prompt_accuracy*"])
 
-    other = run_suite(pytester, tiny_checkpoint, "--steer-baseline", str(saved), "--steer-max-new-tokens", "5")
+    other = run_suite(pytester, tiny_checkpoint, *twelve, "--steer-baseline", str(saved), "--steer-max-new-tokens", "5")
     assert other.ret == pytest.ExitCode.TESTS_FAILED
     other.stdout.fnmatch_lines(["*generation settings differ from the baseline (max_new_tokens: 4 -> 5); nothing was compared*"])
 

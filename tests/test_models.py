@@ -95,7 +95,7 @@ def test_a_directory_without_a_model_fails_collection_once(pytester: pytest.Pyte
 def test_hub_id_offline_fails_fast_and_names_alternatives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
-    with pytest.raises(HubUnavailableError, match="HF_HUB_OFFLINE.*--steer-model embedded"):
+    with pytest.raises(HubUnavailableError, match="HF_HUB_OFFLINE.*the model 'embedded'"):
         load_model("some-org/some-model-that-is-not-cached", device="cpu")
 
 

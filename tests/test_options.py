@@ -59,8 +59,8 @@ def test_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
 
 
 def test_good_values_parse(pytester: pytest.Pytester) -> None:
-    from pytest_steer.plugin import SESSION_PLUGIN
+    from pytest_steer.plugin import steer_session
 
     config = pytester.parseconfigure("--steer-trials", "3", "--steer-heads", "0-3,7", "--steer-batch-size", "auto", "--steer-greedy")
-    settings = config.pluginmanager.get_plugin(SESSION_PLUGIN).settings
+    settings = steer_session(config).settings
     assert (settings.trials, settings.heads, settings.batch_size, settings.greedy) == (3, "0-3,7", None, True)

@@ -127,7 +127,7 @@ def test_uncached_hub_model_offline_fails_collection(pytester: pytest.Pytester, 
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     result = run_suite(pytester, "--steer-model", "some-org/uncached-model")
     assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.stdout.fnmatch_lines(["*cannot load model 'some-org/uncached-model'*Offline alternatives*--steer-model embedded*"])
+    result.stdout.fnmatch_lines(["*cannot load model 'some-org/uncached-model'*Offline alternatives*the model 'embedded'*"])
 
 
 def test_collect_only_lists_cases_and_reports_nothing(pytester: pytest.Pytester) -> None:

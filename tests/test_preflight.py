@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pytest_steer.cases import SteeringConfig
 from pytest_steer.preflight import (
     PreflightError,
     check_baseline_file,
@@ -182,7 +183,7 @@ def _gpus(monkeypatch: pytest.MonkeyPatch, count: int, bf16: bool = True) -> Non
 
 def test_cuda_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     _gpus(monkeypatch, 0)
-    with pytest.raises(PreflightError, match="^--steer-device 'cuda' asked for CUDA but torch sees no CUDA device; use cpu or auto$"):
+    with pytest.raises(PreflightError, match="^--steer-device 'cuda' asks for CUDA but torch sees no CUDA device; use cpu or auto$"):
         check_device("cuda")
 
 
@@ -229,7 +230,7 @@ def test_a_saved_baseline_passes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "no such file; create one with --steer-save"),
+        (None, "no such file; save a baseline there first"),
         ("{not json", "not JSON"),
         ("[" * 100_000, "not JSON"),
         (b"\xff\xfe", "not JSON"),
@@ -256,7 +257,20 @@ def test_baseline_that_is_a_directory(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- gates
 
-CONFIGS = {"baseline": None, "alpha10": 10.0}
+def configs(**alphas: float | None) -> list[SteeringConfig]:
+    """Configs by name: None is the baseline, a number PASTA at that alpha, a string another method."""
+    made = []
+    for name, value in alphas.items():
+        if value is None:
+            made.append(SteeringConfig(name, None))
+        elif isinstance(value, str):
+            made.append(SteeringConfig(name, value))
+        else:
+            made.append(SteeringConfig(name, "pasta", (("alpha", value),)))
+    return made
+
+
+CONFIGS = configs(baseline=None, alpha10=10.0)
 
 
 @pytest.mark.parametrize(
@@ -285,7 +299,7 @@ def test_gate_on_an_alpha_the_run_lacks() -> None:
 
 
 def test_gate_selection_follows_the_alphas_not_the_names() -> None:
-    renamed = {"unsteered": None, "pasta_alpha10": 10.0}
+    renamed = configs(unsteered=None, pasta_alpha10=10.0)
     check_gate_selectors(["alpha=10: quality >= 0", "pasta_alpha10: quality >= 0"], renamed)
     with pytest.raises(PreflightError, match=r"selects config 'alpha10', which this run does not have \(configs: unsteered, pasta_alpha10\)"):
         check_gate_selectors(["alpha10: quality >= 0"], renamed)
@@ -293,9 +307,15 @@ def test_gate_selection_follows_the_alphas_not_the_names() -> None:
 
 def test_delta_gate_without_a_steered_config_or_a_baseline() -> None:
     with pytest.raises(PreflightError, match="selects a steered config, which this run does not have .*add --steer-alpha A"):
-        check_gate_selectors(["quality - baseline >= 0"], {"baseline": None})
+        check_gate_selectors(["quality - baseline >= 0"], configs(baseline=None))
     with pytest.raises(PreflightError, match="compares with the baseline, which this run does not have"):
-        check_gate_selectors(["quality - baseline >= 0"], {"alpha10": 10.0})
+        check_gate_selectors(["quality - baseline >= 0"], configs(alpha10=10.0))
+
+
+def test_a_delta_gate_selects_a_method_without_alpha() -> None:
+    check_gate_selectors(["emphasis: quality - baseline >= 0", "quality - baseline >= 0"], configs(baseline=None, emphasis="emphasis"))
+    with pytest.raises(PreflightError, match="^--steer-fail-if 'alpha=10: quality < 0' selects alpha 10"):
+        check_gate_selectors(["alpha=10: quality < 0"], configs(baseline=None, emphasis="emphasis"), option="--steer-fail-if")
 
 
 def test_gate_syntax_error_names_the_option() -> None:

@@ -311,9 +311,9 @@ DELTA_PANELS = (("follow_rate", "Δ strict follow rate vs baseline"), (QUALITY_M
 
 
 def instruction_delta_figure(results: RunResults) -> Figure:
-    """Per instruction id (rows), one horizontal bar per alpha: the paired change from the baseline."""
+    """Per instruction id (rows), one horizontal bar per steered config: the paired change from the baseline."""
     deltas = instruction_deltas_vs_baseline(results.aggregates)
-    steered = [agg for agg in _steered(results) if agg.name in deltas]
+    steered = [agg for agg in results.aggregates if not agg.is_baseline and agg.name in deltas]
     ids = sorted({iid for per_id in deltas.values() for iid in per_id})
     panels = [(key, title) for key, title in DELTA_PANELS if any(key in m for d in deltas.values() for m in d.values())]
     height = 1.8 + 0.22 * max(len(ids), 1) * max(len(steered), 1)

@@ -7,6 +7,7 @@ read the same rows and format numbers the same way, so every output shows the sa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_steer.aggregate import METRICS, QUALITY_METRIC, instruction_deltas_vs_baseline
 from pytest_steer.results import RunResults

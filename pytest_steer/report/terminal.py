@@ -159,10 +159,15 @@ def write_summary(terminalreporter: Any, results: RunResults) -> None:
             terminalreporter.write_line(f"  {line}", green=passed, red=not passed)
     if results.n_lost:
         terminalreporter.write_line(
-            f"{results.n_lost} case(s) were collected but never reported (a crashed worker?); "
-            "the aggregates above leave them out",
+            f"{results.n_lost} case(s) were collected but did not report ({lost_reason(results)}); "
+            "the aggregates above count them as errors",
             yellow=True,
         )
+
+
+def lost_reason(results: RunResults) -> str:
+    errors = (record.get("error") or "" for record in results.records)
+    return next((error.removeprefix("lost: ") for error in errors if error.startswith("lost: ")), "unknown")
 
 
 def written_lines(paths: list[Path]) -> list[str]:

@@ -18,6 +18,7 @@ from pytest_steer.steering.errors import (
     SteeringWarning,
     UnsupportedModelError,
     UnsupportedTokenizerError,
+    describe_missing,
 )
 from pytest_steer.steering.heads import HeadConfig, default_head_layers, parse_heads
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeredBatch, SteeringMethod
@@ -45,6 +46,7 @@ __all__ = [
     "UnsupportedModelError",
     "UnsupportedTokenizerError",
     "default_head_layers",
+    "describe_missing",
     "locate_spans",
     "parse_heads",
     "prompt_key_bias",

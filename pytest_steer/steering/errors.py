@@ -28,3 +28,8 @@ class SpanLocationError(SteeringError, ValueError):
 
 class SteeringWarning(UserWarning):
     """A highlighted substring was not found in its prompt; that substring is not steered."""
+
+
+def describe_missing(spans: list[str] | tuple[str, ...]) -> str:
+    """The warning text for highlights a method could not find in their prompt."""
+    return f"highlighted text not found in the prompt, so not emphasized: {', '.join(map(repr, spans))}"

@@ -67,6 +67,11 @@ class SteeringMethod:
         """JSON-serializable values that, with the prompt, determine a response."""
         return {}
 
+    @property
+    def is_identity(self) -> bool:
+        """True when these parameters change nothing (PASTA at alpha 1): responses are the baseline's."""
+        return False
+
     def prepare(self, prompt: str, highlights: Sequence[str]) -> PreparedPrompt:
         return PreparedPrompt(prompt)
 

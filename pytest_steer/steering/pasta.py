@@ -100,6 +100,7 @@ class PASTA(SteeringMethod):
             raise ValueError(f"PASTA takes the parameters alpha, heads and scale_position, not {', '.join(sorted(unknown))}")
         if "alpha" not in params:
             raise ValueError("PASTA needs an alpha, e.g. pasta:alpha=10")
+        _check_model_type(_config_value(model_config, "model_type"))
         num_layers = int(_config_value(model_config, "num_hidden_layers"))
         heads = params.get("heads")
         if heads is None:
@@ -114,16 +115,15 @@ class PASTA(SteeringMethod):
         layers = [[layer, None if heads is None else list(heads)] for layer, heads in self.layer_selection.items()]
         return {"alpha": self.alpha, "layers": layers, "scale_position": self.scale_position}
 
+    @property
+    def is_identity(self) -> bool:
+        return self.alpha == 1.0
+
     def steer(self, batch: PromptBatch) -> SteeredRun:
         return self.apply(batch.model, batch.tokenizer, batch.input_ids, batch.attention_mask, batch.highlights, texts=batch.texts)
 
     def check_model_config(self, model_config: Mapping[str, Any]) -> None:
-        model_type = model_config.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModelError(
-                f"PASTA steering supports the Llama-family decoders {', '.join(SUPPORTED_MODEL_TYPES)}; this model is "
-                f"{model_type!r}. Use a model of one of those families, or a method that changes only the prompt (emphasis)"
-            )
+        _check_model_type(model_config.get("model_type"))
         resolve_heads(self.layer_selection, int(model_config["num_hidden_layers"]), int(model_config["num_attention_heads"]))
 
     def __init__(
@@ -209,7 +209,15 @@ class PASTA(SteeringMethod):
 
 
 def _config_value(model_config: Any, name: str) -> Any:
-    return model_config[name] if isinstance(model_config, Mapping) else getattr(model_config, name)
+    return model_config.get(name) if isinstance(model_config, Mapping) else getattr(model_config, name, None)
+
+
+def _check_model_type(model_type: str | None) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"PASTA steering supports the Llama-family decoders {', '.join(SUPPORTED_MODEL_TYPES)}; this model is "
+            f"{model_type!r}. Use a model of one of those families, or a method that changes only the prompt (emphasis)"
+        )
 
 
 @dataclass

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from report_fixtures import make_records, make_results, make_run
 
-from pytest_steer.gates import evaluate_gates
 from pytest_steer.__main__ import main
+from pytest_steer.gates import evaluate_gates
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.files import write_report
 from pytest_steer.report.json import results_dict, write_results

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 import numpy as np
+import pytest
 from report_fixtures import make_records, make_run
 
 from pytest_steer.aggregate import instruction_deltas_vs_baseline, instruction_quality

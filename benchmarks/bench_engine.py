@@ -3,7 +3,7 @@
 One run on the embedded SmolLM2-135M-Instruct (sampling, temperature 0.7) over prompts of
 the built-in suite:
 
-- batched engine (``plan_batches`` + ``Engine.generate``) against a one-prompt-at-a-time
+- batched engine (``batch_indices`` + ``Engine.generate``) against a one-prompt-at-a-time
   loop over the same cases and seeds (target: >= 4x tokens/s), and whether both give the
   same responses (a response must not depend on its batch);
 - PASTA-steered (alpha 10, default heads, include) against unsteered throughput
@@ -30,7 +30,7 @@ import torch
 
 from pytest_steer.cases import build_cases, steering_configs
 from pytest_steer.data import load_rows
-from pytest_steer.generation import Engine, Generation, GenerationRequest, GenerationSettings, plan_batches
+from pytest_steer.generation import Engine, Generation, GenerationRequest, GenerationSettings, batch_indices
 from pytest_steer.models import load_model
 from pytest_steer.options import SteerSettings
 from pytest_steer.runner import runner_for
@@ -41,7 +41,7 @@ def batched(engine: Engine, requests: list[GenerationRequest], batch: int, steer
     lengths = engine.prompt_lengths([r.prompt for r in requests])
     results: list[Generation | None] = [None] * len(requests)
     start = time.perf_counter()
-    for indices in plan_batches(lengths, batch):
+    for indices in batch_indices(lengths, batch):
         for i, generation in zip(indices, engine.generate([requests[i] for i in indices], steering)):
             results[i] = generation
     return [g for g in results if g is not None], time.perf_counter() - start

@@ -25,6 +25,16 @@ from pytest_steer.steering.method import SteeringMethod
 class Plan:
     configs: tuple[SteeringConfig, ...]
     cases: list[Case]
+    batches: dict[str, list[list[str]]]  # config name -> its generation batches, as case ids
+
+    def work_units(self) -> dict[str, str]:
+        """Case id -> the work unit that runs it under xdist: its config and batch."""
+        return {
+            case_id: f"{name}#{index}"
+            for name, batches in self.batches.items()
+            for index, batch in enumerate(batches)
+            for case_id in batch
+        }
 
 
 def run_configs(settings: SteerSettings, methods: Mapping[str, type[SteeringMethod]]) -> tuple[SteeringConfig, ...]:
@@ -65,14 +75,15 @@ def plan_cases(settings: SteerSettings, methods: Mapping[str, type[SteeringMetho
         if settings.shard is not None:
             with naming("--steer-shard"):
                 rows = select_shard(rows, settings.shard)
-        check_model(settings, configs, methods, [row.prompt for row in rows])
+        prompt_tokens = check_model(settings, configs, methods, [row.prompt for row in rows])
         for config in configs:
             if config.method == "pasta" and config.alpha == 1.0:
                 note = f"{config.name} is the identity (log 1 = 0): its responses are the baseline's, read from the response cache"
                 warnings.warn(SteeringWarning(note), stacklevel=1)
         with naming("--steer-highlight"):
             cases = build_cases(rows, configs, trials=settings.trials, seed=settings.seed, highlight=settings.highlight)
-        return Plan(configs, cases)
+        lengths = {row.key: length for row, length in zip(rows, prompt_tokens)}
+        return Plan(configs, cases, plan_batches(cases, lengths, settings))
     except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
         raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
 
@@ -116,29 +127,48 @@ def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...])
 
 def check_model(
     settings: SteerSettings, configs: tuple[SteeringConfig, ...], methods: Mapping[str, type[SteeringMethod]], prompts: list[str]
-) -> None:
-    """What the model's config.json and tokenizer decide, without its weights: heads, architecture, context."""
+) -> list[int]:
+    """What the model's config.json and tokenizer decide, without its weights: heads, architecture,
+    context. Returns each prompt's length in tokens (in characters when the tokenizer is not at hand)."""
     from pytest_steer import preflight
-    from pytest_steer.models import EMBEDDED, check_model_source, embedded_checkpoint, load_tokenizer
+    from pytest_steer.models import EMBEDDED, check_model_source, embedded_checkpoint, load_tokenizer, read_model_config
     from pytest_steer.steering.stack import check_steering_stack
 
     with naming("--steer-model"):
         check_model_source(settings.model)
         if settings.model == EMBEDDED:
             embedded_checkpoint()  # converted once per machine; its config and tokenizer are needed below
-        config = preflight.read_model_config(settings.model)
+        config = read_model_config(settings.model)
     if settings.heads:
         preflight.check_heads(settings.heads, config)
+    lengths = [len(prompt) for prompt in prompts]
     if config is not None:
         for steered in (c for c in configs if c.method is not None):
             with naming(f"--steer-model {settings.model} under {steered.name}"):
                 methods[steered.method].create(steered.parameters, config).check_model_config(config)
         with naming("--steer-model"):
             tokenizer = load_tokenizer(settings.model)
-        longest = max((_prompt_tokens(tokenizer, prompt) for prompt in prompts), default=0)
-        preflight.check_context(config, settings.max_new_tokens, longest)
+        lengths = [_prompt_tokens(tokenizer, prompt) for prompt in prompts]
+        preflight.check_context(config, settings.max_new_tokens, max(lengths, default=0))
     if any(c.method == "pasta" for c in configs):
         check_steering_stack(settings.attn_implementation)
+    return lengths
+
+
+def plan_batches(cases: list[Case], lengths: Mapping[str, int], settings: SteerSettings) -> dict[str, list[list[str]]]:
+    """Each config's cases in batches of similar prompt length: a pure function of the case list,
+    so every xdist worker and the controller plan the same batches without a model."""
+    from pytest_steer.generation import batch_indices, planned_batch_size
+    from pytest_steer.models import resolve_device
+
+    size = settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
+    by_config: dict[str, list[Case]] = {}
+    for case in cases:
+        by_config.setdefault(case.config.name, []).append(case)
+    return {
+        name: [[config_cases[i].id for i in batch] for batch in batch_indices([lengths[c.row.key] for c in config_cases], size)]
+        for name, config_cases in by_config.items()
+    }
 
 
 def _prompt_tokens(tokenizer: object, prompt: str) -> int:

@@ -115,10 +115,13 @@ def render_prompt(tokenizer: Any, prompt: str) -> str:
     return prompt
 
 
-def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
-    """Rows per batch: a fixed size on CPU; on GPUs, what a third of free memory holds as KV cache."""
-    if loaded.device.type != "cuda":
-        return CPU_BATCH_SIZE
+def planned_batch_size(device_type: str) -> int:
+    """Rows per planned batch when ``--steer-batch-size`` is auto: a CPU's size, or a GPU's upper bound."""
+    return MAX_BATCH_SIZE if device_type == "cuda" else CPU_BATCH_SIZE
+
+
+def memory_batch_limit(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
+    """On a GPU: how many rows a third of its free memory holds as KV cache."""
     config = loaded.model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -199,7 +202,7 @@ class Engine:
         return self.loaded.tokenizer.decode(tokens[: self._length(tokens)], skip_special_tokens=True)
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def batch_indices(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar prompt length (longest first), to limit padding.
 
     Ties keep their input order, so the plan is a pure function of the case list.

@@ -154,6 +154,20 @@ def converted_checkpoint_dir(cache_dir: Path | None = None) -> Path:
     return (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{size}"
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-tensor progress bar while weights load: the plugin prints one line for the whole load."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
     """Path of the safetensors checkpoint converted from the embedded GGUF, converting it once.
 
@@ -173,7 +187,8 @@ def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
         try:
             quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             config = quantized.config
-            del config.quantization_config  # a plain checkpoint: nothing left to de-quantize
+            if hasattr(config, "quantization_config"):  # transformers 5.0 already drops it after de-quantizing
+                del config.quantization_config  # a plain checkpoint: nothing left to de-quantize
             plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             plain.load_state_dict(quantized.state_dict())
             plain.save_pretrained(tmp)
@@ -235,10 +250,17 @@ def load_pretrained(loader: Any, name: str, *, what: str = "model", alternatives
         return loader.from_pretrained(repo, revision=revision, **kwargs)
 
 
-def _revision(model: Any, name: str, checkpoint: Path | None) -> str:
-    if checkpoint is not None:
-        return json.loads((checkpoint / FINGERPRINT_FILE).read_text())["revision"]
-    return getattr(model.config, "_commit_hash", None) or source_revision(name)
+def model_fingerprint(
+    name: str, *, device: torch.device, dtype: str = "auto", attn_implementation: str = "eager", cache_dir: Path | None = None
+) -> ModelFingerprint:
+    """The fingerprint of the weights ``load_model`` would load, read from files alone (no weights)."""
+    if name == EMBEDDED:
+        checkpoint = embedded_checkpoint(cache_dir)
+        display, revision = EMBEDDED_NAME, json.loads((checkpoint / FINGERPRINT_FILE).read_text())["revision"]
+    else:
+        display, revision = name, source_revision(name)
+    torch_dtype = resolve_dtype(dtype, device)
+    return ModelFingerprint(display, revision, str(torch_dtype).removeprefix("torch."), attn_implementation)
 
 
 def source_revision(name: str) -> str:
@@ -262,6 +284,33 @@ def source_revision(name: str) -> str:
     if isinstance(config, str):
         return Path(config).parent.name  # the hub cache keeps files under snapshots/<commit>/
     return revision or "unresolved"
+
+
+def read_model_config(source: str) -> dict[str, Any] | None:
+    """The ``config.json`` of a model as a dict, read without any weights: of a local
+    checkpoint folder, of a hub id already in the local Hugging Face cache, or of the
+    embedded default once converted. None when it is not available without downloading."""
+    config_file: Path | None = None
+    if source == EMBEDDED:
+        try:
+            config_file = converted_checkpoint_dir() / "config.json"
+        except ModelLoadError:  # the package is missing: the model source check says so
+            return None
+    elif Path(source).expanduser().is_dir():
+        config_file = Path(source).expanduser() / "config.json"
+    elif looks_like_hub_id(source):
+        repo, revision = split_revision(source)
+        cached = try_to_load_from_cache(repo, "config.json", revision=revision)
+        config_file = Path(cached) if isinstance(cached, str) else None
+    if config_file is None or not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"model {source!r}: cannot read {config_file} ({exc}); save the checkpoint again") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"model {source!r}: {config_file} holds no JSON object; save the checkpoint again")
+    return config
 
 
 def load_tokenizer(name: str, *, cache_dir: Path | None = None) -> Any:
@@ -298,7 +347,8 @@ def load_model(
     checkpoint = embedded_checkpoint(cache_dir) if name == EMBEDDED else None
     source = str(checkpoint) if checkpoint else name
     try:
-        model = load_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, attn_implementation=attn_implementation)
+        with _quiet_loading():
+            model = load_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, attn_implementation=attn_implementation)
     except HubUnavailableError:
         raise
     except (OSError, ValueError) as exc:
@@ -308,10 +358,5 @@ def load_model(
     tokenizer = load_tokenizer(name, cache_dir=cache_dir)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    fingerprint = ModelFingerprint(
-        name=EMBEDDED_NAME if checkpoint else name,
-        revision=_revision(model, name, checkpoint),
-        dtype=str(torch_dtype).removeprefix("torch."),
-        attn_implementation=attn_implementation,
-    )
+    fingerprint = model_fingerprint(name, device=torch_device, dtype=dtype, attn_implementation=attn_implementation, cache_dir=cache_dir)
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, device=torch_device)

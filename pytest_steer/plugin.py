@@ -77,7 +77,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from pytest_steer.scheduling import SteerScheduling
 
-    return SteerScheduling(config, log)
+    return SteerScheduling(config, log, units=steer_session(config).work_units())
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -121,7 +121,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             case = item.callspec.params[CASE_FIXTURE]  # type: ignore[attr-defined]
             report.outcome = "failed"  # strict mode: a missed instruction fails the case, whatever the test asserted
             report.longrepr = missed_instructions(record, case.row.kwargs)
-        report.steer_record = record.to_dict()  # travels to the xdist controller with the report
+        worker = getattr(item.config, "workerinput", {}).get("workerid")
+        report.steer_record = record.to_dict() | {"worker": worker}  # travels to the xdist controller with the report
     if hasattr(item.config, "workerinput"):
         progress = steer_session(item.config).progress.take_pending()
         if progress:

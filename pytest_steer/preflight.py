@@ -8,7 +8,6 @@ need them import them when called.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -80,39 +79,6 @@ def _probe(folder: Path, path: Path | str, option: str) -> None:
 
 
 # ---------------------------------------------------------------------------- model configuration
-
-
-def read_model_config(source: str, option: str = "--steer-model") -> dict[str, Any] | None:
-    """The ``config.json`` of a model as a dict, read without any weights: of a local
-    checkpoint folder, of a hub id already in the local Hugging Face cache, or of the
-    embedded default once converted. None when it is not available without downloading."""
-    from pytest_steer.hub import looks_like_hub_id, split_revision
-
-    config_file: Path | None = None
-    if source == "embedded":
-        from pytest_steer.models import ModelLoadError, converted_checkpoint_dir
-
-        try:
-            config_file = converted_checkpoint_dir() / "config.json"
-        except ModelLoadError:  # the package is missing: the model source check says so
-            return None
-    elif Path(source).expanduser().is_dir():
-        config_file = Path(source).expanduser() / "config.json"
-    elif looks_like_hub_id(source):
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, revision = split_revision(source)
-        cached = try_to_load_from_cache(repo, "config.json", revision=revision)
-        config_file = Path(cached) if isinstance(cached, str) else None
-    if config_file is None or not config_file.is_file():
-        return None
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise PreflightError(f"{option} {source}: cannot read {config_file} ({exc}); save the checkpoint again") from None
-    if not isinstance(config, dict):
-        raise PreflightError(f"{option} {source}: {config_file} holds no JSON object; save the checkpoint again")
-    return config
 
 
 def _config_value(config: Mapping[str, Any], *names: str) -> int | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,10 @@ from pytest_steer.generation import (
     Generation,
     GenerationRequest,
     GenerationSettings,
-    auto_batch_size,
-    plan_batches,
+    memory_batch_limit,
 )
 from pytest_steer.ifeval import evaluate
-from pytest_steer.models import LoadedModel, load_model
+from pytest_steer.models import LoadedModel, ModelFingerprint, load_model, model_fingerprint, read_model_config, resolve_device
 from pytest_steer.options import SteerSettings
 from pytest_steer.quality import QualityScorer, create_scorer
 from pytest_steer.records import CaseRecord
@@ -47,7 +46,7 @@ def runner_for(settings: SteerSettings, plan: Plan, **options: Any) -> CaseRunne
     """A runner of a plan with the built-in methods, outside a pytest session (benchmarks, tests)."""
     from pytest_steer.steering.registry import method_registry
 
-    return CaseRunner(settings, RunSpec.from_settings(settings, plan.configs), plan.cases, method_registry(), **options)
+    return CaseRunner(settings, RunSpec.from_settings(settings, plan.configs), plan, method_registry(), **options)
 
 
 class CaseRunner:
@@ -55,7 +54,7 @@ class CaseRunner:
         self,
         settings: SteerSettings,
         spec: RunSpec,
-        cases: Sequence[Case],
+        plan: Plan,
         methods: Mapping[str, type[SteeringMethod]],
         *,
         worker_index: int | None = None,
@@ -72,10 +71,12 @@ class CaseRunner:
         self.worker_index = worker_index
         self.progress = progress or (lambda message: None)
         self._cases_by_config: dict[str, list[Case]] = {}
-        for case in cases:
+        for case in plan.cases:
             self._cases_by_config.setdefault(case.config.name, []).append(case)
+        by_id = {case.id: case for case in plan.cases}
+        self._batches = {name: [[by_id[i] for i in batch] for batch in batches] for name, batches in plan.batches.items()}
+        self._batch_of_case = {case.id: batch for batches in self._batches.values() for batch in batches for case in batch}
         self._records: dict[str, CaseRecord] = {}
-        self._batches: dict[str, list[list[Case]]] = {}
         self._loaded: LoadedModel | None = None
         self._load_failure: Exception | None = None
         self._engine: Engine | None = None
@@ -108,6 +109,21 @@ class CaseRunner:
             self._engine = Engine(self.loaded, GenerationSettings(**self.spec.decoding))
         return self._engine
 
+    @functools.cached_property
+    def device(self) -> Any:
+        return resolve_device(self.settings.device, self.worker_index)
+
+    @functools.cached_property
+    def fingerprint(self) -> ModelFingerprint:
+        """Of the weights this worker answers with, read from files: a fully cached run loads none."""
+        s = self.settings
+        return model_fingerprint(s.model, device=self.device, dtype=s.dtype, attn_implementation=s.attn_implementation)
+
+    @functools.cached_property
+    def model_config(self) -> Any:
+        """The model's config.json, for making steering methods without loading weights."""
+        return read_model_config(self.settings.model) or self.loaded.model.config
+
     @property
     def scorer(self) -> QualityScorer:
         """Created on first use, once per worker; a failure to create it is remembered, not retried."""
@@ -126,28 +142,20 @@ class CaseRunner:
     def steering(self, config: SteeringConfig) -> SteeringMethod | None:
         """The config's method, made once for this model; None for the unsteered baseline."""
         if config.name not in self._steering:
-            method = None if config.method is None else self.methods[config.method].create(config.parameters, self.loaded.model.config)
+            method = None if config.method is None else self.methods[config.method].create(config.parameters, self.model_config)
             self._steering[config.name] = method
         return self._steering[config.name]
 
     def record(self, case: Case) -> CaseRecord:
         if case.id not in self._records:
-            self._run_batch(self._batch_of(case))
+            batch = self._batch_of_case.get(case.id)
+            if batch is None:
+                raise KeyError(f"case {case.id} is not in the collected plan")
+            self._run_batch(batch)
         return self._records[case.id]
 
     def _plan(self, config_name: str) -> list[list[Case]]:
-        if config_name not in self._batches:
-            cases = self._cases_by_config[config_name]
-            lengths = self.engine.prompt_lengths([case.row.prompt for case in cases])
-            size = self.settings.batch_size or auto_batch_size(self.loaded, max(lengths), self.settings.max_new_tokens)
-            self._batches[config_name] = [[cases[i] for i in batch] for batch in plan_batches(lengths, size)]
         return self._batches[config_name]
-
-    def _batch_of(self, case: Case) -> list[Case]:
-        for batch in self._plan(case.config.name):
-            if any(member.id == case.id for member in batch):
-                return batch
-        raise KeyError(f"case {case.id} is not in the collected plan")
 
     def _run_batch(self, batch: list[Case]) -> None:
         config = batch[0].config
@@ -209,7 +217,7 @@ class CaseRunner:
         misses = [i for i, generation in enumerate(found) if generation is None]
         if misses:
             requests = [GenerationRequest(batch[i].row.prompt, batch[i].seed, batch[i].highlights) for i in misses]
-            for i, generation in zip(misses, self.engine.generate(requests, steering)):
+            for i, generation in zip(misses, self._generate(requests, steering)):
                 found[i] = generation
                 if self.cache is not None:
                     payload = {
@@ -220,6 +228,14 @@ class CaseRunner:
                     self.cache.put(GENERATION, keys[i], payload)
         missed = set(misses)
         return keys, [g for g in found if g is not None], [i not in missed for i in range(len(batch))]
+
+    def _generate(self, requests: list[GenerationRequest], steering: SteeringMethod | None) -> list[Generation]:
+        """The planned batch, in as many passes as the device's memory needs (one on CPU)."""
+        rows = len(requests)
+        if self.settings.batch_size is None and self.device.type == "cuda":
+            lengths = self.engine.prompt_lengths([request.prompt for request in requests])
+            rows = memory_batch_limit(self.loaded, max(lengths), self.settings.max_new_tokens)
+        return [g for start in range(0, len(requests), rows) for g in self.engine.generate(requests[start : start + rows], steering)]
 
     def _cached_generation(self, key: str | None) -> Generation | None:
         entry = self.cache.get(GENERATION, key) if self.cache is not None and key is not None else None
@@ -253,7 +269,7 @@ class CaseRunner:
         if steering is not None and not steering.is_identity:
             steering_key = {"method": steering.name, "params": steering.params(), "highlights": list(case.highlights)}
         return generation_key(
-            model=self.loaded.fingerprint.to_dict(),
+            model=self.fingerprint.to_dict(),
             environment=self._environment(),
             prompt=case.row.prompt,
             steering=steering_key,
@@ -263,7 +279,7 @@ class CaseRunner:
 
     def _environment(self) -> dict[str, Any]:
         """What changes the numerics without changing any setting: device kind, engine, libraries."""
-        return {"device": self.loaded.device.type, "engine": ENGINE_VERSION, **_library_versions()}
+        return {"device": self.device.type, "engine": ENGINE_VERSION, **_library_versions()}
 
     def _check(
         self, case: Case, response: str, n_new_tokens: int, missing: list[str], quality: float | None, *, cached: bool = False
@@ -290,7 +306,7 @@ class CaseRunner:
             n_new_tokens=n_new_tokens,
             missing_spans=missing,
             cached=cached,
-            model=self.loaded.fingerprint.to_dict(),
+            model=self.fingerprint.to_dict(),
             method=case.config.method,
         )
 

@@ -64,6 +64,13 @@ class SteerSession:
     def cases(self) -> list[Case]:
         return self.plan.cases
 
+    def work_units(self) -> dict[str, str] | None:
+        """Case id -> xdist work unit; None when this process cannot plan (collection then reports why)."""
+        try:
+            return self.plan.work_units()
+        except Exception:  # the workers' collection fails with the same problem, and says it
+            return None
+
     @cached_property
     def configs(self) -> tuple[SteeringConfig, ...]:
         """The run's configs, known without collecting (an xdist controller collects nothing)."""
@@ -87,7 +94,7 @@ class SteerSession:
         return CaseRunner(
             s,
             self.spec,
-            self.cases,
+            self.plan,
             self.methods,
             worker_index=int(worker.removeprefix("gw")) if worker else None,
             progress=self.progress,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# pytester points HOME at a fresh folder for every run it starts; keep the converted embedded
+# model where this session found it, so that each subprocess does not convert it again.
+os.environ.setdefault("STEER_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pytest-steer"))
 
 
 @pytest.fixture(scope="session")

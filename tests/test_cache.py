@@ -152,12 +152,23 @@ def _run(settings: Any, cache_dir: Path | None) -> dict[str, Any]:
 
 @pytest.fixture
 def no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_steer import runner
     from pytest_steer.generation import Engine
 
     def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("generated although every response was cached")
+        raise AssertionError("generated (or loaded the weights) although every response was cached")
 
     monkeypatch.setattr(Engine, "generate", refuse)
+    monkeypatch.setattr(runner, "load_model", refuse)
+
+
+def test_a_fully_cached_rerun_loads_no_weights(tiny_checkpoint: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    settings = _settings(tiny_checkpoint)  # fluency quality: scored by the model, cached with the response
+    first = _run(settings, tmp_path)
+    request.getfixturevalue("no_generation")  # from here on, loading the weights or generating fails
+    again = _run(settings, tmp_path)
+    assert all(record.cached for record in again.values())
+    assert {i: (r.response, r.quality) for i, r in again.items()} == {i: (r.response, r.quality) for i, r in first.items()}
 
 
 def test_rerun_generates_nothing_and_changes_regenerate_only_what_changed(

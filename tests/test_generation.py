@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, PerRowSampler, plan_batches, uniform
+from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, PerRowSampler, batch_indices, uniform
 from pytest_steer.models import load_model
 
 
@@ -47,8 +47,8 @@ def test_nucleus_drops_the_tail() -> None:
     assert set(chosen.tolist()) == {0, 1}
 
 
-def test_plan_batches_longest_first_and_stable() -> None:
-    assert plan_batches([3, 9, 3, 5, 9], 2) == [[1, 4], [3, 0], [2]]
+def test_batches_are_longest_first_and_stable() -> None:
+    assert batch_indices([3, 9, 3, 5, 9], 2) == [[1, 4], [3, 0], [2]]
 
 
 @pytest.mark.parametrize("greedy", [False, True])

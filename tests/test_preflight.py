@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_steer.cases import SteeringConfig
+from pytest_steer.models import ModelLoadError, read_model_config
 from pytest_steer.preflight import (
     PreflightError,
     check_baseline_file,
@@ -23,7 +24,6 @@ from pytest_steer.preflight import (
     check_reward_model_offline,
     check_writable_dir,
     check_writable_file,
-    read_model_config,
 )
 
 TINY_CONFIG = {"model_type": "llama", "num_hidden_layers": 4, "num_attention_heads": 6, "max_position_embeddings": 512}
@@ -109,10 +109,10 @@ def test_config_of_a_cached_hub_id_and_of_an_uncached_one(tmp_path: Path, monkey
 
 def test_broken_config_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("[" * 100_000)
-    with pytest.raises(PreflightError, match=r"^--steer-model .*: cannot read .*config.json"):
+    with pytest.raises(ModelLoadError, match=r"^model .*: cannot read .*config.json"):
         read_model_config(str(tmp_path))
     (tmp_path / "config.json").write_text("[1, 2]")
-    with pytest.raises(PreflightError, match="holds no JSON object"):
+    with pytest.raises(ModelLoadError, match="holds no JSON object"):
         read_model_config(str(tmp_path))
 
 

@@ -8,6 +8,7 @@ does not fit, the metric columns wrap into a second block that repeats the confi
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,9 @@ def write_summary(terminalreporter: Any, results: RunResults) -> None:
         terminalreporter.write_line(
             f"responses: {results.n_cached} of {len(results.records)} cases from the response cache (--steer-no-cache regenerates)"
         )
+    workers = Counter(record["worker"] for record in results.records if record.get("worker"))
+    if workers:
+        terminalreporter.write_line("workers: " + ", ".join(f"{worker} ran {n} cases" for worker, n in sorted(workers.items())))
     terminalreporter.write_line("mean [95% CI over prompts]; Δ: paired difference from the baseline over the same prompts")
     terminalreporter.write_line("")
     for line in render_table(results, terminal_width(terminalreporter)):

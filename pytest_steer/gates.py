@@ -502,6 +502,14 @@ def _decision_interval(check: _Check) -> Interval:
     return Interval(check.replicates.estimate, low, high, check.replicates.n_prompts)
 
 
+def _format_p(check: _Check) -> str:
+    """A bootstrap p-value of 0 only says that no resample fell on the other side."""
+    resamples = check.replicates.replicates.size if check.replicates is not None else 0
+    if check.p_value == 0 and resamples:
+        return f"p < {1 / resamples:.2g}"
+    return f"p = {check.p_value:.3g}"
+
+
 def _result(check: _Check, correction: str) -> GateResult:
     gate, agg = check.gate, check.config
     label = _label(check.form, gate)
@@ -526,7 +534,7 @@ def _result(check: _Check, correction: str) -> GateResult:
         correction_text = f", Holm {check.rank} of {check.family_size}" if correction == "holm" and check.family_size > 1 else ""
         parts.append(
             f"{rule}: {gate.bound} {gate.op} {gate.threshold:g} at {level:.2%} one-sided{correction_text}; "
-            f"p = {check.p_value:.3g}; detectable ±{detectable:.3f} -> {shown_text}, {verdict}"
+            f"{_format_p(check)}; detectable ±{detectable:.3f} -> {shown_text}, {verdict}"
         )
     else:
         parts.append(f"{rule}: {gate.bound} {gate.op} {gate.threshold:g} -> {shown_text}, {verdict}")

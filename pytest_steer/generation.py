@@ -23,7 +23,7 @@ from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMe
 # Bumped whenever a change here alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.
 ENGINE_VERSION = 2
-CPU_BATCH_SIZE = 16
+CPU_BATCH_SIZE = 32  # measured: benchmarks/bench_batch_size.py
 MAX_BATCH_SIZE = 64
 
 

@@ -92,6 +92,16 @@ def test_xdist_gives_the_same_results_as_a_serial_run(pytester: pytest.Pytester,
     assert a["gates"] == b["gates"]
 
 
+def test_every_worker_is_busy_when_there_are_as_many_batches_as_workers(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    # One config only (the baseline), in two batches of three: each worker runs one batch.
+    result = pytester.runpytest_subprocess(
+        SUITE, "-p", "no:cacheprovider", "--rootdir", str(REPO), "--steer-model", str(tiny_checkpoint), "--steer-limit", "6",
+        "--steer-batch-size", "3", "--steer-max-new-tokens", "4", "--steer-no-cache", "-n", "2",
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["workers: gw0 ran 3 cases, gw1 ran 3 cases"])
+
+
 def test_a_crashed_worker_loses_only_its_case(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
     pytester.makepyfile(
         crash_one_case="""

@@ -106,3 +106,24 @@ def test_strict_mode_fails_a_missed_case_in_any_test_that_requests_it(pytester: 
     result.stdout.fnmatch_lines(["*instruction(s) not followed (strict)*"])
     recorded = pytester.runpytest_subprocess("test_mine.py", "-p", "no:cacheprovider", *args)
     assert recorded.ret == 0 and recorded.parseoutcomes().get("missed", 0) == outcomes["failed"]
+
+
+def test_a_highlight_missing_from_its_prompt_warns_once_on_its_own_case(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    rows = [
+        {"key": "fine", "prompt": "Write a poem. Do not use any commas.", "instructions": ["Do not use any commas."],
+         "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+        {"key": "odd", "prompt": "Write a poem without commas.", "instructions": ["Do not use any commas."],
+         "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+    ]
+    data = pytester.path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-dataset", str(data), "--steer-alpha", "10",
+        "--steer-max-new-tokens", "2", "--steer-no-cache", "-W", "always::pytest_steer.steering.SteeringWarning",
+    )
+    assert result.ret == 0, result.stdout.str()
+    output = result.stdout.str()
+    assert output.count("odd: highlighted text not found in the prompt, so not emphasized: 'Do not use any commas.'") == 1
+    result.stdout.fnmatch_lines(["*test_answers[[]odd-pasta_alpha10-t0[]]*"])
+    assert "fine: highlighted" not in output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_fixtures import make_records, make_run
+from report_fixtures import make_records, make_results, make_run
 
 from pytest_steer.aggregate import METRICS
 from pytest_steer.report.cases import read_cases, write_cases
@@ -115,3 +115,16 @@ def test_standalone_results_json_embeds_the_cases(results: RunResults, tmp_path:
     data = json.loads(write_results(results, tmp_path / "r.json", include_cases=True).read_text())
     assert data["cases"] == results.records
     assert read_results(tmp_path / "r.json").records == results.records
+
+
+def test_an_output_that_cannot_be_written_costs_only_itself(tmp_path: Path) -> None:
+    from pytest_steer.options import SteerSettings
+    from pytest_steer.report.outputs import write_outputs
+
+    blocked = tmp_path / "taken"
+    blocked.mkdir()  # a directory where the JSON file should go
+    settings = SteerSettings(json=blocked, summary_md=tmp_path / "summary.md", save=tmp_path / "baseline.json")
+    written = write_outputs(make_results(), settings, tmp_path / "report")
+    assert len(written.failures) == 1 and written.failures[0].startswith(f"--steer-json {blocked}: not written (")
+    assert {path.name for path in written.paths} >= {"report.html", "results.json", "summary.md", "baseline.json"}
+    assert all(path.is_file() for path in written.paths)

@@ -154,3 +154,24 @@ def test_progress_lines_leave_the_status_letters_readable(pytester: pytest.Pytes
         for config in ("baseline", "pasta_alpha10"):
             parallel.stdout.re_match_lines([rf"\[steer\] gw[01]: {config}: batch 1/1, 3/3 cases.*"])
         assert all(line.startswith("[steer]") for line in parallel.stdout.lines if "[steer]" in line)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steer-heads", "99"], "--steer-heads '99' names layer 99, but the model has 2 layers"),
+        (["--steer-max-new-tokens", "100000"], "--steer-max-new-tokens 100000: the longest prompt has * tokens and the model's context holds 512"),
+        (["--steer-gate", "alpha=7: quality >= 0"], "--steer-gate 'alpha=7: quality >= 0' selects alpha 7, which this run does not have"),
+        (["--steer-json", "/proc/forbidden/r.json"], "--steer-json /proc/forbidden/r.json: cannot write there*"),
+        (["--steer-baseline", "missing.json"], "--steer-baseline missing.json: no such file*"),
+        (["--steer-device", "cuda:7"], "--steer-device 'cuda:7'*"),
+    ],
+    ids=["heads", "context", "gate-selector", "output-path", "baseline-file", "device"],
+)
+def test_bad_input_is_refused_at_collection_in_one_message(pytester: pytest.Pytester, tiny_checkpoint: Path, args: list[str], message: str) -> None:
+    result = run_suite(pytester, "--steer-model", str(tiny_checkpoint), "--steer-alpha", "10", "--steer-limit", "2", *args)
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output  # an error during collection: nothing ran
+    result.stdout.fnmatch_lines([f"*pytest-steer: {message}*"])
+    assert output.count("pytest-steer: --steer-") == 1
+    assert "[steer] loaded" not in output and "Traceback" not in output

@@ -99,7 +99,9 @@ def steer_case(request: pytest.FixtureRequest) -> SteerCase:
         record = session.runner.record(request.param)
     except RunnerUnavailable as exc:  # nothing can run: one error, and the run stops here
         request.session.shouldstop = f"pytest-steer: {exc}"
-        pytest.fail(f"pytest-steer: {exc}", pytrace=False)
+        record = None
+    if record is None:  # failed outside the except block, so that the report shows no exception chain
+        pytest.fail(str(request.session.shouldstop), pytrace=False)
     request.node.stash[RECORD_KEY] = record
     if record.missing_spans:
         warnings.warn(SteeringWarning(f"{record.key}: {describe_missing(record.missing_spans)}"), stacklevel=1)
@@ -155,8 +157,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtestloop(session: pytest.Session) -> Iterator[Any]:
     """After the cases (on the controller, or in a plain run): the verdicts become test outcomes."""
-    result = yield
     steer = steer_session(session.config)
+    try:
+        result = yield
+    finally:
+        if session.shouldstop or session.shouldfail:
+            steer.stopped = str(session.shouldstop or session.shouldfail)
     if steer.reports_here:
         from pytest_steer.outcomes import report_verdicts
 
@@ -209,4 +215,4 @@ class ReportReceiver:
             self.session.receive(record, report.nodeid)
 
     def pytest_keyboard_interrupt(self) -> None:
-        self.session.interrupted = True
+        self.session.stopped = self.session.stopped or "the run was interrupted"  # pytest's own stops pass here too

@@ -163,6 +163,8 @@ class CaseRunner:
         start = time.perf_counter()
         try:
             keys, generations, cached = self._generations(batch, self.steering(config))
+        except RunnerUnavailable:  # no batch can run: the caller stops the run
+            raise
         except Exception as exc:  # one failed batch must not lose the rest of the run
             for case in batch:
                 self._records[case.id] = _error_record(case, f"generation failed: {type(exc).__name__}: {exc}")

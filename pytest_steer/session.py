@@ -34,7 +34,7 @@ class SteerSession:
         self.progress = Progress(config)
         self.records: list[dict[str, Any]] = []  # received on the controller, in report order
         self.expected: list[str] = []  # node ids of the collected cases (on the controller too)
-        self.interrupted = False
+        self.stopped: str | None = None  # why the run ended before every case ran (Ctrl-C, -x, a model that cannot load)
         self.written = Written()
         self._results: RunResults | None = None
 
@@ -111,11 +111,7 @@ class SteerSession:
             from pytest_steer.records import lost_record
             from pytest_steer.results import RunResults
 
-            reason = (
-                "the run was interrupted before the case reported"
-                if self.interrupted
-                else "the case never reported (its worker crashed)"
-            )
+            reason = f"not run: {self.stopped}" if self.stopped else "the case never reported (its worker crashed)"
             reported = {record["nodeid"] for record in self.records}
             configs = {config.name: config for config in self.configs}
             lost = [lost_record(nodeid, configs, reason) for nodeid in self.expected if nodeid not in reported]

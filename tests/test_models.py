@@ -118,3 +118,21 @@ def test_embedded_model_is_converted_once_and_fingerprinted() -> None:
     assert loaded.fingerprint.revision.startswith("sha256:")
     assert loaded.tokenizer.pad_token == loaded.tokenizer.eos_token
     assert embedded_checkpoint() == checkpoint
+
+
+def test_a_model_that_fails_to_load_is_one_error_and_stops_the_run(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")  # config.json is fine: collection passes
+    repo = Path(__file__).resolve().parents[1]
+    result = pytester.runpytest_subprocess(
+        str(repo / "suites" / "ifeval"), "-p", "no:cacheprovider", "--rootdir", str(repo), "--steer-model", str(broken),
+        "--steer-limit", "3", "--steer-no-cache",
+    )
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert result.parseoutcomes().get("errors") == 1  # the first case; the others never ran
+    result.stdout.fnmatch_lines(["*did not report (not run: pytest-steer: --steer-model *: the model failed to load: SafetensorError*"])
+    assert "crashed" not in output and "Traceback" not in output and "direct cause" not in output

@@ -27,6 +27,12 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating $venv"
   "${PYTHON:-python3}" -m venv "$venv"
 fi
+if [ -n "$constraints" ] && ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "[setup] the tested set ($(basename "$constraints")) is pinned for Python 3.11 and later, and $venv has Python" \
+    "$("$venv/bin/python" -c 'import platform; print(platform.python_version())')." \
+    "Use PYTHON=python3.11 (or newer) with a new STEER_VENV, or STEER_RESOLVE=latest to resolve for this Python." >&2
+  exit 2
+fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 stamp="$venv/.steer-setup"
 wanted="$(cat "$root/pyproject.toml" "$0" ${constraints:+"$constraints"} | sha256sum | cut -c1-16)-$resolve-$torch_spec"

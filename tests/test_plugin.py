@@ -175,3 +175,31 @@ def test_bad_input_is_refused_at_collection_in_one_message(pytester: pytest.Pyte
     result.stdout.fnmatch_lines([f"*pytest-steer: {message}*"])
     assert output.count("pytest-steer: --steer-") == 1
     assert "[steer] loaded" not in output and "Traceback" not in output
+
+
+def test_alpha_one_is_noted_and_reuses_the_baseline_responses(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_suite(
+        pytester, "--steer-model", str(tiny_checkpoint), "--steer-alpha", "1", "--steer-limit", "2", "--steer-max-new-tokens", "4",
+        "--steer-cache-dir", str(tmp_path / "cache"),
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*pasta_alpha1 is the identity (log 1 = 0): its responses are the baseline's*"])
+    result.stdout.fnmatch_lines(["[[]steer[]] pasta_alpha1: 2 cases from cache"])
+
+
+def test_an_interrupted_run_says_so_and_blames_no_crash(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    pytester.makepyfile(
+        interrupt_second="""
+        def pytest_runtest_call(item):
+            if item.nodeid.endswith("[s002-baseline-t0]"):
+                raise KeyboardInterrupt
+        """
+    )
+    result = run_suite(
+        pytester, "-p", "interrupt_second", "--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-max-new-tokens", "4",
+        "--steer-no-cache",
+    )
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    result.stdout.fnmatch_lines(["*did not report (not run: the run was interrupted)*"])
+    assert "crashed" not in output

@@ -23,7 +23,10 @@ from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMe
 # Bumped whenever a change here alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.
 ENGINE_VERSION = 2
-CPU_BATCH_SIZE = 32  # measured: benchmarks/bench_batch_size.py
+# Measured (benchmarks/bench_batch_size.py and the demo): 32 rows make 1.27x the tokens/s of 16 at 32 new
+# tokens, but the demo (64 new tokens) took 3:31 at 32 against 3:07 at 16, since rows that end early keep
+# costing work until their batch ends. 16 stays the default until finished rows leave the batch.
+CPU_BATCH_SIZE = 16
 MAX_BATCH_SIZE = 64
 
 

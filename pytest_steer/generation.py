@@ -23,10 +23,7 @@ from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMe
 # Bumped whenever a change here alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.
 ENGINE_VERSION = 2
-# Measured (benchmarks/bench_batch_size.py and the demo): 32 rows make 1.27x the tokens/s of 16 at 32 new
-# tokens, but the demo (64 new tokens) took 3:31 at 32 against 3:07 at 16, since rows that end early keep
-# costing work until their batch ends. 16 stays the default until finished rows leave the batch.
-CPU_BATCH_SIZE = 16
+CPU_BATCH_SIZE = 32  # benchmarks/bench_batch_size.py: 1.22x the tokens/s of 16 rows at 64 new tokens, 1.27x at 32
 MAX_BATCH_SIZE = 64
 
 

@@ -101,8 +101,6 @@ def naming(option: str) -> Iterator[None]:
 
     try:
         yield
-    except OptionError:
-        raise
     except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
         raise OptionError(with_option(option, str(exc))) from None
 

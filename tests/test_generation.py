@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, PerRowSampler, batch_indices, uniform
+from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, batch_indices
 from pytest_steer.models import load_model
+from pytest_steer.sampling import RowSampler, uniform
 
 
 def test_uniform_draws_are_in_range_deterministic_and_well_spread() -> None:
@@ -28,13 +29,11 @@ def test_a_rows_draw_depends_on_its_seed_only() -> None:
     assert alone.item() == in_batch[1].item()
 
 
-def test_sampler_follows_the_distribution_and_keeps_one_token_per_row() -> None:
+def test_sampler_follows_the_distribution_with_one_token_per_row() -> None:
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
     scores = probs.log().expand(4000, -1).clone()
-    sampler = PerRowSampler(range(4000), temperature=1.0, top_p=1.0, device=torch.device("cpu"))
-    out = sampler(torch.zeros(4000, 1, dtype=torch.long), scores)
-    assert bool((torch.isfinite(out).sum(dim=-1) == 1).all())
-    chosen = out.argmax(dim=-1)
+    chosen = RowSampler(temperature=1.0, top_p=1.0)(scores, torch.arange(4000), step=0)
+    assert chosen.shape == (4000,)
     frequencies = torch.bincount(chosen, minlength=4).float() / 4000
     assert torch.allclose(frequencies, probs, atol=0.03)
     assert frequencies[3] == 0
@@ -42,8 +41,7 @@ def test_sampler_follows_the_distribution_and_keeps_one_token_per_row() -> None:
 
 def test_nucleus_drops_the_tail() -> None:
     scores = torch.tensor([0.6, 0.3, 0.1]).log().expand(2000, -1).clone()
-    sampler = PerRowSampler(range(2000), temperature=1.0, top_p=0.8, device=torch.device("cpu"))
-    chosen = sampler(torch.zeros(2000, 1, dtype=torch.long), scores).argmax(dim=-1)
+    chosen = RowSampler(temperature=1.0, top_p=0.8)(scores, torch.arange(2000), step=0)
     assert set(chosen.tolist()) == {0, 1}
 
 

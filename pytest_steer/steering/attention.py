@@ -171,6 +171,12 @@ class PromptKeyBias:
         self._implementation: str | None = None
         self._handles: list[RemovableHandle] = []
         self._modules: list[nn.Module] = []
+        self._rows: torch.Tensor | None = None  # prompt row of each forward row; None: the batch as given
+
+    def select_rows(self, prompt_rows: torch.Tensor) -> None:
+        """Forwards from now on run one row per entry: that prompt row's bias (repeats allowed)."""
+        self._rows = prompt_rows.to(self.prompt_ids.device)
+        self._latest.clear()
 
     def install(self, model: nn.Module, attention: Sequence[nn.Module]) -> None:
         register_steered_attention()
@@ -197,7 +203,7 @@ class PromptKeyBias:
             handle.remove()
         if self._model is not None:
             self._model.set_attn_implementation(self._implementation)
-        self._modules, self._handles, self._model = [], [], None
+        self._modules, self._handles, self._model, self._rows = [], [], None, None
         self._latest.clear()
 
     def _check_prompt(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -207,12 +213,13 @@ class PromptKeyBias:
         refuses when it has fewer keys than the prompt).
         """
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        prompt_rows, prompt_length = self.prompt_ids.shape
+        prompt_ids = self.prompt_ids if self._rows is None else self.prompt_ids[self._rows]
+        prompt_rows, prompt_length = prompt_ids.shape
         if input_ids is None or input_ids.shape[1] < prompt_length:
             return
         rows = input_ids.shape[0]
         if rows % prompt_rows == 0:
-            expected = self.prompt_ids.repeat_interleave(rows // prompt_rows, dim=0).to(input_ids.device)
+            expected = prompt_ids.repeat_interleave(rows // prompt_rows, dim=0).to(input_ids.device)
             if torch.equal(input_ids[:, :prompt_length], expected):
                 return
         raise SteeringError(
@@ -263,6 +270,8 @@ class PromptKeyBias:
     def _bias_over_keys(self, heads: HeadSet, batch: int, keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(batch, heads, 1, keys): the prompt bias at key positions 0..P-1, zero past the prompt."""
         prompt_bias = self._head_bias[heads]
+        if self._rows is not None:
+            prompt_bias = prompt_bias[self._rows]
         prompt_rows, prompt_length = prompt_bias.shape[0], prompt_bias.shape[-1]
         if batch != prompt_rows:
             if batch % prompt_rows:

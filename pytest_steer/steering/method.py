@@ -5,7 +5,11 @@ A method changes what the model is given, at one or both of two points:
 - ``prepare(prompt, highlights)``: the prompt text, before the chat template (a prompt
   method such as ``emphasis``);
 - ``steer(batch)``: a context manager that generation runs under, given the tokenized,
-  left-padded batch and each row's highlights (a model method such as PASTA).
+  left-padded batch of distinct prompts and each one's highlights (a model method such as
+  PASTA). The forwards inside it are the prefill of that batch, then decode steps whose
+  rows are responses: before the rows change (a prompt fanned out to its trials, a
+  finished response dropped), generation calls ``select_rows`` on the object the block
+  yields with the prompt row of every response row.
 
 ``params()`` names everything a response depends on besides the prompt; it goes into the
 response cache key, the run's fingerprint, results.json and the report. Methods are made
@@ -44,9 +48,14 @@ class PromptBatch:
 
 @dataclass
 class SteeredBatch:
-    """What a ``steer`` block reports: per row, the highlights it could not place."""
+    """What a ``steer`` block yields: per prompt row, the highlights it could not place."""
 
     missing: list[list[str]] = field(default_factory=list)
+
+    def select_rows(self, prompt_rows: Any) -> None:
+        """The forwards that follow run one row per entry of ``prompt_rows`` (a 1-D tensor of
+        prompt row indices, repeats allowed). A method that keeps per-row state indexes it
+        here; this one keeps none."""
 
 
 class SteeringMethod:

@@ -235,6 +235,10 @@ class SteeredRun:
     def steered_rows(self) -> list[bool]:
         return [bool(row.any()) for row in self.key_bias]
 
+    def select_rows(self, prompt_rows: torch.Tensor) -> None:
+        """The forwards that follow run these prompt rows (see ``SteeredBatch.select_rows``)."""
+        self._bias.select_rows(prompt_rows)
+
     def __enter__(self) -> SteeredRun:
         if self._model in _STEERED_MODELS:
             raise SteeringError("this model is already inside a PASTA.apply() block; leave it before opening another")

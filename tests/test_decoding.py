@@ -1,0 +1,122 @@
+"""The decode loop against transformers' generate, with rows that end early and shared prefills."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_steer.decoding import cache_argument, decode
+from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, render_prompt
+from pytest_steer.models import load_model
+from pytest_steer.sampling import greedy
+from pytest_steer.steering import PASTA
+from pytest_steer.steering.errors import UnsupportedModelError
+
+PROMPTS = ["Write a haiku about rain.", "Name three colours, please, in a list.", "Hi."]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint: Path):
+    return load_model(str(tiny_checkpoint), device="cpu", dtype="float32")
+
+
+def _batch(loaded, prompts: list[str]):
+    texts = [render_prompt(loaded.tokenizer, p) for p in prompts]
+    return loaded.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def _reference(loaded, batch, new_tokens: int, eos: list[int]) -> list[list[int]]:
+    """transformers' greedy generate, cut after each row's first end-of-sequence token."""
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **batch, max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=loaded.tokenizer.pad_token_id,
+            temperature=None, top_p=None, top_k=None,
+        )  # fmt: skip
+    rows = []
+    for row in out[:, batch["input_ids"].shape[1] :].tolist():
+        ends = [i for i, token in enumerate(row) if token in eos]
+        rows.append(row[: ends[0] + 1] if ends else row)
+    return rows
+
+
+def _early_eos(loaded, batch) -> list[int]:
+    """Tokens that end rows at different steps: what the first row emits at its 3rd greedy step."""
+    free_run = _reference(loaded, batch, 6, eos=[-1])
+    return [free_run[0][2]]
+
+
+def test_greedy_decode_equals_generate_when_rows_end_at_different_steps(loaded) -> None:
+    batch = _batch(loaded, PROMPTS)
+    eos = _early_eos(loaded, batch)
+    expected = _reference(loaded, batch, 10, eos)
+    assert len({len(row) for row in expected}) > 1, "the test needs rows that end at different steps"
+    with torch.inference_mode():
+        tokens = decode(
+            loaded.model, batch["input_ids"], batch["attention_mask"], torch.arange(3), torch.zeros(3, dtype=torch.int64),
+            max_new_tokens=10, eos_ids=eos, choose=greedy,
+        )  # fmt: skip
+    assert tokens == expected
+
+
+def test_steered_decode_with_dropped_rows_equals_each_row_alone(loaded) -> None:
+    """A dropped row takes its KV cache and its steering bias with it; the others keep theirs."""
+    pasta = PASTA(head_config=[0, 1], alpha=20.0)
+    highlights = [["about rain."], ["in a list."], ["Hi."]]
+    batch = _batch(loaded, PROMPTS)
+    eos = _early_eos(loaded, batch)
+
+    def steered(rows: list[int], fan_out: list[int]) -> list[list[int]]:
+        sub = _batch(loaded, [PROMPTS[r] for r in rows])
+        texts = [render_prompt(loaded.tokenizer, PROMPTS[r]) for r in rows]
+        run = pasta.apply(loaded.model, loaded.tokenizer, sub["input_ids"], sub["attention_mask"], [highlights[r] for r in rows], texts=texts)
+        with torch.inference_mode(), run:
+            return decode(
+                loaded.model, sub["input_ids"], sub["attention_mask"], torch.tensor(fan_out), torch.zeros(len(fan_out), dtype=torch.int64),
+                max_new_tokens=10, eos_ids=eos, choose=greedy, rows_changed=run.select_rows,
+            )  # fmt: skip
+
+    together = steered([0, 1, 2], [0, 1, 2, 0])
+    assert len({len(row) for row in together}) > 1
+    assert together[3] == together[0]  # a prompt fanned out to two rows continues identically under greedy
+    assert together[:3] == [steered([r], [0])[0] for r in range(3)]
+    unsteered = [_reference(loaded, _batch(loaded, [p]), 10, eos)[0] for p in PROMPTS]
+    assert together[:3] != unsteered
+
+
+def test_trials_of_one_prompt_share_its_prefill_and_keep_their_own_samples(loaded) -> None:
+    engine = Engine(loaded, GenerationSettings(max_new_tokens=8, temperature=1.5))
+    requests = [GenerationRequest(PROMPTS[0], seed) for seed in (1, 2, 3)] + [GenerationRequest(PROMPTS[1], 1)]
+    calls = []
+    handle = loaded.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        together = engine.generate(requests)
+    finally:
+        handle.remove()
+    assert calls[0][0] == 2  # one prefill row per distinct prompt
+    assert together == [engine.generate([request])[0] for request in requests]
+    assert len({g.text for g in together[:3]}) > 1
+
+
+def test_greedy_trials_share_one_response(loaded) -> None:
+    engine = Engine(loaded, GenerationSettings(max_new_tokens=6, greedy=True))
+    calls = []
+    handle = loaded.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        first, second = engine.generate([GenerationRequest(PROMPTS[0], 1), GenerationRequest(PROMPTS[0], 2)])
+    finally:
+        handle.remove()
+    assert first == second
+    assert {shape[0] for shape in calls} == {1}
+
+
+def test_the_cache_argument_is_read_from_the_forward_signature(loaded) -> None:
+    assert cache_argument(loaded.model) in ("cache", "past_key_values")
+
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    with pytest.raises(UnsupportedModelError, match="KV cache under none of the names cache, past_key_values"):
+        cache_argument(NoCache())

@@ -11,6 +11,9 @@ What is stored:
   (:func:`quality_key`; for a reward model, the revision of its weights too). Fluency is
   a forward pass of the model and a reward model may be large, so scores are kept too;
   instruction checks are cheap and always recomputed.
+- ``prompt_tokens`` entries: a prompt's length in tokens after the chat template, under
+  one tokenizer (:func:`prompt_tokens_key`), so that a run whose responses are all cached
+  plans its batches without loading the tokenizer.
 
 Layout: ``<dir>/<namespace>/<first two hex digits>/<sha256 of the key>.json``. Each file is
 written to a temporary file in the same folder and renamed into place (``os.replace``),
@@ -34,12 +37,14 @@ from typing import Any
 CACHE_FORMAT = 1
 GENERATION = "generation"
 QUALITY = "quality"
+PROMPT_TOKENS = "prompt_tokens"
 CACHE_DIR_NAME = "steer-responses"
 
 # The fields of each namespace's payload and their types (a type tuple allows several).
 _PAYLOAD_FIELDS: dict[str, dict[str, Any]] = {
     GENERATION: {"text": str, "n_new_tokens": int, "missing_spans": list},
     QUALITY: {"quality": (float, int, type(None))},
+    PROMPT_TOKENS: {"tokens": int},
 }
 
 
@@ -79,6 +84,11 @@ def generation_key(
 def quality_key(generation: str, scorer: Mapping[str, Any]) -> str:
     """Key of the quality score of the response cached under ``generation``."""
     return digest({"format": CACHE_FORMAT, "generation": generation, "scorer": dict(scorer)})
+
+
+def prompt_tokens_key(tokenizer: Mapping[str, Any], prompt: str) -> str:
+    """Key of a prompt's templated length under the tokenizer named by ``tokenizer`` (source and revision)."""
+    return digest({"format": CACHE_FORMAT, "tokenizer": dict(tokenizer), "prompt": prompt})
 
 
 class ResponseCache:

@@ -10,9 +10,11 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from pytest_steer.cache import PROMPT_TOKENS, ResponseCache, prompt_tokens_key
 from pytest_steer.cases import Case, SteeringConfig, build_cases, steering_configs
 from pytest_steer.data import DatasetError, Selection, load_rows, select
 from pytest_steer.hub import HubUnavailableError
@@ -49,10 +51,13 @@ def run_configs(settings: SteerSettings, methods: Mapping[str, type[SteeringMeth
     return tuple(steering_configs(settings.alpha, requested, heads=settings.heads, scale_position=settings.scale_position))
 
 
-def plan_cases(settings: SteerSettings, methods: Mapping[str, type[SteeringMethod]] | None = None) -> Plan:
+def plan_cases(
+    settings: SteerSettings, methods: Mapping[str, type[SteeringMethod]] | None = None, *, cache_dir: Path | None = None
+) -> Plan:
     """The run's configs and cases, after every check that needs no model weights.
 
-    ``methods`` defaults to the built-in ones.
+    ``methods`` defaults to the built-in ones. Prompt lengths are read from the response
+    cache under ``cache_dir`` when it holds them, so a fully cached run loads no tokenizer.
     """
     from pytest_steer.models import ModelLoadError
     from pytest_steer.steering import SteeringError, SteeringWarning
@@ -75,7 +80,8 @@ def plan_cases(settings: SteerSettings, methods: Mapping[str, type[SteeringMetho
         if settings.shard is not None:
             with naming("--steer-shard"):
                 rows = select_shard(rows, settings.shard)
-        prompt_tokens = check_model(settings, configs, methods, [row.prompt for row in rows])
+        cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        prompt_tokens = check_model(settings, configs, methods, [row.prompt for row in rows], cache)
         for config in configs:
             if config.method == "pasta" and config.alpha == 1.0:
                 note = f"{config.name} is the identity (log 1 = 0): its responses are the baseline's, read from the response cache"
@@ -124,13 +130,16 @@ def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...])
 
 
 def check_model(
-    settings: SteerSettings, configs: tuple[SteeringConfig, ...], methods: Mapping[str, type[SteeringMethod]], prompts: list[str]
+    settings: SteerSettings,
+    configs: tuple[SteeringConfig, ...],
+    methods: Mapping[str, type[SteeringMethod]],
+    prompts: list[str],
+    cache: ResponseCache | None = None,
 ) -> list[int]:
     """What the model's config.json and tokenizer decide, without its weights: heads, architecture,
     context. Returns each prompt's length in tokens (in characters when the tokenizer is not at hand)."""
     from pytest_steer import preflight
-    from pytest_steer.models import EMBEDDED, check_model_source, embedded_checkpoint, load_tokenizer, read_model_config
-    from pytest_steer.steering.stack import check_steering_stack
+    from pytest_steer.models import EMBEDDED, check_model_source, embedded_checkpoint, read_model_config
 
     with naming("--steer-model"):
         check_model_source(settings.model)
@@ -145,12 +154,28 @@ def check_model(
             with naming(f"--steer-model {settings.model} under {steered.name}"):
                 methods[steered.method].create(steered.parameters, config).check_model_config(config)
         with naming("--steer-model"):
-            tokenizer = load_tokenizer(settings.model)
-        lengths = [_prompt_tokens(tokenizer, prompt) for prompt in prompts]
+            lengths = prompt_token_lengths(settings.model, prompts, cache)
         preflight.check_context(config, settings.max_new_tokens, max(lengths, default=0))
-    if any(c.method == "pasta" for c in configs):
-        check_steering_stack(settings.attn_implementation)
     return lengths
+
+
+def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | None) -> list[int]:
+    """Each prompt's length in tokens after the chat template; the tokenizer is loaded only for lengths not cached."""
+    from pytest_steer.generation import render_prompt
+    from pytest_steer.models import load_tokenizer, tokenizer_revision
+
+    revision = tokenizer_revision(model) if cache is not None else None
+    keys = [prompt_tokens_key({"model": model, "revision": revision}, prompt) for prompt in prompts] if revision else []
+    entries = [cache.get(PROMPT_TOKENS, key) for key in keys] if cache is not None and keys else [None] * len(prompts)
+    lengths = [None if entry is None else entry["tokens"] for entry in entries]
+    if None in lengths:
+        tokenizer = load_tokenizer(model)
+        for i, prompt in enumerate(prompts):
+            if lengths[i] is None:
+                lengths[i] = len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+                if cache is not None and keys:
+                    cache.put(PROMPT_TOKENS, keys[i], {"tokens": lengths[i]})
+    return [int(length) for length in lengths if length is not None]
 
 
 def plan_batches(cases: list[Case], lengths: Mapping[str, int], settings: SteerSettings) -> dict[str, list[list[str]]]:
@@ -168,8 +193,3 @@ def plan_batches(cases: list[Case], lengths: Mapping[str, int], settings: SteerS
         for name, config_cases in by_config.items()
     }
 
-
-def _prompt_tokens(tokenizer: object, prompt: str) -> int:
-    from pytest_steer.generation import render_prompt
-
-    return len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])  # type: ignore[operator]

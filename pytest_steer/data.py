@@ -70,11 +70,11 @@ def load_rows(source: str, *, split: str | None = None) -> list[PromptRow]:
 
 
 def _read_local(path: Path) -> list[dict[str, Any]]:
-    import pandas as pd
-
     try:
-        if path.suffix == ".jsonl":
+        if path.suffix == ".jsonl":  # the common case reads without pandas (a third of a second to import)
             return [row for _, row in read_json_lines(path)]
+        import pandas as pd
+
         if path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             return data if isinstance(data, list) else pd.DataFrame(data).to_dict("records")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -286,6 +287,22 @@ def source_revision(name: str) -> str:
     return revision or "unresolved"
 
 
+def tokenizer_revision(name: str) -> str | None:
+    """Which tokenizer (and chat template) a model source stands for, read without loading it;
+    None when unknown (a hub id not in the local cache)."""
+    if name == EMBEDDED:
+        return json.loads((embedded_checkpoint() / FINGERPRINT_FILE).read_text())["revision"]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix not in (".safetensors", ".bin")):
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return f"local:{digest.hexdigest()[:16]}"
+    revision = source_revision(name)
+    return None if revision in ("unknown", "unresolved") else revision
+
+
 def read_model_config(source: str) -> dict[str, Any] | None:
     """The ``config.json`` of a model as a dict, read without any weights: of a local
     checkpoint folder, of a hub id already in the local Hugging Face cache, or of the
@@ -314,10 +331,17 @@ def read_model_config(source: str) -> dict[str, Any] | None:
 
 
 def load_tokenizer(name: str, *, cache_dir: Path | None = None) -> Any:
-    """The tokenizer alone (left padding, a pad token), for work that needs no weights."""
+    """The tokenizer alone (left padding, a pad token), for work that needs no weights.
+
+    Loaded once per process and source: planning at collection and the loaded model share it.
+    """
+    return _load_tokenizer(str(embedded_checkpoint(cache_dir)) if name == EMBEDDED else name)
+
+
+@functools.cache
+def _load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
-    source = str(embedded_checkpoint(cache_dir)) if name == EMBEDDED else name
     tokenizer = load_pretrained(AutoTokenizer, source)
     tokenizer.padding_side = "left"  # decoder-only generation appends on the right
     if tokenizer.pad_token is None:

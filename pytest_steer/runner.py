@@ -33,7 +33,9 @@ from pytest_steer.options import SteerSettings
 from pytest_steer.quality import QualityScorer, create_scorer
 from pytest_steer.records import CaseRecord
 from pytest_steer.spec import RunSpec
+from pytest_steer.steering import PASTA, SteeringError
 from pytest_steer.steering.method import SteeringMethod
+from pytest_steer.steering.stack import check_steering_stack
 
 Progress = Callable[[str], None]
 
@@ -73,6 +75,7 @@ class CaseRunner:
         self._cases_by_config: dict[str, list[Case]] = {}
         for case in plan.cases:
             self._cases_by_config.setdefault(case.config.name, []).append(case)
+        self._cases = plan.cases
         by_id = {case.id: case for case in plan.cases}
         self._batches = {name: [[by_id[i] for i in batch] for batch in batches] for name, batches in plan.batches.items()}
         self._batch_of_case = {case.id: batch for batches in self._batches.values() for batch in batches for case in batch}
@@ -145,6 +148,13 @@ class CaseRunner:
             method = None if config.method is None else self.methods[config.method].create(config.parameters, self.model_config)
             self._steering[config.name] = method
         return self._steering[config.name]
+
+    def needs_generation(self, method: str) -> bool:
+        """Whether any case under ``method`` has no response in the cache yet (always, without a cache)."""
+        cases = [case for case in self._cases if case.config.method == method]
+        if self.cache is None or not cases:
+            return bool(cases)
+        return any(self._cached_generation(self._generation_key(case, self.steering(case.config))) is None for case in cases)
 
     def record(self, case: Case) -> CaseRecord:
         if case.id not in self._records:
@@ -233,6 +243,11 @@ class CaseRunner:
 
     def _generate(self, requests: list[GenerationRequest], steering: SteeringMethod | None) -> list[Generation]:
         """The planned batch, in as many passes as the device's memory needs (one on CPU)."""
+        if isinstance(steering, PASTA):  # checked at collection when PASTA had cases to generate; once per process
+            try:
+                check_steering_stack(self.settings.attn_implementation)
+            except SteeringError as exc:
+                raise RunnerUnavailable(str(exc)) from None
         rows = len(requests)
         if self.settings.batch_size is None and self.device.type == "cuda":
             lengths = self.engine.prompt_lengths([request.prompt for request in requests])

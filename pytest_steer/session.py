@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -37,6 +38,7 @@ class SteerSession:
         self.stopped: str | None = None  # why the run ended before every case ran (Ctrl-C, -x, a model that cannot load)
         self.written = Written()
         self._results: RunResults | None = None
+        self._stack_checked = False
 
     @property
     def is_worker(self) -> bool:
@@ -58,11 +60,27 @@ class SteerSession:
         """Load and validate the prompts once; bad input fails collection with one clear message."""
         from pytest_steer.collection import plan_cases
 
-        return plan_cases(self.settings, self.methods)
+        return plan_cases(self.settings, self.methods, cache_dir=self.cache_dir)
 
     @property
     def cases(self) -> list[Case]:
-        return self.plan.cases
+        """The collected cases, once steering is known to work on this stack for the cases still to generate."""
+        cases = self.plan.cases
+        if not self._stack_checked:
+            self._check_steering_stack()
+            self._stack_checked = True
+        return cases
+
+    def _check_steering_stack(self) -> None:
+        """Before any generation, when PASTA has cases to generate; a fully cached run skips it."""
+        from pytest_steer.steering import SteeringError
+        from pytest_steer.steering.stack import check_steering_stack
+
+        if self.runner.needs_generation("pasta"):
+            try:
+                check_steering_stack(self.settings.attn_implementation)
+            except SteeringError as exc:
+                raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
 
     def work_units(self) -> dict[str, str] | None:
         """Case id -> xdist work unit; None when this process cannot plan (collection then reports why)."""
@@ -85,20 +103,25 @@ class SteerSession:
         return RunSpec.from_settings(self.settings, self.configs)
 
     @cached_property
-    def runner(self) -> CaseRunner:
+    def cache_dir(self) -> Path | None:
         from pytest_steer.cache import resolve_cache_dir
-        from pytest_steer.runner import CaseRunner
 
         s = self.settings
+        return resolve_cache_dir(s.no_cache, s.cache_dir, s.rootdir, self.config)
+
+    @cached_property
+    def runner(self) -> CaseRunner:
+        from pytest_steer.runner import CaseRunner
+
         worker = getattr(self.config, "workerinput", {}).get("workerid")
         return CaseRunner(
-            s,
+            self.settings,
             self.spec,
             self.plan,
             self.methods,
             worker_index=int(worker.removeprefix("gw")) if worker else None,
             progress=self.progress,
-            cache_dir=resolve_cache_dir(s.no_cache, s.cache_dir, s.rootdir, self.config),
+            cache_dir=self.cache_dir,
         )
 
     def receive(self, record: dict[str, Any], nodeid: str) -> None:

@@ -284,3 +284,56 @@ def test_second_run_of_the_suite_comes_from_the_cache(pytester: pytest.Pytester,
     assert len(one) == 4
     assert {k: text for k, (text, _) in one.items()} == {k: text for k, (text, _) in two.items()}
     assert not any(cached for _, cached in one.values()) and all(cached for _, cached in two.values())
+
+
+REFUSE_TRANSFORMERS = """
+import sys
+
+
+class RefuseTransformers:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "transformers":
+            raise ImportError(f"a fully cached run imported {name}")
+
+
+sys.meta_path.insert(0, RefuseTransformers())
+"""
+
+
+def test_a_fully_cached_rerun_imports_no_transformers(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """No tokenizer for planning (prompt lengths are cached too) and no steering self-check: nothing to generate."""
+    cache = tmp_path / "cache"
+    assert _suite(pytester, tiny_checkpoint, cache, tmp_path / "r1").ret == 0
+    pytester.makepyfile(refuse_transformers=REFUSE_TRANSFORMERS)
+    second = _suite(pytester, tiny_checkpoint, cache, tmp_path / "r2", "-p", "refuse_transformers")
+    assert second.ret == 0, second.stdout.str()
+    second.stdout.fnmatch_lines(["responses: 4 of 4 cases from the response cache*"])
+    uncached = _suite(pytester, tiny_checkpoint, tmp_path / "empty", tmp_path / "r3", "-p", "refuse_transformers")
+    assert uncached.ret != 0  # the blocker works: a run with responses to generate needs transformers
+    assert "imported transformers" in uncached.stdout.str()
+
+
+def test_prompt_lengths_come_from_the_cache_until_the_tokenizer_changes(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from pytest_steer import models
+    from pytest_steer.collection import prompt_token_lengths
+
+    checkpoint = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    cache = ResponseCache(tmp_path / "cache")
+    prompts = ["Hi.", "Write a haiku about rain."]
+    lengths = prompt_token_lengths(str(checkpoint), prompts, cache)
+    assert lengths[0] < lengths[1]
+
+    def refuse(name: str, **kwargs: Any) -> None:
+        raise AssertionError("loaded the tokenizer although every length was cached")
+
+    monkeypatch.setattr(models, "load_tokenizer", refuse)
+    assert prompt_token_lengths(str(checkpoint), prompts, cache) == lengths
+    with pytest.raises(AssertionError, match="loaded the tokenizer"):
+        prompt_token_lengths(str(checkpoint), ["A prompt never seen."], cache)
+    template = checkpoint / "chat_template.jinja"
+    template.write_text("{{ messages[0]['content'] }}")  # another chat template: other lengths
+    with pytest.raises(AssertionError, match="loaded the tokenizer"):
+        prompt_token_lengths(str(checkpoint), prompts, cache)

@@ -25,6 +25,8 @@ CASES_JSONL = "cases.jsonl"
 SUMMARY_CSV = "summary.csv"
 REPORT_HTML = "report.html"
 CACHE_SUBDIR = "steer-report"
+FIGURE_NAMES = ("trade_off", "instruction_heatmap", "instruction_deltas")
+FIGURES_STAMP = ".figures.sha256"  # digest of what the figures in a report directory plot
 
 
 def default_report_dir(config: Any) -> Path:
@@ -53,11 +55,41 @@ def render_figures(results: RunResults) -> dict[str, bytes]:
         trade_off_figure,
     )
 
-    return {
+    drawn = {
         "trade_off": png_bytes(trade_off_figure(results)),
         "instruction_heatmap": png_bytes(instruction_heatmap_figure(results)),
         "instruction_deltas": png_bytes(instruction_delta_figure(results)),
     }
+    return {name: drawn[name] for name in FIGURE_NAMES}
+
+
+def figures_digest(results: RunResults) -> str:
+    """What the figures show: the aggregates, the title's fields, and the code and matplotlib that draw them."""
+    from importlib import metadata
+
+    from pytest_steer.cache import digest
+
+    run = results.run
+    return digest(
+        {
+            "aggregates": [a.to_dict(include_per_prompt=True) for a in results.aggregates],
+            "title": [run.get("model"), run.get("dataset"), run.get("generation")],
+            "code": hashlib.sha256((Path(__file__).parent / "figures.py").read_bytes()).hexdigest(),
+            "matplotlib": metadata.version("matplotlib"),
+        }
+    )
+
+
+def _figures(results: RunResults, directory: Path) -> tuple[dict[str, bytes], str]:
+    """The figures and their digest; the PNGs already in ``directory`` when they show the same
+    (a rerun from the response cache draws nothing, nor imports matplotlib)."""
+    key = figures_digest(results)
+    try:
+        if (directory / FIGURES_STAMP).read_text() == key:
+            return {name: (directory / f"{name}.png").read_bytes() for name in FIGURE_NAMES}, key
+    except OSError:  # no earlier report here, or one of its figures is gone: draw them
+        pass
+    return render_figures(results), key
 
 
 def write_report(results: RunResults, directory: Path) -> list[Path]:
@@ -66,7 +98,7 @@ def write_report(results: RunResults, directory: Path) -> list[Path]:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    figures = render_figures(results)
+    figures, figures_key = _figures(results, directory)
     html_path = directory / REPORT_HTML
     html_path.write_text(render_html(results, figures), encoding="utf-8")
     written = [html_path]
@@ -77,4 +109,5 @@ def write_report(results: RunResults, directory: Path) -> list[Path]:
         path = directory / f"{name}.png"
         path.write_bytes(png)
         written.append(path)
+    (directory / FIGURES_STAMP).write_text(figures_key)  # last: a stamp never names figures not written
     return written

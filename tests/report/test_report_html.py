@@ -112,3 +112,20 @@ def test_report_renders_in_headless_chromium(results: RunResults, tmp_path: Path
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "ok   24 case group(s) in the DOM" in check.stdout
+
+
+def test_figures_are_drawn_again_only_when_what_they_plot_changed(results: RunResults, tmp_path: Path, monkeypatch) -> None:
+    from pytest_steer.report import files
+
+    write_report(results, tmp_path)
+    first = (tmp_path / "trade_off.png").read_bytes()
+    drawn = []
+    monkeypatch.setattr(files, "render_figures", lambda r: drawn.append(r) or FIGURES)
+    write_report(results, tmp_path)  # the same results: the PNGs on disk are reused
+    assert drawn == [] and (tmp_path / "trade_off.png").read_bytes() == first
+    (tmp_path / "instruction_deltas.png").unlink()
+    write_report(results, tmp_path)  # a figure is missing: all are drawn
+    assert len(drawn) == 1 and (tmp_path / "trade_off.png").read_bytes() == FIGURES["trade_off"]
+    changed = RunResults.from_records(make_run(n_prompts=2, trials=1), make_records(n_prompts=2, trials=1), seed=0)
+    write_report(changed, tmp_path)  # other aggregates: drawn again
+    assert len(drawn) == 2

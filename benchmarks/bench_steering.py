@@ -1,7 +1,9 @@
 """Throughput of PASTA-steered generation against unsteered generation, same model and batch.
 
 Defaults: the embedded SmolLM2-135M-Instruct, batch 16, 64 new tokens, eager attention,
-greedy decoding, all heads of the default middle layers, alpha 10, include. Steered timings
+greedy decoding, all heads of the default middle layers, alpha 10, include. Both run on
+the steering twins of the attention kernels, as the engine runs every config, so the
+ratio is what the bias costs. Steered timings
 include locating the spans (PASTA.apply). Each round times both, in alternating order, so
 that drift in machine load hits both alike; the best round of each is reported, and the median
 of the per-round ratios and the tokens per CPU-second of this process as checks on noise
@@ -20,6 +22,7 @@ import torch
 
 from pytest_steer.models import load_model
 from pytest_steer.steering import PASTA, default_head_layers
+from pytest_steer.steering.attention import steerable_kernels
 
 INSTRUCTIONS = [
     "Answer in all capital letters.",
@@ -86,7 +89,8 @@ def main() -> None:
             )
 
     def unsteered(new_tokens: int) -> torch.Tensor:
-        return generate(new_tokens)
+        with steerable_kernels(model):  # the kernels steered batches run on, as the engine runs the baseline: the ratio is the bias's cost
+            return generate(new_tokens)
 
     def steered(new_tokens: int) -> torch.Tensor:
         with pasta.apply(model, tokenizer, input_ids, attention_mask, substrings, texts=texts):

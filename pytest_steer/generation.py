@@ -19,6 +19,7 @@ import torch
 from pytest_steer.decoding import decode
 from pytest_steer.models import LoadedModel
 from pytest_steer.sampling import RowSampler, greedy
+from pytest_steer.steering.attention import shared_kernels
 from pytest_steer.steering.errors import SteeringWarning
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod
 
@@ -111,7 +112,7 @@ class Engine:
         texts = [text for text, _ in distinct]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.loaded.device)
         missing: list[list[str]] = [[] for _ in distinct]
-        with torch.inference_mode():
+        with torch.inference_mode(), shared_kernels(model):  # the same attention kernels, steered or not
             if steering is None:
                 tokens = self._decode(batch, prompt_of_row, seeds)
             else:

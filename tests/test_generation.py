@@ -67,3 +67,16 @@ def test_different_seeds_give_different_samples(tiny_checkpoint: Path) -> None:
     engine = Engine(load_model(str(tiny_checkpoint), device="cpu", dtype="float32"), GenerationSettings(max_new_tokens=8, temperature=1.5))
     texts = {engine.generate([GenerationRequest("Tell me a story.", seed)])[0].text for seed in range(6)}
     assert len(texts) > 1
+
+
+def test_unsteered_batches_run_on_the_steered_kernels_and_restore_the_model(tiny_checkpoint: Path) -> None:
+    """Every config computes attention with the same functions; steering only adds its bias."""
+    loaded = load_model(str(tiny_checkpoint), device="cpu", dtype="float32")
+    seen = []
+    handle = loaded.model.register_forward_pre_hook(lambda module, args: seen.append(module.config._attn_implementation))
+    try:
+        Engine(loaded, GenerationSettings(max_new_tokens=3)).generate([GenerationRequest("Hi.", 1)])
+    finally:
+        handle.remove()
+    assert set(seen) == {"steer_eager"}
+    assert loaded.model.config._attn_implementation == "eager"

@@ -105,3 +105,25 @@ def test_the_tested_range_matches_the_declared_range_and_the_pinned_sets() -> No
     assert TESTED_TRANSFORMERS[0].startswith(declared.group(1))
     assert f"transformers=={TESTED_TRANSFORMERS[0]}\n" in lowest
     assert f"transformers=={TESTED_TRANSFORMERS[1]}\n" in tested
+
+
+def test_a_steered_batch_generated_after_all_is_checked_first(tiny_checkpoint: Path, monkeypatch) -> None:
+    """The collection skips the check when every PASTA case is cached; the runner still checks before generating one."""
+    from pytest_steer import runner as runner_module
+    from pytest_steer.collection import plan_cases
+    from pytest_steer.options import SteerSettings
+    from pytest_steer.runner import RunnerUnavailable, runner_for
+
+    def broken(attn_implementation: str = "eager") -> None:
+        raise IncompatibleStackError("steering does not work with the installed stack (a test's broken stack)")
+
+    monkeypatch.setattr(runner_module, "check_steering_stack", broken)
+    settings = SteerSettings(model=str(tiny_checkpoint), alpha=(10.0,), limit=2, max_new_tokens=4)
+    plan = plan_cases(settings)
+    runner = runner_for(settings, plan)
+    assert runner.needs_generation("pasta") and not runner.needs_generation("emphasis")
+    baseline = next(case for case in plan.cases if case.config.method is None)
+    assert runner.record(baseline).error is None  # the unsteered model needs no check
+    steered = next(case for case in plan.cases if case.config.method == "pasta")
+    with pytest.raises(RunnerUnavailable, match="a test's broken stack"):
+        runner.record(steered)

@@ -10,7 +10,8 @@ plain computation of its base (eager here, SDPA from transformers' registry).
 
 While a batch is steered (``PromptKeyBias.install``) the model's implementation is switched
 to the steered twin of its own (``set_attn_implementation``) and the steered modules are
-registered here; ``uninstall`` restores both. Nothing depends on the keyword names a model
+registered here; ``uninstall`` restores both. The engine runs unsteered batches on the
+twins too (``shared_kernels``), so configs differ only by the bias. Nothing depends on the keyword names a model
 passes between its layers (the KV cache's keyword changed in transformers 5.24): the bias is
 placed by key index, which is the key's absolute position for dynamic and static caches, so
 the prompt's keys 0..P-1 keep their bias in the prefill and in every decode step, and keys
@@ -24,8 +25,9 @@ built per forward and head set and shared by every layer with that head set.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -43,14 +45,6 @@ HeadSet = tuple[int, ...]
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, _LayerSteering] = weakref.WeakKeyDictionary()
 
 
-def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """(batch, kv_heads, keys, dim) -> (batch, kv_heads * groups, keys, dim), each key/value head serving its query group."""
-    if groups == 1:
-        return states
-    batch, kv_heads, keys, dim = states.shape
-    return states[:, :, None].expand(batch, kv_heads, groups, keys, dim).reshape(batch, kv_heads * groups, keys, dim)
-
-
 def eager_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -61,18 +55,26 @@ def eager_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention as the Llama-family eager implementation computes it, operation for operation."""
-    groups = query.shape[1] // key.shape[1]
-    key_states, value_states = repeat_kv(key, groups), repeat_kv(value, groups)
+    """The Llama-family eager attention, with each key/value head serving its query group in place.
+
+    transformers' eager function copies every key and value head once per query head of
+    its group (``repeat_kv``), a copy of the whole KV cache per layer and step; here the
+    queries of a group are stacked against their shared head instead. Query head ``h``
+    uses key/value head ``h // groups``, as with transformers' ``repeat_kv``.
+    """
+    batch, heads, queries, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
     if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+        scaling = dim**-0.5
+    grouped = query.reshape(batch, kv_heads, groups * queries, dim)
+    weights = torch.matmul(grouped, key.transpose(2, 3)).view(batch, heads, queries, -1) * scaling
     if attention_mask is not None:
         weights = weights + attention_mask
     weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    output = torch.matmul(weights, value_states).transpose(1, 2).contiguous()
-    return output, weights
+    output = torch.matmul(weights.reshape(batch, kv_heads, groups * queries, -1), value)
+    return output.view(batch, heads, queries, dim).transpose(1, 2).contiguous(), weights
 
 
 def _steered(base: str) -> Any:
@@ -110,6 +112,42 @@ def register_steered_attention() -> None:
     _registered = True
 
 
+@contextlib.contextmanager
+def steerable_kernels(model: nn.Module) -> Iterator[None]:
+    """Run the model's attention through the steered twin of its implementation while inside.
+
+    A module not registered for steering computes plain attention there, so the engine runs
+    every batch, steered or not, on the same kernels (the twin of eager is also the faster
+    one, see ``eager_attention``). Re-entrant: inside, it changes nothing.
+    """
+    current = model.config._attn_implementation
+    if current in STEERED_IMPLEMENTATIONS.values():
+        yield
+        return
+    register_steered_attention()
+    target = STEERED_IMPLEMENTATIONS[current]
+    model.set_attn_implementation(target)
+    if model.config._attn_implementation != target:
+        model.set_attn_implementation(current)
+        raise UnsupportedModelError(
+            f"{type(model).__name__} did not switch to the attention function {target!r} (transformers refuses to change "
+            "its attention implementation), so the steering bias cannot be applied; use a supported Llama-family model"
+        )
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
+def shared_kernels(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """``steerable_kernels`` for the models PASTA can steer; others run as loaded."""
+    config = getattr(model, "config", None)
+    steerable = getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
+    if steerable and getattr(config, "_attn_implementation", None) in STEERED_IMPLEMENTATIONS:
+        return steerable_kernels(model)
+    return contextlib.nullcontext()
+
+
 def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
     """The attention module of every decoder layer and the number of query heads.
 
@@ -124,7 +162,7 @@ def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
             f"this model is {model_type or type(model).__name__!r}. Use a model of one of those families"
         )
     implementation = getattr(config, "_attn_implementation", None)
-    if implementation not in STEERED_IMPLEMENTATIONS:
+    if implementation not in STEERED_IMPLEMENTATIONS and implementation not in STEERED_IMPLEMENTATIONS.values():
         raise UnsupportedModelError(
             f"attention implementation {implementation!r} cannot be steered: PASTA adds a per-head bias through the "
             "attention mask, which only eager and sdpa attention apply as given; load the model with "
@@ -168,7 +206,7 @@ class PromptKeyBias:
         # Per head set: (mask received, its signature, steered mask) of the latest forward.
         self._latest: dict[HeadSet, tuple[torch.Tensor | None, tuple[Any, ...], torch.Tensor]] = {}
         self._model: nn.Module | None = None
-        self._implementation: str | None = None
+        self._kernels = contextlib.ExitStack()
         self._handles: list[RemovableHandle] = []
         self._modules: list[nn.Module] = []
         self._rows: torch.Tensor | None = None  # prompt row of each forward row; None: the batch as given
@@ -179,17 +217,8 @@ class PromptKeyBias:
         self._latest.clear()
 
     def install(self, model: nn.Module, attention: Sequence[nn.Module]) -> None:
-        register_steered_attention()
-        implementation = model.config._attn_implementation
-        target = STEERED_IMPLEMENTATIONS[implementation]
-        model.set_attn_implementation(target)
-        if model.config._attn_implementation != target:
-            model.set_attn_implementation(implementation)
-            raise UnsupportedModelError(
-                f"{type(model).__name__} did not switch to the attention function {target!r} (transformers refuses to change "
-                "its attention implementation), so the steering bias cannot be applied; use a supported Llama-family model"
-            )
-        self._model, self._implementation = model, implementation
+        self._kernels.enter_context(steerable_kernels(model))
+        self._model = model
         self._handles = [model.register_forward_pre_hook(self._check_prompt, with_kwargs=True)]
         for layer, heads in self.layer_heads.items():
             _ACTIVE[attention[layer]] = _LayerSteering(self, heads)
@@ -201,8 +230,7 @@ class PromptKeyBias:
             _ACTIVE.pop(module, None)
         for handle in self._handles:
             handle.remove()
-        if self._model is not None:
-            self._model.set_attn_implementation(self._implementation)
+        self._kernels.close()
         self._modules, self._handles, self._model, self._rows = [], [], None, None
         self._latest.clear()
 

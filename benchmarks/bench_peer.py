@@ -58,11 +58,16 @@ def main() -> None:
     for _ in range(args.rounds):
         peer_times.append(timed(peer, work))
         our_times.append(timed(ours, REPO))
-        print(f"round {len(our_times)}: AISteer360 {peer_times[-1]:.1f} s, pytest-steer {our_times[-1]:.1f} s", flush=True)
+        print(
+            f"round {len(our_times)}: AISteer360 {peer_times[-1]:.1f} s, pytest-steer {our_times[-1]:.1f} s, "
+            f"ratio {our_times[-1] / peer_times[-1]:.3f}",
+            flush=True,
+        )
     print(f"AISteer360 Benchmark: min {min(peer_times):.1f} s, median {statistics.median(peer_times):.1f} s ({args.rounds} rounds)")
     print(f"pytest-steer:         min {min(our_times):.1f} s, median {statistics.median(our_times):.1f} s")
     ratio = statistics.median(our_times) / statistics.median(peer_times)
-    print(f"pytest-steer / AISteer360 (medians): {ratio:.2f} (target <= 0.5)")
+    per_round = [ours / theirs for ours, theirs in zip(our_times, peer_times)]
+    print(f"pytest-steer / AISteer360: {ratio:.3f} of the medians, per round {min(per_round):.3f} to {max(per_round):.3f} (target <= 0.5)")
 
 
 if __name__ == "__main__":

@@ -173,6 +173,7 @@ def pytest_runtestloop(session: pytest.Session) -> Iterator[Any]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     steer = steer_session(session.config)
+    steer.settle()
     if not steer.reports_here:  # workers leave reports to the controller
         return
     from pytest_steer.report.files import default_report_dir

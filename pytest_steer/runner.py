@@ -107,6 +107,10 @@ class CaseRunner:
         return self._loaded
 
     @property
+    def model_loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = Engine(self.loaded, GenerationSettings(**self.spec.decoding))

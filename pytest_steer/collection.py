@@ -161,7 +161,7 @@ def check_model(
 
 def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | None) -> list[int]:
     """Each prompt's length in tokens after the chat template; the tokenizer is loaded only for lengths not cached."""
-    from pytest_steer.generation import render_prompt
+    from pytest_steer.generation import prompt_lengths
     from pytest_steer.models import load_tokenizer, tokenizer_revision
 
     revision = tokenizer_revision(model) if cache is not None else None  # None: lengths are not cached
@@ -170,11 +170,10 @@ def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | 
     lengths = {i: entry["tokens"] for i, entry in enumerate(found) if entry is not None}
     missing = [i for i in range(len(prompts)) if i not in lengths]
     if missing:
-        tokenizer = load_tokenizer(model)
-        for i in missing:
-            lengths[i] = len(tokenizer(render_prompt(tokenizer, prompts[i]), add_special_tokens=False)["input_ids"])
+        for i, length in zip(missing, prompt_lengths(load_tokenizer(model), [prompts[i] for i in missing])):
+            lengths[i] = length
             if cache is not None and keys:
-                cache.put(PROMPT_TOKENS, keys[i], {"tokens": lengths[i]})
+                cache.put(PROMPT_TOKENS, keys[i], {"tokens": length})
     return [lengths[i] for i in range(len(prompts))]
 
 

@@ -62,6 +62,12 @@ def render_prompt(tokenizer: Any, prompt: str) -> str:
     return prompt
 
 
+def prompt_lengths(tokenizer: Any, prompts: Sequence[str]) -> list[int]:
+    """Each prompt's length in tokens as the model receives it (chat template applied)."""
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def planned_batch_size(device_type: str) -> int:
     """Rows per planned batch when ``--steer-batch-size`` is auto: a CPU's size, or a GPU's upper bound."""
     return MAX_BATCH_SIZE if device_type == "cuda" else CPU_BATCH_SIZE
@@ -89,9 +95,7 @@ class Engine:
         self.choose = greedy if settings.greedy else RowSampler(settings.temperature, settings.top_p)
 
     def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
-        texts = [render_prompt(self.loaded.tokenizer, p) for p in prompts]
-        encoded = self.loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return prompt_lengths(self.loaded.tokenizer, prompts)
 
     def generate(self, requests: Sequence[GenerationRequest], steering: SteeringMethod | None = None) -> list[Generation]:
         """One batch, unsteered (``steering`` None) or under a steering method.

@@ -31,6 +31,11 @@ RowsChanged = Callable[[torch.Tensor], None]
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 
 
+def forward_parameters(model: Any) -> frozenset[str]:
+    """The argument names of the model's forward, as documented by its signature."""
+    return _forward_parameters(type(model))
+
+
 @functools.cache
 def _forward_parameters(forward_class: type) -> frozenset[str]:
     return frozenset(inspect.signature(forward_class.forward).parameters)
@@ -38,7 +43,7 @@ def _forward_parameters(forward_class: type) -> frozenset[str]:
 
 def cache_argument(model: Any) -> str:
     """The name under which this model's forward takes its KV cache."""
-    parameters = _forward_parameters(type(model))
+    parameters = forward_parameters(model)
     for name in CACHE_ARGUMENTS:
         if name in parameters:
             return name
@@ -72,7 +77,7 @@ def decode(
     notify = rows_changed or (lambda rows: None)
     cache = DynamicCache(config=model.config)
     cache_name = cache_argument(model)
-    prefill_extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(type(model)) else {}
+    prefill_extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
     positions = attention_mask.long().cumsum(-1) - 1
     positions.masked_fill_(attention_mask == 0, 1)
     out = model(

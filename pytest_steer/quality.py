@@ -14,7 +14,6 @@ pair has no score. ``--steer-quality`` picks the scorer:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
+from pytest_steer.decoding import forward_parameters
 from pytest_steer.generation import render_prompt
 from pytest_steer.hub import looks_like_hub_id
 from pytest_steer.models import LoadedModel, load_pretrained, resolve_dtype
@@ -84,7 +84,7 @@ class FluencyScorer:
     def __init__(self, loaded: LoadedModel, batch_size: int = FLUENCY_BATCH_SIZE) -> None:
         self.loaded = loaded
         self.batch_size = batch_size
-        self._slices_logits = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
+        self._slices_logits = "logits_to_keep" in forward_parameters(loaded.model)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
         scores: list[float | None] = []

@@ -160,6 +160,13 @@ class CaseRunner:
             return bool(cases)
         return any(self._cached_generation(self._generation_key(case, self.steering(case.config))) is None for case in cases)
 
+    def check_steering_stack(self) -> None:
+        """Raise RunnerUnavailable unless PASTA works on the installed stack (probed once per process)."""
+        try:
+            check_steering_stack(self.settings.attn_implementation)
+        except SteeringError as exc:
+            raise RunnerUnavailable(str(exc)) from None
+
     def record(self, case: Case) -> CaseRecord:
         if case.id not in self._records:
             batch = self._batch_of_case.get(case.id)
@@ -247,11 +254,8 @@ class CaseRunner:
 
     def _generate(self, requests: list[GenerationRequest], steering: SteeringMethod | None) -> list[Generation]:
         """The planned batch, in as many passes as the device's memory needs (one on CPU)."""
-        if isinstance(steering, PASTA):  # checked at collection when PASTA had cases to generate; once per process
-            try:
-                check_steering_stack(self.settings.attn_implementation)
-            except SteeringError as exc:
-                raise RunnerUnavailable(str(exc)) from None
+        if isinstance(steering, PASTA):  # checked at collection too when PASTA had cases to generate
+            self.check_steering_stack()
         rows = len(requests)
         if self.settings.batch_size is None and self.device.type == "cuda":
             lengths = self.engine.prompt_lengths([request.prompt for request in requests])

@@ -74,13 +74,12 @@ class SteerSession:
 
     def _check_steering_stack(self) -> None:
         """Before any generation, when PASTA has cases to generate; a fully cached run skips it."""
-        from pytest_steer.steering import SteeringError
-        from pytest_steer.steering.stack import check_steering_stack
+        from pytest_steer.runner import RunnerUnavailable
 
         if self.runner.needs_generation("pasta"):
             try:
-                check_steering_stack(self.settings.attn_implementation)
-            except SteeringError as exc:
+                self.runner.check_steering_stack()
+            except RunnerUnavailable as exc:
                 raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
 
     def work_units(self) -> dict[str, str] | None:

@@ -7,6 +7,7 @@ names the problem and the fix.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,28 @@ class Plan:
             for index, batch in enumerate(batches)
             for case_id in batch
         }
+
+    @functools.cached_property
+    def by_id(self) -> dict[str, Case]:
+        return {case.id: case for case in self.cases}
+
+    def case_id_of(self, nodeid: str) -> str | None:
+        """The case a test's node id names among its parameter ids, whatever else parametrizes the test.
+
+        pytest joins the ids of every parametrization with "-" (``test_x[1-s004-baseline-t0]``),
+        in an order it chooses, and a prompt key may hold "-" itself: every run of
+        "-"-separated parts is looked up among the plan's case ids.
+        """
+        start = nodeid.find("[", nodeid.find("::"))
+        if start < 0 or not nodeid.endswith("]"):
+            return None
+        parts = nodeid[start + 1 : -1].split("-")
+        for length in range(len(parts), 2, -1):  # a case id has at least three parts: key, config, trial
+            for first in range(len(parts) - length + 1):
+                candidate = "-".join(parts[first : first + length])
+                if candidate in self.by_id:
+                    return candidate
+        return None
 
 
 def run_configs(settings: SteerSettings, methods: Mapping[str, type[SteeringMethod]]) -> tuple[SteeringConfig, ...]:

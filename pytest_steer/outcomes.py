@@ -1,7 +1,8 @@
 """Verdicts that are not collected tests (gates, baseline comparisons) reported as tests.
 
 Each verdict goes through pytest's own report hooks, so the terminal, the exit code,
-JUnit XML and pytest-html agree on it.
+JUnit XML and pytest-html agree on it. A check that pytest's selection left undecided
+(:mod:`pytest_steer.selection`) is reported as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -11,30 +12,46 @@ from typing import Any
 import pytest
 
 
-def report_outcome(config: pytest.Config, nodeid: str, passed: bool, message: str, details: dict[str, Any]) -> None:
+def report_outcome(config: pytest.Config, nodeid: str, outcome: str, message: str, details: dict[str, Any]) -> None:
+    """``outcome``: passed, failed or skipped; ``message`` is the failure's or the skip's text."""
     hook = config.hook
     path, _, name = nodeid.partition("::")
     location = (path, None, name)
     properties = [(f"steer.{key}", value if isinstance(value, (str, int, float, bool)) else str(value)) for key, value in details.items()]
+    longrepr: Any = {"passed": None, "failed": message, "skipped": (path, None, f"Skipped: {message}")}[outcome]
     phases = (
         ("setup", "passed", None, []),
-        ("call", "passed" if passed else "failed", None if passed else message, []),
+        ("call", outcome, longrepr, []),
         ("teardown", "passed", None, properties),  # JUnit writes properties from the teardown report
     )
     hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-    for when, outcome, longrepr, user_properties in phases:
-        report = pytest.TestReport(nodeid, location, {}, outcome, longrepr, when, user_properties=user_properties)
+    for when, phase_outcome, phase_longrepr, user_properties in phases:
+        report = pytest.TestReport(nodeid, location, {}, phase_outcome, phase_longrepr, when, user_properties=user_properties)
         hook.pytest_runtest_logreport(report=report)
     hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
 
 
+def _verdict(passed: bool) -> str:
+    return "passed" if passed else "failed"
+
+
+def count_verdicts(results: Any) -> int:
+    """How many outcomes :func:`report_verdicts` reports, to count them as collected before they are."""
+    undecided = results.selection.undecided if results.selection is not None else ()
+    return len(results.gates) + len(results.comparisons) + len(results.comparison_errors) + len(undecided)
+
+
 def report_verdicts(config: pytest.Config, results: Any) -> int:
-    """Report every gate, comparison and refused comparison of ``results``; return how many."""
+    """Report every gate, comparison, refused comparison and undecided check of ``results``; return how many."""
     for gate in results.gates:
-        report_outcome(config, f"steer-gates::{gate.config or 'no config'}::{gate.gate}", gate.passed, gate.message, gate.to_dict())
+        nodeid = f"steer-gates::{gate.config or 'no config'}::{gate.gate}"
+        report_outcome(config, nodeid, _verdict(gate.passed), gate.message, gate.to_dict())
     for comparison in results.comparisons:
         nodeid = f"steer-baseline::{comparison.config}::{comparison.metric}"
-        report_outcome(config, nodeid, comparison.passed, comparison.message, comparison.to_dict())
+        report_outcome(config, nodeid, _verdict(comparison.passed), comparison.message, comparison.to_dict())
     for error in results.comparison_errors:
-        report_outcome(config, "steer-baseline::comparison", False, error, {})
-    return len(results.gates) + len(results.comparisons) + len(results.comparison_errors)
+        report_outcome(config, "steer-baseline::comparison", "failed", error, {})
+    for check in results.selection.undecided if results.selection is not None else ():
+        kind = "steer-baseline" if check.kind == "comparison" else "steer-gates"
+        report_outcome(config, f"{kind}::{check.config or 'no config'}::{check.name}", "skipped", check.reason, check.to_dict())
+    return count_verdicts(results)

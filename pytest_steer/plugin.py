@@ -132,26 +132,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+MISSED = "missed"
+
+
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, tuple[str, dict]] | None:
     record = getattr(report, "steer_record", None)
     if record and report.when == "call" and report.passed and not record["follow_all_strict"]:
-        return "missed", "m", ("MISSED", {"yellow": True})
+        return MISSED, "m", ("MISSED", {"yellow": True})
     return None
+
+
+def selected_cases(items: list[pytest.Item]) -> dict[str, str]:
+    """Node id -> case id of the steer tests among the selected ``items``."""
+    return {
+        item.nodeid: item.callspec.params[CASE_FIXTURE].id  # type: ignore[attr-defined]
+        for item in items
+        if CASE_FIXTURE in getattr(item, "fixturenames", ()) and hasattr(item, "callspec")
+    }
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
-    from pytest_steer.cases import CASE_NODEID
-
     session = steer_session(node.config)
-    if not session.expected:  # every worker collects the same cases
-        session.expected = [nodeid for nodeid in ids if CASE_NODEID.match(nodeid)]
+    if session.selected:  # every worker collects and selects the same tests
+        return
+    session.select(session.case_ids(ids))
+    reporter = node.config.pluginmanager.get_plugin("terminalreporter")
+    if session.selected and reporter is not None:
+        workers = node.config.getoption("numprocesses", None)
+        reporter.write_line(f"[steer] {session.run_plan(workers if isinstance(workers, int) else 1).line()}")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    steer_session(session.config).expected = [
-        item.nodeid for item in session.items if CASE_FIXTURE in getattr(item, "fixturenames", ())
-    ]
+    steer_session(session.config).select(selected_cases(session.items))
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """The plan line: what the run will do and cost, also under --collect-only."""
+    steer = steer_session(config)
+    steer.select(selected_cases(items))  # terminal reporter may ask before pytest_collection_finish ran here
+    if not steer.selected or steer.is_worker:
+        return []
+    return [f"[steer] {steer.run_plan().line()}"]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -164,10 +186,11 @@ def pytest_runtestloop(session: pytest.Session) -> Iterator[Any]:
         if session.shouldstop or session.shouldfail:
             steer.stopped = str(session.shouldstop or session.shouldfail)
     if steer.reports_here:
-        from pytest_steer.outcomes import report_verdicts
+        from pytest_steer.outcomes import count_verdicts, report_verdicts
 
-        # Count the verdicts as collected so the progress percentage stays truthful.
-        session.testscollected += report_verdicts(session.config, steer.results())
+        results = steer.results()
+        session.testscollected += count_verdicts(results)  # counted before they report: the percentage ends at 100%
+        report_verdicts(session.config, results)
     return result
 
 
@@ -176,10 +199,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     steer.settle()
     if not steer.reports_here:  # workers leave reports to the controller
         return
-    from pytest_steer.report.files import default_report_dir
     from pytest_steer.report.outputs import write_outputs
 
-    steer.written = write_outputs(steer.results(), steer.settings, steer.settings.report_dir or default_report_dir(session.config))
+    steer.written = write_outputs(steer.results(), steer.settings, steer.report_dir())
     if steer.written.failures and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an output the user asked for is missing
 
@@ -196,6 +218,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write_summary(terminalreporter, results)
     for line in written_lines(steer.written.paths):
         terminalreporter.write_line(line)
+    if steer.written.paths and steer.full_report_dir is not None:
+        terminalreporter.write_line(
+            f"[steer] a partial selection writes its report apart: the full run's report in {steer.full_report_dir} is left as it was",
+            yellow=True,
+        )
     for failure in steer.written.failures:
         terminalreporter.write_line(f"[steer] {failure}", red=True)
 
@@ -208,12 +235,20 @@ class ReportReceiver:
 
     @pytest.hookimpl(tryfirst=True)  # before the terminal writes this report's letter
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for message in getattr(report, "steer_progress", ()):
-            self.session.progress.write(message)
+        for entry in getattr(report, "steer_progress", ()):
+            self.session.progress.receive(entry)
         self.session.progress.resume_status_line(report)
         record = getattr(report, "steer_record", None)
         if record is not None:
             self.session.receive(record, report.nodeid)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # around the terminal's own: its short summary is written by now
+    def pytest_terminal_summary(self, terminalreporter: Any) -> Iterator[None]:
+        result = yield
+        from pytest_steer.report.terminal import write_missed_summary
+
+        write_missed_summary(terminalreporter, MISSED)
+        return result
 
     def pytest_keyboard_interrupt(self) -> None:
         self.session.stopped = self.session.stopped or "the run was interrupted"  # pytest's own stops pass here too

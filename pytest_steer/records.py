@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from pytest_steer.cases import SteeringConfig
 
 @dataclass(frozen=True)
 class CaseRecord:
@@ -86,16 +84,3 @@ class CaseRecord:
             raise ValueError(f"case record is missing {sorted(missing)}; was it written by another version of pytest-steer?")
         return cls(**{name: data[name] for name in names if name in data})
 
-
-def lost_record(nodeid: str, configs: Mapping[str, SteeringConfig], reason: str) -> dict[str, Any]:
-    """The record of a collected case that never reported: an error, never a miss."""
-    from pytest_steer.cases import CASE_NODEID
-
-    match = CASE_NODEID.match(nodeid)
-    if match is None or match["config"] not in configs:
-        raise ValueError(f"{nodeid!r} is not the node id of a steer case of this run")
-    config = configs[match["config"]]
-    record = CaseRecord.failed(
-        key=match["key"], config=config.name, alpha=config.alpha, trial=int(match["trial"]), error=f"lost: {reason}", method=config.method
-    )
-    return record.to_dict() | {"nodeid": nodeid}

@@ -8,6 +8,7 @@ from typing import Any
 
 from pytest_steer.aggregate import ConfigAggregate, aggregate, deltas_vs_baseline
 from pytest_steer.gates import ComparisonResult, GateResult
+from pytest_steer.selection import RunSelection
 from pytest_steer.stats import Interval
 
 
@@ -22,6 +23,7 @@ class RunResults:
     comparison_errors: list[str] = field(default_factory=list)  # a saved baseline that could not be compared
     notes: list[str] = field(default_factory=list)  # worth saying, not failing on
     n_lost: int = 0  # cases collected but never reported (e.g. their worker crashed)
+    selection: RunSelection | None = None  # what pytest's selection kept of the collected cases; None when not known
 
     @property
     def n_cached(self) -> int:

@@ -3,8 +3,11 @@
 A case's response is produced together with the other cases of its generation batch the
 first time any of them is needed. Batches are planned from the full case list of a
 config, which every worker collects identically, so a batch (and therefore every
-response) is the same in a serial run and under xdist. Responses already in the response
-cache (:mod:`pytest_steer.cache`) are read back; only a batch's misses are generated.
+response) is the same in a serial run and under xdist. Only the cases pytest selected
+(``-k``, ``--lf``, ...) are generated: a response depends on its own prompt, seed and
+settings, not on the other rows of its batch. Responses already in the response cache
+(:mod:`pytest_steer.cache`) are read back; only a batch's misses are generated. Several
+tests may request one case: its record is made once per worker and shared.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, quality_key
 from pytest_steer.cases import Case, SteeringConfig
 from pytest_steer.collection import Plan
+from pytest_steer.estimate import Throughput, read_throughput, record_throughput
 from pytest_steer.generation import (
     ENGINE_VERSION,
     Engine,
@@ -37,7 +41,11 @@ from pytest_steer.steering import PASTA, SteeringError
 from pytest_steer.steering.method import SteeringMethod
 from pytest_steer.steering.stack import check_steering_stack
 
-Progress = Callable[[str], None]
+Progress = Callable[..., None]  # (message or None, cases=..., generated=...): see pytest_steer.progress
+
+
+def _silent(message: str | None, **counts: int) -> None:
+    pass
 
 
 class RunnerUnavailable(RuntimeError):
@@ -71,11 +79,13 @@ class CaseRunner:
         self._from_cache: dict[str, int] = {}
         self._cache_warned = False
         self.worker_index = worker_index
-        self.progress = progress or (lambda message: None)
+        self.progress = progress or _silent
+        self._cases = plan.cases
+        self._selected: set[str] | None = None  # None: every case of the plan
         self._cases_by_config: dict[str, list[Case]] = {}
         for case in plan.cases:
             self._cases_by_config.setdefault(case.config.name, []).append(case)
-        self._cases = plan.cases
+        self.measured = {"tokens": 0, "cases": 0, "seconds": 0.0}  # generation work, for the next run's estimate
         by_id = {case.id: case for case in plan.cases}
         self._batches = {name: [[by_id[i] for i in batch] for batch in batches] for name, batches in plan.batches.items()}
         self._batch_of_case = {case.id: batch for batches in self._batches.values() for batch in batches for case in batch}
@@ -153,9 +163,39 @@ class CaseRunner:
             self._steering[config.name] = method
         return self._steering[config.name]
 
+    def select(self, case_ids: set[str]) -> None:
+        """Generate only these cases (pytest's selection); batches stay as planned from every case."""
+        self._selected = set(case_ids)
+        selected = [case for case in self._cases if case.id in self._selected]
+        self._cases_by_config = {}
+        for case in selected:
+            self._cases_by_config.setdefault(case.config.name, []).append(case)
+
+    def is_selected(self, case: Case) -> bool:
+        return self._selected is None or case.id in self._selected
+
+    def count_cached(self, cases: list[Case]) -> int | None:
+        """How many of ``cases`` have their response in the response cache; None without a cache."""
+        if self.cache is None:
+            return None
+        return sum(self._cached_generation(self._generation_key(case, self.steering(case.config))) is not None for case in cases)
+
+    def throughput(self) -> Throughput | None:
+        """The throughput an earlier run measured on this model and device; None when none did."""
+        return read_throughput(self.cache.directory if self.cache is not None else None, self.fingerprint.to_dict(), self.device.type)
+
+    def store_throughput(self) -> None:
+        """Keep what this process measured beside the response cache, for the next run's estimate."""
+        if self.cache is not None and self.measured["cases"]:
+            m = self.measured
+            record_throughput(
+                self.cache.directory, self.fingerprint.to_dict(), self.device.type,
+                tokens=int(m["tokens"]), cases=int(m["cases"]), max_new_tokens=self.settings.max_new_tokens, seconds=m["seconds"],
+            )
+
     def needs_generation(self, method: str) -> bool:
         """Whether any case under ``method`` has no response in the cache yet (always, without a cache)."""
-        cases = [case for case in self._cases if case.config.method == method]
+        cases = [case for case in self._cases if case.config.method == method and self.is_selected(case)]
         if self.cache is None or not cases:
             return bool(cases)
         return any(self._cached_generation(self._generation_key(case, self.steering(case.config))) is None for case in cases)
@@ -172,15 +212,20 @@ class CaseRunner:
             batch = self._batch_of_case.get(case.id)
             if batch is None:
                 raise KeyError(f"case {case.id} is not in the collected plan")
-            self._run_batch(batch)
+            self._run_batch([c for c in batch if c.id == case.id or (self.is_selected(c) and c.id not in self._records)])
         return self._records[case.id]
 
     def _plan(self, config_name: str) -> list[list[Case]]:
-        return self._batches[config_name]
+        """The config's batches that hold a selected case."""
+        return [batch for batch in self._batches[config_name] if any(self.is_selected(case) for case in batch)]
+
+    def _batch_number(self, config: SteeringConfig, batch: list[Case]) -> str:
+        plan = self._plan(config.name)
+        index = next((i for i, planned in enumerate(plan) if any(case.id == batch[0].id for case in planned)), 0)
+        return f"batch {index + 1}/{len(plan)}"
 
     def _run_batch(self, batch: list[Case]) -> None:
         config = batch[0].config
-        plan = self._plan(config.name)
         start = time.perf_counter()
         try:
             keys, generations, cached = self._generations(batch, self.steering(config))
@@ -189,7 +234,7 @@ class CaseRunner:
         except Exception as exc:  # one failed batch must not lose the rest of the run
             for case in batch:
                 self._records[case.id] = _error_record(case, f"generation failed: {type(exc).__name__}: {exc}")
-            self.progress(f"{config.name}: batch {plan.index(batch) + 1}/{len(plan)} failed: {exc}")
+            self.progress(f"{config.name}: {self._batch_number(config, batch)} failed: {exc}", cases=len(batch))
             return
         elapsed = time.perf_counter() - start
         scoring_start = time.perf_counter()
@@ -199,7 +244,7 @@ class CaseRunner:
             for case, generation in zip(batch, generations):
                 message = f"quality scoring failed: {type(exc).__name__}: {exc}"
                 self._records[case.id] = _error_record(case, message, response=generation.text)
-            self.progress(f"{config.name}: batch {plan.index(batch) + 1}/{len(plan)} quality scoring failed: {exc}")
+            self.progress(f"{config.name}: {self._batch_number(config, batch)} quality scoring failed: {exc}", cases=len(batch))
             return
         scoring = time.perf_counter() - scoring_start
         for case, generation, quality, hit in zip(batch, generations, qualities, cached):
@@ -211,18 +256,24 @@ class CaseRunner:
     def _report_progress(
         self, config: SteeringConfig, batch: list[Case], generations: list[Generation], cached: list[bool], elapsed: float, scoring: float
     ) -> None:
-        plan = self._plan(config.name)
-        cases = self._cases_by_config[config.name]
+        cases = self._cases_by_config.get(config.name, [])
         done = sum(case.id in self._records for case in cases)
         hits = sum(cached)
         self._from_cache[config.name] = self._from_cache.get(config.name, 0) + hits
         if hits < len(batch):
             tokens = sum(g.n_new_tokens for g, hit in zip(generations, cached) if not hit)
+            self.measured["tokens"] += tokens
+            self.measured["cases"] += len(batch) - hits
+            self.measured["seconds"] += elapsed + scoring
             from_cache = f" ({hits} from cache)" if hits else ""
             self.progress(
-                f"{config.name}: batch {plan.index(batch) + 1}/{len(plan)}, {done}/{len(cases)} cases{from_cache}, "
-                f"{tokens / elapsed:.0f} tokens/s, quality {scoring:.1f} s"
+                f"{config.name}: {self._batch_number(config, batch)}, {done}/{len(cases)} cases{from_cache}, "
+                f"{tokens / elapsed:.0f} tokens/s, quality {scoring:.1f} s",
+                cases=len(batch),
+                generated=len(batch) - hits,
             )
+        else:
+            self.progress(None, cases=len(batch))
         if done == len(cases) and self._from_cache[config.name]:
             self.progress(f"{config.name}: {self._from_cache[config.name]} cases from cache")
         if self.cache is not None and self.cache.write_errors and not self._cache_warned:

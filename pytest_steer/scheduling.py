@@ -1,34 +1,33 @@
 """xdist scheduling that keeps each generation batch's cases on one worker.
 
 Batches are planned at collection from the case list alone (pytest_steer.collection), so
-the controller plans the same batches as every worker. Each (test function, batch) is one
-work unit: `-n N` keeps N workers busy whenever a run has N batches, whatever its number
-of configs, and no batch is generated twice. Every other test is its own unit, which
-schedules like ``--dist load``. Node ids are left untouched (unlike ``--dist loadgroup``).
+the controller plans the same batches as every worker. Each batch is one work unit, with
+every test that requests one of its cases (several test functions, or a test
+parametrized further, may request the same case): `-n N` keeps N workers busy whenever a
+run has N batches, whatever its number of configs, and no batch is generated twice.
+Every other test is its own unit, which schedules like ``--dist load``. Node ids are left
+untouched (unlike ``--dist loadgroup``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 from xdist.scheduler import LoadScopeScheduling
 from xdist.workermanage import WorkerController
 
-from pytest_steer.cases import CASE_NODEID, case_id
+UnitOf = Callable[[str], "str | None"]  # node id -> its batch's unit; None for a test that is no steer case
 
 
-def work_unit(nodeid: str, units: Mapping[str, str] | None = None) -> str:
-    """A steer case's unit is its config's generation batch (``units``: case id -> unit), or its config."""
-    match = CASE_NODEID.match(nodeid)
-    if match is None:
-        return nodeid
-    unit = (units or {}).get(case_id(match["key"], match["config"], int(match["trial"])))
-    return f"{match['function']}[{unit or match['config']}]"
+def work_unit(nodeid: str, unit_of: UnitOf | None = None) -> str:
+    """A steer case's unit is its generation batch; any other test is a unit of its own."""
+    unit = unit_of(nodeid) if unit_of is not None else None
+    return f"steer-batch[{unit}]" if unit else nodeid
 
 
 class SteerScheduling(LoadScopeScheduling):
-    def __init__(self, config: Any, log: Any = None, *, units: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Any, log: Any = None, *, units: UnitOf | None = None) -> None:
         super().__init__(config, log)
         self.units = units
 

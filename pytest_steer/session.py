@@ -9,6 +9,7 @@ the test loop.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_steer.cases import case_id
 from pytest_steer.options import SteerSettings
 from pytest_steer.progress import Progress
 from pytest_steer.report.outputs import Written
@@ -23,8 +25,10 @@ from pytest_steer.report.outputs import Written
 if TYPE_CHECKING:
     from pytest_steer.cases import Case, SteeringConfig
     from pytest_steer.collection import Plan
+    from pytest_steer.estimate import RunPlan
     from pytest_steer.results import RunResults
     from pytest_steer.runner import CaseRunner
+    from pytest_steer.selection import RunSelection
     from pytest_steer.spec import RunSpec
     from pytest_steer.steering.method import SteeringMethod
 
@@ -35,9 +39,10 @@ class SteerSession:
         self.settings = settings
         self.progress = Progress(config)
         self.records: list[dict[str, Any]] = []  # received on the controller, in report order
-        self.expected: list[str] = []  # node ids of the collected cases (on the controller too)
+        self.selected: dict[str, str] = {}  # node id -> case id of every selected steer test (on the controller too)
         self.stopped: str | None = None  # why the run ended before every case ran (Ctrl-C, -x, a model that cannot load)
         self.written = Written()
+        self.full_report_dir: Path | None = None  # the default report directory that a partial selection left alone
         self._results: RunResults | None = None
         self._stack_checked = False
 
@@ -48,7 +53,43 @@ class SteerSession:
     @property
     def reports_here(self) -> bool:
         """Steer cases ran and this process reports them: a plain run or the xdist controller."""
-        return bool(self.expected) and not self.is_worker and not self.config.option.collectonly
+        return bool(self.selected) and not self.is_worker and not self.config.option.collectonly
+
+    def select(self, selected: dict[str, str]) -> None:
+        """The steer tests pytest's selection kept (node id -> case id); a process that runs them generates only those."""
+        self.selected = selected
+        if not self.config.option.collectonly and not self._is_controller:
+            self.runner.select(set(selected.values()))
+
+    @property
+    def _is_controller(self) -> bool:
+        return self.config.pluginmanager.hasplugin("dsession")
+
+    @property
+    def selection(self) -> RunSelection:
+        from pytest_steer.selection import RunSelection
+
+        return RunSelection.of(self.plan.cases, set(self.selected.values()))
+
+    def run_plan(self, workers: int = 1) -> RunPlan:
+        """What the selected cases will cost; the progress lines count against it from now on."""
+        from pytest_steer.estimate import RunPlan
+
+        chosen = set(self.selected.values())
+        cases = [case for case in self.plan.cases if case.id in chosen]
+        plan = RunPlan(
+            prompts=len({case.row.key for case in self.plan.cases}),
+            configs=len(self.plan.configs),
+            trials=self.settings.trials,
+            collected=len(self.plan.cases),
+            selected=len(cases),
+            cached=self.runner.count_cached(cases),
+            max_new_tokens=self.settings.max_new_tokens,
+            throughput=self.runner.throughput(),
+            workers=workers,
+        )
+        self.progress.start(plan.selected, plan.to_generate)
+        return plan
 
     @cached_property
     def methods(self) -> dict[str, type[SteeringMethod]]:
@@ -82,12 +123,24 @@ class SteerSession:
             except RunnerUnavailable as exc:
                 raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
 
-    def work_units(self) -> dict[str, str] | None:
-        """Case id -> xdist work unit; None when this process cannot plan (collection then reports why)."""
+    def work_units(self) -> Callable[[str], str | None] | None:
+        """Node id -> its xdist work unit (None for a test that is no steer case); None when this process
+        cannot plan (collection then reports why)."""
         try:
-            return self.plan.work_units()
+            plan = self.plan
+            units = plan.work_units()
         except Exception:  # the workers' collection fails with the same problem, and says it
             return None
+        return lambda nodeid: units.get(plan.case_id_of(nodeid) or "")
+
+    def case_ids(self, nodeids: list[str]) -> dict[str, str]:
+        """Node id -> case id of the steer tests among ``nodeids`` (what a controller learns of a worker's collection)."""
+        try:
+            plan = self.plan
+        except Exception:  # the workers' collection reports the problem
+            return {}
+        found = {nodeid: plan.case_id_of(nodeid) for nodeid in nodeids}
+        return {nodeid: case for nodeid, case in found.items() if case is not None}
 
     @cached_property
     def configs(self) -> tuple[SteeringConfig, ...]:
@@ -129,8 +182,10 @@ class SteerSession:
         garbage collector's sight (``gc.freeze``): the imports of torch and transformers leave some
         360,000 long-lived objects, every full collection walks them all (0.2 s on a 2-core CPU),
         and pytest runs several as it exits."""
-        if "runner" in vars(self) and self.runner.model_loaded:
-            gc.freeze()
+        if "runner" in vars(self):
+            self.runner.store_throughput()
+            if self.runner.model_loaded:
+                gc.freeze()
 
     def receive(self, record: dict[str, Any], nodeid: str) -> None:
         self.records.append({**record, "nodeid": nodeid})
@@ -139,17 +194,60 @@ class SteerSession:
         """Aggregates and verdicts of every record received (built once, after the test loop)."""
         if self._results is None:
             from pytest_steer.gating import decide
-            from pytest_steer.records import lost_record
             from pytest_steer.results import RunResults
 
-            reason = f"not run: {self.stopped}" if self.stopped else "the case never reported (its worker crashed)"
-            reported = {record["nodeid"] for record in self.records}
-            configs = {config.name: config for config in self.configs}
-            lost = [lost_record(nodeid, configs, reason) for nodeid in self.expected if nodeid not in reported]
-            records = self.records + lost
+            records = self._case_records()
+            lost = self._lost_records({case_id(r["key"], r["config"], r["trial"]) for r in records})
+            records += lost
             model = next((r["model"] for r in records if r.get("model")), None) or {"name": self.settings.model}
             run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir)
             aggregated = RunResults.from_records(run, records, seed=self.settings.seed, n_lost=len(lost))
             verdicts = decide(aggregated.aggregates, run, self.settings)
-            self._results = replace(aggregated, **verdicts.as_fields())
+            gates, comparisons, selection = self.selection.decide(verdicts.gates, verdicts.comparisons)
+            verdicts.gates, verdicts.comparisons = gates, comparisons
+            if all(not config.steered for config in self.configs):
+                verdicts.notes.append(
+                    "only the unsteered baseline ran: add steered configs with --steer-alpha (PASTA, e.g. --steer-alpha 10) "
+                    "or --steer-method (e.g. --steer-method emphasis)"
+                )
+            self._results = replace(aggregated, selection=selection, **verdicts.as_fields())
         return self._results
+
+    def report_dir(self) -> Path:
+        """--steer-report-dir, or the default one; a partial selection's report goes beside the default, never over it."""
+        from pytest_steer.report.files import default_report_dir
+
+        if self.settings.report_dir is not None:
+            return self.settings.report_dir
+        default = default_report_dir(self.config)
+        selection = self.results().selection
+        if selection is not None and selection.partial:
+            self.full_report_dir = default
+            return default.with_name(f"{default.name}-partial")
+        return default
+
+    def _case_records(self) -> list[dict[str, Any]]:
+        """One record per case, however many tests requested it (each test's report carries the same record)."""
+        by_case: dict[str, dict[str, Any]] = {}
+        for record in self.records:
+            by_case.setdefault(case_id(record["key"], record["config"], record["trial"]), record)
+        return list(by_case.values())
+
+    def _lost_records(self, reported: set[str]) -> list[dict[str, Any]]:
+        """Records of the selected cases that no test reported: errors, never misses."""
+        from pytest_steer.records import CaseRecord
+
+        reason = f"lost: not run: {self.stopped}" if self.stopped else "lost: the case never reported (its worker crashed)"
+        lost = []
+        for nodeid, case_key in self.selected.items():
+            if case_key in reported:
+                continue
+            reported.add(case_key)
+            case = self.plan.by_id[case_key]
+            row = case.row
+            record = CaseRecord.failed(
+                key=row.key, config=case.config.name, alpha=case.config.alpha, trial=case.trial, error=reason,
+                seed=case.seed, prompt=row.prompt, instruction_id_list=list(row.instruction_id_list), method=case.config.method,
+            )
+            lost.append(record.to_dict() | {"nodeid": nodeid})
+        return lost

@@ -17,6 +17,7 @@ from typing import Any
 from pytest_steer.aggregate import ConfigAggregate, instruction_deltas_vs_baseline
 from pytest_steer.gates import ComparisonResult, GateResult
 from pytest_steer.results import RunResults
+from pytest_steer.selection import RunSelection
 from pytest_steer.stats import Interval
 
 # 2: configs name their steering method; the run's steering section maps config names to method and parameters.
@@ -44,6 +45,8 @@ def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[st
         "gates": [gate.to_dict() for gate in results.gates],
         "comparisons": [comparison.to_dict() for comparison in results.comparisons],
     }
+    if results.selection is not None:
+        data["selection"] = results.selection.to_dict()
     if include_cases:
         data["cases"] = results.records
     return data
@@ -120,6 +123,7 @@ def results_from_dict(
         gates=[gate_from_dict(g) for g in data.get("gates", [])],
         comparisons=[comparison_from_dict(c) for c in data.get("comparisons", [])],
         n_lost=int(data.get("n_lost", 0)),
+        selection=RunSelection.from_dict(data["selection"]) if data.get("selection") else None,
     )
 
 

@@ -119,13 +119,16 @@ def describe_run(results: RunResults) -> list[str]:
         if generation.get("greedy")
         else f"sampling (temperature {generation.get('temperature')}, top-p {generation.get('top_p')})"
     )
-    return [
+    lines = [
         f"model: {model.get('name', '?')} ({model.get('dtype', '?')}, {model.get('attn_implementation', '?')} attention)",
         f"prompts: {dataset.get('n_prompts', '?')} from {dataset.get('source', '?')}; "
         f"{generation.get('trials', '?')} trial(s) each, {decoding}, {generation.get('max_new_tokens', '?')} new tokens, "
         f"seed {generation.get('seed', '?')}",
         "configs: " + "; ".join(describe_config(name, entry) for name, entry in steering.items()),
     ]
+    if results.selection is not None and results.selection.partial:
+        lines.append(results.selection.describe())
+    return lines
 
 
 DeltaPair = tuple[Interval | None, Interval | None]  # (Δ strict follow rate, Δ quality)

@@ -155,18 +155,45 @@ def write_summary(terminalreporter: Any, results: RunResults) -> None:
     for line in render_table(results, terminal_width(terminalreporter)):
         terminalreporter.write_line(line)
     checks = check_lines(results)
-    if checks:
+    undecided = results.selection.undecided if results.selection is not None else ()
+    if checks or undecided:
         failed = sum(not passed for _, passed in checks)
         terminalreporter.write_line("")
-        terminalreporter.write_line(f"gates: {len(checks) - failed} passed, {failed} failed")
+        skipped = f", {len(undecided)} not decided" if undecided else ""
+        terminalreporter.write_line(f"gates: {len(checks) - failed} passed, {failed} failed{skipped}")
         for line, passed in checks:
             terminalreporter.write_line(f"  {line}", green=passed, red=not passed)
+        for check in undecided:
+            terminalreporter.write_line(f"  SKIP  {check.config or 'no config'}: {check.name}: {check.reason}", yellow=True)
     if results.n_lost:
         terminalreporter.write_line(
             f"{results.n_lost} case(s) were collected but did not report ({lost_reason(results)}); "
             "the aggregates above count them as errors",
             yellow=True,
         )
+
+
+# The short summary's letters (-r) and the report statistics they list.
+_SHORT_SUMMARY_STATS = {"f": "failed", "E": "error", "s": "skipped", "x": "xfailed", "X": "xpassed", "p": "passed"}
+
+
+def write_missed_summary(terminalreporter: Any, stat: str) -> None:
+    """MISSED cases in pytest's short test summary: with -rm, or wherever passes are listed (-rp, -rA).
+
+    A missed case passed as a test (its instructions were recorded, not asserted), so
+    pytest files it under its own status, which no -r letter of pytest's names.
+    """
+    chars = getattr(terminalreporter, "reportchars", "")
+    missed = terminalreporter.stats.get(stat, [])
+    if not missed or not ("m" in chars or "p" in chars) or getattr(terminalreporter.config.option, "no_summary", False):
+        return
+    listed = any(terminalreporter.stats.get(name) for char, name in _SHORT_SUMMARY_STATS.items() if char in chars)
+    if not listed:  # pytest wrote no short summary of its own: start one
+        terminalreporter.write_sep("=", "short test summary info", cyan=True, bold=True)
+    for report in missed:
+        record = getattr(report, "steer_record", None) or {}
+        ids = [iid for iid, followed in zip(record.get("instruction_id_list", []), record.get("strict", [])) if not followed]
+        terminalreporter.write_line(f"MISSED {report.nodeid} - not followed (strict): {', '.join(ids)}")
 
 
 def lost_reason(results: RunResults) -> str:

@@ -1,0 +1,167 @@
+"""What pytest's selection (``-k``, ``-m``, ``--deselect``, ``--lf``) left of a run, and what it leaves undecided.
+
+Only the selected cases are generated and aggregated. A config whose collected cases are
+not all selected is measured on a subset that pytest chose (``--lf`` picks the failures),
+so a gate, fail-if or saved-run comparison that reads such a config is not decided: it is
+reported as skipped with the reason, never as passed or failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_steer.cases import BASELINE
+
+if TYPE_CHECKING:
+    from pytest_steer.cases import Case
+    from pytest_steer.gates import ComparisonResult, GateResult
+
+SELECTION_OPTIONS = "-k/-m/--deselect/--lf"
+
+
+@dataclass(frozen=True)
+class ConfigSelection:
+    """How many of one config's collected cases and prompts pytest's selection kept."""
+
+    name: str
+    cases_selected: int
+    cases_collected: int
+    prompts_selected: int
+    prompts_collected: int
+
+    @property
+    def partial(self) -> bool:
+        return self.cases_selected < self.cases_collected
+
+    def describe(self) -> str:
+        if self.cases_selected == 0:
+            return f"none of the {self.prompts_collected} prompts of {self.name}"
+        if self.prompts_selected < self.prompts_collected:
+            return f"{self.prompts_selected} of {self.prompts_collected} prompts of {self.name}"
+        return f"{self.cases_selected} of {self.cases_collected} cases of {self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cases_selected": self.cases_selected,
+            "cases_collected": self.cases_collected,
+            "prompts_selected": self.prompts_selected,
+            "prompts_collected": self.prompts_collected,
+        }
+
+
+@dataclass(frozen=True)
+class UndecidedCheck:
+    """A gate, fail-if or saved-run comparison that the selection left without a verdict."""
+
+    kind: str  # "gate" (gates and fail-ifs) or "comparison" (with --steer-baseline)
+    name: str  # the gate's label, or the compared metric
+    config: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "config": self.config, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class RunSelection:
+    configs: tuple[ConfigSelection, ...]
+    undecided: tuple[UndecidedCheck, ...] = ()
+
+    @classmethod
+    def of(cls, cases: Iterable[Case], selected: Collection[str]) -> RunSelection:
+        """Per config (in plan order), the selected share of the collected ``cases``; ``selected`` holds case ids."""
+        collected: dict[str, list[Case]] = {}
+        for case in cases:
+            collected.setdefault(case.config.name, []).append(case)
+        chosen = set(selected)
+        configs = []
+        for name, config_cases in collected.items():
+            kept = [case for case in config_cases if case.id in chosen]
+            configs.append(
+                ConfigSelection(
+                    name,
+                    cases_selected=len(kept),
+                    cases_collected=len(config_cases),
+                    prompts_selected=len({case.row.key for case in kept}),
+                    prompts_collected=len({case.row.key for case in config_cases}),
+                )
+            )
+        return cls(tuple(configs))
+
+    @property
+    def partial(self) -> bool:
+        return any(config.partial for config in self.configs)
+
+    @property
+    def cases_selected(self) -> int:
+        return sum(config.cases_selected for config in self.configs)
+
+    @property
+    def cases_collected(self) -> int:
+        return sum(config.cases_collected for config in self.configs)
+
+    def partial_configs(self) -> dict[str, ConfigSelection]:
+        return {config.name: config for config in self.configs if config.partial}
+
+    def describe(self) -> str:
+        """One line for the reports; empty for a full selection."""
+        if not self.partial:
+            return ""
+        parts = "; ".join(config.describe() for config in self.partial_configs().values())
+        text = (
+            f"partial selection: pytest's selection ({SELECTION_OPTIONS}) ran {self.cases_selected} of "
+            f"{self.cases_collected} cases ({parts}); the aggregates cover only those"
+        )
+        if self.undecided:
+            text += f", and {len(self.undecided)} check(s) are not decided"
+        return text
+
+    def decide(
+        self, gates: Iterable[GateResult], comparisons: Iterable[ComparisonResult]
+    ) -> tuple[list[GateResult], list[ComparisonResult], RunSelection]:
+        """Keep the checks whose configs are fully selected; the others become undecided."""
+        from pytest_steer.gates import parse_gate
+
+        partial = self.partial_configs()
+        baseline = next((config.name for config in self.configs if config.name == BASELINE), None)
+        kept_gates, kept_comparisons, undecided = [], [], list(self.undecided)
+        for gate in gates:
+            involved = [gate.config] if gate.config is not None else list(partial)  # a config with no case left at all
+            if gate.config is not None and baseline is not None and parse_gate(gate.gate.removeprefix("fail if ")).delta:
+                involved.append(baseline)
+            reason = self._reason(involved, partial)
+            if reason is None:
+                kept_gates.append(gate)
+            else:
+                undecided.append(UndecidedCheck("gate", gate.gate, gate.config, reason))
+        for comparison in comparisons:
+            reason = self._reason([comparison.config], partial)
+            if reason is None:
+                kept_comparisons.append(comparison)
+            else:
+                undecided.append(UndecidedCheck("comparison", comparison.metric, comparison.config, reason))
+        return kept_gates, kept_comparisons, RunSelection(self.configs, tuple(undecided))
+
+    @staticmethod
+    def _reason(involved: Iterable[str], partial: Mapping[str, ConfigSelection]) -> str | None:
+        short = [partial[name].describe() for name in dict.fromkeys(involved) if name in partial]
+        if not short:
+            return None
+        return f"not decided: pytest's selection ran {'; '.join(short)}; run without {SELECTION_OPTIONS} to decide it"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "partial": self.partial,
+            "cases_selected": self.cases_selected,
+            "cases_collected": self.cases_collected,
+            "configs": {config.name: config.to_dict() for config in self.configs},
+            "undecided": [check.to_dict() for check in self.undecided],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSelection:
+        configs = tuple(ConfigSelection(name, **{k: int(v) for k, v in entry.items()}) for name, entry in data["configs"].items())
+        undecided = tuple(UndecidedCheck(c["kind"], c["name"], c.get("config"), c["reason"]) for c in data.get("undecided", []))
+        return cls(configs, undecided)

@@ -149,7 +149,7 @@ class RunSelection:
         short = [partial[name].describe() for name in dict.fromkeys(involved) if name in partial]
         if not short:
             return None
-        return f"not decided: pytest's selection ran {'; '.join(short)}; run without {SELECTION_OPTIONS} to decide it"
+        return f"not decided: pytest's selection ran {' and '.join(short)}; run without {SELECTION_OPTIONS} to decide it"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,188 @@
+"""Several tests per case, and pytest's selection (-k, --deselect, --lf): generated, aggregated and gated honestly."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_steer.cases import Case, build_cases, steering_configs
+from pytest_steer.data import PromptRow
+from pytest_steer.gates import ComparisonResult, GateResult
+from pytest_steer.selection import ConfigSelection, RunSelection
+
+TWO_TESTS = """
+import pytest
+
+def test_answers(steer_case):
+    assert steer_case.key != "s001", "s001 fails here"
+
+@pytest.mark.parametrize("x", [1, 2])
+def test_also(steer_case, x):
+    assert steer_case.response is not None and x > 0
+"""
+
+
+SUITE_TEST = """
+def test_follows_instructions(steer_case):
+    pass
+"""
+
+
+def tiny_args(model: Path, *args: str) -> list[str]:
+    return ["--steer-model", str(model), "--steer-max-new-tokens", "4", "--steer-min-prompts", "2", *args]
+
+
+def plan_cases() -> list[Case]:
+    """Prompts s001 and a-b, 2 trials, under the baseline and pasta_alpha10."""
+    rows = [PromptRow(key, f"Prompt {key}.", (), ("punctuation:no_comma",), ({},)) for key in ("s001", "a-b")]
+    return build_cases(rows, steering_configs([10.0]), trials=2, seed=0, highlight="prompt")
+
+
+def gate(text: str, config: str | None) -> GateResult:
+    return GateResult(text, config, True, None, 0.0, f"{config}: {text} -> PASS")
+
+
+# ---------------------------------------------------------------------------- units
+
+
+def test_a_full_selection_decides_every_check() -> None:
+    cases = plan_cases()
+    selection = RunSelection.of(cases, {case.id for case in cases})
+    assert not selection.partial and selection.describe() == ""
+    gates = [gate("quality > 0", "pasta_alpha10"), gate("fail if quality - baseline < 0", "pasta_alpha10")]
+    kept, comparisons, decided = selection.decide(gates, [])
+    assert kept == gates and decided.undecided == ()
+
+
+def test_a_check_on_a_partly_selected_config_is_not_decided() -> None:
+    cases = plan_cases()
+    chosen = {case.id for case in cases if case.config.name == "pasta_alpha10" or case.row.key == "s001"}
+    selection = RunSelection.of(cases, chosen)
+    assert selection.partial
+    assert selection.configs == (ConfigSelection("baseline", 2, 4, 1, 2), ConfigSelection("pasta_alpha10", 4, 4, 2, 2))
+    absolute = gate("alpha=10: quality > 0", "pasta_alpha10")  # reads pasta_alpha10 alone, which is complete
+    delta = gate("fail if quality - baseline < 0", "pasta_alpha10")  # reads the baseline too
+    on_baseline = gate("quality > 0", "baseline")
+    comparison = ComparisonResult("baseline", "quality", 0.0, True, None, "baseline: quality vs saved -> PASS")
+    kept, comparisons, decided = selection.decide([absolute, delta, on_baseline], [comparison])
+    assert kept == [absolute] and comparisons == []
+    reasons = {check.name: check.reason for check in decided.undecided}
+    assert reasons == {
+        "fail if quality - baseline < 0": "not decided: pytest's selection ran 1 of 2 prompts of baseline; "
+        "run without -k/-m/--deselect/--lf to decide it",
+        "quality > 0": "not decided: pytest's selection ran 1 of 2 prompts of baseline; run without -k/-m/--deselect/--lf to decide it",
+        "quality": "not decided: pytest's selection ran 1 of 2 prompts of baseline; run without -k/-m/--deselect/--lf to decide it",
+    }
+    assert [check.kind for check in decided.undecided] == ["gate", "gate", "comparison"]
+    assert "ran 6 of 8 cases (1 of 2 prompts of baseline)" in decided.describe()
+    assert "3 check(s) are not decided" in decided.describe()
+    assert RunSelection.from_dict(json.loads(json.dumps(decided.to_dict()))) == decided
+
+
+def test_a_gate_whose_config_was_not_selected_at_all_is_not_decided() -> None:
+    cases = plan_cases()
+    selection = RunSelection.of(cases, {case.id for case in cases if case.config.name == "baseline"})
+    no_target = GateResult("alpha=10: quality > 0", None, False, None, 0.0, "selects no config -> FAIL")
+    kept, _, decided = selection.decide([no_target], [])
+    assert kept == []
+    assert decided.undecided[0].reason.startswith("not decided: pytest's selection ran none of the 2 prompts of pasta_alpha10")
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_several_tests_share_each_case(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path, workers: list[str]) -> None:
+    pytester.makepyfile(test_mine=TWO_TESTS)
+    out, cache = tmp_path / "results.json", tmp_path / "cache"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rA", *tiny_args(tiny_checkpoint, "--steer-limit", "2", "--steer-alpha", "10"),
+        "--steer-json", str(out), "--steer-cache-dir", str(cache), *workers,
+    )
+    output = result.stdout.str()
+    assert "INTERNALERROR" not in output, output
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output  # test_answers fails on s001, by itself
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 2  # test_answers[s001-...] under both configs
+    assert outcomes.get("passed", 0) + outcomes.get("missed", 0) == 2 + 8  # the rest of test_answers, every test_also
+    result.stdout.fnmatch_lines(["FAILED *test_answers[[]s001-baseline-t0[]]*s001 fails here*"])
+    if outcomes.get("missed"):  # -rA lists the missed ones too
+        assert sum(line.startswith("MISSED test_mine.py::") for line in result.stdout.lines) == outcomes["missed"]
+    data = json.loads(out.read_text())
+    assert data["n_cases"] == len(data["cases"]) == 4  # 2 prompts × 2 configs, each once however many tests read it
+    assert sorted((c["key"], c["config"]) for c in data["cases"]) == [
+        ("s001", "baseline"), ("s001", "pasta_alpha10"), ("s002", "baseline"), ("s002", "pasta_alpha10")
+    ]
+    assert all(config["n_prompts"] == 2 and config["n_cases"] == 2 for config in data["configs"])
+    assert data["selection"]["partial"] is False
+    assert len(list((cache / "generation").rglob("*.json"))) == 4  # each case generated once
+    result.stdout.fnmatch_lines(["baseline *2 *", "pasta_alpha10 *2 *"])  # the table's prompt counts
+
+
+def test_k_generates_only_the_selected_cases_and_decides_no_gate(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    pytester.makepyfile(test_suite=SUITE_TEST)
+    cache = tmp_path / "cache"
+    result = pytester.runpytest_subprocess(
+        "-v", "-k", "s001 and baseline", "--steer-cache-dir", str(cache),
+        *tiny_args(tiny_checkpoint, "--steer-limit", "3", "--steer-alpha", "10", "--steer-gate", "strict_prompt_accuracy >= 0"),
+    )
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.OK, output  # nothing failed; the gates were not decided
+    result.stdout.fnmatch_lines([
+        "*plan: 3 prompts × 2 configs × 1 trial = 6 cases, 1 selected; 1 to generate (0 in the response cache)*",
+        "[[]steer[]] baseline: batch 1/1, 1/1 cases, *; run 1/1 cases*",
+    ])
+    assert len(list((cache / "generation").rglob("*.json"))) == 1  # one selected case, one response
+    assert "pasta_alpha10: batch" not in output
+    result.stdout.fnmatch_lines([
+        "partial selection: pytest's selection (-k/-m/--deselect/--lf) ran 1 of 6 cases (1 of 3 prompts of baseline; "
+        "none of the 3 prompts of pasta_alpha10)*",
+        "gates: 0 passed, 0 failed, 2 not decided",
+        "  SKIP  baseline: strict_prompt_accuracy >= 0: not decided: pytest's selection ran 1 of 3 prompts of baseline; run without*",
+    ])
+    result.stdout.fnmatch_lines(["*steer-gates::baseline::strict_prompt_accuracy >= 0 SKIPPED*"])
+    percentages = [int(p) for p in re.findall(r"\[ *(\d+)%\]", output)]
+    assert percentages and max(percentages) == 100 and percentages[-1] == 100  # the verdicts are counted: never past 100%
+    partial_dir = pytester.path / ".pytest_cache" / "d" / "steer-report-partial"
+    data = json.loads((partial_dir / "results.json").read_text())
+    assert not (pytester.path / ".pytest_cache" / "d" / "steer-report" / "results.json").exists()  # the full run's place is untouched
+    result.stdout.fnmatch_lines(["*the full run's report in *steer-report is left as it was*"])
+    assert data["selection"]["partial"] is True
+    assert data["selection"]["configs"]["baseline"] == {
+        "cases_selected": 1, "cases_collected": 3, "prompts_selected": 1, "prompts_collected": 3
+    }
+    assert data["gates"] == [] and len(data["selection"]["undecided"]) == 2
+    assert [c["config"] for c in data["configs"]] == ["baseline"]
+
+
+def test_last_failed_and_deselect_say_what_they_left_out(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    pytester.makepyfile(test_suite="""
+        def test_follows_instructions(steer_case):
+            assert steer_case.key not in ("s001", "s003")
+    """)
+    args = [
+        "--steer-cache-dir", str(tmp_path / "cache"),
+        *tiny_args(tiny_checkpoint, "--steer-limit", "4", "--steer-fail-if", "strict_prompt_accuracy < -1"),
+    ]
+    full = pytester.runpytest_subprocess(*args)
+    assert full.parseoutcomes()["failed"] == 2, full.stdout.str()
+    full.stdout.fnmatch_lines(["*only the unsteered baseline ran: add steered configs with --steer-alpha*--steer-method*"])
+    report = pytester.path / ".pytest_cache" / "d" / "steer-report" / "results.json"
+    full_data = json.loads(report.read_text())
+    assert full_data["selection"]["partial"] is False and len(full_data["gates"]) == 1 and full_data["gates"][0]["passed"]
+
+    last_failed = pytester.runpytest_subprocess(*args, "--lf")
+    assert last_failed.ret == pytest.ExitCode.TESTS_FAILED  # the two failures, again
+    data = json.loads((report.parent.parent / "steer-report-partial" / "results.json").read_text())
+    assert data["selection"]["cases_selected"] == 2 and data["selection"]["partial"] is True
+    assert data["gates"] == []  # never judged on the failures alone
+    last_failed.stdout.fnmatch_lines(["*ran 2 of 4 cases (2 of 4 prompts of baseline)*"])
+    last_failed.stdout.fnmatch_lines(["SKIPPED * not decided: pytest's selection ran 2 of 4 prompts of baseline*"])
+    assert json.loads(report.read_text()) == full_data  # the full run's report is left as it was
+
+    deselected = pytester.runpytest_subprocess(*args, "--deselect", "test_suite.py::test_follows_instructions[s002-baseline-t0]")
+    deselected.stdout.fnmatch_lines(["*ran 3 of 4 cases (3 of 4 prompts of baseline)*"])
+    assert deselected.parseoutcomes()["deselected"] == 1

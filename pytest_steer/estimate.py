@@ -102,8 +102,8 @@ class RunPlan:
         return self.throughput.seconds(self.to_generate, self.max_new_tokens) / max(1, self.workers)
 
     def line(self) -> str:
-        trials = f"{self.trials} trial{'s' if self.trials != 1 else ''}"
-        text = f"plan: {self.prompts} prompts × {self.configs} configs × {trials} = {self.collected} cases"
+        counts = [_count(self.prompts, "prompt"), _count(self.configs, "config"), _count(self.trials, "trial")]
+        text = f"plan: {' × '.join(counts)} = {self.collected} cases"
         if self.selected < self.collected:
             text += f", {self.selected} selected"
         cache = "no response cache" if self.cached is None else f"{self.cached} in the response cache"
@@ -119,6 +119,10 @@ class RunPlan:
         workers = f" on {self.workers} workers" if self.workers > 1 else ""
         measured = f"{tp.tokens_per_s:.0f} tokens/s on {tp.device} {tp.dtype}, responses {tp.fill:.0%} of max length"
         return text + f"; estimate about {format_duration(seconds)}{workers} (earlier run: {measured})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def format_duration(seconds: float) -> str:

@@ -8,17 +8,18 @@ reported as skipped with the reason, never as passed or failed.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_steer.cases import BASELINE
 
 if TYPE_CHECKING:
-    from pytest_steer.cases import Case
+    from pytest_steer.cases import Case, SteeringConfig
     from pytest_steer.gates import ComparisonResult, GateResult
 
 SELECTION_OPTIONS = "-k/-m/--deselect/--lf"
+FAIL_IF = "fail if "  # how a fail-if's label starts (pytest_steer.gates)
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,30 @@ class RunSelection:
         return text
 
     def decide(
-        self, gates: Iterable[GateResult], comparisons: Iterable[ComparisonResult]
+        self,
+        gates: Iterable[GateResult],
+        comparisons: Iterable[ComparisonResult],
+        *,
+        configs: Sequence[SteeringConfig] = (),
+        expressions: Sequence[str] = (),
+        compared: Sequence[str] = (),
     ) -> tuple[list[GateResult], list[ComparisonResult], RunSelection]:
-        """Keep the checks whose configs are fully selected; the others become undecided."""
+        """Keep the checks whose configs are fully selected; the others become undecided.
+
+        ``expressions`` are the gate labels of the run (``fail if ...`` for fail-ifs) and
+        ``compared`` the metrics compared with a saved run: a config of ``configs`` that the
+        selection left without any case has no result to judge, and is named undecided too.
+        """
         from pytest_steer.gates import parse_gate
 
         partial = self.partial_configs()
         baseline = next((config.name for config in self.configs if config.name == BASELINE), None)
         kept_gates, kept_comparisons, undecided = [], [], list(self.undecided)
         for gate in gates:
-            involved = [gate.config] if gate.config is not None else list(partial)  # a config with no case left at all
-            if gate.config is not None and baseline is not None and parse_gate(gate.gate.removeprefix("fail if ")).delta:
+            if gate.config is None and partial:  # selects only configs without a case: named below
+                continue
+            involved = [gate.config] if gate.config is not None else []
+            if gate.config is not None and baseline is not None and parse_gate(gate.gate.removeprefix(FAIL_IF)).delta:
                 involved.append(baseline)
             reason = self._reason(involved, partial)
             if reason is None:
@@ -142,6 +156,15 @@ class RunSelection:
                 kept_comparisons.append(comparison)
             else:
                 undecided.append(UndecidedCheck("comparison", comparison.metric, comparison.config, reason))
+        unselected = [config for config in configs if config.name in partial and partial[config.name].cases_selected == 0]
+        for label in expressions:
+            parsed = parse_gate(label.removeprefix(FAIL_IF))
+            for config in unselected:
+                if parsed.selector.selects(config.name, config.alpha, baseline=not config.steered, delta=parsed.delta):
+                    undecided.append(UndecidedCheck("gate", label, config.name, str(self._reason([config.name], partial))))
+        for config in unselected:
+            reason = str(self._reason([config.name], partial))
+            undecided += [UndecidedCheck("comparison", metric, config.name, reason) for metric in compared]
         return kept_gates, kept_comparisons, RunSelection(self.configs, tuple(undecided))
 
     @staticmethod

@@ -193,6 +193,7 @@ class SteerSession:
     def results(self) -> RunResults:
         """Aggregates and verdicts of every record received (built once, after the test loop)."""
         if self._results is None:
+            from pytest_steer.gates import parse_compare_fail, parse_gate
             from pytest_steer.gating import decide
             from pytest_steer.results import RunResults
 
@@ -203,7 +204,16 @@ class SteerSession:
             run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir)
             aggregated = RunResults.from_records(run, records, seed=self.settings.seed, n_lost=len(lost))
             verdicts = decide(aggregated.aggregates, run, self.settings)
-            gates, comparisons, selection = self.selection.decide(verdicts.gates, verdicts.comparisons)
+            gates, comparisons, selection = self.selection.decide(
+                verdicts.gates,
+                verdicts.comparisons,
+                configs=self.configs,
+                expressions=[
+                    *(parse_gate(text).text for text in self.settings.gate),
+                    *(f"fail if {parse_gate(text).text}" for text in self.settings.fail_if),
+                ],
+                compared=list(parse_compare_fail(self.settings.compare_fail)) if self.settings.baseline is not None else [],
+            )
             verdicts.gates, verdicts.comparisons = gates, comparisons
             if all(not config.steered for config in self.configs):
                 verdicts.notes.append(

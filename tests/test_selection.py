@@ -86,8 +86,10 @@ def test_a_gate_whose_config_was_not_selected_at_all_is_not_decided() -> None:
     cases = plan_cases()
     selection = RunSelection.of(cases, {case.id for case in cases if case.config.name == "baseline"})
     no_target = GateResult("alpha=10: quality > 0", None, False, None, 0.0, "selects no config -> FAIL")
-    kept, _, decided = selection.decide([no_target], [])
+    kept, _, decided = selection.decide([no_target], [], configs=steering_configs([10.0]), expressions=["alpha=10: quality > 0"])
     assert kept == []
+    assert len(decided.undecided) == 1  # named once, on the config it selects
+    assert decided.undecided[0].config == "pasta_alpha10"
     assert decided.undecided[0].reason.startswith("not decided: pytest's selection ran none of the 2 prompts of pasta_alpha10")
 
 
@@ -108,7 +110,7 @@ def test_several_tests_share_each_case(pytester: pytest.Pytester, tiny_checkpoin
     outcomes = result.parseoutcomes()
     assert outcomes["failed"] == 2  # test_answers[s001-...] under both configs
     assert outcomes.get("passed", 0) + outcomes.get("missed", 0) == 2 + 8  # the rest of test_answers, every test_also
-    result.stdout.fnmatch_lines(["FAILED *test_answers[[]s001-baseline-t0[]]*s001 fails here*"])
+    result.stdout.fnmatch_lines(["FAILED *test_answers[[]s001-baseline-t0[]] - AssertionError*"])
     if outcomes.get("missed"):  # -rA lists the missed ones too
         assert sum(line.startswith("MISSED test_mine.py::") for line in result.stdout.lines) == outcomes["missed"]
     data = json.loads(out.read_text())
@@ -126,7 +128,7 @@ def test_k_generates_only_the_selected_cases_and_decides_no_gate(pytester: pytes
     pytester.makepyfile(test_suite=SUITE_TEST)
     cache = tmp_path / "cache"
     result = pytester.runpytest_subprocess(
-        "-v", "-k", "s001 and baseline", "--steer-cache-dir", str(cache),
+        "--rootdir", str(pytester.path), "-v", "-k", "s001 and baseline", "--steer-cache-dir", str(cache),
         *tiny_args(tiny_checkpoint, "--steer-limit", "3", "--steer-alpha", "10", "--steer-gate", "strict_prompt_accuracy >= 0"),
     )
     output = result.stdout.str()
@@ -155,7 +157,7 @@ def test_k_generates_only_the_selected_cases_and_decides_no_gate(pytester: pytes
         "cases_selected": 1, "cases_collected": 3, "prompts_selected": 1, "prompts_collected": 3
     }
     assert data["gates"] == [] and len(data["selection"]["undecided"]) == 2
-    assert [c["config"] for c in data["configs"]] == ["baseline"]
+    assert [c["name"] for c in data["configs"]] == ["baseline"]
 
 
 def test_last_failed_and_deselect_say_what_they_left_out(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -164,7 +166,7 @@ def test_last_failed_and_deselect_say_what_they_left_out(pytester: pytest.Pytest
             assert steer_case.key not in ("s001", "s003")
     """)
     args = [
-        "--steer-cache-dir", str(tmp_path / "cache"),
+        "--rootdir", str(pytester.path), "--steer-cache-dir", str(tmp_path / "cache"),
         *tiny_args(tiny_checkpoint, "--steer-limit", "4", "--steer-fail-if", "strict_prompt_accuracy < -1"),
     ]
     full = pytester.runpytest_subprocess(*args)
@@ -174,7 +176,7 @@ def test_last_failed_and_deselect_say_what_they_left_out(pytester: pytest.Pytest
     full_data = json.loads(report.read_text())
     assert full_data["selection"]["partial"] is False and len(full_data["gates"]) == 1 and full_data["gates"][0]["passed"]
 
-    last_failed = pytester.runpytest_subprocess(*args, "--lf")
+    last_failed = pytester.runpytest_subprocess(*args, "--lf", "-rs")
     assert last_failed.ret == pytest.ExitCode.TESTS_FAILED  # the two failures, again
     data = json.loads((report.parent.parent / "steer-report-partial" / "results.json").read_text())
     assert data["selection"]["cases_selected"] == 2 and data["selection"]["partial"] is True
@@ -186,3 +188,18 @@ def test_last_failed_and_deselect_say_what_they_left_out(pytester: pytest.Pytest
     deselected = pytester.runpytest_subprocess(*args, "--deselect", "test_suite.py::test_follows_instructions[s002-baseline-t0]")
     deselected.stdout.fnmatch_lines(["*ran 3 of 4 cases (3 of 4 prompts of baseline)*"])
     assert deselected.parseoutcomes()["deselected"] == 1
+    deselected.stdout.fnmatch_lines(["*plan: 4 prompts × 1 config × 1 trial = 4 cases, 3 selected; 0 to generate (3 in the response cache)*"])
+
+
+def test_a_config_without_any_selected_case_leaves_its_checks_undecided() -> None:
+    cases = plan_cases()
+    selection = RunSelection.of(cases, {case.id for case in cases if case.config.name == "baseline"})
+    configs = steering_configs([10.0])
+    _, _, decided = selection.decide(
+        [], [], configs=configs, expressions=["quality > 0", "fail if alpha=10: quality - baseline < 0"], compared=["quality"]
+    )
+    assert [(check.kind, check.name, check.config) for check in decided.undecided] == [
+        ("gate", "quality > 0", "pasta_alpha10"),
+        ("gate", "fail if alpha=10: quality - baseline < 0", "pasta_alpha10"),
+        ("comparison", "quality", "pasta_alpha10"),
+    ]  # the baseline is complete: checks on it are decided, and none was given here

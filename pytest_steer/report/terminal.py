@@ -8,6 +8,7 @@ does not fit, the metric columns wrap into a second block that repeats the confi
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,15 @@ def write_missed_summary(terminalreporter: Any, stat: str) -> None:
     for report in missed:
         record = getattr(report, "steer_record", None) or {}
         ids = [iid for iid, followed in zip(record.get("instruction_id_list", []), record.get("strict", [])) if not followed]
-        terminalreporter.write_line(f"MISSED {report.nodeid} - not followed (strict): {', '.join(ids)}")
+        terminalreporter.write_line(f"MISSED {_from_cwd(terminalreporter.config, report.nodeid)} - not followed (strict): {', '.join(ids)}")
+
+
+def _from_cwd(config: Any, nodeid: str) -> str:
+    """A node id as pytest's own summary lines show it: its path relative to the invocation directory."""
+    path, separator, rest = nodeid.partition("::")
+    if config.invocation_params.dir == config.rootpath:
+        return nodeid
+    return os.path.relpath(config.rootpath / path, config.invocation_params.dir) + separator + rest
 
 
 def lost_reason(results: RunResults) -> str:

@@ -6,7 +6,11 @@ What is stored:
   spans PASTA could not locate. The key (:func:`generation_key`) holds everything the
   response depends on: model fingerprint, device type, library versions, engine version,
   prompt, steering (alpha, resolved heads, scale position, highlight spans), generation
-  settings and the case seed. Changing any of them misses only the affected cases.
+  settings and the case seed. Changing any of them misses only the affected cases. A
+  steering method is keyed by its ``params()`` and by its code (:func:`method_code`: the
+  source files that define the method's class and its bases), so editing a method's code
+  regenerates its responses even when ``params()`` did not change; what a method reads
+  from elsewhere (a vector file, another module) must be named by ``params()``.
 - ``quality`` entries: the quality score of one cached response under one scorer
   (:func:`quality_key`; for a reward model, the revision of its weights too). Fluency is
   a forward pass of the model and a reward model may be large, so scores are kept too;
@@ -26,9 +30,12 @@ replaces it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,6 +86,26 @@ def generation_key(
             "seed": seed,
         }
     )
+
+
+@functools.cache
+def method_code(method: type) -> str:
+    """A digest of the code of a steering method: the source of each module that defines the class or
+    one of its bases (``SteeringMethod`` and ``object`` aside). A class whose source cannot be read
+    (defined interactively) is keyed by its qualified name alone."""
+    from pytest_steer.steering.method import SteeringMethod
+
+    sources = []
+    for cls in method.__mro__:
+        if cls in (SteeringMethod, object):
+            continue
+        module = sys.modules.get(cls.__module__)
+        try:
+            source = inspect.getsource(module) if module is not None else None
+        except (OSError, TypeError):
+            source = None
+        sources.append({"class": f"{cls.__module__}.{cls.__qualname__}", "source": source})
+    return digest(sources)
 
 
 def quality_key(generation: str, scorer: Mapping[str, Any]) -> str:

@@ -21,6 +21,7 @@ from pytest_steer.hub import HubUnavailableError
 from pytest_steer.options import SteerSettings
 from pytest_steer.sharding import select_shard
 from pytest_steer.steering.method import SteeringMethod
+from pytest_steer.steering.registry import bind_method_parameters
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def run_configs(settings: SteerSettings, methods: Mapping[str, type[SteeringMeth
                 f"--steer-method {name!r} is not a known steering method; known: {', '.join(sorted(methods))} "
                 "(register more with the pytest_steer_methods hook)"
             )
-    requested = [(name, dict(params)) for name, params in settings.method]
+    requested = [(name, bind_method_parameters(methods[name], name, params)) for name, params in settings.method]
     return tuple(steering_configs(settings.alpha, requested, heads=settings.heads, scale_position=settings.scale_position))
 
 

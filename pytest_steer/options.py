@@ -7,7 +7,6 @@ line wins. Values are validated here, so bad input stops pytest before anything 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,21 +155,19 @@ def _compare_fail(text: str) -> str:
     return text
 
 
-def _method(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """``name`` or ``name:key=value,key=value``; values are JSON when they parse as JSON, else strings."""
+def _method(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``name`` or ``name:key=value,key=value``; the values stay text until collection converts them to the
+    types the method declares (:mod:`pytest_steer.steering.parameters`)."""
     name, _, rest = text.partition(":")
     name = name.strip()
     if not name:
         raise ValueError(f"{text!r} names no method; use e.g. emphasis or emphasis:marker=__")
-    params: dict[str, Any] = {}
+    params: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, equals, value = item.partition("=")
         if not equals or not key.strip():
             raise ValueError(f"{text!r}: parameter {item!r} is not key=value; use e.g. {name}:key=value")
-        try:
-            params[key.strip()] = json.loads(value)
-        except ValueError:
-            params[key.strip()] = value.strip()
+        params[key.strip()] = value.strip()
     return name, tuple(params.items())
 
 
@@ -307,7 +304,7 @@ class SteerSettings:
     limit: int | None = None
     highlight: str = "auto"
     alpha: tuple[float, ...] = ()
-    method: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    method: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     heads: str | None = None
     scale_position: str = "include"
     trials: int = 1

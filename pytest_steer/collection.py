@@ -113,8 +113,10 @@ def naming(option: str) -> Iterator[None]:
 
 
 def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...]) -> None:
-    """What the options alone decide: device, dtype, outputs, baseline file, gate selectors, reward model."""
+    """What the options alone decide: device, dtype, outputs, baseline file and its settings, gate selectors,
+    quality checks under no quality scoring, reward model."""
     from pytest_steer import preflight
+    from pytest_steer.spec import RunSpec
 
     preflight.check_device(settings.device)
     preflight.check_dtype(settings.dtype, settings.device)
@@ -124,9 +126,10 @@ def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...])
         if path is not None:
             preflight.check_writable_file(path, option)
     if settings.baseline is not None:
-        preflight.check_baseline_file(settings.baseline)
+        preflight.check_baseline_file(settings.baseline, RunSpec.from_settings(settings, configs))
     preflight.check_gate_selectors(settings.gate, configs)
     preflight.check_gate_selectors(settings.fail_if, configs, option="--steer-fail-if")
+    preflight.check_quality_is_scored(settings)
     preflight.check_reward_model_offline(settings.quality)
 
 

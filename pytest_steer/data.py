@@ -126,11 +126,13 @@ def _kwargs_object(value: Any, where: str) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except (ValueError, RecursionError) as exc:
-            raise DatasetError(f"{where}: is text but not JSON ({exc}); give a JSON object such as {{\"relation\": \"at least\"}}") from None
+            example = '{"relation": "at least"}'
+            raise DatasetError(f"{where}: is text but not JSON ({exc}); give a JSON object such as {example}") from None
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise DatasetError(f"{where}: must be a JSON object of the instruction's arguments (or null), got {type(value).__name__} {value!r:.60}")
+        got = f"{type(value).__name__} {value!r:.60}"
+        raise DatasetError(f"{where}: must be a JSON object of the instruction's arguments (or null), got {got}")
     return dict(value)
 
 
@@ -163,7 +165,8 @@ def parse_rows(records: Sequence[Mapping[str, Any]], lines: Sequence[int] | None
         kwargs = []
         for position, (instruction_id, arguments) in enumerate(zip(ids, raw_kwargs)):
             if instruction_id not in INSTRUCTION_IDS:
-                raise DatasetError(f"{where}: field 'instruction_id_list'[{position}]: {unknown_instruction_id(instruction_id, INSTRUCTION_IDS)}")
+                problem = unknown_instruction_id(instruction_id, INSTRUCTION_IDS)
+                raise DatasetError(f"{where}: field 'instruction_id_list'[{position}]: {problem}")
             arguments = _kwargs_object(arguments, f"{where}: field 'kwargs'[{position}] ({instruction_id})")
             try:
                 kwargs.append(validate_kwargs(instruction_id, arguments))

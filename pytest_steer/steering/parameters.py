@@ -120,7 +120,7 @@ def type_name(annotation: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin in (Union, types.UnionType):
-        return " or ".join("None" if arg is type(None) else type_name(arg) for arg in args)
+        return _union_name(args)
     if origin is not None and args:
         return f"{origin.__name__}[{', '.join(type_name(arg) for arg in args if arg is not Ellipsis)}]"
     return getattr(annotation, "__name__", str(annotation))
@@ -157,7 +157,11 @@ def _convert_union(value: Any, args: tuple[Any, ...]) -> Any:
             return _convert(value, arg)
         except ValueError:
             continue
-    raise ValueError(f"{value!r} is not {type_name(Union[args])}")
+    raise ValueError(f"{value!r} is not {_union_name(args)}")
+
+
+def _union_name(args: tuple[Any, ...]) -> str:
+    return " or ".join("None" if arg is type(None) else type_name(arg) for arg in args)
 
 
 def _convert_bool(value: Any) -> bool:

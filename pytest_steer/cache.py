@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import inspect
 import json
 import os
 import sys
@@ -90,22 +89,31 @@ def generation_key(
 
 @functools.cache
 def method_code(method: type) -> str:
-    """A digest of the code of a steering method: the source of each module that defines the class or
-    one of its bases (``SteeringMethod`` and ``object`` aside). A class whose source cannot be read
-    (defined interactively) is keyed by its qualified name alone."""
+    """A digest of a steering method's code: of each file that defines the class or one of its bases
+    (``SteeringMethod`` and ``object`` aside). A class whose file cannot be read (defined
+    interactively) is keyed by its qualified name alone."""
     from pytest_steer.steering.method import SteeringMethod
 
-    sources = []
-    for cls in method.__mro__:
-        if cls in (SteeringMethod, object):
-            continue
-        module = sys.modules.get(cls.__module__)
+    return digest(
+        [
+            {"class": f"{cls.__module__}.{cls.__qualname__}", "source": _defining_file_digest(cls)}
+            for cls in method.__mro__
+            if cls not in (SteeringMethod, object)
+        ]
+    )
+
+
+def _defining_file_digest(cls: type) -> str | None:
+    """SHA-256 of the source file of ``cls``: where its functions were compiled, else its module's file."""
+    functions = (getattr(value, "__func__", value) for value in vars(cls).values())
+    candidates = [getattr(getattr(function, "__code__", None), "co_filename", None) for function in functions]
+    candidates.append(getattr(sys.modules.get(cls.__module__), "__file__", None))
+    for candidate in filter(None, candidates):
         try:
-            source = inspect.getsource(module) if module is not None else None
-        except (OSError, TypeError):
-            source = None
-        sources.append({"class": f"{cls.__module__}.{cls.__qualname__}", "source": source})
-    return digest(sources)
+            return hashlib.sha256(Path(candidate).read_bytes()).hexdigest()
+        except OSError:  # "<string>", a deleted file: try the next one
+            continue
+    return None
 
 
 def quality_key(generation: str, scorer: Mapping[str, Any]) -> str:

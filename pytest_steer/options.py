@@ -251,7 +251,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dataset", "prompts: 'builtin' (the built-in sample suite), a hub id (ibm-research/Split-IFEval, google/IFEval) or a .jsonl/.json/.parquet/.csv file", default="builtin", metavar="SOURCE"),
     Option("dataset_split", "split of a hub dataset", default="train"),
     Option("single_instruction", "keep only prompts with exactly one instruction", flag=True, default=False),
-    Option("instruction_ids", "keep prompts having any of these instruction ids (comma-separated)", parse=_instruction_ids, default=(), metavar="IDS"),
+    Option("instruction_ids", "keep prompts having any of these IFEval instruction ids (comma-separated; an unknown id is refused, with the nearest ones)", parse=_instruction_ids, default=(), metavar="IDS"),
     Option("per_instruction", "sample N prompts per instruction id (seeded by --steer-sample-seed)", parse=_positive_int, metavar="N"),
     Option("sample_seed", f"seed of the per-instruction sampling, 0 to {SEED_MAX}", parse=_seed, default=0),
     Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),

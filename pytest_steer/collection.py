@@ -154,9 +154,23 @@ def check_model(
         preflight.check_heads(settings.heads, config)
     lengths = [len(prompt) for prompt in prompts]
     if config is not None:
+        from pytest_steer.steering import SteeringError
+
+        from_method_option = {c.name for c in configs[len(configs) - len(settings.method) :]}  # steering_configs puts them last
         for steered in (c for c in configs if c.method is not None):
+            refused = None
             with naming(f"--steer-model {settings.model} under {steered.name}"):
-                methods[steered.method].create(steered.parameters, config).check_model_config(config)
+                try:
+                    made = methods[steered.method].create(steered.parameters, config)
+                except (TypeError, ValueError) as exc:
+                    if steered.name not in from_method_option or isinstance(exc, SteeringError):
+                        raise
+                    given = ",".join(f"{key}={value}" for key, value in steered.params)
+                    refused = f"{steered.method}{':' if given else ''}{given}: {exc}"  # a value the method itself refused
+                else:
+                    made.check_model_config(config)
+            if refused is not None:
+                raise OptionError(f"--steer-method {refused}")
         with naming("--steer-model"):
             lengths = prompt_token_lengths(settings.model, prompts, cache)
         preflight.check_context(config, settings.max_new_tokens, max(lengths, default=0))

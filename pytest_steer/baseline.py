@@ -2,8 +2,10 @@
 
 A baseline file keeps per-prompt values (not only means), so a later run is compared
 paired per prompt. Comparing across models is the point of a baseline (a new
-checkpoint against the last good one); comparing across datasets, generation or
-steering settings is not, and is refused.
+checkpoint against the last good one); comparing across datasets, generation,
+steering settings or quality scorers is not, and is refused: at collection, before
+anything is generated (:func:`pytest_steer.preflight.check_baseline_file`), and again
+when the run's results are compared.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from pytest_steer.aggregate import ConfigAggregate
 
 BASELINE_FORMAT = "pytest-steer-baseline/1"
-MUST_MATCH = ("dataset", "generation", "steering")
+MUST_MATCH = ("dataset", "generation", "steering", "quality")
 # Other draws of the same distribution: pairing per prompt still applies.
 MAY_DIFFER = ("seed", "trials", "n_prompts")
 
@@ -61,23 +63,43 @@ def load_run(path: Path) -> SavedRun:
     return SavedRun(run=data["run"], aggregates=aggregates)
 
 
+@dataclass(frozen=True)
+class Difference:
+    """One setting of a run fingerprint that differs from the saved run's."""
+
+    section: str  # dataset, generation, steering or quality
+    key: str
+    saved: Any
+    current: Any
+    blocking: bool  # True: the runs cannot be compared; False: worth a note
+
+
+def differences(current: dict[str, Any], saved: dict[str, Any]) -> list[Difference]:
+    """Every setting that differs between two run fingerprints, model aside."""
+    found = []
+    for section in MUST_MATCH:
+        ours, theirs = current.get(section) or {}, saved.get(section) or {}
+        for key in sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)):
+            if section == "steering":  # configs are matched by name: one on only one side is simply not compared
+                blocking = key in ours and key in theirs
+            else:
+                blocking = key not in MAY_DIFFER
+            found.append(Difference(section, key, theirs.get(key), ours.get(key), blocking))
+    return found
+
+
 def mismatches(current: dict[str, Any], saved: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(notes, blocking differences) between two run fingerprints."""
     notes = []
     if _model_id(current) != _model_id(saved):
         notes.append(f"the baseline was produced by {_model_id(saved)}; this run uses {_model_id(current)}")
     blocking = []
+    found = differences(current, saved)
     for section in MUST_MATCH:
-        ours, theirs = current.get(section) or {}, saved.get(section) or {}
-        differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        if section == "steering":  # configs are matched by name: one on only one side is simply not compared
-            hard = [k for k in differing if k in ours and k in theirs]
-        else:
-            hard = [k for k in differing if k not in MAY_DIFFER]
-        soft = [k for k in differing if k not in hard]
-        for keys, bucket in ((hard, blocking), (soft, notes)):
-            if keys:
-                details = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in keys)
+        for hard, bucket in ((True, blocking), (False, notes)):
+            chosen = [d for d in found if d.section == section and d.blocking is hard]
+            if chosen:
+                details = ", ".join(f"{d.key}: {d.saved!r} -> {d.current!r}" for d in chosen)
                 bucket.append(f"{section} settings differ from the baseline ({details})")
     return notes, blocking
 

@@ -6,7 +6,11 @@ What is stored:
   spans PASTA could not locate. The key (:func:`generation_key`) holds everything the
   response depends on: model fingerprint, device type, library versions, engine version,
   prompt, steering (alpha, resolved heads, scale position, highlight spans), generation
-  settings and the case seed. Changing any of them misses only the affected cases.
+  settings and the case seed. Changing any of them misses only the affected cases. A
+  steering method is keyed by its ``params()`` and by its code (:func:`method_code`: the
+  source files that define the method's class and its bases), so editing a method's code
+  regenerates its responses even when ``params()`` did not change; what a method reads
+  from elsewhere (a vector file, another module) must be named by ``params()``.
 - ``quality`` entries: the quality score of one cached response under one scorer
   (:func:`quality_key`; for a reward model, the revision of its weights too). Fluency is
   a forward pass of the model and a reward model may be large, so scores are kept too;
@@ -26,9 +30,11 @@ replaces it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,6 +85,35 @@ def generation_key(
             "seed": seed,
         }
     )
+
+
+@functools.cache
+def method_code(method: type) -> str:
+    """A digest of a steering method's code: of each file that defines the class or one of its bases
+    (``SteeringMethod`` and ``object`` aside). A class whose file cannot be read (defined
+    interactively) is keyed by its qualified name alone."""
+    from pytest_steer.steering.method import SteeringMethod
+
+    return digest(
+        [
+            {"class": f"{cls.__module__}.{cls.__qualname__}", "source": _defining_file_digest(cls)}
+            for cls in method.__mro__
+            if cls not in (SteeringMethod, object)
+        ]
+    )
+
+
+def _defining_file_digest(cls: type) -> str | None:
+    """SHA-256 of the source file of ``cls``: where its functions were compiled, else its module's file."""
+    functions = (getattr(value, "__func__", value) for value in vars(cls).values())
+    candidates = [getattr(getattr(function, "__code__", None), "co_filename", None) for function in functions]
+    candidates.append(getattr(sys.modules.get(cls.__module__), "__file__", None))
+    for candidate in filter(None, candidates):
+        try:
+            return hashlib.sha256(Path(candidate).read_bytes()).hexdigest()
+        except OSError:  # "<string>", a deleted file: try the next one
+            continue
+    return None
 
 
 def quality_key(generation: str, scorer: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ from pytest_steer.hub import HubUnavailableError
 from pytest_steer.options import SteerSettings
 from pytest_steer.sharding import select_shard
 from pytest_steer.steering.method import SteeringMethod
+from pytest_steer.steering.registry import bind_method_parameters
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def run_configs(settings: SteerSettings, methods: Mapping[str, type[SteeringMeth
                 f"--steer-method {name!r} is not a known steering method; known: {', '.join(sorted(methods))} "
                 "(register more with the pytest_steer_methods hook)"
             )
-    requested = [(name, dict(params)) for name, params in settings.method]
+    requested = [(name, bind_method_parameters(methods[name], name, params)) for name, params in settings.method]
     return tuple(steering_configs(settings.alpha, requested, heads=settings.heads, scale_position=settings.scale_position))
 
 
@@ -135,8 +136,10 @@ def naming(option: str) -> Iterator[None]:
 
 
 def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...]) -> None:
-    """What the options alone decide: device, dtype, outputs, baseline file, gate selectors, reward model."""
+    """What the options alone decide: device, dtype, outputs, baseline file and its settings, gate selectors,
+    quality checks under no quality scoring, reward model."""
     from pytest_steer import preflight
+    from pytest_steer.spec import RunSpec
 
     preflight.check_device(settings.device)
     preflight.check_dtype(settings.dtype, settings.device)
@@ -146,9 +149,10 @@ def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...])
         if path is not None:
             preflight.check_writable_file(path, option)
     if settings.baseline is not None:
-        preflight.check_baseline_file(settings.baseline)
+        preflight.check_baseline_file(settings.baseline, RunSpec.from_settings(settings, configs))
     preflight.check_gate_selectors(settings.gate, configs)
     preflight.check_gate_selectors(settings.fail_if, configs, option="--steer-fail-if")
+    preflight.check_quality_is_scored(settings)
     preflight.check_reward_model_offline(settings.quality)
 
 
@@ -173,9 +177,23 @@ def check_model(
         preflight.check_heads(settings.heads, config)
     lengths = [len(prompt) for prompt in prompts]
     if config is not None:
+        from pytest_steer.steering import SteeringError
+
+        from_method_option = {c.name for c in configs[len(configs) - len(settings.method) :]}  # steering_configs puts them last
         for steered in (c for c in configs if c.method is not None):
+            refused = None
             with naming(f"--steer-model {settings.model} under {steered.name}"):
-                methods[steered.method].create(steered.parameters, config).check_model_config(config)
+                try:
+                    made = methods[steered.method].create(steered.parameters, config)
+                except (TypeError, ValueError) as exc:
+                    if steered.name not in from_method_option or isinstance(exc, SteeringError):
+                        raise
+                    given = ",".join(f"{key}={value}" for key, value in steered.params)
+                    refused = f"{steered.method}{':' if given else ''}{given}: {exc}"  # a value the method itself refused
+                else:
+                    made.check_model_config(config)
+            if refused is not None:
+                raise OptionError(f"--steer-method {refused}")
         with naming("--steer-model"):
             lengths = prompt_token_lengths(settings.model, prompts, cache)
         preflight.check_context(config, settings.max_new_tokens, max(lengths, default=0))

@@ -56,12 +56,12 @@ def builtin_path() -> Path:
 def load_rows(source: str, *, split: str | None = None) -> list[PromptRow]:
     """Load and validate every row of ``source`` (``builtin``, a hub id or a local file)."""
     if source == BUILTIN:
-        return parse_rows(_read_local(builtin_path()), origin="the built-in sample suite")
+        return parse_rows(*_read_local(builtin_path()), origin="the built-in sample suite")
     path = Path(source).expanduser()
     if path.exists():
         if path.suffix not in LOCAL_FORMATS:
             raise DatasetError(f"dataset {source!r}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}")
-        return parse_rows(_read_local(path), origin=str(path))
+        return parse_rows(*_read_local(path), origin=str(path))
     if looks_like_hub_id(source):
         return parse_rows(_read_hub(source, split), origin=source)
     raise DatasetError(
@@ -69,17 +69,19 @@ def load_rows(source: str, *, split: str | None = None) -> list[PromptRow]:
     )
 
 
-def _read_local(path: Path) -> list[dict[str, Any]]:
+def _read_local(path: Path) -> tuple[list[dict[str, Any]], list[int] | None]:
+    """The file's records, and for JSON Lines the line number of each."""
     try:
         if path.suffix == ".jsonl":  # the common case reads without pandas (a third of a second to import)
-            return [row for _, row in read_json_lines(path)]
+            numbered = list(read_json_lines(path))
+            return [row for _, row in numbered], [number for number, _ in numbered]
         import pandas as pd
 
         if path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, list) else pd.DataFrame(data).to_dict("records")
+            return (data if isinstance(data, list) else pd.DataFrame(data).to_dict("records")), None
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
-        return frame.to_dict("records")
+        return frame.to_dict("records"), None
     except JsonLinesError as exc:  # already names the file and the line
         raise DatasetError(str(exc)) from exc
     except (ValueError, OSError) as exc:
@@ -116,7 +118,26 @@ def _as_list(value: Any, field: str, where: str) -> list[Any]:
     return list(value)
 
 
-def parse_rows(records: Sequence[Mapping[str, Any]], *, origin: str) -> list[PromptRow]:
+def _kwargs_object(value: Any, where: str) -> dict[str, Any]:
+    """One instruction's arguments: a JSON object, or its text (csv cells); empty text and null mean none."""
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            example = '{"relation": "at least"}'
+            raise DatasetError(f"{where}: is text but not JSON ({exc}); give a JSON object such as {example}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        got = f"{type(value).__name__} {value!r:.60}"
+        raise DatasetError(f"{where}: must be a JSON object of the instruction's arguments (or null), got {got}")
+    return dict(value)
+
+
+def parse_rows(records: Sequence[Mapping[str, Any]], lines: Sequence[int] | None = None, *, origin: str) -> list[PromptRow]:
+    """Validate every record; ``lines`` (JSON Lines files) puts each row's line number in the errors."""
     from pytest_steer.ifeval import INSTRUCTION_IDS, InstructionError, validate_kwargs
 
     if not records:
@@ -130,7 +151,7 @@ def parse_rows(records: Sequence[Mapping[str, Any]], *, origin: str) -> list[Pro
     rows, seen = [], set()
     for index, record in enumerate(records):
         key = str(record.get("key", index))
-        where = f"{origin} row {index} (key {key})"
+        where = f"{origin} row {index} (key {key}{'' if lines is None else f', line {lines[index]}'})"
         if key in seen:
             raise DatasetError(f"{where}: duplicate key; every row needs a unique 'key'")
         seen.add(key)
@@ -144,11 +165,11 @@ def parse_rows(records: Sequence[Mapping[str, Any]], *, origin: str) -> list[Pro
         kwargs = []
         for position, (instruction_id, arguments) in enumerate(zip(ids, raw_kwargs)):
             if instruction_id not in INSTRUCTION_IDS:
-                raise DatasetError(f"{where}: field 'instruction_id_list'[{position}]: {_unknown_id(instruction_id, INSTRUCTION_IDS)}")
-            if isinstance(arguments, str):
-                arguments = json.loads(arguments) if arguments.strip() else {}
+                problem = unknown_instruction_id(instruction_id, INSTRUCTION_IDS)
+                raise DatasetError(f"{where}: field 'instruction_id_list'[{position}]: {problem}")
+            arguments = _kwargs_object(arguments, f"{where}: field 'kwargs'[{position}] ({instruction_id})")
             try:
-                kwargs.append(validate_kwargs(instruction_id, dict(arguments or {})))
+                kwargs.append(validate_kwargs(instruction_id, arguments))
             except InstructionError as exc:
                 raise DatasetError(f"{where}: field 'kwargs'[{position}] ({instruction_id}): {exc}") from exc
         instructions = record.get("instructions")
@@ -159,7 +180,8 @@ def parse_rows(records: Sequence[Mapping[str, Any]], *, origin: str) -> list[Pro
     return rows
 
 
-def _unknown_id(instruction_id: str, known: Sequence[str]) -> str:
+def unknown_instruction_id(instruction_id: str, known: Sequence[str]) -> str:
+    """The message for an id that is not one of ``known``, with the nearest ids when some are close."""
     close = difflib.get_close_matches(instruction_id, known, n=3)
     hint = f"did you mean {' or '.join(close)}?" if close else f"known ids: {', '.join(known)}"
     return f"unknown instruction id {instruction_id!r}; {hint}"

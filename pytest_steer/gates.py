@@ -58,6 +58,8 @@ from pytest_steer.aggregate import (
     follow_rate_name,
     is_metric_name,
 )
+from pytest_steer.data import unknown_instruction_id
+from pytest_steer.ifeval import INSTRUCTION_IDS
 from pytest_steer.stats import Bootstrap, Interval
 
 COMPARISON_OPS = (">=", ">", "<=", "<")
@@ -323,6 +325,8 @@ class _Parser:
             if bracket.kind != "bracket":
                 raise self.fail(bracket, f"expected '[<instruction id>]' after {token.text!r}")
             self.advance()
+            if bracket.text not in INSTRUCTION_IDS:
+                raise self.fail(bracket, unknown_instruction_id(bracket.text, INSTRUCTION_IDS))
             return follow_rate_name(bracket.text, loose=token.text == "loose_follow_rate")
         if token.text in METRICS:
             return token.text

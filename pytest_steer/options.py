@@ -7,7 +7,6 @@ line wins. Values are validated here, so bad input stops pytest before anything 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.data import HIGHLIGHTS
+from pytest_steer.data import HIGHLIGHTS, unknown_instruction_id
 from pytest_steer.hub import looks_like_hub_id
 from pytest_steer.sharding import Shard, parse_shard
 
@@ -56,8 +55,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**32 - 1  # the range every seed consumer accepts (numpy's bootstrap refuses negative seeds)
+
+
 def _seed(text: str) -> int:
-    return _whole_number(text, "an integer seed, e.g. 0 or 1234")
+    expected = f"an integer seed from 0 to {SEED_MAX}, e.g. 0 or 1234"
+    value = _whole_number(text, expected)
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{text!r} is out of range; expected {expected}")
+    return value
 
 
 def _alpha(text: str) -> float:
@@ -70,11 +76,16 @@ def _alpha(text: str) -> float:
     return value
 
 
-def _probability(text: str) -> float:
-    expected = "a probability in (0, 1], e.g. 0.9"
+TOP_P_MIN = 1e-6
+
+
+def _top_p(text: str) -> float:
+    expected = f"a probability in [{TOP_P_MIN:g}, 1], e.g. 0.9"
     value = _finite_number(text, expected)
     if not 0 < value <= 1:
         raise ValueError(f"{text!r} must be in (0, 1]; expected {expected}")
+    if value < TOP_P_MIN:  # keeps only the most likely token, and rounds to 0 in float32 scores below ~1e-45
+        raise ValueError(f"{text!r} is below {TOP_P_MIN:g} and would keep only the most likely token; use --steer-greedy for that")
     return value
 
 
@@ -112,6 +123,16 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _instruction_ids(text: str) -> tuple[str, ...]:
+    from pytest_steer.ifeval import INSTRUCTION_IDS
+
+    ids = _csv(text)
+    for instruction_id in ids:
+        if instruction_id not in INSTRUCTION_IDS:
+            raise ValueError(unknown_instruction_id(instruction_id, INSTRUCTION_IDS))
+    return ids
+
+
 def _gate(text: str) -> str:
     from pytest_steer.gates import parse_gate
 
@@ -134,21 +155,19 @@ def _compare_fail(text: str) -> str:
     return text
 
 
-def _method(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """``name`` or ``name:key=value,key=value``; values are JSON when they parse as JSON, else strings."""
+def _method(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``name`` or ``name:key=value,key=value``; the values stay text until collection converts them to the
+    types the method declares (:mod:`pytest_steer.steering.parameters`)."""
     name, _, rest = text.partition(":")
     name = name.strip()
     if not name:
         raise ValueError(f"{text!r} names no method; use e.g. emphasis or emphasis:marker=__")
-    params: dict[str, Any] = {}
+    params: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, equals, value = item.partition("=")
         if not equals or not key.strip():
             raise ValueError(f"{text!r}: parameter {item!r} is not key=value; use e.g. {name}:key=value")
-        try:
-            params[key.strip()] = json.loads(value)
-        except ValueError:
-            params[key.strip()] = value.strip()
+        params[key.strip()] = value.strip()
     return name, tuple(params.items())
 
 
@@ -232,9 +251,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("dataset", "prompts: 'builtin' (the built-in sample suite), a hub id (ibm-research/Split-IFEval, google/IFEval) or a .jsonl/.json/.parquet/.csv file", default="builtin", metavar="SOURCE"),
     Option("dataset_split", "split of a hub dataset", default="train"),
     Option("single_instruction", "keep only prompts with exactly one instruction", flag=True, default=False),
-    Option("instruction_ids", "keep prompts having any of these instruction ids (comma-separated)", parse=_csv, default=(), metavar="IDS"),
+    Option("instruction_ids", "keep prompts having any of these IFEval instruction ids (comma-separated; an unknown id is refused, with the nearest ones)", parse=_instruction_ids, default=(), metavar="IDS"),
     Option("per_instruction", "sample N prompts per instruction id (seeded by --steer-sample-seed)", parse=_positive_int, metavar="N"),
-    Option("sample_seed", "seed of the per-instruction sampling", parse=_seed, default=0),
+    Option("sample_seed", f"seed of the per-instruction sampling, 0 to {SEED_MAX}", parse=_seed, default=0),
     Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),
     Option("highlight", "spans the steering methods emphasize: auto (the 'instructions' column when present, else the last sentence), instructions, last-sentence, prompt", parse=_choice(*HIGHLIGHTS), default="auto"),
     Option("alpha", "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated)", parse=_alpha, repeatable=True, default=(), metavar="ALPHA"),
@@ -242,11 +261,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("heads", "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)", parse=_heads, metavar="HEADS"),
     Option("scale_position", "PASTA scale position: include, exclude or generation", parse=_choice(*SCALE_POSITIONS), default="include"),
     Option("trials", "sampled responses per prompt and config", parse=_positive_int, default=1),
-    Option("seed", "base seed; each case's seed derives from (seed, prompt key, trial)", parse=_seed, default=0),
+    Option("seed", f"base seed, 0 to {SEED_MAX}; each case's seed derives from (seed, prompt key, trial)", parse=_seed, default=0),
     Option("max_new_tokens", "tokens generated per response", parse=_positive_int, default=128),
     Option("greedy", "greedy decoding instead of sampling", flag=True, default=False),
     Option("temperature", "sampling temperature", parse=_positive_float, default=0.7),
-    Option("top_p", "nucleus sampling threshold", parse=_probability, default=1.0),
+    Option("top_p", f"nucleus sampling threshold, from {TOP_P_MIN:g} to 1 (for the most likely token alone use --steer-greedy)", parse=_top_p, default=1.0),
     Option("batch_size", "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N", parse=_batch_size, default=None),
     Option("quality", f"quality scorer: {QUALITY_FLUENCY} (mean log-likelihood per response token under the unsteered model, nats), {QUALITY_NONE}, or {REWARD_PREFIX}<id or path> (a sequence-classification reward model, e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})", parse=_quality, default=QUALITY_FLUENCY, metavar="SCORER"),
     Option("reward_transform", "reward head output to score: identity, sigmoid, or softmax:<label> / log_softmax:<label> (label index or name) for multi-label heads", parse=_reward_transform, default="identity", metavar="TRANSFORM"),
@@ -285,7 +304,7 @@ class SteerSettings:
     limit: int | None = None
     highlight: str = "auto"
     alpha: tuple[float, ...] = ()
-    method: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    method: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     heads: str | None = None
     scale_position: str = "include"
     trials: int = 1

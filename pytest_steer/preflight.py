@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pytest_steer.baseline import Difference
     from pytest_steer.cases import SteeringConfig
     from pytest_steer.gates import Gate, Selector
+    from pytest_steer.options import SteerSettings
+    from pytest_steer.spec import RunSpec
 
 
 class PreflightError(ValueError):
@@ -162,14 +165,66 @@ def check_dtype(spec: str, device: str = "auto") -> None:
 # ---------------------------------------------------------------------------- baseline and gates
 
 
-def check_baseline_file(path: Path | str) -> None:
-    """``--steer-baseline`` is a readable file that :func:`pytest_steer.baseline.load_run` accepts."""
-    from pytest_steer.baseline import BaselineError, load_run
+def check_baseline_file(path: Path | str, spec: RunSpec | None = None) -> None:
+    """``--steer-baseline`` is a readable file that :func:`pytest_steer.baseline.load_run` accepts and,
+    given this run's ``spec``, was saved with the same dataset, generation, steering and quality settings."""
+    from pytest_steer.baseline import BaselineError, differences, load_run
 
     try:
-        load_run(Path(path))
+        saved = load_run(Path(path))
     except BaselineError as exc:
         raise PreflightError(f"--steer-baseline {exc}") from None
+    if spec is None:
+        return
+    current = {  # the sections of RunSpec.fingerprint that a comparison needs equal
+        "dataset": dict(spec.dataset),
+        "generation": {**spec.decoding, "trials": spec.trials, "seed": spec.seed},
+        "steering": spec.steering(),
+        "quality": dict(spec.quality),
+    }
+    blocking = [d for d in differences(current, saved.run) if d.blocking]
+    if blocking:
+        details = "; ".join(_describe_difference(d) for d in blocking)
+        raise PreflightError(
+            f"--steer-baseline {path} was saved with other settings than this run's: {details}; run with the saved "
+            "settings to compare with it, or save a baseline of these settings with --steer-save"
+        )
+
+
+_SETTING_OPTIONS = {
+    ("dataset", "source"): "--steer-dataset",
+    ("dataset", "split"): "--steer-dataset-split",
+    ("quality", "scorer"): "--steer-quality",
+    ("quality", "transform"): "--steer-reward-transform",
+    ("quality", "max_length"): "--steer-reward-max-length",
+    ("quality", "revision"): "the reward model's weights (revision)",
+}
+
+
+def _describe_difference(difference: Difference) -> str:
+    """``--steer-max-new-tokens 4 (this run: 5)``: the option, the saved value and this run's."""
+    if difference.section == "steering":
+        return f"config {difference.key} with {difference.saved!r} (this run: {difference.current!r})"
+    option = _SETTING_OPTIONS.get((difference.section, difference.key), "--steer-" + difference.key.replace("_", "-"))
+    return f"{option} {difference.saved!r} (this run: {difference.current!r})"
+
+
+def check_quality_is_scored(settings: SteerSettings) -> None:
+    """No gate, fail-if or comparison tolerance reads ``quality`` when ``--steer-quality none`` scores none."""
+    from pytest_steer.gates import parse_compare_fail, parse_gate
+    from pytest_steer.options import QUALITY_NONE
+
+    if settings.quality != QUALITY_NONE:
+        return
+    fix = "score quality with --steer-quality fluency (or reward:<model>), or drop the quality check"
+    for option, gates in (("--steer-gate", settings.gate), ("--steer-fail-if", settings.fail_if)):
+        for text in gates:
+            if parse_gate(text).metric == "quality":
+                raise PreflightError(f"{option} {text!r} reads quality, which --steer-quality {QUALITY_NONE} does not score; {fix}")
+    if settings.baseline is not None and "quality" in parse_compare_fail(settings.compare_fail):
+        raise PreflightError(
+            f"--steer-compare-fail {settings.compare_fail!r} compares quality, which --steer-quality {QUALITY_NONE} does not score; {fix}"
+        )
 
 
 def check_gate_selectors(gates: Iterable[Gate | str], configs: Iterable[SteeringConfig], option: str = "--steer-gate") -> None:

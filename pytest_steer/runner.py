@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, quality_key
+from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, method_code, quality_key
 from pytest_steer.cases import Case, SteeringConfig
 from pytest_steer.collection import Plan
 from pytest_steer.estimate import Throughput, read_throughput, record_throughput
@@ -343,7 +343,12 @@ class CaseRunner:
         """What a response depends on (the run spec's decoding, the method as made for this model); see pytest_steer.cache."""
         steering_key = None  # the baseline, and methods that change nothing, share the baseline's responses
         if steering is not None and not steering.is_identity:
-            steering_key = {"method": steering.name, "params": steering.params(), "highlights": list(case.highlights)}
+            steering_key = {
+                "method": steering.name,
+                "params": steering.params(),
+                "code": method_code(type(steering)),
+                "highlights": list(case.highlights),
+            }
         return generation_key(
             model=self.fingerprint.to_dict(),
             environment=self._environment(),

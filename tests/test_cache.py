@@ -348,3 +348,59 @@ def test_a_process_that_loaded_a_model_leaves_its_objects_to_no_exit_collection(
     assert int(generated.stdout.str().split("frozen objects: ")[1].split()[0]) > 100_000
     cached = _suite(pytester, tiny_checkpoint, tmp_path / "cache", tmp_path / "r2", "-p", "gc_report")
     assert "frozen objects: 0" in cached.stdout.str()  # nothing was loaded: nothing to spare the collector
+
+
+METHOD_SOURCE = '''
+from pytest_steer.steering import PreparedPrompt, SteeringMethod
+
+SUFFIX = "{suffix}"
+
+
+class Tail(SteeringMethod):
+    name = "tail"
+
+    def prepare(self, prompt, highlights):
+        return PreparedPrompt(prompt + {body})
+'''
+
+
+def _method_from_source(folder: Path, module: str, suffix: str = "!", body: str = "SUFFIX") -> type:
+    import importlib.util
+
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{module}.py"
+    path.write_text(METHOD_SOURCE.format(suffix=suffix, body=body))
+    spec = importlib.util.spec_from_file_location(module, path)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded.Tail
+
+
+def test_a_method_is_keyed_by_its_code_as_well_as_its_params(tmp_path: Path) -> None:
+    from pytest_steer.cache import method_code
+
+    original = _method_from_source(tmp_path / "a", "tail_a")
+    renamed = _method_from_source(tmp_path / "b", "tail_b")
+    body_changed = _method_from_source(tmp_path / "c", "tail_c", body="SUFFIX * 2")
+    constant_changed = _method_from_source(tmp_path / "d", "tail_d", suffix="?")
+    assert original().params() == body_changed().params() == constant_changed().params() == {}
+    codes = [method_code(cls) for cls in (original, renamed, body_changed, constant_changed)]
+    assert len(set(codes)) == 4  # a new module name, a new method body, a new module constant: each a new key
+    assert method_code(original) == codes[0]
+    assert method_code(type("Sub", (original,), {"__module__": original.__module__})) != codes[0]
+
+
+def test_the_generation_key_changes_with_the_method_code(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from pytest_steer.collection import plan_cases
+    from pytest_steer.runner import runner_for
+
+    settings = _settings(tiny_checkpoint, alpha=(), limit=1)
+    plan = plan_cases(settings)
+    runner = runner_for(settings, plan, cache_dir=tmp_path)
+    case = plan.cases[0]
+    first = _method_from_source(tmp_path / "v1", "tail_v")
+    edited = _method_from_source(tmp_path / "v2", "tail_v", body="SUFFIX + SUFFIX")  # same module name, new code
+    assert runner._generation_key(case, first()) == runner._generation_key(case, first())
+    assert runner._generation_key(case, first()) != runner._generation_key(case, edited())
+    assert runner._generation_key(case, first()) != runner._generation_key(case, None)

@@ -30,10 +30,20 @@ def test_every_parser_words_its_own_errors(option: Option, value: str) -> None:
     [
         (("--steer-trials", "abc"), "--steer-trials (ini steer_trials): 'abc' is not a whole number; expected a positive integer (1, 2, 3, ...)"),
         (("--steer-trials", "0"), "--steer-trials (ini steer_trials): '0' must be a positive integer; expected a positive integer (1, 2, 3, ...)"),
-        (("--steer-seed", "1.5"), "--steer-seed (ini steer_seed): '1.5' is not a whole number; expected an integer seed, e.g. 0 or 1234"),
+        (("--steer-seed", "1.5"), "--steer-seed (ini steer_seed): '1.5' is not a whole number; expected an integer seed from 0 to 4294967295"),
+        (("--steer-seed", "-1"), "--steer-seed (ini steer_seed): '-1' is out of range; expected an integer seed from 0 to 4294967295, e.g. 0"),
+        (("--steer-seed", "4294967296"), "--steer-seed (ini steer_seed): '4294967296' is out of range; expected an integer seed from 0 to"),
+        (("--steer-sample-seed", "-7"), "--steer-sample-seed (ini steer_sample_seed): '-7' is out of range; expected an integer seed from 0"),
+        (("--steer-top-p", "1e-300"), "--steer-top-p (ini steer_top_p): '1e-300' is below 1e-06 and would keep only the most likely token; use --steer-greedy"),
+        (("--steer-top-p", "0"), "--steer-top-p (ini steer_top_p): '0' must be in (0, 1]; expected a probability in [1e-06, 1], e.g. 0.9"),
+        (
+            ("--steer-instruction-ids", "punctuation:no_comma,detectable_format:titel"),
+            "--steer-instruction-ids (ini steer_instruction_ids): unknown instruction id 'detectable_format:titel'; "
+            "did you mean detectable_format:title",
+        ),
         (("--steer-temperature", "warm"), "--steer-temperature (ini steer_temperature): 'warm' is not a number; expected a positive number, e.g. 0.7"),
         (("--steer-temperature", "inf"), "--steer-temperature (ini steer_temperature): 'inf' is not a finite number; expected a positive number, e.g. 0.7"),
-        (("--steer-top-p", "x"), "--steer-top-p (ini steer_top_p): 'x' is not a number; expected a probability in (0, 1], e.g. 0.9"),
+        (("--steer-top-p", "x"), "--steer-top-p (ini steer_top_p): 'x' is not a number; expected a probability in [1e-06, 1], e.g. 0.9"),
         (("--steer-max-errors", "some"), "--steer-max-errors (ini steer_max_errors): 'some' is not a number; expected a count (0, 1, 2, ...)"),
         (("--steer-batch-size", "big"), "--steer-batch-size (ini steer_batch_size): 'big' is not a whole number; expected auto or a positive integer"),
         (("--steer-json", ""), "--steer-json (ini steer_json): the path is empty; expected a file or directory path"),
@@ -64,3 +74,15 @@ def test_good_values_parse(pytester: pytest.Pytester) -> None:
     config = pytester.parseconfigure("--steer-trials", "3", "--steer-heads", "0-3,7", "--steer-batch-size", "auto", "--steer-greedy")
     settings = steer_session(config).settings
     assert (settings.trials, settings.heads, settings.batch_size, settings.greedy) == (3, "0-3,7", None, True)
+
+
+def test_range_ends_and_valid_instruction_ids_parse(pytester: pytest.Pytester) -> None:
+    from pytest_steer.plugin import steer_session
+
+    config = pytester.parseconfigure(
+        "--steer-seed", "4294967295", "--steer-sample-seed", "0", "--steer-top-p", "1e-6",
+        "--steer-instruction-ids", "punctuation:no_comma, detectable_format:title",
+    )
+    settings = steer_session(config).settings
+    assert (settings.seed, settings.sample_seed, settings.top_p) == (2**32 - 1, 0, 1e-6)
+    assert settings.instruction_ids == ("punctuation:no_comma", "detectable_format:title")

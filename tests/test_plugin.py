@@ -72,6 +72,7 @@ def test_plugin_is_inert_without_steer_tests(pytester: pytest.Pytester) -> None:
         (["--steer-scale-position", "middle"], "*--steer-scale-position*'middle' is not one of include, exclude, generation*"),
         (["--steer-heads", "8-x"], "*--steer-heads*heads '8-x': item '8-x' at position 0 is not a layer number*"),
         (["--steer-trials", "abc"], "*--steer-trials*'abc' is not a whole number; expected a positive integer*"),
+        (["--steer-instruction-ids", "no:such_id"], "*--steer-instruction-ids*unknown instruction id 'no:such_id'*"),
     ],
 )
 def test_bad_options_stop_before_anything_runs(pytester: pytest.Pytester, args: list[str], message: str) -> None:
@@ -83,7 +84,7 @@ def test_bad_options_stop_before_anything_runs(pytester: pytest.Pytester, args: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--steer-instruction-ids", "no:such_id"], "*selection from builtin is empty*"),
+        (["--steer-dataset", "no_such_file.jsonl"], "*--steer-dataset*is not 'builtin', an existing file, or a hub dataset id*"),
         (["--steer-model", "/no/such/model"], "*neither an existing local path nor a Hugging Face model id*"),
     ],
 )

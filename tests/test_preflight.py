@@ -350,3 +350,86 @@ def test_reward_model_checks_pass_when_nothing_needs_the_hub(tmp_path: Path, mon
     check_reward_model_offline("fluency")
     check_reward_model_offline("none")
     check_reward_model_offline(f"reward:{tmp_path}")
+
+
+# ---------------------------------------------------------------------------- baseline settings and quality checks
+
+
+def _spec(**changes: Any) -> Any:
+    from pytest_steer.collection import run_configs
+    from pytest_steer.options import SteerSettings
+    from pytest_steer.spec import RunSpec
+    from pytest_steer.steering.registry import method_registry
+
+    settings = SteerSettings(**{"alpha": (10.0,), "max_new_tokens": 4, **changes})
+    return RunSpec.from_settings(settings, run_configs(settings, method_registry()))
+
+
+def _saved(tmp_path: Path, **changes: Any) -> Path:
+    from pytest_steer.baseline import save_run
+
+    run = _spec(**changes).fingerprint({"name": "m"}, n_prompts=12, rootdir=tmp_path)
+    return save_run(run, [], tmp_path / "base.json")
+
+
+def test_a_baseline_of_the_same_settings_passes_whatever_the_seed_trials_and_model(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    check_baseline_file(path, _spec())
+    check_baseline_file(path, _spec(seed=7, trials=3, model="other/model", limit=None))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_new_tokens": 5}, "--steer-max-new-tokens 4 (this run: 5)"),
+        ({"temperature": 0.9}, "--steer-temperature 0.7 (this run: 0.9)"),
+        ({"greedy": True}, "--steer-greedy False (this run: True)"),
+        ({"top_p": 0.9}, "--steer-top-p 1.0 (this run: 0.9)"),
+        ({"dataset": "other.jsonl"}, "--steer-dataset 'builtin' (this run: 'other.jsonl')"),
+        ({"instruction_ids": ("punctuation:no_comma",)}, "--steer-instruction-ids [] (this run: ['punctuation:no_comma'])"),
+        ({"quality": "none"}, "--steer-quality 'fluency' (this run: 'none')"),
+        ({"scale_position": "exclude"}, "config pasta_alpha10 with {'method': 'pasta', 'params': {'alpha': 10.0, 'heads': None, "
+                                        "'scale_position': 'include'}} (this run: {"),
+    ],
+)
+def test_a_baseline_of_other_settings_is_refused_naming_option_values_and_fix(tmp_path: Path, changes: dict, message: str) -> None:
+    path = _saved(tmp_path)
+    with pytest.raises(PreflightError) as caught:
+        check_baseline_file(path, _spec(**changes))
+    text = str(caught.value)
+    assert text.startswith(f"--steer-baseline {path} was saved with other settings than this run's: {message}")
+    assert text.endswith("; run with the saved settings to compare with it, or save a baseline of these settings with --steer-save")
+
+
+def test_every_differing_setting_is_named_in_one_message(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    with pytest.raises(PreflightError) as caught:
+        check_baseline_file(path, _spec(max_new_tokens=8, quality="none"))
+    assert "--steer-max-new-tokens 4 (this run: 8); --steer-quality 'fluency' (this run: 'none')" in str(caught.value)
+
+
+def test_quality_checks_are_refused_when_quality_is_not_scored() -> None:
+    from pytest_steer.options import SteerSettings
+    from pytest_steer.preflight import check_quality_is_scored
+
+    check_quality_is_scored(SteerSettings(quality="none", gate=("strict_prompt_accuracy >= 0",), compare_fail="0.1"))
+    check_quality_is_scored(SteerSettings(gate=("quality >= -3",), fail_if=("quality - baseline < -1",)))
+    with pytest.raises(PreflightError) as caught:
+        check_quality_is_scored(SteerSettings(quality="none", fail_if=("alpha=10: quality - baseline < -1",)))
+    assert str(caught.value) == (
+        "--steer-fail-if 'alpha=10: quality - baseline < -1' reads quality, which --steer-quality none does not score; "
+        "score quality with --steer-quality fluency (or reward:<model>), or drop the quality check"
+    )
+    with pytest.raises(PreflightError, match="^--steer-gate 'quality >= -3' reads quality"):
+        check_quality_is_scored(SteerSettings(quality="none", gate=("quality >= -3",)))
+    with pytest.raises(PreflightError, match="^--steer-compare-fail '0.1,quality:0.5' compares quality"):
+        check_quality_is_scored(SteerSettings(quality="none", baseline=Path("b.json"), compare_fail="0.1,quality:0.5"))
+
+
+def test_follow_rate_of_an_unknown_instruction_id_is_refused_with_the_nearest() -> None:
+    with pytest.raises(PreflightError) as caught:
+        check_gate_selectors(["follow_rate[punctuation:no_coma] >= 0.5"], CONFIGS)
+    assert str(caught.value).startswith(
+        "--steer-gate 'follow_rate[punctuation:no_coma] >= 0.5': invalid gate: unknown instruction id 'punctuation:no_coma'; "
+        "did you mean punctuation:no_comma"
+    )

@@ -22,6 +22,7 @@ from pytest_steer.steering.errors import (
 )
 from pytest_steer.steering.heads import HeadConfig, default_head_layers, parse_heads
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeredBatch, SteeringMethod
+from pytest_steer.steering.parameters import REQUIRED, Parameter
 from pytest_steer.steering.spans import locate_spans
 
 _LAZY = {
@@ -32,7 +33,9 @@ _LAZY = {
 
 __all__ = [
     "PASTA",
+    "REQUIRED",
     "Emphasis",
+    "Parameter",
     "PreparedPrompt",
     "PromptBatch",
     "SteeredBatch",

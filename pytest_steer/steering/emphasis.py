@@ -10,7 +10,7 @@ reports a span it cannot place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pytest_steer.steering.method import PreparedPrompt, SteeringMethod
@@ -23,13 +23,6 @@ class Emphasis(SteeringMethod):
         if not isinstance(marker, str) or not marker:
             raise ValueError(f"emphasis marker must be a non-empty string, got {marker!r}")
         self.marker = marker
-
-    @classmethod
-    def create(cls, params: Mapping[str, Any], model_config: Any) -> Emphasis:
-        unknown = set(params) - {"marker"}
-        if unknown:
-            raise ValueError(f"emphasis takes only the parameter 'marker', not {', '.join(sorted(unknown))}")
-        return cls(**params)
 
     def __repr__(self) -> str:
         return f"Emphasis(marker={self.marker!r})"

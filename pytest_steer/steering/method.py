@@ -12,10 +12,13 @@ A method changes what the model is given, at one or both of two points:
   yields with the prompt row of every response row.
 
 ``params()`` names everything a response depends on besides the prompt; it goes into the
-response cache key, the run's fingerprint, results.json and the report. Methods are made
-by ``create(params, model_config)`` on each worker, once the model's config is known.
-Third-party methods register through the ``pytest_steer_methods`` hook
-(:mod:`pytest_steer.hooks`).
+response cache key (with a digest of the method's code, :func:`pytest_steer.cache.method_code`),
+the run's fingerprint, results.json and the report. The parameters ``--steer-method
+name:key=value`` may give are those of ``__init__``, typed by its annotations, or the
+class's ``parameters`` (:mod:`pytest_steer.steering.parameters`); they are checked and
+converted at collection. Methods are made by ``create(params, model_config)`` on each
+worker, once the model's config is known. Third-party methods register through the
+``pytest_steer_methods`` hook (:mod:`pytest_steer.hooks`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from pytest_steer.steering.parameters import Parameter
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,12 @@ class SteeringMethod:
     """Base class of steering methods: by default, it changes nothing.
 
     Subclasses set ``name`` (letters, digits and ``_``; it starts each config name) and
-    override ``prepare``, ``steer`` or both, and ``params``.
+    override ``prepare``, ``steer`` or both, and ``params``. A subclass whose ``create``
+    takes other parameters than its ``__init__`` lists them in ``parameters``.
     """
 
     name: ClassVar[str] = ""
+    parameters: ClassVar[tuple[Parameter, ...] | None] = None  # None: the keyword parameters of __init__
 
     @classmethod
     def create(cls, params: Mapping[str, Any], model_config: Any) -> SteeringMethod:

@@ -54,6 +54,7 @@ from pytest_steer.steering.attention import SUPPORTED_MODEL_TYPES, PromptKeyBias
 from pytest_steer.steering.errors import SteeringError, SteeringWarning, UnsupportedModelError
 from pytest_steer.steering.heads import default_head_layers, normalize_head_config, parse_heads, resolve_heads
 from pytest_steer.steering.method import PromptBatch, SteeringMethod
+from pytest_steer.steering.parameters import Parameter
 from pytest_steer.steering.spans import TokenSpan, locate_spans
 
 ScalePosition = Literal["include", "exclude", "generation"]
@@ -90,6 +91,7 @@ class PASTA(SteeringMethod):
     """
 
     name = "pasta"
+    parameters = (Parameter("alpha", float), Parameter("heads", str | None, None), Parameter("scale_position", ScalePosition, "include"))
 
     @classmethod
     def create(cls, params: Mapping[str, Any], model_config: Any) -> PASTA:

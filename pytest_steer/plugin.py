@@ -176,10 +176,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     steer.settle()
     if not steer.reports_here:  # workers leave reports to the controller
         return
-    from pytest_steer.report.files import default_report_dir
     from pytest_steer.report.outputs import write_outputs
 
-    steer.written = write_outputs(steer.results(), steer.settings, steer.settings.report_dir or default_report_dir(session.config))
+    steer.written = write_outputs(steer.results(), steer.settings, steer.settings.report_dir, config=session.config)
     if steer.written.failures and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an output the user asked for is missing
 

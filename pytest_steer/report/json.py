@@ -16,6 +16,7 @@ from typing import Any
 
 from pytest_steer.aggregate import ConfigAggregate, instruction_deltas_vs_baseline
 from pytest_steer.gates import ComparisonResult, GateResult
+from pytest_steer.report.atomic import write_text
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
 
@@ -78,12 +79,9 @@ def _strict_json(value: Any) -> Any:
 
 def write_results(results: RunResults, path: Path, *, include_cases: bool = False) -> Path:
     """``include_cases`` for a standalone file, which has no ``cases.jsonl`` beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = results_dict(results, include_cases=include_cases)
     text = json.dumps(_strict_json(document), indent=2, ensure_ascii=False, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return write_text(Path(path), text + "\n")
 
 
 def read_results(path: Path, records: Sequence[dict[str, Any]] | None = None) -> RunResults:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_steer.aggregate import METRICS
+from pytest_steer.report.atomic import write_text
 from pytest_steer.report.table import METRIC_TITLES, config_rows, describe_run, format_interval, instruction_delta_rows
 from pytest_steer.results import RunResults
 
@@ -53,7 +54,4 @@ def render_markdown(results: RunResults, report: Path | None = None) -> str:
 
 
 def write_markdown(results: RunResults, path: Path, report: Path | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(results, report), encoding="utf-8")
-    return path
+    return write_text(Path(path), render_markdown(results, report))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_steer.cases import SteeringConfig
+
 
 @dataclass(frozen=True)
 class CaseRecord:
@@ -30,6 +31,9 @@ class CaseRecord:
     error: str | None = None
     model: dict[str, str] | None = None  # the ModelFingerprint of the weights that answered
     method: str | None = None  # the config's steering method; None for the unsteered baseline
+    prepared_prompt: str | None = None  # the prompt after the method's prepare (before the chat template); None if unknown
+    highlights: list[str] = field(default_factory=list)  # the spans the case asked steering to emphasize
+    device: str | None = None  # the torch device that generated the response
 
     @classmethod
     def failed(
@@ -69,6 +73,10 @@ class CaseRecord:
         )
 
     @property
+    def ran_unsteered(self) -> bool:
+        return ran_unsteered(self.to_dict())
+
+    @property
     def case_id(self) -> str:
         from pytest_steer.cases import case_id
 
@@ -79,12 +87,19 @@ class CaseRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaseRecord:
-        names = {field.name for field in fields(cls)}
-        required = {field.name for field in fields(cls) if field.default is MISSING}
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         missing = required - set(data)
         if missing:
             raise ValueError(f"case record is missing {sorted(missing)}; was it written by another version of pytest-steer?")
         return cls(**{name: data[name] for name in names if name in data})
+
+
+def ran_unsteered(record: Mapping[str, Any]) -> bool:
+    """A steered case whose steering found none of its highlights in the prompt, so it ran as the baseline does."""
+    highlights = record.get("highlights") or []
+    missing = set(record.get("missing_spans") or [])
+    return bool(record.get("method")) and not record.get("error") and bool(highlights) and all(h in missing for h in highlights)
 
 
 def lost_record(nodeid: str, configs: Mapping[str, SteeringConfig], reason: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ the test loop.
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +39,7 @@ class SteerSession:
         self.expected: list[str] = []  # node ids of the collected cases (on the controller too)
         self.stopped: str | None = None  # why the run ended before every case ran (Ctrl-C, -x, a model that cannot load)
         self.written = Written()
+        self.started = time.time()
         self._results: RunResults | None = None
         self._stack_checked = False
 
@@ -148,7 +150,12 @@ class SteerSession:
             lost = [lost_record(nodeid, configs, reason) for nodeid in self.expected if nodeid not in reported]
             records = self.records + lost
             model = next((r["model"] for r in records if r.get("model")), None) or {"name": self.settings.model}
-            run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir)
+            from pytest_steer.spec import run_provenance
+
+            invocation = self.config.invocation_params
+            devices = [r["device"] for r in records if r.get("device")]
+            provenance = run_provenance(invocation.args, invocation.dir, self.started, devices)
+            run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir, provenance)
             aggregated = RunResults.from_records(run, records, seed=self.settings.seed, n_lost=len(lost))
             verdicts = decide(aggregated.aggregates, run, self.settings)
             self._results = replace(aggregated, **verdicts.as_fields())

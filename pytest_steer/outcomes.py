@@ -10,12 +10,15 @@ from typing import Any
 
 import pytest
 
+from pytest_steer.report.junit import add_suite_properties
+from pytest_steer.report.junit import properties as junit_properties
+
 
 def report_outcome(config: pytest.Config, nodeid: str, passed: bool, message: str, details: dict[str, Any]) -> None:
     hook = config.hook
     path, _, name = nodeid.partition("::")
     location = (path, None, name)
-    properties = [(f"steer.{key}", value if isinstance(value, (str, int, float, bool)) else str(value)) for key, value in details.items()]
+    properties = junit_properties((f"steer.{key}", value) for key, value in details.items())
     phases = (
         ("setup", "passed", None, []),
         ("call", "passed" if passed else "failed", None if passed else message, []),
@@ -30,6 +33,7 @@ def report_outcome(config: pytest.Config, nodeid: str, passed: bool, message: st
 
 def report_verdicts(config: pytest.Config, results: Any) -> int:
     """Report every gate, comparison and refused comparison of ``results``; return how many."""
+    add_suite_properties(config, results.run)
     for gate in results.gates:
         report_outcome(config, f"steer-gates::{gate.config or 'no config'}::{gate.gate}", gate.passed, gate.message, gate.to_dict())
     for comparison in results.comparisons:

@@ -269,7 +269,7 @@ class CaseRunner:
         if entry is None:
             return None
         missing = tuple(entry["missing_spans"])
-        return Generation(text=entry["text"], n_new_tokens=entry["n_new_tokens"], missing_spans=missing, prompt=entry.get("prompt"))
+        return Generation(text=entry["text"], n_new_tokens=entry["n_new_tokens"], missing_spans=missing, prompt=entry["prompt"])
 
     def _qualities(self, batch: list[Case], keys: list[str | None], generations: list[Generation]) -> list[float | None]:
         """Quality scores of the batch's responses: cached ones as stored, the others scored together."""

@@ -31,11 +31,17 @@ def report_outcome(config: pytest.Config, nodeid: str, passed: bool, message: st
     hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
 
 
+def gate_nodeid(config: str | None, gate: str) -> str:
+    """``steer-gates::<config>::gate[<gate>]``: the expression in the trailing brackets, where pytest
+    reads a node id's parameters, so brackets inside it (``follow_rate[<id>]``) are shown as written."""
+    return f"steer-gates::{config or 'no config'}::gate[{gate}]"
+
+
 def report_verdicts(config: pytest.Config, results: Any) -> int:
     """Report every gate, comparison and refused comparison of ``results``; return how many."""
     add_suite_properties(config, results.run)
     for gate in results.gates:
-        report_outcome(config, f"steer-gates::{gate.config or 'no config'}::{gate.gate}", gate.passed, gate.message, gate.to_dict())
+        report_outcome(config, gate_nodeid(gate.config, gate.gate), gate.passed, gate.message, gate.to_dict())
     for comparison in results.comparisons:
         nodeid = f"steer-baseline::{comparison.config}::{comparison.metric}"
         report_outcome(config, nodeid, comparison.passed, comparison.message, comparison.to_dict())

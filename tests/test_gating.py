@@ -27,7 +27,7 @@ def test_passing_gate_exits_zero_and_failing_gate_exits_one(pytester: pytest.Pyt
 
     failing = run_suite(pytester, tiny_checkpoint, "--steer-gate", "alpha=10: strict_prompt_accuracy - baseline >= 0.5")
     assert failing.ret == pytest.ExitCode.TESTS_FAILED
-    failing.stdout.fnmatch_lines(["FAILED *steer-gates::pasta_alpha10::alpha=10: strict_prompt_accuracy - baseline >= 0.5*"])
+    failing.stdout.fnmatch_lines(["FAILED *steer-gates::pasta_alpha10::gate[[]alpha=10: strict_prompt_accuracy - baseline >= 0.5[]]*"])
     assert failing.parseoutcomes()["failed"] == 1
 
 

@@ -82,8 +82,22 @@ def _user() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "user"
 
 
+def skipped_figures(results: RunResults) -> dict[str, str]:
+    """Figures that would show nothing for these results, with the reason they are not drawn."""
+    from pytest_steer.aggregate import instruction_deltas_vs_baseline
+
+    if any(instruction_deltas_vs_baseline(results.aggregates).values()):
+        return {}
+    return {"instruction_deltas": "no steered config shares an instruction id with the baseline, so there is no change to show"}
+
+
+def figure_names(results: RunResults) -> list[str]:
+    skipped = skipped_figures(results)
+    return [name for name in FIGURE_NAMES if name not in skipped]
+
+
 def render_figures(results: RunResults) -> dict[str, bytes]:
-    """PNG bytes of every figure, by name (matplotlib is imported only here)."""
+    """PNG bytes of every figure worth drawing, by name (matplotlib is imported only here)."""
     from pytest_steer.report.figures import (
         instruction_delta_figure,
         instruction_heatmap_figure,
@@ -91,12 +105,12 @@ def render_figures(results: RunResults) -> dict[str, bytes]:
         trade_off_figure,
     )
 
-    drawn = {
-        "trade_off": png_bytes(trade_off_figure(results)),
-        "instruction_heatmap": png_bytes(instruction_heatmap_figure(results)),
-        "instruction_deltas": png_bytes(instruction_delta_figure(results)),
+    draw = {
+        "trade_off": trade_off_figure,
+        "instruction_heatmap": instruction_heatmap_figure,
+        "instruction_deltas": instruction_delta_figure,
     }
-    return {name: drawn[name] for name in FIGURE_NAMES}
+    return {name: png_bytes(draw[name](results)) for name in figure_names(results)}
 
 
 def figures_digest(results: RunResults) -> str:
@@ -122,7 +136,7 @@ def _figures(results: RunResults, directory: Path) -> tuple[dict[str, bytes], st
     key = figures_digest(results)
     try:
         if (directory / FIGURES_STAMP).read_text() == key:
-            return {name: (directory / f"{name}.png").read_bytes() for name in FIGURE_NAMES}, key
+            return {name: (directory / f"{name}.png").read_bytes() for name in figure_names(results)}, key
     except OSError:  # no earlier report here, or one of its figures is gone: draw them
         pass
     return render_figures(results), key
@@ -135,11 +149,14 @@ def write_report(results: RunResults, directory: Path) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     figures, figures_key = _figures(results, directory)
-    written = [write_text(directory / REPORT_HTML, render_html(results, figures))]
+    skipped = skipped_figures(results)
+    written = [write_text(directory / REPORT_HTML, render_html(results, figures, skipped))]
     written.append(write_results(results, directory / RESULTS_JSON))
     written.append(write_cases(results.records, directory / CASES_JSONL))
     written.append(write_summary_csv(results, directory / SUMMARY_CSV))
     for name, png in figures.items():
         written.append(write_bytes(directory / f"{name}.png", png))
+    for name in skipped:  # an earlier run's figure would contradict this report
+        (directory / f"{name}.png").unlink(missing_ok=True)
     write_text(directory / FIGURES_STAMP, figures_key)  # last: a stamp never names figures not written
     return written

@@ -59,6 +59,7 @@ class RunSpec:
                 "sample_seed": settings.sample_seed,
                 "limit": settings.limit,
                 "highlight": settings.highlight,
+                "digest": dataset_digest(settings.dataset),
             },
             decoding={
                 "max_new_tokens": settings.max_new_tokens,
@@ -83,7 +84,7 @@ class RunSpec:
         """The ``run`` section of results.json and of saved baselines; ``provenance`` from :func:`run_provenance`."""
         run = {
             "model": dict(model or {}),
-            "dataset": {**self.dataset, "digest": dataset_digest(str(self.dataset.get("source"))), "n_prompts": n_prompts},
+            "dataset": {**self.dataset, "n_prompts": n_prompts},
             "generation": {**self.decoding, "trials": self.trials, "seed": self.seed},
             "steering": self.steering(),
             "quality": dict(self.quality),

@@ -36,6 +36,11 @@ class SteerCase:
         return self.record.prompt
 
     @property
+    def prepared_prompt(self) -> str:
+        """The prompt as the model received it: after the steering method rewrote it, before the chat template."""
+        return self.record.prompt if self.record.prepared_prompt is None else self.record.prepared_prompt
+
+    @property
     def response(self) -> str:
         return self.record.response
 

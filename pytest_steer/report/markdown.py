@@ -6,7 +6,14 @@ from pathlib import Path
 
 from pytest_steer.aggregate import METRICS
 from pytest_steer.report.atomic import write_text
-from pytest_steer.report.table import METRIC_TITLES, config_rows, describe_run, format_interval, instruction_delta_rows
+from pytest_steer.report.table import (
+    METRIC_TITLES,
+    config_rows,
+    describe_run,
+    format_interval,
+    instruction_delta_rows,
+    unsteered_lines,
+)
 from pytest_steer.results import RunResults
 
 
@@ -42,6 +49,9 @@ def render_markdown(results: RunResults, report: Path | None = None) -> str:
         for iid, cells in instruction_rows:
             texts = [f"{format_interval(f, signed=True)} / {format_interval(q, signed=True)}" for f, q in cells]
             lines.append("| " + " | ".join(_text(c) for c in [iid, *texts]) + " |")
+    unsteered = unsteered_lines(results)
+    if unsteered:
+        lines += [""] + [f"- ⚠️ {_text(line)}" for line in unsteered]
     checks = [(g.passed, g.message) for g in results.gates] + [(c.passed, c.message) for c in results.comparisons]
     if checks:
         lines += ["", "**Gates**", ""]

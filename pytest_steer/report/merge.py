@@ -165,6 +165,7 @@ def merged_run(shards: Sequence[Shard], records: Sequence[dict[str, Any]]) -> di
     times = [shard.run["time"] for shard in shards if shard.run.get("time")]
     run["time"] = max(times) if times else None
     run["shard"] = None  # the merged report covers every shard
+    run.pop("provenance", None)  # each shard's is kept in its entry below
     run["shards"] = [
         {
             "source": str(shard.source),
@@ -172,6 +173,7 @@ def merged_run(shards: Sequence[Shard], records: Sequence[dict[str, Any]]) -> di
             "time": shard.run.get("time"),
             "git_commit": shard.run.get("git_commit"),
             "versions": shard.run.get("versions"),
+            "provenance": shard.run.get("provenance"),
             "n_cases": len(shard.records),
         }
         for shard in shards

@@ -152,3 +152,4 @@ def test_unsteered_rows_are_counted_per_config() -> None:
     counts = {config["name"]: config["n_unsteered"] for config in results_dict(results)["configs"]}
     assert counts == {"baseline": 0, "alpha10": 1, "emphasis": 1, "myvec": 0}
     assert unsteered_lines(results)[0].startswith("alpha10: 1 of 4 case(s) ran unsteered")
+    assert f"- ⚠️ {unsteered_lines(results)[0]}" in render_markdown(results)

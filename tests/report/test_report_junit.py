@@ -45,9 +45,12 @@ def test_junit_properties_parse(pytester: pytest.Pytester, tiny_checkpoint: Path
     result = pytester.runpytest_subprocess(
         SUITE, "--rootdir", str(REPO), "-o", f"cache_dir={tmp_path / 'cache'}", *workers,
         "--steer-model", str(tiny_checkpoint), "--steer-limit", "2", "--steer-max-new-tokens", "4", "--steer-alpha", "10",
-        "--steer-gate", GATE, "--junitxml", str(junit), "-o", "junit_family=xunit1",
+        "--steer-method", "emphasis", "--steer-gate", GATE, "--junitxml", str(junit), "-o", "junit_family=xunit1", "-rA",
     )  # fmt: skip
     assert result.ret in (0, 1), result.stdout.str()
+    gate_lines = [line for line in result.stdout.lines if "keywords:existence]" in line and "steer-gates::" in line]
+    assert gate_lines and all("::gate[follow_rate[keywords:existence] - baseline < 2]" in line for line in gate_lines)
+    assert not any("< 2]]" in line for line in result.stdout.lines)  # no stray bracket
     suite = ET.parse(junit).getroot().find("testsuite")
     suite_props = {p.get("name"): p.get("value") for p in suite.find("properties")}
     assert suite_props["steer.model"] == str(tiny_checkpoint)
@@ -55,7 +58,8 @@ def test_junit_properties_parse(pytester: pytest.Pytester, tiny_checkpoint: Path
     assert suite_props["steer.version.torch"] and suite_props["steer.version.transformers"]
     cases = {case.get("name"): case for case in suite.iter("testcase")}
     gate_cases = [case for name, case in cases.items() if "keywords:existence" in name]
-    assert len(gate_cases) == 1
+    assert len(gate_cases) == 2  # pasta_alpha10 and emphasis
+    assert {case.get("classname") for case in gate_cases} == {"steer-gates.pasta_alpha10", "steer-gates.emphasis"}
     values: dict[str, list[str]] = {}
     for case in cases.values():
         for prop in case.iter("property"):
@@ -65,4 +69,18 @@ def test_junit_properties_parse(pytester: pytest.Pytester, tiny_checkpoint: Path
     assert all(isinstance(json.loads(v), list) for v in values["steer.strict"])
     gate = {p.get("name"): p.get("value") for p in gate_cases[0].iter("property")}
     assert set(json.loads(gate["steer.observed"])) == {"mean", "ci_low", "ci_high", "n_prompts"}
-    assert gate["steer.passed"] in ("true", "false") and gate["steer.gate"] == f"pasta_alpha10: {GATE}" or GATE in gate["steer.gate"]
+    assert gate["steer.passed"] in ("true", "false") and gate["steer.gate"] == GATE
+
+    report = tmp_path / "cache" / "d" / "steer-report"
+    run = json.loads((report / "results.json").read_text())["run"]
+    assert run["shard"] is None and run["dataset"]["digest"].startswith("sha256:")
+    assert run["provenance"]["devices"] == ["cpu"] and run["provenance"]["duration_s"] > 0
+    assert run["provenance"]["command"][:2] == ["pytest", SUITE]
+    cases = [json.loads(line) for line in (report / "cases.jsonl").read_text().splitlines()]
+    assert all(case["device"] == "cpu" and case["error"] is None for case in cases)
+    assert {case["worker"] for case in cases} == ({"gw0", "gw1"} if workers else {None})
+    for case in cases:
+        if case["config"] == "emphasis":  # emphasis rewrites the prompt: the record shows what was sent
+            assert case["prepared_prompt"] != case["prompt"] and case["highlights"]
+        else:
+            assert case["prepared_prompt"] == case["prompt"]

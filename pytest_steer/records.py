@@ -33,7 +33,7 @@ class CaseRecord:
     method: str | None = None  # the config's steering method; None for the unsteered baseline
     prepared_prompt: str | None = None  # the prompt after the method's prepare (before the chat template); None if unknown
     highlights: list[str] = field(default_factory=list)  # the spans the case asked steering to emphasize
-    device: str | None = None  # the torch device that generated the response
+    device: str | None = None  # the torch device of the process that ran the case
 
     @classmethod
     def failed(

@@ -2,8 +2,8 @@
 
 Shards must agree on everything a result depends on (model, dataset selection,
 generation, steering, quality and any other setting in the run fingerprint); only the
-time, the git commit, the package versions and the number of prompts each shard saw may
-differ.
+time, the git commit, the package versions, the shard, the provenance and the number of
+prompts each shard saw may differ.
 A case (prompt key, config, trial) may appear in one shard only. Runs made with
 ``--steer-shard K/N`` record their shard: such a set is merged only when it holds each of
 shards 1 to N exactly once, so a lost or repeated shard cannot pass for the whole run.

@@ -1,4 +1,5 @@
-"""Assertion helpers for steer suites; pytest rewrites them so failures read well.
+"""Assertion helpers for steer suites. A failure shows its message once, at the test's own line
+(the helpers' frames are hidden from the traceback).
 
 >>> def test_case(steer_case):
 ...     assert_follows_instructions(steer_case)
@@ -16,8 +17,10 @@ from pytest_steer.steer_case import SteerCase
 
 def assert_follows_instructions(case: SteerCase, *, loose: bool = False) -> None:
     """Every instruction of the case's prompt is followed (strict scoring unless ``loose``)."""
+    __tracebackhide__ = True
     message = missed_instructions(case.record, case.kwargs, loose=loose)
-    assert message is None, message
+    if message is not None:
+        raise AssertionError(message)
 
 
 def missed_instructions(record: CaseRecord, kwargs: Sequence[Mapping[str, Any]], *, loose: bool = False) -> str | None:
@@ -42,7 +45,10 @@ def missed_instructions(record: CaseRecord, kwargs: Sequence[Mapping[str, Any]],
 
 def assert_quality_at_least(case: SteerCase, threshold: float) -> None:
     """The case's quality score (reward or fluency) is at least ``threshold``."""
-    assert case.quality is not None, f"{case.record.case_id}: no quality score (is --steer-quality none?)"
-    assert case.quality >= threshold, (
-        f"{case.record.case_id}: quality {case.quality:.3f} is below {threshold:.3f}\nresponse: {case.response[:500]!r}"
-    )
+    __tracebackhide__ = True
+    if case.quality is None:
+        raise AssertionError(f"{case.record.case_id}: no quality score (is --steer-quality none?)")
+    if case.quality < threshold:
+        raise AssertionError(
+            f"{case.record.case_id}: quality {case.quality:.3f} is below {threshold:.3f}\nresponse: {case.response[:500]!r}"
+        )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.aggregate import ConfigAggregate
+from pytest_steer.report.atomic import write_text
 
 BASELINE_FORMAT = "pytest-steer-baseline/1"
 MUST_MATCH = ("dataset", "generation", "steering", "quality")
@@ -34,13 +35,8 @@ class SavedRun:
 
 
 def save_run(run: dict[str, Any], aggregates: list[ConfigAggregate], path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": BASELINE_FORMAT, "run": run, "configs": [a.to_dict(include_per_prompt=True) for a in aggregates]}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
-    tmp.replace(path)  # never leave a half-written baseline behind
-    return path
+    return write_text(path, json.dumps(data, indent=1, allow_nan=False))  # never a half-written baseline
 
 
 def load_run(path: Path) -> SavedRun:

@@ -48,7 +48,7 @@ CACHE_DIR_NAME = "steer-responses"
 
 # The fields of each namespace's payload and their types (a type tuple allows several).
 _PAYLOAD_FIELDS: dict[str, dict[str, Any]] = {
-    GENERATION: {"text": str, "n_new_tokens": int, "missing_spans": list},
+    GENERATION: {"text": str, "n_new_tokens": int, "missing_spans": list, "prompt": str},
     QUALITY: {"quality": (float, int, type(None))},
     PROMPT_TOKENS: {"tokens": int},
 }

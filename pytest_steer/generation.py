@@ -53,6 +53,7 @@ class Generation:
     text: str
     n_new_tokens: int
     missing_spans: tuple[str, ...] = ()
+    prompt: str | None = None  # the prompt as the steering method prepared it, before the chat template
 
 
 def render_prompt(tokenizer: Any, prompt: str) -> str:
@@ -132,7 +133,8 @@ class Engine:
             row_tokens = tokens[row_index[response]]
             row_missing = missing[prompt_index[response[0]]]
             text = self.loaded.tokenizer.decode(row_tokens, skip_special_tokens=True)
-            generations.append(Generation(text=text, n_new_tokens=len(row_tokens), missing_spans=(*ready.missing, *row_missing)))
+            missing_spans = (*ready.missing, *row_missing)
+            generations.append(Generation(text=text, n_new_tokens=len(row_tokens), missing_spans=missing_spans, prompt=ready.text))
         return generations
 
     def _decode(self, batch: Any, prompt_of_row: torch.Tensor, seeds: torch.Tensor, rows_changed: Any = None) -> list[list[int]]:

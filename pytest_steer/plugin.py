@@ -201,7 +201,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from pytest_steer.report.outputs import write_outputs
 
-    steer.written = write_outputs(steer.results(), steer.settings, steer.report_dir())
+    steer.written = write_outputs(steer.results(), steer.settings, steer.settings.report_dir, config=session.config)
     if steer.written.failures and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an output the user asked for is missing
 
@@ -218,9 +218,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write_summary(terminalreporter, results)
     for line in written_lines(steer.written.paths):
         terminalreporter.write_line(line)
-    if steer.written.paths and steer.full_report_dir is not None:
+    if steer.written.partial_apart is not None:
         terminalreporter.write_line(
-            f"[steer] a partial selection writes its report apart: the full run's report in {steer.full_report_dir} is left as it was",
+            f"[steer] a partial selection writes its report apart: the full run's report in {steer.written.partial_apart} is left as it was",
             yellow=True,
         )
     for failure in steer.written.failures:

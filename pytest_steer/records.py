@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
+
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class CaseRecord:
     error: str | None = None
     model: dict[str, str] | None = None  # the ModelFingerprint of the weights that answered
     method: str | None = None  # the config's steering method; None for the unsteered baseline
+    prepared_prompt: str | None = None  # the prompt after the method's prepare (before the chat template); None if unknown
+    highlights: list[str] = field(default_factory=list)  # the spans the case asked steering to emphasize
+    device: str | None = None  # the torch device of the process that ran the case
 
     @classmethod
     def failed(
@@ -67,6 +71,10 @@ class CaseRecord:
         )
 
     @property
+    def ran_unsteered(self) -> bool:
+        return ran_unsteered(self.to_dict())
+
+    @property
     def case_id(self) -> str:
         from pytest_steer.cases import case_id
 
@@ -77,10 +85,17 @@ class CaseRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaseRecord:
-        names = {field.name for field in fields(cls)}
-        required = {field.name for field in fields(cls) if field.default is MISSING}
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         missing = required - set(data)
         if missing:
             raise ValueError(f"case record is missing {sorted(missing)}; was it written by another version of pytest-steer?")
         return cls(**{name: data[name] for name in names if name in data})
+
+
+def ran_unsteered(record: Mapping[str, Any]) -> bool:
+    """A steered case whose steering found none of its highlights in the prompt, so it ran as the baseline does."""
+    highlights = record.get("highlights") or []
+    missing = set(record.get("missing_spans") or [])
+    return bool(record.get("method")) and not record.get("error") and bool(highlights) and all(h in missing for h in highlights)
 

@@ -248,8 +248,9 @@ class CaseRunner:
             return
         scoring = time.perf_counter() - scoring_start
         for case, generation, quality, hit in zip(batch, generations, qualities, cached):
+            missing = list(generation.missing_spans)
             self._records[case.id] = self._check(
-                case, generation.text, generation.n_new_tokens, list(generation.missing_spans), quality, cached=hit
+                case, generation.text, generation.n_new_tokens, missing, quality, cached=hit, prepared=generation.prompt
             )
         self._report_progress(config, batch, generations, cached, elapsed, scoring)
 
@@ -298,6 +299,7 @@ class CaseRunner:
                         "text": generation.text,
                         "n_new_tokens": generation.n_new_tokens,
                         "missing_spans": list(generation.missing_spans),
+                        "prompt": generation.prompt,
                     }
                     self.cache.put(GENERATION, keys[i], payload)
         missed = set(misses)
@@ -317,7 +319,8 @@ class CaseRunner:
         entry = self.cache.get(GENERATION, key) if self.cache is not None and key is not None else None
         if entry is None:
             return None
-        return Generation(text=entry["text"], n_new_tokens=entry["n_new_tokens"], missing_spans=tuple(entry["missing_spans"]))
+        missing = tuple(entry["missing_spans"])
+        return Generation(text=entry["text"], n_new_tokens=entry["n_new_tokens"], missing_spans=missing, prompt=entry["prompt"])
 
     def _qualities(self, batch: list[Case], keys: list[str | None], generations: list[Generation]) -> list[float | None]:
         """Quality scores of the batch's responses: cached ones as stored, the others scored together."""
@@ -363,7 +366,15 @@ class CaseRunner:
         return {"device": self.device.type, "engine": ENGINE_VERSION, **_library_versions()}
 
     def _check(
-        self, case: Case, response: str, n_new_tokens: int, missing: list[str], quality: float | None, *, cached: bool = False
+        self,
+        case: Case,
+        response: str,
+        n_new_tokens: int,
+        missing: list[str],
+        quality: float | None,
+        *,
+        cached: bool = False,
+        prepared: str | None = None,
     ) -> CaseRecord:
         row = case.row
         try:
@@ -389,6 +400,9 @@ class CaseRunner:
             cached=cached,
             model=self.fingerprint.to_dict(),
             method=case.config.method,
+            prepared_prompt=prepared,
+            highlights=list(case.highlights),
+            device=str(self.device),
         )
 
 

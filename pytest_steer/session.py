@@ -9,6 +9,7 @@ the test loop.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
@@ -42,7 +43,7 @@ class SteerSession:
         self.selected: dict[str, str] = {}  # node id -> case id of every selected steer test (on the controller too)
         self.stopped: str | None = None  # why the run ended before every case ran (Ctrl-C, -x, a model that cannot load)
         self.written = Written()
-        self.full_report_dir: Path | None = None  # the default report directory that a partial selection left alone
+        self.started = time.time()
         self._results: RunResults | None = None
         self._stack_checked = False
 
@@ -201,7 +202,12 @@ class SteerSession:
             lost = self._lost_records({case_id(r["key"], r["config"], r["trial"]) for r in records})
             records += lost
             model = next((r["model"] for r in records if r.get("model")), None) or {"name": self.settings.model}
-            run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir)
+            from pytest_steer.spec import run_provenance
+
+            invocation = self.config.invocation_params
+            devices = [r["device"] for r in records if r.get("device")]
+            provenance = run_provenance(invocation.args, invocation.dir, self.started, devices)
+            run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir, provenance)
             aggregated = RunResults.from_records(run, records, seed=self.settings.seed, n_lost=len(lost))
             verdicts = decide(aggregated.aggregates, run, self.settings)
             gates, comparisons, selection = self.selection.decide(
@@ -222,19 +228,6 @@ class SteerSession:
                 )
             self._results = replace(aggregated, selection=selection, **verdicts.as_fields())
         return self._results
-
-    def report_dir(self) -> Path:
-        """--steer-report-dir, or the default one; a partial selection's report goes beside the default, never over it."""
-        from pytest_steer.report.files import default_report_dir
-
-        if self.settings.report_dir is not None:
-            return self.settings.report_dir
-        default = default_report_dir(self.config)
-        selection = self.results().selection
-        if selection is not None and selection.partial:
-            self.full_report_dir = default
-            return default.with_name(f"{default.name}-partial")
-        return default
 
     def _case_records(self) -> list[dict[str, Any]]:
         """One record per case, however many tests requested it (each test's report carries the same record)."""

@@ -8,8 +8,11 @@ describes a run.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import platform
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +21,20 @@ from typing import Any
 from pytest_steer.cases import SteeringConfig
 from pytest_steer.options import SteerSettings
 
-PACKAGES = ("pytest-steer", "pytest", "torch", "transformers", "datasets", "nltk", "langdetect", "numpy")
+# pytest-steer and every package that takes part in a result: loading, numerics, tokenizing, data, checks
+PACKAGES = (
+    "pytest-steer",
+    "pytest",
+    "torch",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+    "datasets",
+    "nltk",
+    "langdetect",
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,7 @@ class RunSpec:
     seed: int
     configs: tuple[SteeringConfig, ...]
     quality: Mapping[str, Any]
+    shard: str | None = None  # "K/N" under --steer-shard: this run holds one shard of the prompts
 
     @classmethod
     def from_settings(cls, settings: SteerSettings, configs: tuple[SteeringConfig, ...]) -> RunSpec:
@@ -42,6 +59,7 @@ class RunSpec:
                 "sample_seed": settings.sample_seed,
                 "limit": settings.limit,
                 "highlight": settings.highlight,
+                "digest": dataset_digest(settings.dataset),
             },
             decoding={
                 "max_new_tokens": settings.max_new_tokens,
@@ -53,15 +71,18 @@ class RunSpec:
             seed=settings.seed,
             configs=configs,
             quality=quality_spec(settings),
+            shard=None if settings.shard is None else str(settings.shard),
         )
 
     def steering(self) -> dict[str, dict[str, Any]]:
         """Config name -> its method and parameters, the baseline included."""
         return {config.name: {"method": config.method, "params": config.parameters} for config in self.configs}
 
-    def fingerprint(self, model: Mapping[str, Any] | None, n_prompts: int, rootdir: Path) -> dict[str, Any]:
-        """The ``run`` section of results.json and of saved baselines."""
-        return {
+    def fingerprint(
+        self, model: Mapping[str, Any] | None, n_prompts: int, rootdir: Path, provenance: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The ``run`` section of results.json and of saved baselines; ``provenance`` from :func:`run_provenance`."""
+        run = {
             "model": dict(model or {}),
             "dataset": {**self.dataset, "n_prompts": n_prompts},
             "generation": {**self.decoding, "trials": self.trials, "seed": self.seed},
@@ -70,7 +91,40 @@ class RunSpec:
             "versions": _versions(),
             "git_commit": _git_commit(rootdir),
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "shard": self.shard,
         }
+        if provenance is not None:
+            run["provenance"] = dict(provenance)
+        return run
+
+
+def run_provenance(args: Sequence[str], invocation_dir: Path, started: float, devices: Sequence[str]) -> dict[str, Any]:
+    """How and where a run was made: pytest's arguments, when, for how long, on which devices, Python and platform."""
+    return {
+        "command": ["pytest", *args],
+        "invocation_dir": str(invocation_dir),
+        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 3),
+        "devices": sorted(set(devices)),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+    }
+
+
+def dataset_digest(source: str) -> str | None:
+    """``sha256:<hex>`` of a local dataset file (the built-in sample included); None for a hub dataset."""
+    from pytest_steer.data import BUILTIN, builtin_path
+
+    path = builtin_path() if source == BUILTIN else Path(source).expanduser()
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:  # a hub id, or a file gone since it was read
+        return None
+    return f"sha256:{digest.hexdigest()}"
 
 
 def quality_spec(settings: SteerSettings) -> dict[str, Any]:

@@ -36,6 +36,11 @@ class SteerCase:
         return self.record.prompt
 
     @property
+    def prepared_prompt(self) -> str:
+        """The prompt as the model received it: after the steering method rewrote it, before the chat template."""
+        return self.record.prompt if self.record.prepared_prompt is None else self.record.prepared_prompt
+
+    @property
     def response(self) -> str:
         return self.record.response
 
@@ -52,24 +57,26 @@ class SteerCase:
         return self.record.quality
 
 
-def junit_properties(record: CaseRecord) -> list[tuple[str, Any]]:
-    """Compact ``steer.*`` properties for JUnit XML (the full record travels separately)."""
-    properties = [
+def junit_properties(record: CaseRecord) -> list[tuple[str, str]]:
+    """Compact ``steer.*`` properties for JUnit XML (the full record travels separately): strings, or JSON."""
+    from pytest_steer.report.junit import properties as as_text
+
+    properties: list[tuple[str, Any]] = [
         ("steer.key", record.key),
         ("steer.config", record.config),
         ("steer.trial", record.trial),
         ("steer.seed", record.seed),
     ]
     if record.error:
-        return properties + [("steer.error", record.error)]
+        return as_text(properties + [("steer.error", record.error)])
     properties += [
         ("steer.follow_all_strict", record.follow_all_strict),
         ("steer.follow_all_loose", record.follow_all_loose),
-        ("steer.strict", ",".join(str(v).lower() for v in record.strict)),
-        ("steer.loose", ",".join(str(v).lower() for v in record.loose)),
-        ("steer.instructions", ",".join(record.instruction_id_list)),
+        ("steer.strict", record.strict),
+        ("steer.loose", record.loose),
+        ("steer.instructions", record.instruction_id_list),
         ("steer.response", record.response),
     ]
     if record.quality is not None:
         properties.append(("steer.quality", round(record.quality, 6)))
-    return properties
+    return as_text(properties)

@@ -21,7 +21,7 @@ KEY_PARTS: dict[str, Any] = {
     "generation": {"max_new_tokens": 8, "greedy": False, "temperature": 0.7, "top_p": 1.0},
     "seed": 123,
 }
-PAYLOAD = {"text": "Leaves fall softly", "n_new_tokens": 5, "missing_spans": []}
+PAYLOAD = {"text": "Leaves fall softly", "n_new_tokens": 5, "missing_spans": [], "prompt": "Write about leaves."}
 
 
 def test_same_key_hits_and_every_key_part_changes_the_key(tmp_path: Path) -> None:

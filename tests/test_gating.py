@@ -27,7 +27,7 @@ def test_passing_gate_exits_zero_and_failing_gate_exits_one(pytester: pytest.Pyt
 
     failing = run_suite(pytester, tiny_checkpoint, "--steer-gate", "alpha=10: strict_prompt_accuracy - baseline >= 0.5")
     assert failing.ret == pytest.ExitCode.TESTS_FAILED
-    failing.stdout.fnmatch_lines(["FAILED *steer-gates::pasta_alpha10::alpha=10: strict_prompt_accuracy - baseline >= 0.5*"])
+    failing.stdout.fnmatch_lines(["FAILED *steer-gates::pasta_alpha10::gate[[]alpha=10: strict_prompt_accuracy - baseline >= 0.5[]]*"])
     assert failing.parseoutcomes()["failed"] == 1
 
 
@@ -71,12 +71,12 @@ def test_junit_has_case_and_gate_testcases(pytester: pytest.Pytester, tiny_check
     case = by_name["test_follows_instructions[s001-pasta_alpha10-t0]"]
     properties = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert properties["steer.config"] == "pasta_alpha10"
-    assert properties["steer.follow_all_strict"] in ("True", "False")
+    assert properties["steer.follow_all_strict"] in ("true", "false")
     assert "steer.response" in properties
-    gate = by_name["strict_prompt_accuracy >= 0.9"]
+    gate = by_name["gate[strict_prompt_accuracy >= 0.9]"]
     assert gate.find("failure") is not None
     gate_properties = {p.get("name"): p.get("value") for p in gate.iter("property")}
-    assert gate_properties["steer.passed"] == "False"
+    assert gate_properties["steer.passed"] == "false"
 
 
 def test_xdist_gives_the_same_results_as_a_serial_run(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.records import CaseRecord
+from pytest_steer.report.atomic import atomic_open
 
 
 def write_cases(records: Iterable[dict[str, Any]], path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

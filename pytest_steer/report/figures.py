@@ -3,6 +3,8 @@
 * :func:`trade_off_figure`: accuracy vs alpha, quality vs alpha, and quality vs strict
   prompt accuracy with the Pareto frontier; error bars are the 95% CIs over prompts and
   the unsteered baseline is drawn as a reference line with its CI band (it has no alpha).
+  Every steered config has a place on the strength axis: PASTA at its alpha, each method
+  without a strength at a position of its own to the right, labelled by its name.
 * :func:`instruction_heatmap_figure`: strict follow rate and mean quality per instruction
   id × config.
 * :func:`instruction_delta_figure`: per instruction id, the paired change from the
@@ -48,6 +50,16 @@ DPI = 110
 
 
 @dataclass(frozen=True)
+class Placed:
+    """A steered config's position on the strength axis of the accuracy and quality panels."""
+
+    agg: ConfigAggregate
+    x: float
+    label: str
+    connected: bool  # drawn as one line with the configs of its method (a strength series)
+
+
+@dataclass(frozen=True)
 class Point:
     """One config's position on the quality-vs-accuracy panel."""
 
@@ -82,31 +94,59 @@ def pareto_frontier(points: list[Point]) -> list[Point]:
     return sorted(frontier, key=lambda p: (p.accuracy.mean, -p.quality.mean))
 
 
-def _steered(results: RunResults) -> list[ConfigAggregate]:
-    """The configs drawn against alpha: PASTA's (other methods appear in the trade-off panel)."""
-    return [agg for agg in results.aggregates if agg.alpha is not None]
+def _pasta(results: RunResults) -> list[Placed]:
+    """PASTA's configs, at their alpha."""
+    return [Placed(agg, float(agg.alpha), f"{agg.alpha:g}", True) for agg in results.aggregates if agg.alpha is not None]
+
+
+def _without_strength(results: RunResults, alphas: list[float]) -> list[Placed]:
+    """Steered configs with no strength axis (emphasis, registered methods): one position each, right of the alphas."""
+    others = [agg for agg in results.aggregates if not agg.is_baseline and agg.alpha is None]
+    if not alphas:
+        return [Placed(agg, float(number), agg.name, False) for number, agg in enumerate(others, start=1)]
+    low, high = min(alphas), max(alphas)
+    if _log_scale(alphas):
+        return [Placed(agg, high * 2.0**number, agg.name, False) for number, agg in enumerate(others, start=1)]
+    step = (high - low) / max(len(alphas) - 1, 1) or max(abs(high), 1.0)
+    return [Placed(agg, high + step * number, agg.name, False) for number, agg in enumerate(others, start=1)]
+
+
+def placements(results: RunResults) -> list[Placed]:
+    """Every steered config on the strength axis, method by method."""
+    pasta = _pasta(results)
+    return pasta + _without_strength(results, [p.x for p in pasta])
+
+
+def _log_scale(alphas: list[float]) -> bool:
+    return bool(alphas) and min(alphas) > 0 and max(alphas) / min(alphas) >= 10
 
 
 def _baseline(results: RunResults) -> ConfigAggregate | None:
     return next((agg for agg in results.aggregates if agg.is_baseline), None)
 
 
-def _alpha_axis(ax: Axes, alphas: list[float]) -> None:
-    """Ticks at the alphas run, log scale when they span a decade; limits set here because
-    the dodged series do not take part in autoscaling."""
+def _strength_axis(ax: Axes, placed: list[Placed]) -> None:
+    """Ticks at the alphas run (log scale when they span a decade) and at the other methods' own
+    positions, labelled by name; limits set here because the dodged series do not take part in autoscaling."""
     ax.set_xlabel(ALPHA_LABEL)
-    if not alphas:
+    if not placed:
         return
-    low, high = min(alphas), max(alphas)
-    if high / low >= 10:
+    xs = [p.x for p in placed]
+    low, high = min(xs), max(xs)
+    if _log_scale([p.x for p in placed if p.connected]):
         ax.set_xscale("log")
         ax.set_xlim(low / 1.3, high * 1.3)
     else:
-        pad = 0.1 * (high - low) if high > low else 0.5 * low
+        pad = 0.1 * (high - low) if high > low else 0.5 * max(abs(low), 1.0)
         ax.set_xlim(low - pad, high + pad)
-    ax.set_xticks(alphas)
-    ax.set_xticklabels([f"{a:g}" for a in alphas])
+    ax.set_xticks(xs)
+    ax.set_xticklabels([p.label for p in placed], rotation=0 if all(p.connected for p in placed) else 30, ha="right")
     ax.minorticks_off()
+    alphas = [p.x for p in placed if p.connected]
+    if alphas and len(alphas) < len(placed):  # divide PASTA's alphas from the methods placed by name
+        first_other = min(p.x for p in placed if not p.connected)
+        divider = math.sqrt(max(alphas) * first_other) if ax.get_xscale() == "log" else (max(alphas) + first_other) / 2
+        ax.axvline(divider, color="lightgrey", linewidth=0.8)
 
 
 def _baseline_reference(ax: Axes, interval: Interval | None, color: str, label: str) -> None:
@@ -120,30 +160,36 @@ def _empty_note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey")
 
 
-def _alpha_errorbar(ax: Axes, configs: list[ConfigAggregate], metric: str, **style: Any) -> bool:
-    """One metric against alpha with CI error bars; False when no config has a value."""
-    points = [(agg.alpha, interval) for agg in configs if (interval := _defined(agg, metric)) is not None]
-    if points:
+def _strength_errorbar(ax: Axes, placed: list[Placed], metric: str, *, label: str, linestyle: str = "-", **style: Any) -> bool:
+    """One metric of every placed config with CI error bars: a line through each method's strength series,
+    markers alone for configs placed by name; the legend names the metric once. False when nothing has a value."""
+    plotted = False
+    for connected in (True, False):
+        points = [(p.x, interval) for p in placed if p.connected == connected and (interval := _defined(p.agg, metric)) is not None]
+        if not points:
+            continue
         ax.errorbar(
-            [alpha for alpha, _ in points],
+            [x for x, _ in points],
             [interval.mean for _, interval in points],
             yerr=_errors([interval for _, interval in points]),
             capsize=3,
+            linestyle=linestyle if connected else "none",
+            label=label if not plotted else "_nolegend_",
             **style,
         )
-    return bool(points)
+        plotted = True
+    return plotted
 
 
 def _accuracy_panel(ax: Axes, results: RunResults) -> None:
-    steered = _steered(results)
+    placed = placements(results)
     baseline = _baseline(results)
-    alphas = [agg.alpha for agg in steered]
     for index, metric in enumerate(ACCURACY_METRICS):
         color, linestyle, marker = ACCURACY_STYLES[metric]
         shift = (index - (len(ACCURACY_METRICS) - 1) / 2) * DODGE_POINTS
-        _alpha_errorbar(
+        _strength_errorbar(
             ax,
-            steered,
+            placed,
             metric,
             color=color,
             linestyle=linestyle,
@@ -156,21 +202,21 @@ def _accuracy_panel(ax: Axes, results: RunResults) -> None:
     ax.set_ylabel("accuracy (fraction followed)")
     ax.set_title("instruction following vs steering strength")
     ax.set_ylim(-0.02, 1.02)
-    _alpha_axis(ax, alphas)
-    if not steered:
+    _strength_axis(ax, placed)
+    if not placed:
         _empty_note(ax, "no steered config in this run")
     ax.legend(fontsize="small", loc="best")
 
 
 def _quality_panel(ax: Axes, results: RunResults) -> None:
-    steered = _steered(results)
+    placed = placements(results)
     baseline = _baseline(results)
-    plotted = _alpha_errorbar(ax, steered, QUALITY_METRIC, color=QUALITY_COLOR, marker="o", label="steered")
+    plotted = _strength_errorbar(ax, placed, QUALITY_METRIC, color=QUALITY_COLOR, marker="o", label="steered")
     baseline_quality = _defined(baseline, QUALITY_METRIC) if baseline is not None else None
     _baseline_reference(ax, baseline_quality, BASELINE_COLOR, "baseline (unsteered)")
     ax.set_ylabel("quality (higher is better)")
     ax.set_title("response quality vs steering strength")
-    _alpha_axis(ax, [agg.alpha for agg in steered])
+    _strength_axis(ax, placed)
     if not plotted and baseline_quality is None:
         _empty_note(ax, "no quality scores in this run")
     else:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from pytest_steer.report.atomic import write_bytes, write_text
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.json import write_results
 from pytest_steer.report.summary_csv import write_summary_csv
@@ -29,14 +31,48 @@ FIGURE_NAMES = ("trade_off", "instruction_heatmap", "instruction_deltas")
 FIGURES_STAMP = ".figures.sha256"  # digest of what the figures in a report directory plot
 
 
+class UnsafeReportDir(OSError):
+    """The shared temporary directory holds a report folder this user cannot trust."""
+
+
 def default_report_dir(config: Any) -> Path:
-    """``steer-report`` in pytest's cache dir, or a temporary folder when the cache is off."""
+    """``steer-report`` in pytest's cache dir, or a private folder of this user under the
+    temporary directory when the cache is off."""
     cache = getattr(config, "cache", None)
     if cache is not None:
         return Path(cache.mkdir(CACHE_SUBDIR))
     root = Path(config.rootpath).resolve()
     digest = hashlib.sha1(str(root).encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / f"pytest-steer-{_user()}" / f"{root.name}-{digest}"
+    return private_dir(Path(tempfile.gettempdir()) / f"pytest-steer-{_user()}") / f"{root.name}-{digest}"
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only this user can enter (mode 0700), created when missing.
+
+    Anyone can create names in a shared temporary directory: an existing ``path`` that is
+    a symbolic link, belongs to another user or can be written by others is refused, so a
+    planted folder or link never receives the report.
+    """
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    problem = None
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif hasattr(os, "getuid") and info.st_uid != os.getuid():
+        problem = f"belongs to another user (uid {info.st_uid})"
+    elif info.st_mode & 0o022:
+        problem = f"can be written by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem is not None:
+        raise UnsafeReportDir(
+            f"{path} {problem}, so the default report folder is not safe to write into; "
+            "pass --steer-report-dir DIR (or remove it, if it is yours)"
+        )
+    return path
 
 
 def _user() -> str:
@@ -46,8 +82,22 @@ def _user() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "user"
 
 
+def skipped_figures(results: RunResults) -> dict[str, str]:
+    """Figures that would show nothing for these results, with the reason they are not drawn."""
+    from pytest_steer.aggregate import instruction_deltas_vs_baseline
+
+    if any(instruction_deltas_vs_baseline(results.aggregates).values()):
+        return {}
+    return {"instruction_deltas": "no steered config shares an instruction id with the baseline, so there is no change to show"}
+
+
+def figure_names(results: RunResults) -> list[str]:
+    skipped = skipped_figures(results)
+    return [name for name in FIGURE_NAMES if name not in skipped]
+
+
 def render_figures(results: RunResults) -> dict[str, bytes]:
-    """PNG bytes of every figure, by name (matplotlib is imported only here)."""
+    """PNG bytes of every figure worth drawing, by name (matplotlib is imported only here)."""
     from pytest_steer.report.figures import (
         instruction_delta_figure,
         instruction_heatmap_figure,
@@ -55,12 +105,12 @@ def render_figures(results: RunResults) -> dict[str, bytes]:
         trade_off_figure,
     )
 
-    drawn = {
-        "trade_off": png_bytes(trade_off_figure(results)),
-        "instruction_heatmap": png_bytes(instruction_heatmap_figure(results)),
-        "instruction_deltas": png_bytes(instruction_delta_figure(results)),
+    draw = {
+        "trade_off": trade_off_figure,
+        "instruction_heatmap": instruction_heatmap_figure,
+        "instruction_deltas": instruction_delta_figure,
     }
-    return {name: drawn[name] for name in FIGURE_NAMES}
+    return {name: png_bytes(draw[name](results)) for name in figure_names(results)}
 
 
 def figures_digest(results: RunResults) -> str:
@@ -86,7 +136,7 @@ def _figures(results: RunResults, directory: Path) -> tuple[dict[str, bytes], st
     key = figures_digest(results)
     try:
         if (directory / FIGURES_STAMP).read_text() == key:
-            return {name: (directory / f"{name}.png").read_bytes() for name in FIGURE_NAMES}, key
+            return {name: (directory / f"{name}.png").read_bytes() for name in figure_names(results)}, key
     except OSError:  # no earlier report here, or one of its figures is gone: draw them
         pass
     return render_figures(results), key
@@ -99,15 +149,14 @@ def write_report(results: RunResults, directory: Path) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     figures, figures_key = _figures(results, directory)
-    html_path = directory / REPORT_HTML
-    html_path.write_text(render_html(results, figures), encoding="utf-8")
-    written = [html_path]
+    skipped = skipped_figures(results)
+    written = [write_text(directory / REPORT_HTML, render_html(results, figures, skipped))]
     written.append(write_results(results, directory / RESULTS_JSON))
     written.append(write_cases(results.records, directory / CASES_JSONL))
     written.append(write_summary_csv(results, directory / SUMMARY_CSV))
     for name, png in figures.items():
-        path = directory / f"{name}.png"
-        path.write_bytes(png)
-        written.append(path)
-    (directory / FIGURES_STAMP).write_text(figures_key)  # last: a stamp never names figures not written
+        written.append(write_bytes(directory / f"{name}.png", png))
+    for name in skipped:  # an earlier run's figure would contradict this report
+        (directory / f"{name}.png").unlink(missing_ok=True)
+    write_text(directory / FIGURES_STAMP, figures_key)  # last: a stamp never names figures not written
     return written

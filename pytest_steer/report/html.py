@@ -17,6 +17,7 @@ from string import Template
 from typing import Any
 
 from pytest_steer.aggregate import METRICS
+from pytest_steer.records import ran_unsteered
 from pytest_steer.report.table import (
     METRIC_TITLES,
     config_rows,
@@ -205,8 +206,8 @@ def _checks_html(results: RunResults) -> str:
     return "\n".join(lines)
 
 
-def _figures_html(figures: Mapping[str, bytes]) -> str:
-    parts = []
+def _figures_html(figures: Mapping[str, bytes], skipped: Mapping[str, str]) -> str:
+    parts = [f'<p class="meta">{esc(name)}.png not drawn: {esc(reason)}.</p>' for name, reason in skipped.items()]
     for name, png in figures.items():
         title = FIGURE_TITLES.get(name, name)
         data = base64.b64encode(png).decode("ascii")
@@ -233,8 +234,32 @@ def _verdict_mark(value: bool) -> str:
     return "✓" if value else "✗"
 
 
+def _is_baseline(record: Mapping[str, Any]) -> bool:
+    return record.get("method") is None and record["alpha"] is None
+
+
+def _sent_html(record: Mapping[str, Any]) -> list[str]:
+    """What steering did to this case: the prompt as the method rewrote it, the spans it steered and those it could not find."""
+    if _is_baseline(record):
+        return []
+    parts = []
+    prepared = record.get("prepared_prompt")
+    if prepared is not None and prepared != record["prompt"]:
+        parts.append('<p class="meta">prompt as the model received it (before the chat template):</p>')
+        parts.append(f'<pre class="sent">{esc(prepared)}</pre>')
+    missing = set(record.get("missing_spans") or [])
+    steered = [span for span in record.get("highlights") or [] if span not in missing]
+    if steered:
+        parts.append(f'<p class="meta">highlighted: {esc("; ".join(steered))}</p>')
+    if ran_unsteered(record):
+        parts.append('<p class="meta"><span class="badge fail">ran unsteered</span> none of its highlights was found</p>')
+    if missing:
+        parts.append(f'<p class="meta">steering could not locate: {esc("; ".join(record["missing_spans"]))}</p>')
+    return parts
+
+
 def _side_html(record: Mapping[str, Any]) -> str:
-    kind = "baseline" if record["alpha"] is None else "steered"
+    kind = "baseline" if _is_baseline(record) else "steered"
     if record.get("error"):
         badge = '<span class="badge fail">error</span>'
     elif record["follow_all_strict"]:
@@ -250,15 +275,13 @@ def _side_html(record: Mapping[str, Any]) -> str:
     ]
     if record.get("error"):
         parts.append(f'<p class="error">{esc(record["error"])}</p>')
+    parts += _sent_html(record)
     parts.append(f'<pre class="response">{esc(record["response"])}</pre>')
     if record["strict"]:
         parts.append('<ul class="verdicts">')
         for iid, strict, loose in zip(record["instruction_id_list"], record["strict"], record["loose"]):
             parts.append(f"<li>{esc(iid)}: strict {_verdict_mark(strict)}, loose {_verdict_mark(loose)}</li>")
         parts.append("</ul>")
-    if record.get("missing_spans"):
-        spans = "; ".join(record["missing_spans"])
-        parts.append(f'<p class="meta">steering could not locate: {esc(spans)}</p>')
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -307,8 +330,8 @@ def _cases_html(results: RunResults) -> str:
     return note + controls + "\n".join(groups_html)
 
 
-def render_html(results: RunResults, figures: Mapping[str, bytes]) -> str:
-    """The page; ``figures`` maps a figure name (``trade_off``, ...) to its PNG bytes."""
+def render_html(results: RunResults, figures: Mapping[str, bytes], skipped: Mapping[str, str] | None = None) -> str:
+    """The page; ``figures`` maps a figure name (``trade_off``, ...) to its PNG bytes, ``skipped`` a figure not drawn to why."""
     model = (results.run.get("model") or {}).get("name", "model")
     return PAGE.substitute(
         title=esc(f"Steering trade-off: {model}"),
@@ -316,7 +339,7 @@ def render_html(results: RunResults, figures: Mapping[str, bytes]) -> str:
         run=_run_html(results),
         table=table_html(results) + instruction_deltas_html(results),
         checks=_checks_html(results),
-        figures=_figures_html(figures),
+        figures=_figures_html(figures, skipped or {}),
         cases=_cases_html(results),
         script=SCRIPT,
     )

@@ -45,10 +45,12 @@ def case_html(record: dict[str, Any]) -> str:
     )
     quality = "" if record.get("quality") is None else f" · quality {record['quality']:.3f}"
     error = f"<p>error: {html.escape(record['error'])}</p>" if record.get("error") else ""
+    prepared = record.get("prepared_prompt")
+    sent = f"<p>prompt as sent:</p><pre>{html.escape(prepared)}</pre>" if prepared not in (None, record["prompt"]) else ""
     text = (
         f'<div class="steer-case"><p><b>{html.escape(record["config"])}</b> · prompt {html.escape(str(record["key"]))}'
         f" · trial {record['trial']}{quality}</p>{error}"
-        f"<p>prompt:</p><pre>{html.escape(record['prompt'])}</pre>"
+        f"<p>prompt:</p><pre>{html.escape(record['prompt'])}</pre>{sent}"
         f"<p>response:</p><pre>{html.escape(record['response'])}</pre>"
         f"<p>{verdicts}</p></div>"
     )

@@ -16,6 +16,8 @@ from typing import Any
 
 from pytest_steer.aggregate import ConfigAggregate, instruction_deltas_vs_baseline
 from pytest_steer.gates import ComparisonResult, GateResult
+from pytest_steer.report.atomic import write_text
+from pytest_steer.report.table import unsteered_counts
 from pytest_steer.results import RunResults
 from pytest_steer.selection import RunSelection
 from pytest_steer.stats import Interval
@@ -26,9 +28,11 @@ SCHEMA_VERSION = 2
 
 def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[str, Any]:
     instruction_deltas = instruction_deltas_vs_baseline(results.aggregates)
+    unsteered = unsteered_counts(results)
     configs = []
     for agg in results.aggregates:
         entry = agg.to_dict(include_per_prompt=True)
+        entry["n_unsteered"] = None if unsteered is None else unsteered[agg.name]
         entry["delta_vs_baseline"] = {m: iv.to_dict() for m, iv in results.deltas.get(agg.name, {}).items()}
         entry["instruction_delta_vs_baseline"] = {
             iid: {m: iv.to_dict() for m, iv in metrics.items()}
@@ -81,33 +85,49 @@ def _strict_json(value: Any) -> Any:
 
 def write_results(results: RunResults, path: Path, *, include_cases: bool = False) -> Path:
     """``include_cases`` for a standalone file, which has no ``cases.jsonl`` beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = results_dict(results, include_cases=include_cases)
     text = json.dumps(_strict_json(document), indent=2, ensure_ascii=False, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return write_text(Path(path), text + "\n")
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """The JSON object of a results.json, with a ``run`` object and a ``configs`` list; ``ValueError`` naming the file if not."""
+    path = Path(path)
+    hint = "is it a results.json written by pytest-steer?"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, or nesting too deep
+        raise ValueError(f"{path} is not valid JSON ({exc}); {hint}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {json_kind(data)}, not an object; {hint}")
+    for key, kind, described in (("run", dict, "an object"), ("configs", list, "a list")):
+        if key not in data:
+            raise ValueError(f"{path} has no {key!r} section; {hint}")
+        if not isinstance(data[key], kind):
+            raise ValueError(f"{path}: {key!r} is a JSON {json_kind(data[key])}, not {described}; {hint}")
+    return data
+
+
+def json_kind(value: Any) -> str:
+    """JSON's name for the type of a parsed value."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def read_results(path: Path, records: Sequence[dict[str, Any]] | None = None) -> RunResults:
     """The results saved in ``path``; ``records`` (from ``cases.jsonl``) default to the file's own ``cases``."""
-    path = Path(path)
+    data = read_document(path)
+    check_schema_version(data, str(path))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); is it a results.json written by pytest-steer?") from None
-    return results_from_dict(data, records, source=str(path))
+        return results_from_dict(data, records, source=str(path))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{path}: malformed entry ({type(exc).__name__}: {exc}); is it a results.json written by pytest-steer?") from None
 
 
 def results_from_dict(
     data: Mapping[str, Any], records: Sequence[dict[str, Any]] | None = None, *, source: str = "results"
 ) -> RunResults:
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(
-            f"{source} has schema_version {version!r}, this pytest-steer reads version {SCHEMA_VERSION}; "
-            "regenerate it with the matching pytest-steer version"
-        )
+    check_schema_version(data, source)
     records = list(data.get("cases", [])) if records is None else records
     aggregates = [ConfigAggregate.from_dict(entry) for entry in data["configs"]]
     deltas = {
@@ -125,6 +145,15 @@ def results_from_dict(
         n_lost=int(data.get("n_lost", 0)),
         selection=RunSelection.from_dict(data["selection"]) if data.get("selection") else None,
     )
+
+
+def check_schema_version(data: Mapping[str, Any], source: str) -> None:
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{source} has schema_version {version!r}, this pytest-steer reads version {SCHEMA_VERSION}; "
+            "regenerate it with the matching pytest-steer version"
+        )
 
 
 def _interval(data: Mapping[str, Any] | None) -> Interval | None:

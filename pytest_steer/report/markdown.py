@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_steer.aggregate import METRICS
-from pytest_steer.report.table import METRIC_TITLES, config_rows, describe_run, format_interval, instruction_delta_rows
+from pytest_steer.report.atomic import write_text
+from pytest_steer.report.table import (
+    METRIC_TITLES,
+    config_rows,
+    describe_run,
+    format_interval,
+    instruction_delta_rows,
+    unsteered_lines,
+)
 from pytest_steer.results import RunResults
 
 
@@ -41,6 +49,9 @@ def render_markdown(results: RunResults, report: Path | None = None) -> str:
         for iid, cells in instruction_rows:
             texts = [f"{format_interval(f, signed=True)} / {format_interval(q, signed=True)}" for f, q in cells]
             lines.append("| " + " | ".join(_text(c) for c in [iid, *texts]) + " |")
+    unsteered = unsteered_lines(results)
+    if unsteered:
+        lines += [""] + [f"- ⚠️ {_text(line)}" for line in unsteered]
     checks = [(g.passed, g.message) for g in results.gates] + [(c.passed, c.message) for c in results.comparisons]
     if checks:
         lines += ["", "**Gates**", ""]
@@ -53,7 +64,4 @@ def render_markdown(results: RunResults, report: Path | None = None) -> str:
 
 
 def write_markdown(results: RunResults, path: Path, report: Path | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(results, report), encoding="utf-8")
-    return path
+    return write_text(Path(path), render_markdown(results, report))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_steer.options import SteerSettings
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 class Written:
     paths: list[Path] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    partial_apart: Path | None = None  # the full run's default report folder, which a partial selection left as it was
 
     def attempt(self, option: str, target: Path, write: Callable[[], list[Path] | Path]) -> None:
         try:
@@ -31,18 +32,30 @@ class Written:
         self.paths.extend(written if isinstance(written, list) else [written])
 
 
-def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path) -> Written:
+def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path | None, *, config: Any = None) -> Written:
+    """``report_dir`` None: the default directory of pytest ``config`` (see :func:`default_report_dir`);
+    a run of a partial pytest selection writes beside it, never over the full run's report."""
     from pytest_steer.baseline import save_run
-    from pytest_steer.report.files import REPORT_HTML, write_report
+    from pytest_steer.report.files import REPORT_HTML, UnsafeReportDir, default_report_dir, write_report
     from pytest_steer.report.json import write_results
     from pytest_steer.report.markdown import write_markdown
 
     written = Written()
-    written.attempt("--steer-report-dir", report_dir, lambda: write_report(results, report_dir))
+    if report_dir is None:
+        try:
+            report_dir = default_report_dir(config)
+            if results.selection is not None and results.selection.partial:
+                written.partial_apart = report_dir
+                report_dir = report_dir.with_name(f"{report_dir.name}-partial")
+        except UnsafeReportDir as exc:
+            written.failures.append(f"--steer-report-dir: not written ({exc})")
+    if report_dir is not None:
+        directory = Path(report_dir)
+        written.attempt("--steer-report-dir", directory, lambda: write_report(results, directory))
     if settings.json:
         written.attempt("--steer-json", settings.json, lambda: write_results(results, settings.json, include_cases=True))
     if settings.summary_md:
-        report = Path(report_dir) / REPORT_HTML
+        report = None if report_dir is None else Path(report_dir) / REPORT_HTML
         written.attempt("--steer-summary-md", settings.summary_md, lambda: write_markdown(results, settings.summary_md, report=report))
     if settings.save:
         written.attempt("--steer-save", settings.save, lambda: save_run(results.run, results.aggregates, settings.save))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.aggregate import METRICS
+from pytest_steer.report.atomic import atomic_open
 from pytest_steer.report.table import config_rows
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
@@ -62,8 +63,7 @@ def _defined(interval: Interval | None) -> Interval | None:
 
 def write_summary_csv(results: RunResults, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns())
         writer.writeheader()
         writer.writerows(summary_rows(results))

@@ -6,10 +6,12 @@ read the same rows and format numbers the same way, so every output shows the sa
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_steer.aggregate import METRICS, QUALITY_METRIC, instruction_deltas_vs_baseline
+from pytest_steer.records import ran_unsteered
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
 
@@ -129,6 +131,26 @@ def describe_run(results: RunResults) -> list[str]:
     if results.selection is not None and results.selection.partial:
         lines.append(results.selection.describe())
     return lines
+
+
+def unsteered_counts(results: RunResults) -> dict[str, int] | None:
+    """Per config, the cases that ran unsteered because steering found none of their highlights;
+    None when the results carry no case records to count."""
+    if not results.records:
+        return None
+    counts = Counter(record["config"] for record in results.records if ran_unsteered(record))
+    return {agg.name: counts[agg.name] for agg in results.aggregates}
+
+
+def unsteered_lines(results: RunResults) -> list[str]:
+    """One line per config with cases that ran unsteered."""
+    counts = unsteered_counts(results) or {}
+    return [
+        f"{agg.name}: {counts[agg.name]} of {agg.n_cases} case(s) ran unsteered: steering found none of their "
+        "highlights in the prompt (missing_spans in cases.jsonl)"
+        for agg in results.aggregates
+        if counts.get(agg.name)
+    ]
 
 
 DeltaPair = tuple[Interval | None, Interval | None]  # (Δ strict follow rate, Δ quality)

@@ -21,6 +21,7 @@ from pytest_steer.report.table import (
     describe_run,
     format_ci,
     format_mean,
+    unsteered_lines,
 )
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
@@ -155,6 +156,11 @@ def write_summary(terminalreporter: Any, results: RunResults) -> None:
     terminalreporter.write_line("")
     for line in render_table(results, terminal_width(terminalreporter)):
         terminalreporter.write_line(line)
+    unsteered = unsteered_lines(results)
+    if unsteered:
+        terminalreporter.write_line("")
+    for line in unsteered:
+        terminalreporter.write_line(line, yellow=True)
     checks = check_lines(results)
     undecided = results.selection.undecided if results.selection is not None else ()
     if checks or undecided:

@@ -89,3 +89,21 @@ def make_results(records: list[dict[str, Any]] | None = None) -> RunResults:
     results = replace(results, gates=evaluate_gates(GATES, results.aggregates, max_errors=1, min_prompts=1))
     return results
 
+
+def make_method_results() -> RunResults:
+    """Baseline, PASTA, emphasis (which rewrites the prompt) and a registered method, with a highlight PASTA could not find."""
+    records = []
+    for record in make_records(n_prompts=4, trials=1):
+        if record["config"] not in ("baseline", "alpha10"):
+            continue
+        highlights = [f"include a title for {record['key']}"]
+        records.append(record | {"method": "pasta" if record["alpha"] else None, "prepared_prompt": record["prompt"], "highlights": highlights})
+        if record["config"] == "alpha10":
+            if record["key"] == "p001":
+                records[-1]["missing_spans"] = highlights
+            prepared = record["prompt"].replace("include a title", "INCLUDE A TITLE")
+            records.append(records[-1] | {"config": "emphasis", "alpha": None, "method": "emphasis", "prepared_prompt": prepared})
+            records.append(records[-1] | {"config": "myvec", "method": "myvec", "prepared_prompt": record["prompt"], "missing_spans": []})
+    run = make_run(n_prompts=4, trials=1)
+    run["steering"] = {name: run["steering"].get(name, {"method": name, "params": {}}) for name in ("baseline", "alpha10", "emphasis", "myvec")}
+    return RunResults.from_records(run, records, seed=0)

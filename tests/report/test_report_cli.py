@@ -47,7 +47,9 @@ def test_report_accepts_a_results_json_without_cases(results: RunResults, tmp_pa
     path = write_results(results, tmp_path / "only" / "r.json")
     assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 0
     assert "no cases.jsonl" in capsys.readouterr().err
-    assert _numbers(tmp_path / "out") == {**_numbers(_save(results, tmp_path / "full")), "n_cases": 0}
+    full = _numbers(_save(results, tmp_path / "full"))
+    counted = [{**config, "n_unsteered": None} for config in full["configs"]]  # counted from the cases, which are absent
+    assert _numbers(tmp_path / "out") == {**full, "n_cases": 0, "configs": counted}
     assert (tmp_path / "out" / "cases.jsonl").read_text() == ""
 
 
@@ -61,7 +63,7 @@ def _shards(tmp_path: Path, records: list[dict], **run_changes: dict) -> list[Pa
     halves = [[r for r in records if int(r["key"][1:]) % 2 == side] for side in (0, 1)]
     paths = []
     for index, half in enumerate(halves):
-        run = make_run(n_prompts=6, time=f"2026-01-0{index + 1}T00:00:00+00:00") | {"git_commit": f"commit{index}"}
+        run = make_run(n_prompts=6, time=f"2026-01-0{index + 1}T00:00:00+00:00") | {"git_commit": f"commit{index}", "shard": f"{index + 1}/2"}
         if index == 1:
             for section, values in run_changes.items():
                 run[section] = run[section] | values
@@ -84,6 +86,7 @@ def test_merge_equals_the_unsharded_run(tmp_path: Path) -> None:
     assert data["run"]["git_commit"] is None  # the shards ran different commits
     assert data["run"]["time"] == "2026-01-02T00:00:00+00:00"
     assert [s["n_cases"] for s in data["run"]["shards"]] == [48, 48]
+    assert [s["shard"] for s in data["run"]["shards"]] == ["1/2", "2/2"] and data["run"]["shard"] is None
     assert all((tmp_path / "merged" / name).is_file() for name in OUTPUTS)
 
 
@@ -169,3 +172,72 @@ def test_standalone_results_json_carries_its_cases(tmp_path: Path) -> None:
     assert merged["configs"] == results_dict(RunResults.from_records(make_run(), records, seed=0))["configs"]
     assert main(["report", str(standalone[0]), "--out", str(tmp_path / "one")]) == 0
     assert len((tmp_path / "one" / "cases.jsonl").read_text().splitlines()) == 48
+
+
+def _with_shard(location: Path, shard: str | None, copy_to: Path | None = None) -> Path:
+    """The saved report at ``location`` (or a copy of it) recorded as shard ``shard``."""
+    if copy_to is not None:
+        copy_to.mkdir()
+        for name in ("results.json", "cases.jsonl"):
+            (copy_to / name).write_bytes((location / name).read_bytes())
+        location = copy_to
+    data = json.loads((location / "results.json").read_text())
+    data["run"]["shard"] = shard
+    (location / "results.json").write_text(json.dumps(data))
+    return location
+
+
+def test_merge_refuses_an_incomplete_set_of_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, _ = _shards(tmp_path, make_records())
+    assert main(["merge", str(tmp_path / "m"), str(first)]) == 2
+    err = capsys.readouterr().err
+    assert "shard(s) 2/2 missing" in err and f"{first / 'results.json'} (shard 1/2)" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_refuses_shards_of_different_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = _shards(tmp_path, make_records())
+    _with_shard(second, "2/3")
+    assert main(["merge", str(tmp_path / "m"), str(first), str(second)]) == 2
+    err = capsys.readouterr().err
+    assert "split the prompts in different ways" in err and "shard 1/2" in err and "shard 2/3" in err
+
+
+def test_merge_refuses_a_shard_given_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = _shards(tmp_path, make_records())
+    again = _with_shard(first, "1/2", copy_to=tmp_path / "again")
+    assert main(["merge", str(tmp_path / "m"), str(first), str(second), str(again)]) == 2
+    err = capsys.readouterr().err
+    assert "given twice" in err and str(first / "results.json") in err and str(again / "results.json") in err
+
+
+def test_merge_refuses_a_whole_run_beside_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = _shards(tmp_path, make_records())
+    _with_shard(second, None)
+    assert main(["merge", str(tmp_path / "m"), str(first), str(second)]) == 2
+    assert "ran every prompt (no --steer-shard)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"[1, 2]", "holds a JSON array, not an object"),
+        (b'{"schema_version": 2, "configs": []}', "has no 'run' section"),
+        (b'{"schema_version": 2, "run": [], "configs": []}', "'run' is a JSON array, not an object"),
+        (b"\xff\xfe not text", "is not valid JSON"),
+        (b'{"schema_version": 2, "run": {}, "configs": [{"name": 1}]}', "malformed entry"),
+    ],
+)
+@pytest.mark.parametrize("command", ["merge", "report"])
+def test_a_malformed_results_json_exits_2_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, problem: str, command: str
+) -> None:
+    first, second = _shards(tmp_path, make_records())
+    (second / "results.json").write_bytes(content)
+    args = ["merge", str(tmp_path / "m"), str(first), str(second)] if command == "merge" else ["report", str(second)]
+    if command == "merge" and problem == "malformed entry":
+        problem = "has schema_version"  # merge reads only the run section; this one is valid
+        (second / "results.json").write_bytes(content.replace(b'"schema_version": 2', b'"schema_version": 1'))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {second / 'results.json'}") and problem in err

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from report_fixtures import make_records, make_run
+from report_fixtures import make_method_results, make_records, make_run
 
 from pytest_steer.aggregate import instruction_deltas_vs_baseline, instruction_quality
 from pytest_steer.report.figures import (
@@ -140,3 +140,37 @@ def test_figures_without_quality_or_steering_say_so() -> None:
 
 def test_png_bytes_are_a_png(results: RunResults) -> None:
     assert png_bytes(instruction_heatmap_figure(results)).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_methods_without_a_strength_have_their_own_place() -> None:
+    results = make_method_results()
+    accuracy, quality, _ = trade_off_figure(results).axes
+    labels = [t.get_text() for t in accuracy.get_xticklabels()]
+    assert labels == ["10", "emphasis", "myvec"]
+    assert [t.get_text() for t in quality.get_xticklabels()] == labels
+    by_name = {agg.name: agg for agg in results.aggregates}
+    strict = [c for c in accuracy.containers if c.get_label() in ("strict prompt", "_nolegend_")][:2]
+    pasta, others = (container.lines[0].get_ydata() for container in strict)
+    assert list(pasta) == pytest.approx([by_name["alpha10"].metrics["strict_prompt_accuracy"].mean])
+    assert list(others) == pytest.approx([by_name[n].metrics["strict_prompt_accuracy"].mean for n in ("emphasis", "myvec")])
+
+
+def test_a_run_of_methods_without_strength_draws_them_by_name() -> None:
+    results = make_method_results()
+    results = RunResults.from_records(results.run, [r for r in results.records if r["config"] != "alpha10"], seed=0)
+    accuracy = trade_off_figure(results).axes[0]
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == ["emphasis", "myvec"]
+    assert not accuracy.texts  # no "no steered config" note
+
+
+def test_a_baseline_only_report_skips_the_delta_figure(tmp_path) -> None:
+    from pytest_steer.report.files import write_report
+
+    whole = RunResults.from_records(make_run(n_prompts=3, trials=1), make_records(n_prompts=3, trials=1), seed=0)
+    write_report(whole, tmp_path)
+    assert (tmp_path / "instruction_deltas.png").is_file()
+    baseline = RunResults.from_records(make_run(n_prompts=3, trials=1), [r for r in whole.records if r["alpha"] is None], seed=0)
+    written = write_report(baseline, tmp_path)
+    assert "instruction_deltas.png" not in [p.name for p in written]
+    assert not (tmp_path / "instruction_deltas.png").exists()  # the earlier run's figure is gone
+    assert "instruction_deltas.png not drawn: no steered config" in (tmp_path / "report.html").read_text()

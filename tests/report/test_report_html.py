@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from report_fixtures import HOSTILE_RESPONSE, make_records, make_run
+from report_fixtures import HOSTILE_RESPONSE, make_method_results, make_records, make_run
 
 from pytest_steer.report.files import write_report
 from pytest_steer.report.html import MAX_CASE_GROUPS, render_html
@@ -129,3 +129,27 @@ def test_figures_are_drawn_again_only_when_what_they_plot_changed(results: RunRe
     changed = RunResults.from_records(make_run(n_prompts=2, trials=1), make_records(n_prompts=2, trials=1), seed=0)
     write_report(changed, tmp_path)  # other aggregates: drawn again
     assert len(drawn) == 2
+
+
+def test_every_steered_method_is_styled_as_steered_and_shows_what_it_sent() -> None:
+    page = render_html(make_method_results(), FIGURES)
+    block = _group(page, "p001", 0)
+    sides = re.findall(r'<div class="side (baseline|steered)">\s*<h4>(\w+)', block)
+    assert sides == [("baseline", "baseline"), ("steered", "alpha10"), ("steered", "emphasis"), ("steered", "myvec")]
+    emphasis = block.split("<h4>emphasis")[1].split('<div class="side')[0]
+    assert '<pre class="sent">Prompt p001: write about &lt;topic&gt; &amp; INCLUDE A TITLE.</pre>' in emphasis
+    alpha10 = block.split("<h4>alpha10")[1].split('<div class="side')[0]
+    assert "ran unsteered" in alpha10 and "steering could not locate: include a title for p001" in alpha10
+    assert 'class="sent"' not in alpha10  # PASTA sends the prompt unchanged
+    steered = _group(page, "p002", 0).split("<h4>alpha10")[1].split('<div class="side')[0]
+    assert "highlighted: include a title for p002" in steered and "ran unsteered" not in steered
+
+
+def test_unsteered_rows_are_counted_per_config() -> None:
+    from pytest_steer.report.table import unsteered_lines
+
+    results = make_method_results()
+    counts = {config["name"]: config["n_unsteered"] for config in results_dict(results)["configs"]}
+    assert counts == {"baseline": 0, "alpha10": 1, "emphasis": 1, "myvec": 0}
+    assert unsteered_lines(results)[0].startswith("alpha10: 1 of 4 case(s) ran unsteered")
+    assert f"- ⚠️ {unsteered_lines(results)[0]}" in render_markdown(results)

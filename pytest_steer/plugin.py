@@ -218,11 +218,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write_summary(terminalreporter, results)
     for line in written_lines(steer.written.paths):
         terminalreporter.write_line(line)
-    if steer.written.partial_apart is not None:
-        terminalreporter.write_line(
-            f"[steer] a partial selection writes its report apart: the full run's report in {steer.written.partial_apart} is left as it was",
-            yellow=True,
-        )
+    full_report = steer.written.partial_apart
+    if full_report is not None:
+        note = f"[steer] a partial selection writes its report apart: the full run's report in {full_report} is left as it was"
+        terminalreporter.write_line(note, yellow=True)
     for failure in steer.written.failures:
         terminalreporter.write_line(f"[steer] {failure}", red=True)
 

@@ -7,7 +7,6 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class CaseRecord:
     key: str

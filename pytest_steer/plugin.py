@@ -244,9 +244,10 @@ class ReportReceiver:
     @pytest.hookimpl(wrapper=True, tryfirst=True)  # around the terminal's own: its short summary is written by now
     def pytest_terminal_summary(self, terminalreporter: Any) -> Iterator[None]:
         result = yield
-        from pytest_steer.report.terminal import write_missed_summary
+        if terminalreporter.stats.get(MISSED):
+            from pytest_steer.report.terminal import write_missed_summary
 
-        write_missed_summary(terminalreporter, MISSED)
+            write_missed_summary(terminalreporter, MISSED)
         return result
 
     def pytest_keyboard_interrupt(self) -> None:

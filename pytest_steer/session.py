@@ -59,7 +59,7 @@ class SteerSession:
     def select(self, selected: dict[str, str]) -> None:
         """The steer tests pytest's selection kept (node id -> case id); a process that runs them generates only those."""
         self.selected = selected
-        if not self.config.option.collectonly and not self._is_controller:
+        if selected and not self.config.option.collectonly and not self._is_controller:
             self.runner.select(set(selected.values()))
 
     @property

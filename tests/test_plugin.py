@@ -131,14 +131,21 @@ def test_uncached_hub_model_offline_fails_collection(pytester: pytest.Pytester, 
     result.stdout.fnmatch_lines(["*cannot load model 'some-org/uncached-model'*Offline alternatives*the model 'embedded'*"])
 
 
-def test_collect_only_lists_cases_and_reports_nothing(pytester: pytest.Pytester) -> None:
-    result = run_suite(pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-trials", "2", "--collect-only", "-q")
+def test_collect_only_lists_cases_and_the_plan_and_reports_nothing(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    result = run_suite(
+        pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-trials", "2", "--steer-max-new-tokens", "16",
+        "--steer-cache-dir", str(tmp_path / "empty-cache"), "--collect-only", "-q",
+    )
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         ["*test_follows_instructions[[]s001-baseline-t0[]]", "*test_follows_instructions[[]s002-pasta_alpha10-t1[]]", "8 tests collected*"]
     )
+    result.stdout.fnmatch_lines([
+        "[[]steer[]] plan: 2 prompts × 2 configs × 2 trials = 8 cases; 8 to generate (0 in the response cache) × up to 16 new tokens "
+        "= 128 tokens at most; no estimate yet*"
+    ])
     assert "steering trade-off" not in result.stdout.str()
-    assert "[steer]" not in result.stdout.str()
+    assert "[steer] loaded" not in result.stdout.str()
 
 
 def test_progress_lines_leave_the_status_letters_readable(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:

@@ -60,8 +60,7 @@ GROUPED_EAGER_FAMILIES = frozenset({
     "cohere", "gemma", "gemma2", "gemma3", "glm4", "gpt_neox", "gpt_oss", "granite", "llama", "mistral", "mixtral",
     "olmo2", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "smollm3", "stablelm", "starcoder2",
 })
-# Where decoder layers keep their stack and each layer its self-attention, across transformers' families.
-LAYER_STACKS = ("layers", "h")
+# What decoder layers call their self-attention, across transformers' families.
 ATTENTION_CHILDREN = ("self_attn", "attention", "attn", "self_attention")
 # The model forward's keyword for the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before.
 CACHE_KEYWORDS = ("cache", "past_key_values")
@@ -207,8 +206,8 @@ def check_model_family(model_type: str | None, *, is_encoder_decoder: bool = Fal
     """
     if is_encoder_decoder:
         raise UnsupportedModelError(
-            f"PASTA steers decoder-only models; {model_type!r} is an encoder-decoder, whose cross-attention has no prompt "
-            "keys to bias. Use a decoder-only model, or a method that changes only the prompt (emphasis)"
+            f"PASTA steers decoder-only models; {model_type!r} is an encoder-decoder. Use a decoder-only model, or a method "
+            "that changes only the prompt (emphasis)"
         )
     if not model_type:
         return
@@ -225,9 +224,9 @@ def check_model_family(model_type: str | None, *, is_encoder_decoder: bool = Fal
 
 def _no_interface(model_type: str | None, where: str) -> str:
     return (
-        f"PASTA cannot steer {model_type!r}: its attention ({where}) does not run through transformers' attention interface "
-        "(ALL_ATTENTION_FUNCTIONS), where PASTA adds its bias. Use a model whose attention does, or a method that changes "
-        "only the prompt (emphasis)"
+        f"PASTA cannot steer {model_type!r}: its modeling code ({where}) does not run attention through transformers' "
+        "attention interface (ALL_ATTENTION_FUNCTIONS), where PASTA adds its bias. Use a model whose attention does, or a "
+        "method that changes only the prompt (emphasis)"
     )
 
 
@@ -251,27 +250,26 @@ def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
             "attention mask, which only eager and sdpa attention apply as given; load the model with "
             "attn_implementation='eager' or 'sdpa' (or call model.set_attn_implementation('sdpa'))"
         )
-    attention = _decoder_attention(model)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    attention = _decoder_attention(model, int(text_config.num_hidden_layers))
     if attention is None:
         raise UnsupportedModelError(
-            f"PASTA cannot steer {_model_type(model)}: {type(model).__name__} has no decoder layers (base_model."
-            f"{' or .'.join(LAYER_STACKS)}) that each hold an attention module ({', '.join(ATTENTION_CHILDREN)}). Pass the "
-            "causal LM itself (e.g. LlamaForCausalLM), not a wrapper around it"
+            f"PASTA cannot steer {_model_type(model)}: {type(model).__name__} has no stack of "
+            f"{text_config.num_hidden_layers} decoder layers that each hold a causal self-attention module "
+            f"({', '.join(ATTENTION_CHILDREN)}). Pass the causal LM itself (e.g. LlamaForCausalLM), not a wrapper around it"
         )
     where = type(attention[0]).__module__
     if getattr(sys.modules.get(where), "ALL_ATTENTION_FUNCTIONS", None) is None:
         raise UnsupportedModelError(_no_interface(model_type or type(model).__name__, where))
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return attention, int(text_config.num_attention_heads)
 
 
-def _decoder_attention(model: nn.Module) -> list[nn.Module] | None:
-    base = getattr(model, "base_model", model)
-    for stack in LAYER_STACKS:
-        layers = getattr(base, stack, None)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            modules = [_attention_child(layer) for layer in layers]
-            if all(module is not None for module in modules):
+def _decoder_attention(model: nn.Module, num_layers: int) -> list[nn.Module] | None:
+    """The causal self-attention of each decoder layer: the first stack of ``num_layers`` layers that each hold one."""
+    for _, stack in getattr(model, "base_model", model).named_modules():
+        if isinstance(stack, nn.ModuleList) and len(stack) == num_layers:
+            modules = [_attention_child(layer) for layer in stack]
+            if all(module is not None and getattr(module, "is_causal", True) for module in modules):
                 return modules  # type: ignore[return-value]
     return None
 

@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from pytest_steer.decoding import decode
 from pytest_steer.steering import PASTA
-from pytest_steer.steering.attention import steerable_attention
+from pytest_steer.steering.attention import GROUPED_EAGER_FAMILIES, steerable_attention
 
 PROMPTS = ["write a short poem about the sea . answer in all caps , do not use any commas", "tell me a story"]
 SUBSTRINGS = [["answer in all caps"], ["a story"]]
@@ -60,8 +60,17 @@ FAMILIES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "glm4": ({"partial_rotary_factor": 0.5, "attention_bias": True}, ("eager", "sdpa")),
     "stablelm": ({"partial_rotary_factor": 0.5, "use_qkv_bias": True}, ("eager", "sdpa")),
     "gpt_oss": ({**MIXED_LAYERS, **EXPERTS}, ("eager",)),
+    # Families outside GROUPED_EAGER_FAMILIES: the steered eager twin runs their own eager function.
+    "gpt2": ({"n_inner": 64}, ("eager", "sdpa")),
+    "opt": ({"ffn_dim": 64, "word_embed_proj_dim": 32}, ("eager", "sdpa")),
 }
 CASES = [(family, attn) for family, (_, implementations) in FAMILIES.items() for attn in implementations]
+
+
+def test_every_family_of_the_grouped_kernel_is_tested_here() -> None:
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    assert GROUPED_EAGER_FAMILIES <= {model_type_to_module_name(model_type) for model_type in FAMILIES}
 
 
 def build(tiny, model_type: str) -> nn.Module:
@@ -144,14 +153,45 @@ def test_steered_decoding_matches_each_row_alone_under_the_familys_own_eager_att
         )
     assert all(run.steered_rows) and len(steps) == NEW_TOKENS
 
-    for row, prompt in enumerate(PROMPT_OF_ROW.tolist()):
+    assert_rows_match_the_reference(model, input_ids, attention_mask, run.key_bias, PROMPT_OF_ROW.tolist(), tokens, steps)
+
+
+@pytest.mark.parametrize(("model_type", "attn"), [("mistral", "sdpa"), ("gemma3_text", "eager"), ("gemma3_text", "sdpa")])
+def test_generate_inside_the_block_matches_each_row_alone_past_the_window(tiny, model_type: str, attn: str) -> None:
+    model = build(tiny, model_type)
+    texts = tiny.chat(PROMPTS)
+    input_ids, attention_mask = tiny.batch(texts)
+    steered_model = copy.deepcopy(model)
+    steered_model.set_attn_implementation(attn)
+    steered_model.generation_config.pad_token_id = tiny.tokenizer.pad_token_id
+    model.set_attn_implementation("eager")
+    with torch.no_grad(), PASTA(HEAD_CONFIG, alpha=20.0).apply(
+        steered_model, tiny.tokenizer, input_ids, attention_mask, SUBSTRINGS, texts=texts
+    ) as run:
+        out = steered_model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+            do_sample=False, output_logits=True, return_dict_in_generate=True,
+        )
+    tokens = out.sequences[:, input_ids.shape[1] :].tolist()
+    assert_rows_match_the_reference(model, input_ids, attention_mask, run.key_bias, [0, 1], tokens, list(out.logits))
+
+
+def assert_rows_match_the_reference(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_bias: torch.Tensor,
+    prompt_of_row: list[int], tokens: list[list[int]], steps: list[torch.Tensor],
+) -> None:
+    """``steps[s][row]``, the steered logits after ``s`` generated tokens, against the reference on that row alone."""
+    references: dict[tuple[int, ...], torch.Tensor] = {}  # rows that repeat a prompt share their sequences under greedy decoding
+    for row, prompt in enumerate(prompt_of_row):
         real = attention_mask[prompt].bool()
-        prompt_tokens, key_bias = input_ids[prompt, real], run.key_bias[prompt, real]
+        prompt_tokens, key_bias = input_ids[prompt, real], prompt_bias[prompt, real]
         for step in range(NEW_TOKENS):
             sequence = torch.cat([prompt_tokens, torch.tensor(tokens[row][:step], dtype=torch.long)])
-            expected = reference_logits(model, sequence, key_bias)
+            if tuple(sequence.tolist()) not in references:
+                references[tuple(sequence.tolist())] = reference_logits(model, sequence, key_bias)
+            expected = references[tuple(sequence.tolist())]
             torch.testing.assert_close(steps[step][row], expected, atol=1e-5, rtol=1e-4,
-                                       msg=lambda text: f"{model_type} {attn}, row {row}, step {step}: {text}")
+                                       msg=lambda text, row=row, step=step: f"{model.config.model_type}, row {row}, step {step}: {text}")
     # The last step, where a sliding window holds both prompt keys (biased) and generated keys (not).
     unsteered = reference_logits(model, sequence, None)
     assert (unsteered - steps[-1][-1]).abs().max() > 1e-2, "the bias must change the logits, or this test proves nothing"

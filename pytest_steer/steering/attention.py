@@ -39,7 +39,6 @@ head set and mask received, and shared by every layer with those.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import sys
 import weakref
@@ -116,14 +115,14 @@ def eager_attention(
     return output.view(batch, heads, queries, dim).transpose(1, 2).contiguous(), weights
 
 
-@functools.cache
 def family_eager_attention(attention_class: type) -> AttentionFunction:
     """The eager computation for an attention module class: ``eager_attention`` where it reproduces the
-    family's own function, else the ``eager_attention_forward`` of the module's modeling code."""
-    package = attention_class.__module__.rsplit(".", 2)
-    if attention_class.__module__.startswith("transformers.models.") and package[-2] in GROUPED_EAGER_FAMILIES:
+    family's own function, else the ``eager_attention_forward`` of the module's modeling code (Llama's
+    computation, ``eager_attention``, where that code defines none)."""
+    where = attention_class.__module__
+    if where.startswith("transformers.models.") and where.rsplit(".", 2)[-2] in GROUPED_EAGER_FAMILIES:
         return eager_attention
-    own = getattr(sys.modules.get(attention_class.__module__), "eager_attention_forward", None)
+    own = getattr(sys.modules.get(where), "eager_attention_forward", None)
     return own if callable(own) else eager_attention
 
 

@@ -156,8 +156,13 @@ def test_steered_decoding_matches_each_row_alone_under_the_familys_own_eager_att
     assert_rows_match_the_reference(model, input_ids, attention_mask, run.key_bias, PROMPT_OF_ROW.tolist(), tokens, steps)
 
 
-@pytest.mark.parametrize(("model_type", "attn"), [("mistral", "sdpa"), ("gemma3_text", "eager"), ("gemma3_text", "sdpa")])
-def test_generate_inside_the_block_matches_each_row_alone_past_the_window(tiny, model_type: str, attn: str) -> None:
+@pytest.mark.parametrize(
+    ("model_type", "attn", "cache"),
+    [("mistral", "sdpa", "dynamic"), ("gemma3_text", "eager", "dynamic"), ("gemma3_text", "sdpa", "dynamic"),
+     ("gemma3_text", "eager", "static"), ("mistral", "sdpa", "static")],
+)
+def test_generate_inside_the_block_matches_each_row_alone_past_the_window(tiny, model_type: str, attn: str, cache: str) -> None:
+    """transformers' generate, with its dynamic cache or a static one (whose sliding layers roll a buffer of the window)."""
     model = build(tiny, model_type)
     texts = tiny.chat(PROMPTS)
     input_ids, attention_mask = tiny.batch(texts)
@@ -170,7 +175,7 @@ def test_generate_inside_the_block_matches_each_row_alone_past_the_window(tiny, 
     ) as run:
         out = steered_model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-            do_sample=False, output_logits=True, return_dict_in_generate=True,
+            do_sample=False, output_logits=True, return_dict_in_generate=True, cache_implementation=cache,
         )
     tokens = out.sequences[:, input_ids.shape[1] :].tolist()
     assert_rows_match_the_reference(model, input_ids, attention_mask, run.key_bias, [0, 1], tokens, list(out.logits))

@@ -17,7 +17,7 @@ SUITE = str(REPO / "suites" / "ifeval")
 BROKEN_STACK_PLUGIN = """
 from pytest_steer.steering.attention import PromptKeyBias
 
-def _ignore_bias(self, heads, query, key, mask, sliding_window):
+def _ignore_bias(self, heads, query, key, mask):
     return mask
 
 PromptKeyBias.steered_mask = _ignore_bias
@@ -39,7 +39,7 @@ def test_the_installed_stack_passes(attn: str) -> None:
 def test_a_bias_that_never_reaches_attention_is_refused_in_one_message(monkeypatch) -> None:
     from pytest_steer.steering.attention import PromptKeyBias
 
-    monkeypatch.setattr(PromptKeyBias, "steered_mask", lambda self, heads, query, key, mask, window: mask)
+    monkeypatch.setattr(PromptKeyBias, "steered_mask", lambda self, heads, query, key, mask: mask)
     with pytest.raises(IncompatibleStackError) as failure:
         check_steering_stack("eager")
     message = str(failure.value)
@@ -54,8 +54,8 @@ def test_a_decode_that_loses_the_bias_is_refused(monkeypatch) -> None:
 
     original = PromptKeyBias.steered_mask
 
-    def prefill_only(self, heads, query, key, mask, window):
-        return original(self, heads, query, key, mask, window) if query.shape[2] > 1 else mask
+    def prefill_only(self, heads, query, key, mask):
+        return original(self, heads, query, key, mask) if query.shape[2] > 1 else mask
 
     monkeypatch.setattr(PromptKeyBias, "steered_mask", prefill_only)
     with pytest.raises(IncompatibleStackError, match="token 2 of a KV-cache decode differs"):

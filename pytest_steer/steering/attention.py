@@ -1,33 +1,48 @@
 """Adding a per-head bias over the prompt's keys inside attention, through transformers' attention interface.
 
-Every supported decoder runs its attention core through
-``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager)``, with the
-documented signature ``(module, query, key, value, attention_mask, **kwargs)``. This module
-registers two functions on that interface (``AttentionInterface.register``), ``steer_eager``
-and ``steer_sdpa``, with the matching mask builders (``AttentionMaskInterface.register``).
-Each one adds the bias of the module's steered heads to the mask it receives, then runs the
-plain computation of its base (eager here, SDPA from transformers' registry).
+Every decoder whose attention layers run their core through
+``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)``,
+with the documented signature ``(module, query, key, value, attention_mask, **kwargs)``, can be
+steered. This module registers two functions on that interface (``AttentionInterface.register``),
+``steer_eager`` and ``steer_sdpa``, with the matching mask builders
+(``AttentionMaskInterface.register``). Each one adds the bias of the module's steered heads to
+the mask it receives, then computes what its base computes:
 
-While a batch is steered (``PromptKeyBias.install``) the model's implementation is switched
-to the steered twin of its own (``set_attn_implementation``) and the steered modules are
-registered here; ``uninstall`` restores both. The engine runs unsteered batches on the
-twins too (``shared_kernels``), so configs differ only by the bias. Nothing depends on the keyword names a model
-passes between its layers (the KV cache's keyword changed in transformers 5.24): the bias is
-placed by key index, which is the key's absolute position for dynamic and static caches, so
-the prompt's keys 0..P-1 keep their bias in the prefill and in every decode step, and keys
-past the prompt get none.
+- SDPA: transformers' own SDPA function, unchanged.
+- eager: what the family's own ``eager_attention_forward`` does, with the bias where that
+  function adds the mask, so after Gemma 2's logit softcapping, before gpt-oss's attention
+  sinks, at any ``scaling``. For the families in ``GROUPED_EAGER_FAMILIES`` this is
+  ``eager_attention`` (faster: no copy of the key/value heads per query head); any other family
+  runs its own eager function on the steered mask.
 
-The mask received can be a float mask (eager: added to), a boolean mask (SDPA: masked
-positions become the dtype's minimum, never 0/1 floats, so padding stays masked) or None
-(SDPA without padding: the causal pattern SDPA would apply is rebuilt). One steered mask is
-built per forward and head set and shared by every layer with that head set.
+While a batch is steered (``PromptKeyBias.install``) the model's implementation is switched to
+the steered twin of its own (``set_attn_implementation``) and the steered modules are registered
+here; ``uninstall`` restores both. The engine runs unsteered batches on the twins too
+(``shared_kernels``), so configs differ only by the bias.
+
+Where the bias lands: the prompt's keys hold absolute positions 0..P-1 (left padding included).
+Nothing depends on the keyword names a model passes between its layers (the KV cache's keyword
+changed in transformers 5.24): once per model forward the number of positions T the forward
+ends at is read (the cache's length before it plus the new tokens), and a layer that receives
+``keys`` keys holds positions ``max(0, T - keys) + j``. Full layers with a dynamic cache see keys
+0..T-1; static caches pass a longer buffer whose extra slots are masked. A sliding-window layer
+whose cache has dropped earlier keys (transformers keeps the last window - 1 keys and returns
+them with the new ones; the static sliding layer rolls a full buffer) sees the last ``keys``
+positions, so the bias follows each kept key and a dropped prompt key takes its bias with it.
+
+The mask received can be a float mask (eager: added to), a boolean mask (SDPA: masked positions
+become the dtype's minimum, never 0/1 floats, so padding stays masked) or None (SDPA without
+padding: the causal pattern SDPA would apply is rebuilt). One steered mask is built per forward,
+head set and mask received, and shared by every layer with those.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import sys
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -36,10 +51,21 @@ from torch.utils.hooks import RemovableHandle
 
 from pytest_steer.steering.errors import SteeringError, UnsupportedModelError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 STEERED_IMPLEMENTATIONS = {"eager": "steer_eager", "sdpa": "steer_sdpa"}
 
+# transformers.models.<family> packages whose eager_attention_forward is Llama's, optionally with logit
+# softcapping and attention sinks, which eager_attention reproduces (tests/steering/test_families.py checks each).
+GROUPED_EAGER_FAMILIES = frozenset({
+    "cohere", "gemma", "gemma2", "gemma3", "glm4", "gpt_neox", "gpt_oss", "granite", "llama", "mistral", "mixtral",
+    "olmo2", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "smollm3", "stablelm", "starcoder2",
+})
+# What decoder layers call their self-attention, across transformers' families.
+ATTENTION_CHILDREN = ("self_attn", "attention", "attn", "self_attention")
+# The model forward's keyword for the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before.
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
 HeadSet = tuple[int, ...]
+AttentionFunction = Callable[..., tuple[torch.Tensor, Any]]
 
 # Attention modules being steered now -> the bias they add. Weak, so a dropped model is never kept alive.
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, _LayerSteering] = weakref.WeakKeyDictionary()
@@ -53,14 +79,18 @@ def eager_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Llama-family eager attention, with each key/value head serving its query group in place.
+    """Eager attention as the grouped families compute it, with each key/value head serving its query group in place.
 
-    transformers' eager function copies every key and value head once per query head of
-    its group (``repeat_kv``), a copy of the whole KV cache per layer and step; here the
-    queries of a group are stacked against their shared head instead. Query head ``h``
-    uses key/value head ``h // groups``, as with transformers' ``repeat_kv``.
+    transformers' eager functions copy every key and value head once per query head of its
+    group (``repeat_kv``), a copy of the whole KV cache per layer and step; here the queries of
+    a group are stacked against their shared head instead. Query head ``h`` uses key/value
+    head ``h // groups``, as with ``repeat_kv``. ``softcap`` caps the logits before the mask is
+    added (Gemma 2); ``s_aux`` holds one sink logit per head that takes a share of the softmax
+    and is then dropped (gpt-oss).
     """
     batch, heads, queries, dim = query.shape
     kv_heads = key.shape[1]
@@ -69,25 +99,43 @@ def eager_attention(
         scaling = dim**-0.5
     grouped = query.reshape(batch, kv_heads, groups * queries, dim)
     weights = torch.matmul(grouped, key.transpose(2, 3)).view(batch, heads, queries, -1) * scaling
+    if softcap is not None:
+        weights = torch.tanh(weights / softcap) * softcap
     if attention_mask is not None:
         weights = weights + attention_mask
-    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    if s_aux is None:
+        weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    else:
+        sinks = s_aux.reshape(1, heads, 1, 1).expand(batch, heads, queries, 1).to(weights.dtype)
+        combined = torch.cat([weights, sinks], dim=-1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        weights = nn.functional.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1].to(value.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights.reshape(batch, kv_heads, groups * queries, -1), value)
     return output.view(batch, heads, queries, dim).transpose(1, 2).contiguous(), weights
 
 
-def _steered(base: str) -> Any:
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def family_eager_attention(attention_class: type) -> AttentionFunction:
+    """The eager computation for an attention module class: ``eager_attention`` where it reproduces the
+    family's own function, else the ``eager_attention_forward`` of the module's modeling code (Llama's
+    computation, ``eager_attention``, where that code defines none)."""
+    where = attention_class.__module__
+    if where.startswith("transformers.models.") and where.rsplit(".", 2)[-2] in GROUPED_EAGER_FAMILIES:
+        return eager_attention
+    own = getattr(sys.modules.get(where), "eager_attention_forward", None)
+    return own if callable(own) else eager_attention
 
-    compute = eager_attention if base == "eager" else sdpa_attention_forward
+
+def _steered(base: str) -> AttentionFunction:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def steered_attention(
         module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any
     ) -> tuple[torch.Tensor, Any]:
         steering = _ACTIVE.get(module)
         if steering is not None:
-            attention_mask = steering.mask(query, key, attention_mask, kwargs.get("sliding_window"))
+            attention_mask = steering.mask(query, key, attention_mask)
+        compute = sdpa_attention_forward if base == "sdpa" else family_eager_attention(type(module))
         return compute(module, query, key, value, attention_mask, **kwargs)
 
     steered_attention.__name__ = f"steer_{base}_attention"
@@ -130,8 +178,8 @@ def steerable_kernels(model: nn.Module) -> Iterator[None]:
     if model.config._attn_implementation != target:
         model.set_attn_implementation(current)
         raise UnsupportedModelError(
-            f"{type(model).__name__} did not switch to the attention function {target!r} (transformers refuses to change "
-            "its attention implementation), so the steering bias cannot be applied; use a supported Llama-family model"
+            f"{_model_type(model)}: {type(model).__name__} did not switch to the attention function {target!r} "
+            "(transformers refuses to change its attention implementation), so the steering bias cannot be applied"
         )
     try:
         yield
@@ -141,26 +189,59 @@ def steerable_kernels(model: nn.Module) -> Iterator[None]:
 
 def shared_kernels(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """``steerable_kernels`` for the models PASTA can steer; others run as loaded."""
-    config = getattr(model, "config", None)
-    steerable = getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
-    if steerable and getattr(config, "_attn_implementation", None) in STEERED_IMPLEMENTATIONS:
-        return steerable_kernels(model)
-    return contextlib.nullcontext()
+    try:
+        steerable_attention(model)
+    except UnsupportedModelError:
+        return contextlib.nullcontext()
+    return steerable_kernels(model)
+
+
+def check_model_family(model_type: str | None, *, is_encoder_decoder: bool = False) -> None:
+    """Refuse, from a config alone, a model type PASTA cannot steer.
+
+    PASTA steers decoder-only models whose transformers modeling code calls the attention
+    interface. A type transformers does not ship (remote code) passes here; the loaded model
+    is checked by ``steerable_attention``.
+    """
+    if is_encoder_decoder:
+        raise UnsupportedModelError(
+            f"PASTA steers decoder-only models; {model_type!r} is an encoder-decoder. Use a decoder-only model, or a method "
+            "that changes only the prompt (emphasis)"
+        )
+    if not model_type:
+        return
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    package = model_type_to_module_name(model_type)
+    try:
+        modeling = importlib.import_module(f"transformers.models.{package}.modeling_{package.rsplit('.', 1)[-1]}")
+    except ImportError:
+        return
+    if getattr(modeling, "ALL_ATTENTION_FUNCTIONS", None) is None:
+        raise UnsupportedModelError(_no_interface(model_type, modeling.__name__))
+
+
+def _no_interface(model_type: str | None, where: str) -> str:
+    return (
+        f"PASTA cannot steer {model_type!r}: its modeling code ({where}) does not run attention through transformers' "
+        "attention interface (ALL_ATTENTION_FUNCTIONS), where PASTA adds its bias. Use a model whose attention does, or a "
+        "method that changes only the prompt (emphasis)"
+    )
+
+
+def _model_type(model: nn.Module) -> str:
+    return repr(getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__)
 
 
 def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
     """The attention module of every decoder layer and the number of query heads.
 
-    Raises UnsupportedModelError when the architecture or attention implementation cannot
-    carry a per-head additive mask.
+    Raises UnsupportedModelError, naming the model type and what is missing, when the model
+    cannot carry a per-head additive mask.
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"PASTA steering supports the Llama-family decoders {', '.join(SUPPORTED_MODEL_TYPES)}; "
-            f"this model is {model_type or type(model).__name__!r}. Use a model of one of those families"
-        )
+    check_model_family(model_type, is_encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)))
     implementation = getattr(config, "_attn_implementation", None)
     if implementation not in STEERED_IMPLEMENTATIONS and implementation not in STEERED_IMPLEMENTATIONS.values():
         raise UnsupportedModelError(
@@ -168,13 +249,36 @@ def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
             "attention mask, which only eager and sdpa attention apply as given; load the model with "
             "attn_implementation='eager' or 'sdpa' (or call model.set_attn_implementation('sdpa'))"
         )
-    layers = getattr(getattr(model, "base_model", None), "layers", None)
-    if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    attention = _decoder_attention(model, int(text_config.num_hidden_layers))
+    if attention is None:
         raise UnsupportedModelError(
-            f"{type(model).__name__} has no decoder layers with a self_attn module; pass the causal LM itself "
-            "(e.g. LlamaForCausalLM), not a wrapper around it"
+            f"PASTA cannot steer {_model_type(model)}: {type(model).__name__} has no stack of "
+            f"{text_config.num_hidden_layers} decoder layers that each hold a causal self-attention module "
+            f"({', '.join(ATTENTION_CHILDREN)}). Pass the causal LM itself (e.g. LlamaForCausalLM), not a wrapper around it"
         )
-    return [layer.self_attn for layer in layers], int(config.num_attention_heads)
+    where = type(attention[0]).__module__
+    if getattr(sys.modules.get(where), "ALL_ATTENTION_FUNCTIONS", None) is None:
+        raise UnsupportedModelError(_no_interface(model_type or type(model).__name__, where))
+    return attention, int(text_config.num_attention_heads)
+
+
+def _decoder_attention(model: nn.Module, num_layers: int) -> list[nn.Module] | None:
+    """The causal self-attention of each decoder layer: the first stack of ``num_layers`` layers that each hold one."""
+    for _, stack in getattr(model, "base_model", model).named_modules():
+        if isinstance(stack, nn.ModuleList) and len(stack) == num_layers:
+            modules = [_attention_child(layer) for layer in stack]
+            if all(module is not None and getattr(module, "is_causal", True) for module in modules):
+                return modules  # type: ignore[return-value]
+    return None
+
+
+def _attention_child(layer: nn.Module) -> nn.Module | None:
+    for name in ATTENTION_CHILDREN:
+        child = getattr(layer, name, None)
+        if isinstance(child, nn.Module):
+            return child
+    return None
 
 
 class _LayerSteering:
@@ -183,9 +287,11 @@ class _LayerSteering:
     def __init__(self, batch: PromptKeyBias, heads: HeadSet) -> None:
         self.batch = batch
         self.heads = heads
+        self.reached = False
 
-    def mask(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, sliding_window: int | None) -> torch.Tensor:
-        return self.batch.steered_mask(self.heads, query, key, mask, sliding_window)
+    def mask(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        self.reached = True
+        return self.batch.steered_mask(self.heads, query, key, mask)
 
 
 class PromptKeyBias:
@@ -203,11 +309,13 @@ class PromptKeyBias:
             selected = torch.zeros(num_heads, dtype=key_bias.dtype, device=key_bias.device)
             selected[list(heads)] = 1.0
             self._head_bias[heads] = key_bias[:, None, None, :] * selected[None, :, None, None]
-        # Per head set: (mask received, its signature, steered mask) of the latest forward.
-        self._latest: dict[HeadSet, tuple[torch.Tensor | None, tuple[Any, ...], torch.Tensor]] = {}
+        # (head set, id of the mask received) -> (that mask, its signature, steered mask), for the current forward.
+        self._latest: dict[tuple[HeadSet, int], tuple[torch.Tensor | None, tuple[Any, ...], torch.Tensor]] = {}
+        self._positions: int | None = None  # positions the current model forward ends at; None: layers called directly
         self._model: nn.Module | None = None
         self._kernels = contextlib.ExitStack()
         self._handles: list[RemovableHandle] = []
+        self._layers: dict[int, _LayerSteering] = {}
         self._modules: list[nn.Module] = []
         self._rows: torch.Tensor | None = None  # prompt row of each forward row; None: the batch as given
 
@@ -219,9 +327,12 @@ class PromptKeyBias:
     def install(self, model: nn.Module, attention: Sequence[nn.Module]) -> None:
         self._kernels.enter_context(steerable_kernels(model))
         self._model = model
-        self._handles = [model.register_forward_pre_hook(self._check_prompt, with_kwargs=True)]
+        self._handles = [
+            model.register_forward_pre_hook(self._begin_forward, with_kwargs=True),
+            model.register_forward_hook(self._check_reached),  # removes itself after the first forward
+        ]
         for layer, heads in self.layer_heads.items():
-            _ACTIVE[attention[layer]] = _LayerSteering(self, heads)
+            self._layers[layer] = _ACTIVE[attention[layer]] = _LayerSteering(self, heads)
             self._modules.append(attention[layer])
 
     def uninstall(self) -> None:
@@ -231,18 +342,26 @@ class PromptKeyBias:
         for handle in self._handles:
             handle.remove()
         self._kernels.close()
-        self._modules, self._handles, self._model, self._rows = [], [], None, None
+        self._modules, self._layers, self._handles = [], {}, []
+        self._model, self._rows, self._positions = None, None, None
         self._latest.clear()
 
-    def _check_prompt(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """A forward that holds the prompt's length must hold the steered prompt, or the bias lands elsewhere.
+    def _begin_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Note how many positions this forward ends at; refuse a forward that is not on the steered prompt.
 
-        Shorter forwards are decode steps (or a foreign sequence, which ``steered_mask``
-        refuses when it has fewer keys than the prompt).
+        A forward that ends before the prompt does, or that holds the prompt's length with other
+        tokens, is a foreign sequence. Forwards of fewer tokens on a cache are decode steps.
         """
+        self._latest.clear()
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        new_tokens = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        cache = next((kwargs[name] for name in CACHE_KEYWORDS if kwargs.get(name) is not None), None)
+        cached = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+        self._positions = None if new_tokens is None else cached + new_tokens.shape[1]
         prompt_ids = self.prompt_ids if self._rows is None else self.prompt_ids[self._rows]
         prompt_rows, prompt_length = prompt_ids.shape
+        if self._positions is not None and self._positions < prompt_length:
+            raise self._foreign(self._positions)
         if input_ids is None or input_ids.shape[1] < prompt_length:
             return
         rows = input_ids.shape[0]
@@ -256,34 +375,44 @@ class PromptKeyBias:
             "given to PASTA.apply(), or open a new apply() block for other prompts"
         )
 
-    def steered_mask(
-        self, heads: HeadSet, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, sliding_window: int | None
-    ) -> torch.Tensor:
+    def _foreign(self, positions: int) -> SteeringError:
+        return SteeringError(
+            f"a forward inside the steering block attends over {positions} positions, fewer than the "
+            f"{self.prompt_ids.shape[1]} tokens of the steered prompt batch; run the model (or generate) on the input_ids "
+            "given to PASTA.apply()"
+        )
+
+    def _check_reached(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """After the first forward: every steered layer must have asked for its mask, or the model bypassed the interface."""
+        self._handles[-1].remove()
+        missed = [layer for layer, steering in self._layers.items() if not steering.reached]
+        if missed:
+            raise UnsupportedModelError(
+                f"PASTA cannot steer {_model_type(module)}: the attention of layer {missed[0]} did not run through "
+                f"transformers' attention interface under {module.config._attn_implementation!r}, so its bias was never "
+                "applied. Use a model whose attention layers call ALL_ATTENTION_FUNCTIONS, or a method that changes only "
+                "the prompt (emphasis)"
+            )
+
+    def steered_mask(self, heads: HeadSet, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, queries, keys = query.shape[0], query.shape[2], key.shape[2]
-        prompt_length = self.prompt_ids.shape[1]
-        if keys < prompt_length:
-            raise SteeringError(
-                f"a forward inside the steering block attends over {keys} keys, fewer than the {prompt_length} tokens of the "
-                "steered prompt batch; run the model (or generate) on the input_ids given to PASTA.apply()"
-            )
-        if sliding_window is not None and keys >= sliding_window:
-            raise SteeringError(
-                f"the sequence reached the model's sliding window of {sliding_window} tokens, past which its cache drops the "
-                "prompt's first keys and the bias could not follow them; generate fewer tokens or use a shorter prompt"
-            )
+        positions = keys if self._positions is None else self._positions
+        if positions < self.prompt_ids.shape[1]:
+            raise self._foreign(positions)
+        first = max(0, positions - keys)  # absolute position of key 0: > 0 once a sliding cache dropped keys
         if mask is not None and mask.shape[-1] != keys:
             mask = mask[..., :keys]
-        signature = (batch, queries, keys, query.dtype, query.device)
-        latest = self._latest.get(heads)
+        signature = (batch, queries, keys, first, query.dtype, query.device)
+        latest = self._latest.get((heads, id(mask)))
         if latest is not None and latest[0] is mask and latest[1] == signature:
             return latest[2]
         steered = self._build_mask(heads, mask, signature)
-        self._latest[heads] = (mask, signature, steered)
+        self._latest[(heads, id(mask))] = (mask, signature, steered)
         return steered
 
     def _build_mask(self, heads: HeadSet, mask: torch.Tensor | None, signature: tuple[Any, ...]) -> torch.Tensor:
-        batch, queries, keys, dtype, device = signature
-        bias = self._bias_over_keys(heads, batch, keys, dtype, device)
+        batch, queries, keys, first, dtype, device = signature
+        bias = self._bias_over_keys(heads, batch, first, keys, dtype, device)
         masked = torch.finfo(dtype).min
         if mask is None:
             if queries == 1:  # one query sees every key
@@ -295,8 +424,10 @@ class PromptKeyBias:
             return torch.where(mask, bias, masked)
         return mask + bias.to(mask.dtype)
 
-    def _bias_over_keys(self, heads: HeadSet, batch: int, keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """(batch, heads, 1, keys): the prompt bias at key positions 0..P-1, zero past the prompt."""
+    def _bias_over_keys(
+        self, heads: HeadSet, batch: int, first: int, keys: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """(batch, heads, 1, keys): the bias of absolute positions first..first+keys-1, zero past the prompt."""
         prompt_bias = self._head_bias[heads]
         if self._rows is not None:
             prompt_bias = prompt_bias[self._rows]
@@ -308,6 +439,6 @@ class PromptKeyBias:
                     "run the batch given to PASTA.apply() (generate may repeat each row, e.g. num_return_sequences)"
                 )
             prompt_bias = prompt_bias.repeat_interleave(batch // prompt_rows, dim=0)
-        if keys > prompt_length:
-            prompt_bias = nn.functional.pad(prompt_bias, (0, keys - prompt_length))
-        return prompt_bias.to(device=device, dtype=dtype)
+        if first + keys > prompt_length:
+            prompt_bias = nn.functional.pad(prompt_bias, (0, first + keys - prompt_length))
+        return prompt_bias[..., first : first + keys].to(device=device, dtype=dtype)

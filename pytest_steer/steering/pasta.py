@@ -50,8 +50,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pytest_steer.steering.attention import SUPPORTED_MODEL_TYPES, PromptKeyBias, steerable_attention
-from pytest_steer.steering.errors import SteeringError, SteeringWarning, UnsupportedModelError
+from pytest_steer.steering.attention import PromptKeyBias, check_model_family, steerable_attention
+from pytest_steer.steering.errors import SteeringError, SteeringWarning
 from pytest_steer.steering.heads import default_head_layers, normalize_head_config, parse_heads, resolve_heads
 from pytest_steer.steering.method import PromptBatch, SteeringMethod
 from pytest_steer.steering.parameters import Parameter
@@ -102,7 +102,7 @@ class PASTA(SteeringMethod):
             raise ValueError(f"PASTA takes the parameters alpha, heads and scale_position, not {', '.join(sorted(unknown))}")
         if "alpha" not in params:
             raise ValueError("PASTA needs an alpha, e.g. pasta:alpha=10")
-        _check_model_type(_config_value(model_config, "model_type"))
+        _check_family(model_config)
         num_layers = int(_config_value(model_config, "num_hidden_layers"))
         heads = params.get("heads")
         if heads is None:
@@ -125,7 +125,7 @@ class PASTA(SteeringMethod):
         return self.apply(batch.model, batch.tokenizer, batch.input_ids, batch.attention_mask, batch.highlights, texts=batch.texts)
 
     def check_model_config(self, model_config: Mapping[str, Any]) -> None:
-        _check_model_type(model_config.get("model_type"))
+        _check_family(model_config)
         resolve_heads(self.layer_selection, int(model_config["num_hidden_layers"]), int(model_config["num_attention_heads"]))
 
     def __init__(
@@ -214,12 +214,10 @@ def _config_value(model_config: Any, name: str) -> Any:
     return model_config.get(name) if isinstance(model_config, Mapping) else getattr(model_config, name, None)
 
 
-def _check_model_type(model_type: str | None) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"PASTA steering supports the Llama-family decoders {', '.join(SUPPORTED_MODEL_TYPES)}; this model is "
-            f"{model_type!r}. Use a model of one of those families, or a method that changes only the prompt (emphasis)"
-        )
+def _check_family(model_config: Any) -> None:
+    check_model_family(
+        _config_value(model_config, "model_type"), is_encoder_decoder=bool(_config_value(model_config, "is_encoder_decoder"))
+    )
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Does steering work on the installed torch and transformers? Answered once, in milliseconds.
 
-A tiny Llama built from a config (two layers, grouped-query attention) is steered on a
-left-padded batch of two rows. Steering must change the logits, a KV-cache decode must
+A tiny Qwen2 built from a config (a Llama-style decoder: two layers, grouped-query
+attention, the first layer with a 4-token sliding window, shorter than the prompt) is
+steered on a left-padded batch of two rows. Steering must change the logits, a KV-cache decode must
 give the logits of a full steered forward at every step, the padded row must equal that
 row alone, and leaving the block must restore the model. A release of transformers that
 changes how attention is dispatched fails here, before a single case is generated, with
@@ -55,17 +56,18 @@ def check_steering_stack(attn_implementation: str = "eager") -> None:
 
 def _first_problem(attn_implementation: str) -> str | None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from pytest_steer.steering.attention import PromptKeyBias, steerable_attention
 
-    config = LlamaConfig(
+    config = Qwen2Config(
         vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        use_sliding_window=True, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
     )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    model = Qwen2ForCausalLM(config).eval()
     torch.random.set_rng_state(generator_state)  # the probe leaves the caller's random numbers alone
     with torch.no_grad():
         for name, parameter in model.named_parameters():

@@ -104,20 +104,31 @@ def test_an_unsteered_module_runs_the_plain_computation(base: str) -> None:
     torch.testing.assert_close(output, reference(query, key, value, allowed, torch.zeros(1)), atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_eager_attention_equals_transformers_eager_with_repeated_heads() -> None:
-    """The same outputs and weights as transformers' eager function, which copies each key/value head per query head."""
-    from transformers.models.llama.modeling_llama import eager_attention_forward
+@pytest.mark.parametrize(
+    ("family", "keywords"),
+    [("llama", {}), ("gemma2", {"softcap": 2.0, "scaling": 0.7}), ("gpt_oss", {"sinks": True})],
+    ids=["plain", "softcap-and-scaling", "sinks"],
+)
+def test_grouped_eager_attention_equals_the_familys_eager_with_repeated_heads(family: str, keywords: dict) -> None:
+    """The same outputs and weights as the family's eager function, which copies each key/value head per query head."""
+    import importlib
 
     from pytest_steer.steering.attention import eager_attention
 
+    own = importlib.import_module(f"transformers.models.{family}.modeling_{family}").eager_attention_forward
     torch.manual_seed(1)
     module = FakeAttention().eval()
     module.num_key_value_groups = HEADS // KV_HEADS
+    keywords = {"scaling": DIM**-0.5, **keywords}
+    if keywords.pop("sinks", False):
+        module.sinks = nn.Parameter(torch.randn(HEADS))
+        keywords["s_aux"] = module.sinks  # what gpt-oss passes; its own function reads module.sinks
     for queries, keys in ((5, 5), (1, 9)):
-        query, key, value = torch.randn(2, HEADS, queries, DIM), torch.randn(2, KV_HEADS, keys, DIM), torch.randn(2, KV_HEADS, keys, DIM)
+        query = 3 * torch.randn(2, HEADS, queries, DIM)
+        key, value = torch.randn(2, KV_HEADS, keys, DIM), torch.randn(2, KV_HEADS, keys, DIM)
         mask = torch.randn(2, 1, queries, keys)
-        ours = eager_attention(module, query, key, value, mask, scaling=DIM**-0.5)
-        theirs = eager_attention_forward(module, query, key, value, mask, scaling=DIM**-0.5)
+        ours = eager_attention(module, query, key, value, mask, **keywords)
+        theirs = own(module, query, key, value, mask, **keywords)
         for mine, reference_output in zip(ours, theirs):
             torch.testing.assert_close(mine, reference_output, atol=1e-6, rtol=1e-6)
 

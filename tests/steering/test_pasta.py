@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from pytest_steer.steering import (
     PASTA,
@@ -278,11 +278,32 @@ def test_other_inputs_inside_the_block_are_refused(tiny) -> None:
             logits_of(model, input_ids.flip(0), attention_mask.flip(0), tiny)
 
 
-def test_architectures_without_llama_attention_are_refused(tiny) -> None:
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tiny.tokenizer)))
+@pytest.mark.parametrize(
+    ("model_type", "config"),
+    [("falcon", {"hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2}), ("mamba", {"hidden_size": 32, "num_hidden_layers": 2})],
+)
+def test_models_whose_attention_bypasses_the_interface_are_refused_by_type(tiny, model_type: str, config: dict) -> None:
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, vocab_size=len(tiny.tokenizer), **config))
     input_ids, attention_mask = tiny.batch(tiny.chat(PROMPTS[:1]))
-    with pytest.raises(UnsupportedModelError, match="'gpt2'"):
-        PASTA([0], 10.0).apply(gpt2, tiny.tokenizer, input_ids, attention_mask, [["all caps"]])
+    with pytest.raises(UnsupportedModelError, match=f"cannot steer '{model_type}'.*attention interface"):
+        PASTA([0], 10.0).apply(model, tiny.tokenizer, input_ids, attention_mask, [["all caps"]])
+    with pytest.raises(UnsupportedModelError, match=f"cannot steer '{model_type}'"):
+        PASTA.create({"alpha": 10.0}, {"model_type": model_type, "num_hidden_layers": 2})
+
+
+def test_encoder_decoder_configs_are_refused() -> None:
+    with pytest.raises(UnsupportedModelError, match="decoder-only models; 't5' is an encoder-decoder"):
+        PASTA.create({"alpha": 10.0}, {"model_type": "t5", "is_encoder_decoder": True, "num_hidden_layers": 2})
+
+
+def test_a_layer_that_bypasses_the_interface_is_caught_on_the_first_forward(tiny) -> None:
+    model = tiny.model("llama", "eager")
+    attention = model.model.layers[2].self_attn
+    attention.forward = lambda hidden_states, *args, **kwargs: (torch.zeros_like(hidden_states), None)
+    input_ids, attention_mask = tiny.batch(tiny.chat(PROMPTS))
+    with PASTA([1, 2], 10.0).apply(model, tiny.tokenizer, input_ids, attention_mask, SUBSTRINGS):
+        with pytest.raises(UnsupportedModelError, match="cannot steer 'llama': the attention of layer 2 did not run through"):
+            logits_of(model, input_ids, attention_mask, tiny)
 
 
 @pytest.mark.parametrize("implementation", ["flash_attention_2", "flex_attention"])

@@ -368,3 +368,23 @@ def test_comma_lists_sweep_a_parameter_into_one_config_each() -> None:
     with pytest.raises(ValueError, match="parameter '4' is not key=value"):
         _method("actadd:4,layer=1")
     assert math.isclose(method_sweep(_method("actadd:coeff=-1.5")[1])[0]["coeff"], -1.5)
+
+
+def test_a_sweep_runs_end_to_end_and_coeff_zero_gives_the_baseline_responses(pytester: pytest.Pytester, tiny_checkpoint) -> None:
+    pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
+    out = pytester.path / "results.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-instruction-ids", "change_case:english_capital",
+        "--steer-per-instruction", "3", "--steer-max-new-tokens", "4", "--steer-cache-dir", str(pytester.path / "cache"),
+        "--steer-method", "actadd:layer=1,coeff=0,8", "--steer-json", str(out), "-v",
+    )
+    assert result.ret == 0, result.stdout.str()
+    data = json.loads(out.read_text())
+    assert sorted(c["name"] for c in data["configs"]) == ["actadd_layer1_coeff0", "actadd_layer1_coeff8", "baseline"]
+    responses: dict[str, dict[str, str]] = {}
+    for case in data["cases"]:
+        responses.setdefault(case["config"], {})[case["key"]] = case["response"]
+    assert len(responses["baseline"]) == 3
+    assert responses["actadd_layer1_coeff0"] == responses["baseline"]
+    assert responses["actadd_layer1_coeff8"] != responses["baseline"]
+    assert list((pytester.path / "cache" / "actadd-vectors").rglob("*.safetensors"))  # the run's instruction differences

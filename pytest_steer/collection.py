@@ -19,7 +19,7 @@ from pytest_steer.cache import PROMPT_TOKENS, ResponseCache, prompt_tokens_key
 from pytest_steer.cases import Case, SteeringConfig, build_cases, steering_configs
 from pytest_steer.data import DatasetError, Selection, load_rows, select
 from pytest_steer.hub import HubUnavailableError
-from pytest_steer.options import SteerSettings
+from pytest_steer.options import SteerSettings, method_sweep
 from pytest_steer.sharding import select_shard
 from pytest_steer.steering.method import SteeringMethod
 from pytest_steer.steering.registry import bind_method_parameters
@@ -71,7 +71,11 @@ def run_configs(settings: SteerSettings, methods: Mapping[str, type[SteeringMeth
                 f"--steer-method {name!r} is not a known steering method; known: {', '.join(sorted(methods))} "
                 "(register more with the pytest_steer_methods hook)"
             )
-    requested = [(name, bind_method_parameters(methods[name], name, params)) for name, params in settings.method]
+    requested = [
+        (name, bind_method_parameters(methods[name], name, params.items()))
+        for name, swept in settings.method
+        for params in method_sweep(swept)
+    ]
     return tuple(steering_configs(settings.alpha, requested, heads=settings.heads, scale_position=settings.scale_position))
 
 

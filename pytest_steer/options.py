@@ -8,7 +8,7 @@ line wins. Values are validated here, so bad input stops pytest before anything 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,20 +155,43 @@ def _compare_fail(text: str) -> str:
     return text
 
 
-def _method(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """``name`` or ``name:key=value,key=value``; the values stay text until collection converts them to the
-    types the method declares (:mod:`pytest_steer.steering.parameters`)."""
+class Sweep(tuple):
+    """Several values of one method parameter (``coeff=2,4,8``): one config per value."""
+
+
+def _method(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``name`` or ``name:key=value,key=value``. The values stay text until collection converts them to the
+    types the method declares (:mod:`pytest_steer.steering.parameters`).
+
+    Bare values after ``key=value`` sweep that key: ``actadd:layer=15,coeff=2,4,8`` holds
+    ``coeff`` as a :class:`Sweep` of 2, 4 and 8 (see :func:`method_sweep`).
+    """
     name, _, rest = text.partition(":")
     name = name.strip()
     if not name:
         raise ValueError(f"{text!r} names no method; use e.g. emphasis or emphasis:marker=__")
-    params: dict[str, str] = {}
+    params: dict[str, list[str]] = {}
+    key = None
     for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, equals, value = item.partition("=")
-        if not equals or not key.strip():
-            raise ValueError(f"{text!r}: parameter {item!r} is not key=value; use e.g. {name}:key=value")
-        params[key.strip()] = value.strip()
-    return name, tuple(params.items())
+        named, equals, value = item.partition("=")
+        if equals and named.strip():
+            key = named.strip()
+            params[key] = []
+        elif equals or key is None:
+            raise ValueError(f"{text!r}: parameter {item!r} is not key=value; use e.g. {name}:key=value or {name}:key=1,2,4")
+        else:
+            value = item
+        params[key].append(value.strip())
+    return name, tuple((key, values[0] if len(values) == 1 else Sweep(values)) for key, values in params.items())
+
+
+def method_sweep(params: Sequence[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """One parameter set per combination of the swept values, in the order given (the last key varies fastest)."""
+    combinations: list[dict[str, Any]] = [{}]
+    for key, value in params:
+        values = list(value) if isinstance(value, Sweep) else [value]
+        combinations = [{**combination, key: each} for combination in combinations for each in values]
+    return combinations
 
 
 def _batch_size(text: str) -> int | None:
@@ -257,7 +280,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),
     Option("highlight", "spans the steering methods emphasize: auto (the 'instructions' column when present, else the last sentence), instructions, last-sentence, prompt", parse=_choice(*HIGHLIGHTS), default="auto"),
     Option("alpha", "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated)", parse=_alpha, repeatable=True, default=(), metavar="ALPHA"),
-    Option("method", "another steering method beside the baseline and PASTA: emphasis (marks the highlights in the prompt), or a method registered by the pytest_steer_methods hook; NAME or NAME:key=value,... (repeatable)", parse=_method, repeatable=True, default=(), metavar="METHOD", comma_separated=False),
+    Option("method", "another steering method beside the baseline and PASTA: emphasis (marks the highlights in the prompt), actadd (adds a steering vector to one layer's output, e.g. actadd:layer=15,coeff=8), or a method registered by the pytest_steer_methods hook; NAME or NAME:key=value,... (repeatable; key=1,2,4 runs one config per value)", parse=_method, repeatable=True, default=(), metavar="METHOD", comma_separated=False),
     Option("heads", "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)", parse=_heads, metavar="HEADS"),
     Option("scale_position", "PASTA scale position: include, exclude or generation", parse=_choice(*SCALE_POSITIONS), default="include"),
     Option("trials", "sampled responses per prompt and config", parse=_positive_int, default=1),
@@ -304,7 +327,7 @@ class SteerSettings:
     limit: int | None = None
     highlight: str = "auto"
     alpha: tuple[float, ...] = ()
-    method: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    method: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # values are text, or a Sweep of texts
     heads: str | None = None
     scale_position: str = "include"
     trials: int = 1

@@ -38,7 +38,7 @@ from pytest_steer.quality import QualityScorer, create_scorer
 from pytest_steer.records import CaseRecord
 from pytest_steer.spec import RunSpec
 from pytest_steer.steering import PASTA, SteeringError
-from pytest_steer.steering.method import SteeringMethod
+from pytest_steer.steering.method import RunContext, SteeringMethod
 from pytest_steer.steering.stack import check_steering_stack
 
 Progress = Callable[..., None]  # (message or None, cases=..., generated=...): see pytest_steer.progress
@@ -160,6 +160,8 @@ class CaseRunner:
         """The config's method, made once for this model; None for the unsteered baseline."""
         if config.name not in self._steering:
             method = None if config.method is None else self.methods[config.method].create(config.parameters, self.model_config)
+            if method is not None:
+                method.bind_run(self._run_context())
             self._steering[config.name] = method
         return self._steering[config.name]
 
@@ -192,6 +194,16 @@ class CaseRunner:
                 self.cache.directory, self.fingerprint.to_dict(), self.device.type,
                 tokens=int(m["tokens"]), cases=int(m["cases"]), max_new_tokens=self.settings.max_new_tokens, seconds=m["seconds"],
             )
+
+    def _run_context(self) -> RunContext:
+        """The run's prompts (the same on every worker) and this worker's model, for methods that learn from them."""
+        prompts = list({case.row.key: case.row for case in self._cases}.values())
+        return RunContext(
+            prompts=prompts,
+            model_key={**self.fingerprint.to_dict(), **self._environment()},
+            cache_dir=None if self.cache is None else self.cache.directory,
+            load_model=lambda: (self.loaded.model, self.loaded.tokenizer),
+        )
 
     def needs_generation(self, method: str) -> bool:
         """Whether any case under ``method`` has no response in the cache yet (always, without a cache)."""

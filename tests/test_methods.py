@@ -57,7 +57,7 @@ def test_case_ids_parse_back_whatever_the_key_holds() -> None:
 
 
 def test_the_registry_holds_the_built_in_methods_and_refuses_bad_ones() -> None:
-    assert sorted(method_registry()) == ["emphasis", "pasta"]
+    assert sorted(method_registry()) == ["actadd", "emphasis", "pasta"]
 
     class Nameless(SteeringMethod):
         pass
@@ -76,7 +76,7 @@ def test_the_registry_holds_the_built_in_methods_and_refuses_bad_ones() -> None:
 def test_an_unknown_method_fails_collection_naming_the_known_ones() -> None:
     from pytest_steer.collection import run_configs
 
-    with pytest.raises(ValueError, match="'vector' is not a known steering method; known: emphasis, pasta"):
+    with pytest.raises(ValueError, match="'vector' is not a known steering method; known: actadd, emphasis, pasta"):
         run_configs(SteerSettings(method=(("vector", ()),)), method_registry())
 
 

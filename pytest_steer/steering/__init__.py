@@ -1,6 +1,6 @@
-"""Steering methods: the interface, PASTA attention steering and the emphasis prompt baseline.
+"""Steering methods: the interface, PASTA attention steering, ActAdd activation addition and the emphasis prompt baseline.
 
-``from pytest_steer.steering import PASTA`` loads torch; the helpers and the exceptions
+``from pytest_steer.steering import PASTA`` (or ``ActAdd``) loads torch; the helpers and the exceptions
 (``parse_heads``, ``default_head_layers``, ``locate_spans``, ``SteeringError`` ...) do not,
 so option parsing can use them while the plugin stays free of torch.
 """
@@ -21,11 +21,12 @@ from pytest_steer.steering.errors import (
     describe_missing,
 )
 from pytest_steer.steering.heads import HeadConfig, default_head_layers, parse_heads
-from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeredBatch, SteeringMethod
+from pytest_steer.steering.method import PreparedPrompt, PromptBatch, RunContext, SteeredBatch, SteeringMethod
 from pytest_steer.steering.parameters import REQUIRED, Parameter
 from pytest_steer.steering.spans import locate_spans
 
 _LAZY = {
+    "ActAdd": "pytest_steer.steering.actadd",
     "PASTA": "pytest_steer.steering.pasta",
     "SteeredRun": "pytest_steer.steering.pasta",
     "prompt_key_bias": "pytest_steer.steering.pasta",
@@ -33,11 +34,13 @@ _LAZY = {
 
 __all__ = [
     "PASTA",
+    "ActAdd",
     "REQUIRED",
     "Emphasis",
     "Parameter",
     "PreparedPrompt",
     "PromptBatch",
+    "RunContext",
     "SteeredBatch",
     "SteeringMethod",
     "HeadConfig",

@@ -17,14 +17,15 @@ the run's fingerprint, results.json and the report. The parameters ``--steer-met
 name:key=value`` may give are those of ``__init__``, typed by its annotations, or the
 class's ``parameters`` (:mod:`pytest_steer.steering.parameters`); they are checked and
 converted at collection. Methods are made by ``create(params, model_config)`` on each
-worker, once the model's config is known. Third-party methods register through the
-``pytest_steer_methods`` hook (:mod:`pytest_steer.hooks`).
+worker, once the model's config is known, then given the run's prompts and a way to load
+the model (``bind_run``). Third-party methods register through the ``pytest_steer_methods``
+hook (:mod:`pytest_steer.hooks`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -97,3 +98,24 @@ class SteeringMethod:
 
     def check_model_config(self, model_config: Mapping[str, Any]) -> None:
         """Refuse a model this method cannot steer, from its config.json alone (no weights); raise SteeringError."""
+
+    def bind_run(self, run: RunContext) -> None:
+        """Called once per worker, right after ``create``: a method that learns from the run's prompts
+        (``actadd``'s instruction vectors) keeps ``run`` here; it is used before ``params()`` or ``steer``."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a worker's run offers a method before it generates (``SteeringMethod.bind_run``).
+
+    ``prompts`` are the run's prompt rows (:class:`pytest_steer.data.PromptRow`), the same on
+    every worker; ``model_key`` names the weights and numerics (fingerprint, device type,
+    library versions), so that what a method computes from the model can be cached under it
+    in ``cache_dir`` (None: no cache); ``load_model`` returns ``(model, tokenizer)``, loading
+    them on first call only, so a method whose results are all cached loads nothing.
+    """
+
+    prompts: Sequence[Any]
+    model_key: Mapping[str, Any]
+    cache_dir: Any  # pathlib.Path | None
+    load_model: Callable[[], tuple[Any, Any]]

@@ -14,9 +14,10 @@ METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 def builtin_methods() -> list[type[SteeringMethod]]:
+    from pytest_steer.steering.actadd import ActAdd
     from pytest_steer.steering.pasta import PASTA
 
-    return [PASTA, Emphasis]
+    return [PASTA, Emphasis, ActAdd]
 
 
 def method_registry(registered: Iterable[Iterable[type[SteeringMethod]]] = ()) -> dict[str, type[SteeringMethod]]:

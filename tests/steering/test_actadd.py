@@ -363,14 +363,15 @@ def test_comma_lists_sweep_a_parameter_into_one_config_each() -> None:
     from pytest_steer.steering.registry import method_registry
 
     name, params = _method("actadd:layer=15,coeff=2,4,8")
-    assert name == "actadd" and method_sweep(params) == [{"layer": 15, "coeff": c} for c in (2, 4, 8)]
+    assert name == "actadd" and method_sweep(params) == [{"layer": "15", "coeff": c} for c in ("2", "4", "8")]  # text until collection
     settings = SteerSettings(alpha=(10.0,), method=(_method("actadd:layer=14,15,coeff=0.5,scope=generated"), _method("emphasis")))
     names = [config.name for config in run_configs(settings, method_registry())]
     assert names == ["baseline", "pasta_alpha10", "actadd_layer14_coeff0.5_scopegenerated", "actadd_layer15_coeff0.5_scopegenerated",
                      "emphasis"]
     with pytest.raises(ValueError, match="parameter '4' is not key=value"):
         _method("actadd:4,layer=1")
-    assert math.isclose(method_sweep(_method("actadd:coeff=-1.5")[1])[0]["coeff"], -1.5)
+    swept = method_sweep(_method("actadd:layer=1,coeff=-1.5")[1])[0]
+    assert math.isclose(bind_method_parameters(ActAdd, "actadd", swept.items())["coeff"], -1.5)
 
 
 def test_a_sweep_runs_end_to_end_and_coeff_zero_gives_the_baseline_responses(pytester: pytest.Pytester, tiny_checkpoint) -> None:

@@ -67,6 +67,15 @@ FAMILIES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
 CASES = [(family, attn) for family, (_, implementations) in FAMILIES.items() for attn in implementations]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Models this small gain nothing from a second thread and lose much to it on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_every_family_of_the_grouped_kernel_is_tested_here() -> None:
     from transformers.models.auto.configuration_auto import model_type_to_module_name
 

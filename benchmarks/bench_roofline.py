@@ -148,14 +148,11 @@ def main() -> None:
             record(dtype, "matmuls (in, out), ms/step", matmuls["(in, out)"] * 1e3)
             record(dtype, "KV read, ms/step", kv_seconds * 1e3)
             record(dtype, "bound tokens/s", bound)
-            record(dtype, "engine decode tokens/s", decode_rate)
+            record(dtype, "decode tokens/s", decode_rate)
             record(dtype, "engine with prefill tokens/s", whole_rate)
             record(dtype, "engine decode / bound", decode_rate / bound)
-        print(
-            f"round {round_index + 1}: "
-            + "; ".join(f"{d} bound {figures[d]['bound tokens/s'][-1]:.0f}, decode {figures[d]['engine decode tokens/s'][-1]:.0f}" for d in dtypes),
-            flush=True,
-        )
+        latest = (f"{d} bound {figures[d]['bound tokens/s'][-1]:.0f}, engine {figures[d]['decode tokens/s'][-1]:.0f}" for d in dtypes)
+        print(f"round {round_index + 1}: " + "; ".join(latest), flush=True)
 
     print()
     print(
@@ -167,7 +164,7 @@ def main() -> None:
     for dtype in dtypes:
         table += [(f"{dtype}: {name}", f"{min(values):.3g}", f"{statistics.median(values):.3g}") for name, values in figures[dtype].items()]
     if "float32" in figures and "bfloat16" in figures:
-        per_round = [b / f for b, f in zip(figures["bfloat16"]["engine decode tokens/s"], figures["float32"]["engine decode tokens/s"])]
+        per_round = [b / f for b, f in zip(figures["bfloat16"]["decode tokens/s"], figures["float32"]["decode tokens/s"])]
         table.append(("engine decode bfloat16 / float32", f"{min(per_round):.2f}", f"{statistics.median(per_round):.2f}"))
         bound_ratio = [b / f for b, f in zip(figures["bfloat16"]["bound tokens/s"], figures["float32"]["bound tokens/s"])]
         table.append(("bound bfloat16 / float32", f"{min(bound_ratio):.2f}", f"{statistics.median(bound_ratio):.2f}"))

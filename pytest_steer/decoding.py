@@ -7,7 +7,7 @@ one row per response. A row that emits an end-of-sequence token leaves the batch
 KV cache at once, so each later step costs only the rows still running.
 
 The KV cache is allocated once per batch, for the prompt and every new token
-(:class:`RowCache`), and written in place: transformers' dynamic cache concatenates every
+(:func:`row_cache`), and written in place: transformers' dynamic cache concatenates every
 layer's keys and values at each step, a copy of the whole cache per step. Rows that end
 are replaced by rows from the end of the batch, so only as many rows move as ended. The
 decode steps receive one additive padding mask built per batch and sliced to the step's

@@ -6,10 +6,20 @@ share that prompt's prefill: the prompts' KV cache is computed once, then select
 one row per response. A row that emits an end-of-sequence token leaves the batch and the
 KV cache at once, so each later step costs only the rows still running.
 
+The KV cache is allocated once per batch, for the prompt and every new token
+(:func:`row_cache`), and written in place: transformers' dynamic cache concatenates every
+layer's keys and values at each step, a copy of the whole cache per step. Rows that end
+are replaced by rows from the end of the batch, so only as many rows move as ended. The
+decode steps receive one additive padding mask built per batch and sliced to the step's
+keys, instead of a mask built by the model at each step. Models whose cache layers are not
+plain full attention (sliding windows, shared or linear layers) keep transformers' own
+dynamic cache and masks.
+
 The model is driven through its documented forward (``input_ids``, ``attention_mask``,
-``position_ids``, the cache, ``logits_to_keep``) and the cache's ``batch_select_indices``.
-The cache argument is named ``cache`` from transformers 5.24 and ``past_key_values`` before;
-the name is read from the forward's signature.
+``position_ids``, the cache, ``logits_to_keep``), the cache API (``Cache`` of
+``CacheLayerMixin`` layers, ``batch_select_indices``) and the model's acceptance of a
+prepared 4D mask. The cache argument is named ``cache`` from transformers 5.24 and
+``past_key_values`` before; the name is read from the forward's signature.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -53,6 +63,123 @@ def cache_argument(model: Any) -> str:
     )
 
 
+def _preallocated_layer_class() -> type:
+    from transformers.cache_utils import CacheLayerMixin
+
+    class PreallocatedLayer(CacheLayerMixin):
+        """One layer's keys and values in buffers sized for the whole decode, written in place.
+
+        ``update`` returns views of the filled part, so attention reads the cache without
+        copying it; the mask sizes follow the filled length, as with a dynamic cache, so a
+        key's index stays its position in the sequence.
+        """
+
+        is_compileable = False
+        is_sliding = False
+
+        def __init__(self, capacity: int) -> None:
+            super().__init__()
+            self.capacity = capacity
+            self.length = 0
+            self.rows = 0
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.rows = key_states.shape[0]
+            self._keys = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[-1])
+            self._values = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[-1])
+            self.device = key_states.device
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if end > self.capacity:
+                raise RuntimeError(f"the preallocated KV cache holds {self.capacity} tokens; a forward asked for {end}")
+            self._keys[: self.rows, :, self.length : end] = key_states
+            self._values[: self.rows, :, self.length : end] = value_states
+            self.length = end
+            self.keys, self.values = self._keys[: self.rows, :, :end], self._values[: self.rows, :, :end]
+            return self.keys, self.values
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.length + query_length, 0
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def get_max_length(self) -> int:
+            return self.capacity
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Row ``i`` becomes row ``indices[i]``: in place when the batch does not grow, copying only the rows that move."""
+            if not self.is_initialized:
+                return
+            if len(indices) > self._keys.shape[0]:
+                self._keys, self._values = self._keys[indices], self._values[indices]
+            else:
+                moved = (indices != torch.arange(len(indices), device=indices.device)).nonzero()[:, 0]
+                if moved.numel():
+                    sources = indices[moved]
+                    for buffer in (self._keys, self._values):
+                        buffer[moved, :, : self.length] = buffer[sources, :, : self.length]
+            self.rows = len(indices)
+            self.keys, self.values = self._keys[: self.rows, :, : self.length], self._values[: self.rows, :, : self.length]
+
+    return PreallocatedLayer
+
+
+@functools.cache
+def _layer_class() -> type:
+    return _preallocated_layer_class()
+
+
+def row_cache(model: Any, capacity: int) -> tuple[Any, bool]:
+    """A KV cache for one decode and whether it is preallocated (:class:`PreallocatedLayer`).
+
+    Models whose dynamic cache is anything but plain full-attention layers keep that cache.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    dynamic = DynamicCache(config=model.config)
+    if not dynamic.layers or any(type(layer) is not DynamicLayer for layer in dynamic.layers):
+        return dynamic, False
+    return Cache(layers=[_layer_class()(capacity) for _ in dynamic.layers]), True
+
+
+def compaction(running: torch.Tensor) -> torch.Tensor:
+    """The new order of the rows once the ``running`` (boolean) ones stay: survivors past the
+    new end fill the slots of the rows that ended before it; the others keep their place."""
+    kept = int(running.sum())
+    order = torch.arange(kept, device=running.device)
+    order[(~running[:kept]).nonzero()[:, 0]] = running[kept:].nonzero()[:, 0] + kept
+    return order
+
+
+def padding_bias(attention_mask: torch.Tensor, capacity: int, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, 1, 1, capacity): 0 over the keys a decode step sees, the dtype's minimum over the padding."""
+    bias = torch.zeros(attention_mask.shape[0], 1, 1, capacity, dtype=dtype, device=attention_mask.device)
+    bias[:, 0, 0, : attention_mask.shape[1]].masked_fill_(attention_mask == 0, torch.finfo(dtype).min)
+    return bias
+
+
+@overload
+def decode(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_of_row: torch.Tensor, seeds: torch.Tensor, *,
+    max_new_tokens: int, eos_ids: Collection[int], choose: ChooseToken, rows_changed: RowsChanged | None = None,
+    logprobs: Literal[False] = False,
+) -> list[list[int]]: ...  # fmt: skip
+
+
+@overload
+def decode(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_of_row: torch.Tensor, seeds: torch.Tensor, *,
+    max_new_tokens: int, eos_ids: Collection[int], choose: ChooseToken, rows_changed: RowsChanged | None = None,
+    logprobs: Literal[True],
+) -> tuple[list[list[int]], list[list[float]]]: ...  # fmt: skip
+
+
 def decode(
     model: Any,
     input_ids: torch.Tensor,
@@ -64,18 +191,20 @@ def decode(
     eos_ids: Collection[int],
     choose: ChooseToken,
     rows_changed: RowsChanged | None = None,
-) -> list[list[int]]:
+    logprobs: bool = False,
+) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """New tokens of each response row, up to and including its first end-of-sequence token.
 
     ``input_ids``/``attention_mask`` hold the distinct prompts, left-padded;
     ``prompt_of_row[r]`` is the prompt that response row ``r`` continues and ``seeds[r]``
     its seed. ``rows_changed`` lets a steering block follow the rows (see
-    ``SteeredBatch.select_rows``).
+    ``SteeredBatch.select_rows``). With ``logprobs``, also each chosen token's log
+    probability under the model's raw (temperature 1) distribution.
     """
-    from transformers import DynamicCache
-
     notify = rows_changed or (lambda rows: None)
-    cache = DynamicCache(config=model.config)
+    device = input_ids.device
+    capacity = input_ids.shape[1] + max_new_tokens
+    cache, preallocated = row_cache(model, capacity)
     cache_name = cache_argument(model)
     prefill_extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
     positions = attention_mask.long().cumsum(-1) - 1
@@ -83,31 +212,46 @@ def decode(
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **{cache_name: cache}, **prefill_extra
     )
-    prompt_of_row = prompt_of_row.to(input_ids.device)
+    prompt_of_row = prompt_of_row.to(device)
     logits = out.logits[prompt_of_row, -1]
     cache.batch_select_indices(prompt_of_row)
     notify(prompt_of_row)
-    mask, position = attention_mask[prompt_of_row], positions[prompt_of_row, -1:]
-    seeds = seeds.to(input_ids.device)
-    eos = torch.tensor(sorted(eos_ids), device=input_ids.device)
-    running = torch.arange(len(prompt_of_row), device=input_ids.device)
+    mask = attention_mask[prompt_of_row]
+    if preallocated:  # one additive mask for every step; each step sees its first `keys` columns
+        mask = padding_bias(mask, capacity, model.dtype)
+    position = positions[prompt_of_row, -1:]
+    keys = input_ids.shape[1]
+    seeds = seeds.to(device)
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    running = torch.arange(len(prompt_of_row), device=device)
     tokens: list[list[int]] = [[] for _ in range(len(prompt_of_row))]
+    chosen_logprobs: list[list[float]] = [[] for _ in range(len(prompt_of_row))]
     for step in range(max_new_tokens):
         chosen = choose(logits, seeds[running], step)
-        for row, token in zip(running.tolist(), chosen.tolist()):
+        rows = running.tolist()
+        for row, token in zip(rows, chosen.tolist()):
             tokens[row].append(token)
+        if logprobs:
+            values = logits.float().log_softmax(dim=-1).gather(-1, chosen[:, None])[:, 0]
+            for row, value in zip(rows, values.tolist()):
+                chosen_logprobs[row].append(value)
         if step == max_new_tokens - 1:
             break
         ended = torch.isin(chosen, eos)
         if bool(ended.any()):
-            keep = (~ended).nonzero()[:, 0]
-            if keep.numel() == 0:
+            if bool(ended.all()):
                 break
+            keep = compaction(~ended) if preallocated else (~ended).nonzero()[:, 0]
             running, chosen, mask, position = running[keep], chosen[keep], mask[keep], position[keep]
             cache.batch_select_indices(keep)
             notify(prompt_of_row[running])
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        keys += 1
         position = position + 1
-        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position, use_cache=True, **{cache_name: cache})
+        if preallocated:
+            step_mask = mask[..., :keys]
+        else:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            step_mask = mask
+        out = model(input_ids=chosen[:, None], attention_mask=step_mask, position_ids=position, use_cache=True, **{cache_name: cache})
         logits = out.logits[:, -1]
-    return tokens
+    return (tokens, chosen_logprobs) if logprobs else tokens

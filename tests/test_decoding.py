@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.decoding import cache_argument, decode
+from pytest_steer.decoding import cache_argument, compaction, decode, row_cache
 from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, render_prompt
 from pytest_steer.models import load_model
-from pytest_steer.sampling import greedy
+from pytest_steer.sampling import RowSampler, greedy
 from pytest_steer.steering import PASTA
 from pytest_steer.steering.errors import UnsupportedModelError
 
@@ -120,3 +120,65 @@ def test_the_cache_argument_is_read_from_the_forward_signature(loaded) -> None:
 
     with pytest.raises(UnsupportedModelError, match="KV cache under none of the names cache, past_key_values"):
         cache_argument(NoCache())
+
+
+def test_rows_that_end_are_replaced_from_the_end_of_the_batch() -> None:
+    running = torch.tensor([True, False, True, False, True, True])
+    order = compaction(running)
+    assert order.tolist() == [0, 4, 2, 5]
+    assert bool(running[order].all())
+    assert compaction(torch.tensor([True, True, False])).tolist() == [0, 1]
+
+
+def test_the_kv_cache_is_allocated_once_and_written_in_place(loaded) -> None:
+    """Every step writes into the buffers of the prefill; rows that end move only the rows that replace them."""
+    batch = _batch(loaded, PROMPTS)
+    eos = _early_eos(loaded, batch)
+    buffers = set()
+    caches = []
+
+    def record(module, args, kwargs) -> None:
+        cache = kwargs[cache_argument(loaded.model)]
+        caches.append(cache)
+        if cache.layers and cache.layers[0].is_initialized:
+            buffers.add(cache.layers[0]._keys.data_ptr())
+
+    handle = loaded.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            tokens = decode(
+                loaded.model, batch["input_ids"], batch["attention_mask"], torch.arange(3), torch.zeros(3, dtype=torch.int64),
+                max_new_tokens=10, eos_ids=eos, choose=greedy,
+            )  # fmt: skip
+    finally:
+        handle.remove()
+    assert len({len(row) for row in tokens}) > 1  # rows ended, and were dropped, at different steps
+    assert len(set(map(id, caches))) == 1
+    assert len(buffers) == 1  # allocated at the prefill, never reallocated nor concatenated
+    assert caches[0].layers[0].get_max_length() == batch["input_ids"].shape[1] + 10
+
+
+def test_models_with_sliding_window_layers_keep_the_dynamic_cache(tiny_checkpoint: Path) -> None:
+    from transformers import DynamicCache, MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=8
+    )
+    cache, preallocated = row_cache(MistralForCausalLM(config), capacity=16)
+    assert isinstance(cache, DynamicCache) and not preallocated
+    cache, preallocated = row_cache(load_model(str(tiny_checkpoint), device="cpu", dtype="float32").model, capacity=16)
+    assert preallocated and all(layer.get_max_length() == 16 for layer in cache.layers)
+
+
+def test_log_probabilities_of_the_chosen_tokens_match_a_forward_over_the_response(loaded) -> None:
+    batch = _batch(loaded, PROMPTS)
+    with torch.inference_mode():
+        tokens, logprobs = decode(
+            loaded.model, batch["input_ids"], batch["attention_mask"], torch.arange(3), torch.tensor([5, 6, 7]),
+            max_new_tokens=6, eos_ids=[-1], choose=RowSampler(temperature=0.7, top_p=1.0), logprobs=True,
+        )  # fmt: skip
+        for row, prompt in enumerate(PROMPTS):
+            ids = torch.cat([_batch(loaded, [prompt])["input_ids"][0], torch.tensor(tokens[row])])[None]
+            scores = loaded.model(input_ids=ids).logits[0, -len(tokens[row]) - 1 : -1].float().log_softmax(-1)
+            expected = scores.gather(-1, torch.tensor(tokens[row])[:, None])[:, 0]
+            assert torch.allclose(torch.tensor(logprobs[row]), expected, atol=1e-4)

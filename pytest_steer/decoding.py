@@ -64,13 +64,16 @@ def decode(
     eos_ids: Collection[int],
     choose: ChooseToken,
     rows_changed: RowsChanged | None = None,
-) -> list[list[int]]:
+    logprobs: bool = False,
+) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """New tokens of each response row, up to and including its first end-of-sequence token.
 
     ``input_ids``/``attention_mask`` hold the distinct prompts, left-padded;
     ``prompt_of_row[r]`` is the prompt that response row ``r`` continues and ``seeds[r]``
     its seed. ``rows_changed`` lets a steering block follow the rows (see
-    ``SteeredBatch.select_rows``).
+    ``SteeredBatch.select_rows``). With ``logprobs``, each token also comes with its
+    log-probability under the forward's raw logits (temperature 1, no filtering), in a
+    second list of the same shape.
     """
     from transformers import DynamicCache
 
@@ -92,10 +95,15 @@ def decode(
     eos = torch.tensor(sorted(eos_ids), device=input_ids.device)
     running = torch.arange(len(prompt_of_row), device=input_ids.device)
     tokens: list[list[int]] = [[] for _ in range(len(prompt_of_row))]
+    log_probs: list[list[float]] = [[] for _ in range(len(prompt_of_row))]
     for step in range(max_new_tokens):
         chosen = choose(logits, seeds[running], step)
         for row, token in zip(running.tolist(), chosen.tolist()):
             tokens[row].append(token)
+        if logprobs:
+            chosen_log_probs = logits.float().log_softmax(-1).gather(-1, chosen[:, None])[:, 0]
+            for row, value in zip(running.tolist(), chosen_log_probs.tolist()):
+                log_probs[row].append(value)
         if step == max_new_tokens - 1:
             break
         ended = torch.isin(chosen, eos)
@@ -110,4 +118,4 @@ def decode(
         position = position + 1
         out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position, use_cache=True, **{cache_name: cache})
         logits = out.logits[:, -1]
-    return tokens
+    return (tokens, log_probs) if logprobs else tokens

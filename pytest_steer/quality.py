@@ -129,6 +129,8 @@ class FluencyScorer:
     def score(
         self, prompts: Sequence[str], responses: Sequence[str], generated: Sequence[ScoredTokens | None] | None = None
     ) -> list[float | None]:
+        if not responses:
+            return []
         tokenizer = self.loaded.tokenizer
         prompt_ids = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,11 +49,22 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class ScoredTokens:
+    """The new tokens of an unsteered response, each with its log-probability under the model
+    (raw logits: temperature 1, no filtering) given the prompt and the tokens before it."""
+
+    ids: tuple[int, ...]
+    log_probs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Generation:
     text: str
     n_new_tokens: int
     missing_spans: tuple[str, ...] = ()
     prompt: str | None = None  # the prompt as the steering method prepared it, before the chat template
+    # Set when generated without steering, for the fluency score; not part of the response, not kept in the cache.
+    unsteered: ScoredTokens | None = field(default=None, compare=False, repr=False)
 
 
 def render_prompt(tokenizer: Any, prompt: str) -> str:
@@ -117,9 +128,10 @@ class Engine:
         texts = [text for text, _ in distinct]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.loaded.device)
         missing: list[list[str]] = [[] for _ in distinct]
+        log_probs: list[list[float]] | None = None
         with torch.inference_mode(), shared_kernels(model):  # the same attention kernels, steered or not
-            if steering is None:
-                tokens = self._decode(batch, prompt_of_row, seeds)
+            if steering is None:  # the unsteered model's log-probabilities serve the fluency score
+                tokens, log_probs = self._decode(batch, prompt_of_row, seeds, logprobs=True)
             else:
                 highlights = [list(row_highlights) for _, row_highlights in distinct]
                 prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, highlights)
@@ -130,14 +142,20 @@ class Engine:
                         tokens = self._decode(batch, prompt_of_row, seeds, steered.select_rows)
         generations = []
         for response, ready in zip(responses, prepared):
-            row_tokens = tokens[row_index[response]]
+            row = row_index[response]
+            row_tokens = tokens[row]
             row_missing = missing[prompt_index[response[0]]]
             text = self.loaded.tokenizer.decode(row_tokens, skip_special_tokens=True)
             missing_spans = (*ready.missing, *row_missing)
-            generations.append(Generation(text=text, n_new_tokens=len(row_tokens), missing_spans=missing_spans, prompt=ready.text))
+            unsteered = None if log_probs is None else ScoredTokens(tuple(row_tokens), tuple(log_probs[row]))
+            generations.append(
+                Generation(text=text, n_new_tokens=len(row_tokens), missing_spans=missing_spans, prompt=ready.text, unsteered=unsteered)
+            )
         return generations
 
-    def _decode(self, batch: Any, prompt_of_row: torch.Tensor, seeds: torch.Tensor, rows_changed: Any = None) -> list[list[int]]:
+    def _decode(
+        self, batch: Any, prompt_of_row: torch.Tensor, seeds: torch.Tensor, rows_changed: Any = None, *, logprobs: bool = False
+    ) -> Any:
         return decode(
             self.loaded.model,
             batch["input_ids"],
@@ -148,6 +166,7 @@ class Engine:
             eos_ids=self.eos_ids,
             choose=self.choose,
             rows_changed=rows_changed,
+            logprobs=logprobs,
         )
 
 

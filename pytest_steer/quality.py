@@ -14,6 +14,7 @@ pair has no score. ``--steer-quality`` picks the scorer:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Any, Protocol
 
 import torch
 
-from pytest_steer.decoding import forward_parameters
-from pytest_steer.generation import render_prompt
+from pytest_steer.decoding import cache_argument, forward_parameters
+from pytest_steer.generation import ScoredTokens, render_prompt
 from pytest_steer.hub import looks_like_hub_id
 from pytest_steer.models import LoadedModel, load_pretrained, resolve_dtype
 from pytest_steer.options import (
@@ -35,7 +36,8 @@ from pytest_steer.options import (
     reward_model_alternatives,
 )
 
-FLUENCY_BATCH_SIZE = 8
+FLUENCY_BATCH_SIZE = 8  # responses per forward
+PROMPT_CACHE_BYTES = 256 * 2**20  # unsteered prompt prefills kept for the whole run, at most
 CLASSIFIER_SUFFIX = "ForSequenceClassification"
 
 
@@ -46,8 +48,14 @@ class QualityError(RuntimeError):
 class QualityScorer(Protocol):
     description: str
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
-        """One score per (prompt, response) pair, in order."""
+    def score(
+        self, prompts: Sequence[str], responses: Sequence[str], generated: Sequence[ScoredTokens | None] | None = None
+    ) -> list[float | None]:
+        """One score per (prompt, response) pair, in order.
+
+        ``generated`` may give, per pair, the tokens the unsteered model generated for that
+        response with their log-probabilities; a scorer may use them or not.
+        """
         ...
 
 
@@ -56,12 +64,31 @@ class NoQualityScorer:
 
     description = QUALITY_NONE
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
+    def score(
+        self, prompts: Sequence[str], responses: Sequence[str], generated: Sequence[ScoredTokens | None] | None = None
+    ) -> list[float | None]:
         return [None] * len(responses)
 
 
 def _chunks(count: int, size: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, count, size)]
+
+
+@dataclass(frozen=True)
+class _Prefill:
+    """A prompt's unsteered KV cache over all its tokens but the last, unpadded, and that last token.
+
+    The last token is run again with the response, so that its logits predict the
+    response's first token.
+    """
+
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer: keys and values, (kv heads, length, head dim)
+    length: int
+    last: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(keys.nbytes + values.nbytes for keys, values in self.layers)
 
 
 class FluencyScorer:
@@ -74,50 +101,149 @@ class FluencyScorer:
     alone: a response cut at ``--steer-max-new-tokens`` and one the model ended itself
     are scored alike. An empty response has no tokens and therefore no score (``None``).
 
+    Two ways to the same number, neither a second pass over prompt and response:
+
+    * an unsteered response whose tokenized text starts the generated tokens (the usual
+      case) is scored from the log-probabilities its generation computed (``generated``);
+    * any other response (steered, read from the cache, or whose text tokenizes apart from
+      the generated tokens) runs through the model on its own, after its prompt's unsteered
+      KV cache. Each distinct prompt is prefilled once and kept, up to ``prompt_cache_bytes``
+      for the whole run, so every config and trial of a prompt shares one prefill.
+
     Rows are left-padded with position ids counted from each row's first real token, so
-    a row's score does not depend on the other rows of its batch. Only the logits of the
-    last ``longest response + 1`` positions are computed.
+    a row's score does not depend on the other rows of its batch.
     """
 
     description = QUALITY_FLUENCY
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = FLUENCY_BATCH_SIZE) -> None:
+    def __init__(self, loaded: LoadedModel, batch_size: int = FLUENCY_BATCH_SIZE, prompt_cache_bytes: int = PROMPT_CACHE_BYTES) -> None:
         self.loaded = loaded
         self.batch_size = batch_size
+        self.prompt_cache_bytes = prompt_cache_bytes
+        self.from_generation = 0  # responses scored from their generation's log-probabilities
+        self.forwarded = 0  # responses run through the model after their prompt's prefill
+        self._prefills: dict[tuple[int, ...], _Prefill] = {}
+        self._prefill_bytes = 0
         self._slices_logits = "logits_to_keep" in forward_parameters(loaded.model)
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
-        scores: list[float | None] = []
-        for chunk in _chunks(len(responses), self.batch_size):
-            scores.extend(self._score_batch(prompts[chunk], responses[chunk]))
-        return scores
-
-    def _score_batch(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
-        tokenizer, model, device = self.loaded.tokenizer, self.loaded.model, self.loaded.device
+    def score(
+        self, prompts: Sequence[str], responses: Sequence[str], generated: Sequence[ScoredTokens | None] | None = None
+    ) -> list[float | None]:
+        if not responses:
+            return []
+        tokenizer = self.loaded.tokenizer
         prompt_ids = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
         if any(not ids for ids in prompt_ids):
             raise QualityError("fluency needs a non-empty prompt to condition the first response token on")
-        rows = [p + r for p, r in zip(prompt_ids, response_ids)]
-        width = max(len(row) for row in rows)
-        longest = max(len(ids) for ids in response_ids)
-        if longest == 0:
-            return [None] * len(rows)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+        scores: list[float | None] = [None] * len(responses)
+        to_run = []
+        for i, ids in enumerate(response_ids):
+            known = generated[i] if generated is not None else None
+            if not ids:
+                continue
+            if known is not None and list(known.ids[: len(ids)]) == ids:
+                # The scored tokens are the generated ones, after the same prompt: their log-probabilities are known.
+                scores[i] = math.fsum(known.log_probs[: len(ids)]) / len(ids)
+                self.from_generation += 1
+            else:
+                to_run.append(i)
+        prompt_of = {i: tuple(prompt_ids[i]) for i in to_run}
+        prefills = self._prefilled(list(prompt_of.values()))
+        to_run.sort(key=lambda i: len(response_ids[i]))  # similar lengths share a forward: less padding
+        for chunk in _chunks(len(to_run), self.batch_size):
+            rows = to_run[chunk]
+            row_scores = self._run_responses([prompt_of[i] for i in rows], prefills, [response_ids[i] for i in rows])
+            for i, score in zip(rows, row_scores):
+                scores[i] = score
+        self.forwarded += len(to_run)
+        return scores
+
+    def _prefilled(self, prompts: list[tuple[int, ...]]) -> dict[tuple[int, ...], _Prefill]:
+        """The prefill of each prompt: kept ones as they are, the others computed in batches.
+
+        New prefills are kept while the byte budget allows and never evicted: configs visit
+        the same prompts in the same order, where evicting the oldest would keep nothing that
+        is asked for again.
+        """
+        found = {prompt: self._prefills[prompt] for prompt in prompts if prompt in self._prefills}
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in found]
+        for chunk in _chunks(len(missing), self.batch_size):
+            for prompt, prefill in zip(missing[chunk], self._prefill(missing[chunk])):
+                found[prompt] = prefill
+                if self._prefill_bytes + prefill.nbytes <= self.prompt_cache_bytes:
+                    self._prefills[prompt] = prefill
+                    self._prefill_bytes += prefill.nbytes
+        return found
+
+    def _prefill(self, prompts: list[tuple[int, ...]]) -> list[_Prefill]:
+        """One forward over the prompts without their last tokens, left-padded."""
+        from transformers import DynamicCache
+
+        heads = [prompt[:-1] for prompt in prompts]
+        width = max(len(head) for head in heads)
+        if width == 0:  # one-token prompts: nothing to cache
+            return [_Prefill((), 0, prompt[-1]) for prompt in prompts]
+        model, device = self.loaded.model, self.loaded.device
+        pad = self.loaded.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(head)) + list(head) for head in heads], device=device)
+        mask = torch.tensor([[0] * (width - len(head)) + [1] * len(head) for head in heads], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        keep = longest + 1  # the logit before the first response token predicts it
-        extra = {"logits_to_keep": keep} if self._slices_logits else {}
+        cache = DynamicCache()  # no config: every layer keeps every position, as a forward without a cache sees them
+        arguments = {cache_argument(model): cache, **({"logits_to_keep": 1} if self._slices_logits else {})}
         with torch.inference_mode():
-            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **extra).logits
-            logits = logits[:, -keep:-1].float()  # position j predicts token j + 1
-            targets = input_ids[:, width - longest :]
+            model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **arguments)
+        prefills = []
+        for row, (prompt, head) in enumerate(zip(prompts, heads)):
+            start = width - len(head)
+            layers = tuple((layer.keys[row, :, start:].clone(), layer.values[row, :, start:].clone()) for layer in cache.layers)
+            prefills.append(_Prefill(layers, len(head), prompt[-1]))
+        return prefills
+
+    def _run_responses(
+        self, prompts: list[tuple[int, ...]], prefills: dict[tuple[int, ...], _Prefill], responses: list[list[int]]
+    ) -> list[float]:
+        """Mean log-probability of each response after its prompt's prefill, in one forward.
+
+        Each row runs its prompt's last token and its response but the last token,
+        right-padded, at positions continuing its prompt, after the prompt's KV cache.
+        """
+        model, device = self.loaded.model, self.loaded.device
+        pad = self.loaded.tokenizer.pad_token_id
+        rows = [prefills[prompt] for prompt in prompts]
+        width = max(prefill.length for prefill in rows)
+        longest = max(len(response) for response in responses)
+        input_ids = torch.tensor([[p.last, *r[:-1]] + [pad] * (longest - len(r)) for p, r in zip(rows, responses)], device=device)
+        targets = torch.tensor([r + [pad] * (longest - len(r)) for r in responses], device=device)
+        mask = torch.tensor(
+            [[0] * (width - p.length) + [1] * (p.length + len(r)) + [0] * (longest - len(r)) for p, r in zip(rows, responses)],
+            device=device,
+        )
+        positions = torch.tensor([list(range(p.length, p.length + longest)) for p in rows], device=device)
+        arguments = {cache_argument(model): _fanned_out(prompts, prefills, width), "use_cache": True} if width else {}
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **arguments).logits.float()
             token_log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-        return [
-            float(token_log_probs[row, longest - len(ids) :].mean()) if ids else None
-            for row, ids in enumerate(response_ids)
-        ]
+        return [float(token_log_probs[row, : len(response)].mean()) for row, response in enumerate(responses)]
+
+
+def _fanned_out(prompts: list[tuple[int, ...]], prefills: dict[tuple[int, ...], _Prefill], width: int) -> Any:
+    """A KV cache with one row per prompt of ``prompts``: each distinct prefill left-padded to
+    ``width`` once, then selected into the rows that continue it."""
+    from transformers import DynamicCache
+
+    distinct = list(dict.fromkeys(prompts))
+    shapes = next(prefills[prompt] for prompt in distinct if prefills[prompt].length).layers
+    rows = torch.tensor([distinct.index(prompt) for prompt in prompts], device=shapes[0][0].device)
+    cache = DynamicCache()
+    for index, layer in enumerate(shapes):
+        padded = [like.new_zeros(len(distinct), like.shape[0], width, like.shape[2]) for like in layer]
+        for slot, prompt in enumerate(distinct):
+            prefill = prefills[prompt]
+            for tensor, part in zip(padded, prefill.layers[index] if prefill.length else ()):
+                tensor[slot, :, width - prefill.length :] = part
+        cache.update(padded[0][rows], padded[1][rows], index)
+    return cache
 
 
 @dataclass(frozen=True)
@@ -246,7 +372,9 @@ class RewardModelScorer:
         model.requires_grad_(False)
         return cls(name, model, tokenizer, resolved, batch_size=batch_size, max_length=max_length, device=device)
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float | None]:
+    def score(
+        self, prompts: Sequence[str], responses: Sequence[str], generated: Sequence[ScoredTokens | None] | None = None
+    ) -> list[float | None]:
         scores: list[float | None] = []
         for chunk in _chunks(len(responses), self.batch_size):
             encoded = self.tokenizer(

@@ -346,7 +346,8 @@ class CaseRunner:
             else:
                 scores[i] = entry["quality"]
         if misses:
-            fresh = self.scorer.score([batch[i].row.prompt for i in misses], [generations[i].text for i in misses])
+            prompts, responses = [batch[i].row.prompt for i in misses], [generations[i].text for i in misses]
+            fresh = self.scorer.score(prompts, responses, [generations[i].unsteered for i in misses])
             for i, score in zip(misses, fresh):
                 scores[i] = None if score is None else float(score)
                 key = quality_keys[i]

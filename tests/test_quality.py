@@ -3,6 +3,8 @@ reward models built tiny from a config and read back through the real loading pa
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,12 +15,15 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, De
 from pytest_steer import quality as quality_module
 from pytest_steer import runner as runner_module
 from pytest_steer.collection import plan_cases
+from pytest_steer.decoding import decode
+from pytest_steer.generation import Engine, ScoredTokens, render_prompt
 from pytest_steer.hub import HubUnavailableError
 from pytest_steer.models import EMBEDDED, LoadedModel, embedded_checkpoint, load_model, load_tokenizer, source_revision
 from pytest_steer.options import OPTIONS, SteerSettings
 from pytest_steer.quality import FluencyScorer, NoQualityScorer, QualityError, RewardModelScorer, create_scorer
 from pytest_steer.runner import CaseRunner, runner_for
 from pytest_steer.spec import quality_spec
+from pytest_steer.steering.attention import shared_kernels
 
 CPU = torch.device("cpu")
 PROMPTS = [
@@ -129,6 +134,118 @@ def test_fluency_of_an_empty_response_is_none(embedded: LoadedModel, direct_scor
     assert scores[0] is None
     assert scores[1:] == pytest.approx(direct_scores[1:3], abs=1e-4)
     assert FluencyScorer(embedded).score(PROMPTS[:1], [""]) == [None]
+
+
+# --- fluency without a second pass: against the full forward it replaces ---------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint: Path) -> LoadedModel:
+    return load_model(str(tiny_checkpoint), device="cpu", dtype="float32")
+
+
+def full_forward_fluency(loaded: LoadedModel, prompts: list[str], responses: list[str]) -> list[float | None]:
+    """Fluency as one left-padded forward over each whole prompt and response, as it was computed before."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    prompt_ids = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    rows = [p + r for p, r in zip(prompt_ids, response_ids)]
+    width, longest = max(len(row) for row in rows), max(len(ids) for ids in response_ids)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+    log_probs = logits[:, -longest - 1 : -1].log_softmax(-1).gather(-1, input_ids[:, width - longest :, None])[..., 0]
+    return [float(log_probs[row, longest - len(ids) :].mean()) if ids else None for row, ids in enumerate(response_ids)]
+
+
+# Trials sharing a prompt, prompts of different lengths (left padding), responses of different lengths, an empty one.
+SHARED_PROMPTS = [PROMPTS[0], PROMPTS[3], PROMPTS[0], PROMPTS[1], PROMPTS[3], PROMPTS[2]]
+SHARED_RESPONSES = [RESPONSES[0], RESPONSES[3], "Gulls.", RESPONSES[1], "", RESPONSES[2]]
+TOLERANCE = 1e-5
+
+
+@pytest.mark.parametrize("prompt_cache_bytes", [0, 2**30], ids=["nothing-kept", "prefills-kept"])
+def test_responses_run_after_a_shared_prefill_score_as_the_full_forward(tiny: LoadedModel, prompt_cache_bytes: int) -> None:
+    expected = full_forward_fluency(tiny, SHARED_PROMPTS, SHARED_RESPONSES)
+    scorer = FluencyScorer(tiny, batch_size=3, prompt_cache_bytes=prompt_cache_bytes)
+    for _ in range(2):  # the second call reuses the kept prefills, if any
+        scores = scorer.score(SHARED_PROMPTS, SHARED_RESPONSES)
+        assert scores[4] is None
+        assert scores == pytest.approx(expected, abs=TOLERANCE)
+    assert (scorer.from_generation, scorer.forwarded) == (0, 10)
+    assert (len(scorer._prefills) == 4) == bool(prompt_cache_bytes)
+
+
+def test_a_one_token_prompt_has_no_prefill_to_keep(tiny: LoadedModel) -> None:
+    plain = LoadedModel(tiny.model, copy.deepcopy(tiny.tokenizer), tiny.fingerprint, tiny.device)
+    plain.tokenizer.chat_template = None
+    assert len(plain.tokenizer("Hi", add_special_tokens=False)["input_ids"]) == 1
+    prompts, responses = ["Hi", "Hi", PROMPTS[1]], ["Hello there.", "Hey", RESPONSES[1]]
+    assert FluencyScorer(plain).score(prompts, responses) == pytest.approx(full_forward_fluency(plain, prompts, responses), abs=TOLERANCE)
+    assert FluencyScorer(plain).score(prompts[:2], responses[:2]) == pytest.approx(
+        full_forward_fluency(plain, prompts[:2], responses[:2]), abs=TOLERANCE
+    )
+
+
+def scripted_decode(loaded: LoadedModel, prompts: list[str], prompt_of_row: list[int], scripts: list[list[int]], max_new_tokens: int):
+    """The decode loop, with each row choosing its script's tokens (the row is passed as its seed)."""
+    texts = [render_prompt(loaded.tokenizer, p) for p in prompts]
+    batch = loaded.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def choose(scores: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
+        return torch.tensor([scripts[seed][step] for seed in seeds.tolist()])
+
+    with torch.inference_mode(), shared_kernels(loaded.model):
+        return decode(
+            loaded.model, batch["input_ids"], batch["attention_mask"], torch.tensor(prompt_of_row), torch.arange(len(scripts)),
+            max_new_tokens=max_new_tokens, eos_ids={loaded.tokenizer.eos_token_id}, choose=choose, logprobs=True,
+        )  # fmt: skip
+
+
+def test_unsteered_responses_score_from_their_generation_as_the_full_forward(tiny: LoadedModel) -> None:
+    tokenizer, eos = tiny.tokenizer, tiny.tokenizer.eos_token_id
+    distinct = [PROMPTS[0], PROMPTS[3], PROMPTS[1]]  # left-padded in the prefill
+    prompt_of_row = [0, 0, 1, 2, 1]  # trials sharing a prompt
+    texts = ["Waves fold into foam.", "Salt wind carries gull voices, the tide keeps its time.", RESPONSES[3], "Paris.", "Hi"]
+    scripts = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in texts]
+    max_new_tokens = 12  # rows 1 and 2 are cut, the others end early with their end-of-sequence token
+    tokens, log_probs = scripted_decode(tiny, distinct, prompt_of_row, scripts, max_new_tokens)
+    assert tokens == [script[:max_new_tokens] for script in scripts]
+    assert [len(row) for row in log_probs] == [len(row) for row in tokens]
+    prompts = [distinct[p] for p in prompt_of_row]
+    responses = [tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
+    generated = [ScoredTokens(tuple(ids), tuple(values)) for ids, values in zip(tokens, log_probs)]
+    scorer = FluencyScorer(tiny)
+    assert scorer.score(prompts, responses, generated) == pytest.approx(full_forward_fluency(tiny, prompts, responses), abs=TOLERANCE)
+    assert (scorer.from_generation, scorer.forwarded) == (5, 0)
+
+
+def test_the_generation_log_probabilities_include_the_end_of_sequence_token(tiny: LoadedModel) -> None:
+    eos = tiny.tokenizer.eos_token_id
+    script = tiny.tokenizer("Paris.", add_special_tokens=False)["input_ids"] + [eos]
+    tokens, log_probs = scripted_decode(tiny, [PROMPTS[1]], [0], [script], max_new_tokens=8)
+    prompt_ids = tiny.tokenizer(render_prompt(tiny.tokenizer, PROMPTS[1]), add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logits = tiny.model(torch.tensor([prompt_ids + script])).logits[0].double()
+    expected = logits.log_softmax(-1)[len(prompt_ids) - 1 : -1].gather(-1, torch.tensor(script)[:, None])[:, 0]
+    assert tokens == [script]
+    assert log_probs[0] == pytest.approx(expected.tolist(), abs=TOLERANCE)
+
+
+def test_generated_tokens_that_the_text_does_not_tokenize_back_to_are_not_reused(tiny: LoadedModel) -> None:
+    tokenizer = tiny.tokenizer
+    word = tokenizer("Paris is lovely", add_special_tokens=False)["input_ids"]
+    by_character = tokenizer.convert_tokens_to_ids(list("Paris")) + word[1:]  # the same text, tokenized apart
+    special_inside = word[:1] + [tokenizer.convert_tokens_to_ids("<|im_start|>")] + word[1:]  # skipped when decoded
+    rows = [by_character, special_inside]
+    assert all(row != word and tokenizer.decode(row, skip_special_tokens=True) == "Paris is lovely" for row in rows)
+    generated = [ScoredTokens(tuple(row), (0.0,) * len(row)) for row in rows]  # log-probabilities no model gives
+    scorer = FluencyScorer(tiny)
+    prompts, responses = [PROMPTS[1]] * 2, ["Paris is lovely"] * 2
+    assert scorer.score(prompts, responses, generated) == pytest.approx(full_forward_fluency(tiny, prompts, responses), abs=TOLERANCE)
+    assert (scorer.from_generation, scorer.forwarded) == (0, 2)
 
 
 def test_create_scorer_picks_by_spec(embedded: LoadedModel) -> None:
@@ -294,6 +411,37 @@ def test_runner_records_fluency_of_each_response(tiny_checkpoint: Path) -> None:
     assert len(records) == 3 and all(record.error is None for record in records)
     expected = [direct_fluency(runner.loaded, record.prompt, record.response) for record in records]
     assert [record.quality for record in records] == pytest.approx(expected, abs=1e-4)
+
+
+def test_runner_fluency_of_baseline_and_steered_trials_equals_the_full_forward(tiny_checkpoint: Path) -> None:
+    settings = dataclasses.replace(runner_settings(tiny_checkpoint, "fluency"), trials=2, batch_size=4, method=(("emphasis", ()),))
+    runner, records = run_all(settings)
+    assert len(records) == 12 and all(record.error is None and record.response for record in records)
+    expected = [full_forward_fluency(runner.loaded, [record.prompt], [record.response])[0] for record in records]
+    assert [record.quality for record in records] == pytest.approx(expected, abs=TOLERANCE)
+    scorer = runner.scorer
+    assert scorer.from_generation > 0  # baseline responses scored from their generation
+    assert scorer.forwarded >= 6 and scorer.from_generation + scorer.forwarded == 12  # every emphasis response, after a prefill
+
+
+def test_a_cached_response_without_its_score_is_scored_without_generating(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = runner_settings(tiny_checkpoint, "none")
+    plan = plan_cases(settings)
+    first = [runner_for(settings, plan, cache_dir=tmp_path).record(case) for case in plan.cases]
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("generated although every response was cached")
+
+    monkeypatch.setattr(Engine, "generate", refuse)
+    settings = dataclasses.replace(settings, quality="fluency")
+    runner = runner_for(settings, plan_cases(settings), cache_dir=tmp_path)
+    records = [runner.record(case) for case in plan_cases(settings).cases]
+    assert [record.response for record in records] == [record.response for record in first]
+    expected = [full_forward_fluency(runner.loaded, [record.prompt], [record.response])[0] for record in records]
+    assert [record.quality for record in records] == pytest.approx(expected, abs=TOLERANCE)
+    assert runner.scorer.from_generation == 0
 
 
 def test_runner_without_quality_records_none(tiny_checkpoint: Path) -> None:

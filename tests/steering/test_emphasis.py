@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_steer.steering import Emphasis, PreparedPrompt
+from pytest_steer.steering.registry import bind_method_parameters
 
 PROMPT = "Write a poem about the sea. Answer in all caps. Do not use any commas."
 
@@ -30,7 +31,7 @@ def test_only_the_first_occurrence_is_marked() -> None:
 
 def test_parameters_name_the_marker_and_bad_ones_are_refused() -> None:
     assert Emphasis.create({"marker": "!!"}, model_config=None).params() == {"marker": "!!"}
-    with pytest.raises(ValueError, match="only the parameter 'marker', not alpha"):
-        Emphasis.create({"alpha": 2}, model_config=None)
+    with pytest.raises(ValueError, match="emphasis takes no parameter 'alpha'; it takes marker"):
+        bind_method_parameters(Emphasis, "emphasis", [("alpha", "2")])
     with pytest.raises(ValueError, match="non-empty string"):
         Emphasis(marker="")

@@ -203,3 +203,22 @@ def test_a_config_without_any_selected_case_leaves_its_checks_undecided() -> Non
         ("gate", "fail if alpha=10: quality - baseline < 0", "pasta_alpha10"),
         ("comparison", "quality", "pasta_alpha10"),
     ]  # the baseline is complete: checks on it are decided, and none was given here
+
+
+def test_a_partial_selection_saves_no_baseline(tmp_path: Path) -> None:
+    import dataclasses
+
+    from pytest_steer.options import SteerSettings
+    from pytest_steer.report.outputs import write_outputs
+    from pytest_steer.results import RunResults
+
+    cases = plan_cases()
+    selection = RunSelection.of(cases, {case.id for case in cases if case.row.key == "s001"})
+    results = dataclasses.replace(RunResults.from_records({}, [], seed=0), selection=selection)
+    saved = tmp_path / "baseline.json"
+    written = write_outputs(results, SteerSettings(save=saved), tmp_path / "report")
+    assert not saved.exists()
+    assert written.failures == [
+        f"--steer-save {saved}: not written (pytest's selection ran only part of the cases; "
+        "save a baseline from a run without -k/-m/--deselect/--lf)"
+    ]

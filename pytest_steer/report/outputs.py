@@ -41,10 +41,11 @@ def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path
     from pytest_steer.report.markdown import write_markdown
 
     written = Written()
+    partial = results.selection is not None and results.selection.partial
     if report_dir is None:
         try:
             report_dir = default_report_dir(config)
-            if results.selection is not None and results.selection.partial:
+            if partial:
                 written.partial_apart = report_dir
                 report_dir = report_dir.with_name(f"{report_dir.name}-partial")
         except UnsafeReportDir as exc:
@@ -57,6 +58,12 @@ def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path
     if settings.summary_md:
         report = None if report_dir is None else Path(report_dir) / REPORT_HTML
         written.attempt("--steer-summary-md", settings.summary_md, lambda: write_markdown(results, settings.summary_md, report=report))
-    if settings.save:
+    if settings.save and partial:
+        # a saved baseline stands for the whole suite: the next run compares every prompt with it
+        written.failures.append(
+            f"--steer-save {settings.save}: not written (pytest's selection ran only part of the cases; "
+            "save a baseline from a run without -k/-m/--deselect/--lf)"
+        )
+    elif settings.save:
         written.attempt("--steer-save", settings.save, lambda: save_run(results.run, results.aggregates, settings.save))
     return written

@@ -3,8 +3,10 @@
 * :func:`trade_off_figure`: accuracy vs alpha, quality vs alpha, and quality vs strict
   prompt accuracy with the Pareto frontier; error bars are the 95% CIs over prompts and
   the unsteered baseline is drawn as a reference line with its CI band (it has no alpha).
-  Every steered config has a place on the strength axis: PASTA at its alpha, each method
-  without a strength at a position of its own to the right, labelled by its name.
+  Every steered config has a place on the strength axis: PASTA at its alpha; a method run
+  at several values of one numeric parameter (``actadd:coeff=1,2,4``) as a series of its own
+  to the right, labelled by that parameter's values; any other config at a position of its
+  own, labelled by its name.
 * :func:`instruction_heatmap_figure`: strict follow rate and mean quality per instruction
   id × config.
 * :func:`instruction_delta_figure`: per instruction id, the paired change from the
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,7 @@ from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
 
 ALPHA_LABEL = "PASTA alpha (larger = stronger steering)"
+PASTA = "pasta"
 ACCURACY_STYLES = {
     "strict_prompt_accuracy": ("tab:blue", "-", "o"),
     "strict_instruction_accuracy": ("tab:orange", "-", "s"),
@@ -56,7 +60,8 @@ class Placed:
     agg: ConfigAggregate
     x: float
     label: str
-    connected: bool  # drawn as one line with the configs of its method (a strength series)
+    series: str | None  # the method whose strength series holds this config (one line each); None: placed alone
+    axis: str = ""  # the series' strength parameter, e.g. "actadd coeff"
 
 
 @dataclass(frozen=True)
@@ -96,25 +101,55 @@ def pareto_frontier(points: list[Point]) -> list[Point]:
 
 def _pasta(results: RunResults) -> list[Placed]:
     """PASTA's configs, at their alpha."""
-    return [Placed(agg, float(agg.alpha), f"{agg.alpha:g}", True) for agg in results.aggregates if agg.alpha is not None]
+    return [Placed(agg, float(agg.alpha), f"{agg.alpha:g}", PASTA, "PASTA alpha") for agg in results.aggregates if agg.alpha is not None]
 
 
-def _without_strength(results: RunResults, alphas: list[float]) -> list[Placed]:
-    """Steered configs with no strength axis (emphasis, registered methods): one position each, right of the alphas."""
+def strength_series(results: RunResults) -> dict[str, tuple[str, dict[str, float]]]:
+    """Method -> (its swept parameter, config name -> value), for each method besides PASTA whose
+    configs in this run differ in exactly one parameter, a numeric one (``actadd:layer=15,coeff=1,2,4``)."""
+    steering = results.run.get("steering") or {}
+    names_of: dict[str, list[str]] = {}
+    for agg in results.aggregates:
+        if agg.method is not None and agg.alpha is None:
+            names_of.setdefault(agg.method, []).append(agg.name)
+    series = {}
+    for method, names in names_of.items():
+        params = [(steering.get(name) or {}).get("params") or {} for name in names]
+        keys = {key for p in params for key in p}
+        varying = [key for key in sorted(keys) if len({json.dumps(p.get(key), sort_keys=True) for p in params}) > 1]
+        if len(names) < 2 or len(varying) != 1:
+            continue
+        values = [p.get(varying[0]) for p in params]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            series[method] = (varying[0], {name: float(v) for name, v in zip(names, values)})
+    return series
+
+
+def _beside_alphas(results: RunResults, alphas: list[float]) -> list[Placed]:
+    """The steered configs besides PASTA's, one position each right of the alphas: each strength
+    series in the order of its values, then the configs placed alone (emphasis, registered methods)."""
+    series = strength_series(results)
     others = [agg for agg in results.aggregates if not agg.is_baseline and agg.alpha is None]
+    ordered: list[tuple[ConfigAggregate, str, str | None, str]] = []
+    for method, (key, values) in series.items():
+        members = sorted((agg for agg in others if agg.method == method), key=lambda agg: values[agg.name])
+        ordered += [(agg, f"{method} {key}={values[agg.name]:g}", method, f"{method} {key}") for agg in members]
+    ordered += [(agg, agg.name, None, "") for agg in others if agg.method not in series]
     if not alphas:
-        return [Placed(agg, float(number), agg.name, False) for number, agg in enumerate(others, start=1)]
-    low, high = min(alphas), max(alphas)
-    if _log_scale(alphas):
-        return [Placed(agg, high * 2.0**number, agg.name, False) for number, agg in enumerate(others, start=1)]
-    step = (high - low) / max(len(alphas) - 1, 1) or max(abs(high), 1.0)
-    return [Placed(agg, high + step * number, agg.name, False) for number, agg in enumerate(others, start=1)]
+        positions = [float(number) for number in range(1, len(ordered) + 1)]
+    elif _log_scale(alphas):
+        positions = [max(alphas) * 2.0**number for number in range(1, len(ordered) + 1)]
+    else:
+        low, high = min(alphas), max(alphas)
+        step = (high - low) / max(len(alphas) - 1, 1) or max(abs(high), 1.0)
+        positions = [high + step * number for number in range(1, len(ordered) + 1)]
+    return [Placed(agg, x, label, method, axis) for (agg, label, method, axis), x in zip(ordered, positions)]
 
 
 def placements(results: RunResults) -> list[Placed]:
     """Every steered config on the strength axis, method by method."""
     pasta = _pasta(results)
-    return pasta + _without_strength(results, [p.x for p in pasta])
+    return pasta + _beside_alphas(results, [p.x for p in pasta])
 
 
 def _log_scale(alphas: list[float]) -> bool:
@@ -126,27 +161,33 @@ def _baseline(results: RunResults) -> ConfigAggregate | None:
 
 
 def _strength_axis(ax: Axes, placed: list[Placed]) -> None:
-    """Ticks at the alphas run (log scale when they span a decade) and at the other methods' own
-    positions, labelled by name; limits set here because the dodged series do not take part in autoscaling."""
-    ax.set_xlabel(ALPHA_LABEL)
+    """Ticks at the alphas run (log scale when they span a decade) and at the other configs' own
+    positions, with a divider between methods; limits set here because the dodged series do not
+    take part in autoscaling."""
+    ax.set_xlabel(_strength_label(placed))
     if not placed:
         return
     xs = [p.x for p in placed]
     low, high = min(xs), max(xs)
-    if _log_scale([p.x for p in placed if p.connected]):
+    alphas = [p.x for p in placed if p.series == PASTA]
+    if _log_scale(alphas):
         ax.set_xscale("log")
         ax.set_xlim(low / 1.3, high * 1.3)
     else:
         pad = 0.1 * (high - low) if high > low else 0.5 * max(abs(low), 1.0)
         ax.set_xlim(low - pad, high + pad)
     ax.set_xticks(xs)
-    ax.set_xticklabels([p.label for p in placed], rotation=0 if all(p.connected for p in placed) else 30, ha="right")
+    ax.set_xticklabels([p.label for p in placed], rotation=0 if len(alphas) == len(placed) else 30, ha="right")
     ax.minorticks_off()
-    alphas = [p.x for p in placed if p.connected]
-    if alphas and len(alphas) < len(placed):  # divide PASTA's alphas from the methods placed by name
-        first_other = min(p.x for p in placed if not p.connected)
-        divider = math.sqrt(max(alphas) * first_other) if ax.get_xscale() == "log" else (max(alphas) + first_other) / 2
-        ax.axvline(divider, color="lightgrey", linewidth=0.8)
+    for before, after in zip(placed, placed[1:]):
+        if before.series != after.series and (before.series is not None or after.series is not None):
+            divider = math.sqrt(before.x * after.x) if ax.get_xscale() == "log" else (before.x + after.x) / 2
+            ax.axvline(divider, color="lightgrey", linewidth=0.8)
+
+
+def _strength_label(placed: list[Placed]) -> str:
+    axes = list(dict.fromkeys(p.axis for p in placed if p.axis))
+    return ALPHA_LABEL if axes in ([], ["PASTA alpha"]) else "steering strength: " + ", ".join(axes)
 
 
 def _baseline_reference(ax: Axes, interval: Interval | None, color: str, label: str) -> None:
@@ -161,11 +202,11 @@ def _empty_note(ax: Axes, text: str) -> None:
 
 
 def _strength_errorbar(ax: Axes, placed: list[Placed], metric: str, *, label: str, linestyle: str = "-", **style: Any) -> bool:
-    """One metric of every placed config with CI error bars: a line through each method's strength series,
+    """One metric of every placed config with CI error bars: a line through each strength series,
     markers alone for configs placed by name; the legend names the metric once. False when nothing has a value."""
     plotted = False
-    for connected in (True, False):
-        points = [(p.x, interval) for p in placed if p.connected == connected and (interval := _defined(p.agg, metric)) is not None]
+    for series in dict.fromkeys(p.series for p in placed):
+        points = [(p.x, interval) for p in placed if p.series == series and (interval := _defined(p.agg, metric)) is not None]
         if not points:
             continue
         ax.errorbar(
@@ -173,7 +214,7 @@ def _strength_errorbar(ax: Axes, placed: list[Placed], metric: str, *, label: st
             [interval.mean for _, interval in points],
             yerr=_errors([interval for _, interval in points]),
             capsize=3,
-            linestyle=linestyle if connected else "none",
+            linestyle=linestyle if series is not None else "none",
             label=label if not plotted else "_nolegend_",
             **style,
         )

@@ -155,6 +155,38 @@ def test_methods_without_a_strength_have_their_own_place() -> None:
     assert list(others) == pytest.approx([by_name[n].metrics["strict_prompt_accuracy"].mean for n in ("emphasis", "myvec")])
 
 
+def test_a_method_swept_over_one_parameter_is_a_strength_series_of_its_own() -> None:
+    base = make_method_results()
+    records = [r for r in base.records if r["config"] != "myvec"]
+    coeffs = {"actadd_layer15_coeff4": 4.0, "actadd_layer15_coeff1": 1.0, "actadd_layer15_coeff2": 2.0}  # out of order on purpose
+    for name, coeff in coeffs.items():
+        records += [r | {"config": name, "method": "actadd", "alpha": None, "quality": r["quality"] - coeff} for r in base.records if r["config"] == "alpha10"]
+    steering = {**base.run["steering"], **{n: {"method": "actadd", "params": {"layer": 15, "coeff": c}} for n, c in coeffs.items()}}
+    results = RunResults.from_records(base.run | {"steering": steering}, records, seed=0)
+    accuracy, quality, _ = trade_off_figure(results).axes
+    labels = ["10", "actadd coeff=1", "actadd coeff=2", "actadd coeff=4", "emphasis"]
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == labels
+    assert [t.get_text() for t in quality.get_xticklabels()] == labels
+    assert accuracy.get_xlabel() == "steering strength: PASTA alpha, actadd coeff"
+    by_name = {agg.name: agg for agg in results.aggregates}
+    actadd = [c.lines[0] for c in quality.containers if len(c.lines[0].get_xdata()) == 3]
+    assert len(actadd) == 1 and actadd[0].get_linestyle() == "-"  # one line through the three coefficients, in order
+    expected = [by_name[f"actadd_layer15_coeff{c}"].metrics["quality"].mean for c in (1, 4, 2)]
+    assert list(actadd[0].get_ydata()) == pytest.approx(sorted(expected, reverse=True))
+
+
+def test_a_method_swept_over_two_parameters_is_placed_by_name() -> None:
+    base = make_method_results()
+    grid = {"actadd_a": {"layer": 14, "coeff": 1.0}, "actadd_b": {"layer": 15, "coeff": 2.0}}
+    records = [r for r in base.records if r["config"] in ("baseline", "alpha10")]
+    for name in grid:
+        records += [r | {"config": name, "method": "actadd", "alpha": None} for r in base.records if r["config"] == "alpha10"]
+    steering = {**base.run["steering"], **{n: {"method": "actadd", "params": p} for n, p in grid.items()}}
+    results = RunResults.from_records(base.run | {"steering": steering}, records, seed=0)
+    accuracy = trade_off_figure(results).axes[0]
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == ["10", "actadd_a", "actadd_b"]
+
+
 def test_a_run_of_methods_without_strength_draws_them_by_name() -> None:
     results = make_method_results()
     results = RunResults.from_records(results.run, [r for r in results.records if r["config"] != "alpha10"], seed=0)

@@ -102,7 +102,9 @@ def _preallocated_layer_class() -> type:
             self.keys, self.values = self._keys[: self.rows, :, :end], self._values[: self.rows, :, :end]
             return self.keys, self.values
 
-        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        def get_mask_sizes(self, query: int | torch.Tensor) -> tuple[int, int]:
+            # the query's length (transformers 5.0 passes the query's cache positions instead)
+            query_length = query if isinstance(query, int) else query.shape[0]
             return self.length + query_length, 0
 
         def get_seq_length(self) -> int:
@@ -110,6 +112,8 @@ def _preallocated_layer_class() -> type:
 
         def get_max_length(self) -> int:
             return self.capacity
+
+        get_max_cache_shape = get_max_length  # its name in transformers 5.0
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             """Row ``i`` becomes row ``indices[i]``: in place when the batch does not grow, copying only the rows that move."""

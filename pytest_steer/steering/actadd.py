@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from pytest_steer.steering.attention import shared_kernels
+from pytest_steer.steering.attention import check_prompt_rows, shared_kernels
 from pytest_steer.steering.errors import SteeringError, UnsupportedModelError
 from pytest_steer.steering.method import PromptBatch, RunContext, SteeringMethod
 from pytest_steer.steering.parameters import REQUIRED, Parameter
@@ -382,18 +382,7 @@ class _Addition:
         self.mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         prompt_ids = self.prompt_ids if self.rows is None else self.prompt_ids[self.rows]
-        length = prompt_ids.shape[1]
-        if input_ids is None or input_ids.shape[1] < length:
-            return
-        if input_ids.shape[0] % prompt_ids.shape[0] == 0:
-            expected = prompt_ids.repeat_interleave(input_ids.shape[0] // prompt_ids.shape[0], dim=0).to(input_ids.device)
-            if torch.equal(input_ids[:, :length], expected):
-                return
-        raise SteeringError(
-            f"a forward inside the steering block starts with input_ids of shape {tuple(input_ids.shape)} that are not the "
-            f"steered prompt batch {tuple(self.prompt_ids.shape)}; run the model (or generate) on the input_ids given to "
-            "ActAdd.apply(), or open a new apply() block for other prompts"
-        )
+        check_prompt_rows(input_ids, prompt_ids, self.prompt_ids.shape, "ActAdd")
 
     def after_layer(self, module: nn.Module, args: tuple, output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output

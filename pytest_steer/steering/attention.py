@@ -281,6 +281,23 @@ def _attention_child(layer: nn.Module) -> nn.Module | None:
     return None
 
 
+def check_prompt_rows(input_ids: torch.Tensor | None, prompt_ids: torch.Tensor, batch_shape: tuple[int, ...], method: str) -> None:
+    """Refuse a forward inside a steering block whose tokens hold the prompt's length but are not the
+    steered prompts (each prompt row repeated for its responses); shorter forwards are decode steps."""
+    if input_ids is None or input_ids.shape[1] < prompt_ids.shape[1]:
+        return
+    rows, prompt_rows = input_ids.shape[0], prompt_ids.shape[0]
+    if rows % prompt_rows == 0:
+        expected = prompt_ids.repeat_interleave(rows // prompt_rows, dim=0).to(input_ids.device)
+        if torch.equal(input_ids[:, : prompt_ids.shape[1]], expected):
+            return
+    raise SteeringError(
+        f"a forward inside the steering block starts with input_ids of shape {tuple(input_ids.shape)} that are not "
+        f"the steered prompt batch {tuple(batch_shape)}; run the model (or generate) on the input_ids "
+        f"given to {method}.apply(), or open a new apply() block for other prompts"
+    )
+
+
 class _LayerSteering:
     """What one attention module adds: its head set's share of the batch's prompt bias."""
 
@@ -359,21 +376,10 @@ class PromptKeyBias:
         cached = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
         self._positions = None if new_tokens is None else cached + new_tokens.shape[1]
         prompt_ids = self.prompt_ids if self._rows is None else self.prompt_ids[self._rows]
-        prompt_rows, prompt_length = prompt_ids.shape
+        prompt_length = prompt_ids.shape[1]
         if self._positions is not None and self._positions < prompt_length:
             raise self._foreign(self._positions)
-        if input_ids is None or input_ids.shape[1] < prompt_length:
-            return
-        rows = input_ids.shape[0]
-        if rows % prompt_rows == 0:
-            expected = prompt_ids.repeat_interleave(rows // prompt_rows, dim=0).to(input_ids.device)
-            if torch.equal(input_ids[:, :prompt_length], expected):
-                return
-        raise SteeringError(
-            f"a forward inside the steering block starts with input_ids of shape {tuple(input_ids.shape)} that are not "
-            f"the steered prompt batch {tuple(self.prompt_ids.shape)}; run the model (or generate) on the input_ids "
-            "given to PASTA.apply(), or open a new apply() block for other prompts"
-        )
+        check_prompt_rows(input_ids, prompt_ids, self.prompt_ids.shape, "PASTA")
 
     def _foreign(self, positions: int) -> SteeringError:
         return SteeringError(

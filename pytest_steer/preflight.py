@@ -194,6 +194,7 @@ def check_baseline_file(path: Path | str, spec: RunSpec | None = None) -> None:
 _SETTING_OPTIONS = {
     ("dataset", "source"): "--steer-dataset",
     ("dataset", "split"): "--steer-dataset-split",
+    ("dataset", "digest"): "the dataset file's contents",
     ("quality", "scorer"): "--steer-quality",
     ("quality", "transform"): "--steer-reward-transform",
     ("quality", "max_length"): "--steer-reward-max-length",

@@ -77,5 +77,10 @@ def test_shard_jobs_and_a_merge_give_the_unsharded_run(pytester: pytest.Pytester
     fail_if = "alpha=10: strict_prompt_accuracy - baseline < 0"
     assert main(["merge", str(tmp_path / "merged"), str(tmp_path / "shard-1"), str(tmp_path / "shard-2"), "--fail-if", fail_if, "--min-prompts", "2"]) == 0
     merged, unsharded = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("merged", "whole"))
-    assert [c["metrics"] for c in merged["configs"]] == [c["metrics"] for c in unsharded["configs"]]
+    # The same responses; the baseline's fluency is read off its generation's logits, whose float rounding
+    # follows the padding of the batch it ran in, and shards batch the prompts differently.
+    for ours, whole_run in zip(merged["configs"], unsharded["configs"]):
+        assert ours["metrics"].keys() == whole_run["metrics"].keys()
+        for metric, interval in whole_run["metrics"].items():
+            assert ours["metrics"][metric] == pytest.approx(interval, rel=1e-6), (ours["name"], metric)
     assert merged["gates"][0]["gate"].endswith(fail_if) and merged["gates"][0]["passed"]

@@ -39,10 +39,11 @@ head set and mask received, and shared by every layer with those.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -210,15 +211,18 @@ def check_model_family(model_type: str | None, *, is_encoder_decoder: bool = Fal
         )
     if not model_type:
         return
-    from transformers.models.auto.configuration_auto import model_type_to_module_name
-
-    package = model_type_to_module_name(model_type)
-    try:
-        modeling = importlib.import_module(f"transformers.models.{package}.modeling_{package.rsplit('.', 1)[-1]}")
-    except ImportError:
+    # Read, not imported: collection must not import transformers (a fully cached run never does).
+    spec = importlib.util.find_spec("transformers")
+    package = model_type.replace("-", "_")
+    if spec is None or spec.origin is None:
         return
-    if getattr(modeling, "ALL_ATTENTION_FUNCTIONS", None) is None:
-        raise UnsupportedModelError(_no_interface(model_type, modeling.__name__))
+    modeling = Path(spec.origin).parent / "models" / package / f"modeling_{package}.py"
+    try:
+        source = modeling.read_text(encoding="utf-8")
+    except OSError:  # a type transformers names otherwise, or does not ship: checked once loaded
+        return
+    if "ALL_ATTENTION_FUNCTIONS" not in source:
+        raise UnsupportedModelError(_no_interface(model_type, f"transformers.models.{package}.modeling_{package}"))
 
 
 def _no_interface(model_type: str | None, where: str) -> str:

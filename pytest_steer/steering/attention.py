@@ -39,10 +39,10 @@ head set and mask received, and shared by every layer with those.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -211,15 +211,12 @@ def check_model_family(model_type: str | None, *, is_encoder_decoder: bool = Fal
         )
     if not model_type:
         return
-    # Read, not imported: collection must not import transformers (a fully cached run never does).
-    spec = importlib.util.find_spec("transformers")
+    # Read from the installed files, not imported: collection must not import transformers (a fully cached run never does).
     package = model_type.replace("-", "_")
-    if spec is None or spec.origin is None:
-        return
-    modeling = Path(spec.origin).parent / "models" / package / f"modeling_{package}.py"
     try:
-        source = modeling.read_text(encoding="utf-8")
-    except OSError:  # a type transformers names otherwise, or does not ship: checked once loaded
+        modeling = metadata.distribution("transformers").locate_file(f"transformers/models/{package}/modeling_{package}.py")
+        source = Path(modeling).read_text(encoding="utf-8")
+    except (metadata.PackageNotFoundError, OSError):  # a type transformers names otherwise, or does not ship: checked once loaded
         return
     if "ALL_ATTENTION_FUNCTIONS" not in source:
         raise UnsupportedModelError(_no_interface(model_type, f"transformers.models.{package}.modeling_{package}"))

@@ -22,6 +22,7 @@ class RunResults:
     comparison_errors: list[str] = field(default_factory=list)  # a saved baseline that could not be compared
     notes: list[str] = field(default_factory=list)  # worth saying, not failing on
     n_lost: int = 0  # cases collected but never reported (e.g. their worker crashed)
+    sequential: dict[str, Any] | None = None  # where sequential decisions stopped: prompts_used, prompts_total, looks
 
     @property
     def n_cached(self) -> int:

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pytest_steer.__main__ import main
 from pytest_steer.gates import evaluate_gates
+from pytest_steer.report.cases import write_cases
+from pytest_steer.report.json import write_results
+from pytest_steer.results import RunResults
 from pytest_steer.sequential import (
     OPEN,
     SHOWN,
@@ -149,6 +155,7 @@ def _records(n: int, drop: float, seed: int) -> list[dict]:
                     "key": f"k{i:03d}", "config": config, "alpha": alpha, "method": None if alpha is None else "pasta",
                     "trial": trial, "instruction_id_list": ["a:x", "b:y"], "strict": follows, "loose": follows,
                     "follow_all_strict": all(follows), "follow_all_loose": all(follows), "quality": None, "error": None,
+                    "seed": trial, "prompt": f"prompt {i}", "response": "", "n_new_tokens": 1, "missing_spans": [], "cached": False,
                 })
     return out
 
@@ -174,3 +181,37 @@ def test_replay_decides_open_checks_at_the_budget_as_the_fixed_design_on_its_sha
     fixed = evaluate_gates([], at_share, fail_ifs=checks, max_errors=0, min_prompts=10)
     assert [r.passed for r in outcome.results] == [r.passed for r in fixed]
     assert all("decided at the budget" in r.message for r in outcome.results)
+
+
+def _saved_run(records: list[dict], directory: Path) -> Path:
+    run = {
+        "model": {"name": "tiny-test-model", "revision": "sha256:abc", "dtype": "float32", "attn_implementation": "eager"},
+        "dataset": {"source": "builtin", "split": "train", "limit": None, "n_prompts": len({r["key"] for r in records})},
+        "generation": {"max_new_tokens": 64, "greedy": False, "temperature": 0.7, "top_p": 1.0, "trials": 2, "seed": 0},
+        "steering": {},
+        "versions": {"pytest-steer": "0.1.0"},
+        "git_commit": None,
+        "time": "2026-01-01T00:00:00+00:00",
+    }
+    write_results(RunResults.from_records(run, records, seed=0), directory / "results.json")
+    write_cases(records, directory / "cases.jsonl")
+    return directory
+
+
+def test_merge_sequential_reports_where_a_run_would_have_stopped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = _saved_run(_records(120, drop=0.6, seed=0), tmp_path / "run")
+    fail_if = "strict_prompt_accuracy - baseline < 0"
+    code = main(["merge", str(tmp_path / "replay"), str(source), "--fail-if", fail_if, "--sequential"])
+    assert code == 1
+    data = json.loads((tmp_path / "replay" / "results.json").read_text())
+    used = data["sequential"]["prompts_used"]
+    assert data["sequential"]["prompts_total"] == 120 and used < 120 and used % 8 == 0
+    assert data["n_cases"] == used * 2 * 2 and data["configs"][0]["n_prompts"] == used
+    assert data["sequential"]["looks"][-1]["open"] == [] and "shown at look" in data["gates"][0]["message"]
+    assert f"{used} of 120 prompts" in capsys.readouterr().out
+
+
+def test_merge_sequential_needs_a_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = _saved_run(_records(16, drop=0.0, seed=0), tmp_path / "run")
+    assert main(["merge", str(tmp_path / "replay"), str(source), "--sequential"]) == 2
+    assert "pass at least one --gate or --fail-if" in capsys.readouterr().err

@@ -44,6 +44,8 @@ def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[st
         "gates": [gate.to_dict() for gate in results.gates],
         "comparisons": [comparison.to_dict() for comparison in results.comparisons],
     }
+    if results.sequential is not None:
+        data["sequential"] = results.sequential
     if include_cases:
         data["cases"] = results.records
     return data
@@ -120,6 +122,7 @@ def results_from_dict(
         gates=[gate_from_dict(g) for g in data.get("gates", [])],
         comparisons=[comparison_from_dict(c) for c in data.get("comparisons", [])],
         n_lost=int(data.get("n_lost", 0)),
+        sequential=data.get("sequential"),
     )
 
 

@@ -177,12 +177,13 @@ def decide_sequentially(
     )
     decisions = {d.name: d for d in looks[-1].decisions} if looks else {}
     by_name = {s.name: s for s in streams}
-    level = alpha * settings.share
-    results = [_combine(result, decisions, by_name, len(blocks), level) for result in fixed]
+    results = [_combine(result, decisions, by_name, len(blocks), alpha, settings.share) for result in fixed]
     return SequentialOutcome(looks, len(keys), used, results, settings)
 
 
-def _combine(result: GateResult, decisions: dict[str, Decision], streams: dict[str, Stream], n_looks: int, level: float) -> GateResult:
+def _combine(
+    result: GateResult, decisions: dict[str, Decision], streams: dict[str, Stream], n_looks: int, alpha: float, share: float
+) -> GateResult:
     name = f"{result.config}::{result.gate}"
     decision = decisions.get(name)
     if result.config is None or result.shown is None or decision is None:
@@ -197,10 +198,10 @@ def _combine(result: GateResult, decisions: dict[str, Decision], streams: dict[s
     p_value = decision.p_shown if shown else decision.p_shown_not
     bound = "lower" if stream.above == shown else "upper"
     head = result.message.split("; ")[0]
+    bar = f"Holm over the family at one-sided {alpha * share:g}" if shown else f"futility, this check alone at one-sided {alpha:g}"
     message = (
         f"{head}; {'passes if shown' if result.form == GATE else 'fails if shown'}: "
         f"{decision.state} at look {decision.look} of {n_looks} ({decision.prompts} prompts) on the {bound} bound, "
-        f"e-value {1.0 / max(p_value, 1e-300):.3g} (Holm over the family at one-sided {level:g}){clip_note} "
-        f"-> {decision.state}, {'PASS' if passed else 'FAIL'}"
+        f"e-value {1.0 / max(p_value, 1e-300):.3g} ({bar}){clip_note} -> {decision.state}, {'PASS' if passed else 'FAIL'}"
     )
     return dataclasses.replace(result, passed=passed, shown=shown, p_value=p_value, message=message)

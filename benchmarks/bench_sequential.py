@@ -24,7 +24,10 @@ For each row: the rate of any false alarm (A/A) or the power of the alpha 10 fai
 and fixed, and the mean share of the fixed design's generations the
 sequential run used, each with its Monte-Carlo standard error.
 
-Usage: python benchmarks/bench_sequential.py [--sims 200] [--resamples 1000] [--only SCENARIO]
+Then the rate of anything shown at the looks alone, without the budget's bootstrap, over
+more simulations (their share of the error is 0.005).
+
+Usage: python benchmarks/bench_sequential.py [--sims 100] [--resamples 1000] [--looks-sims 1000] [--only SCENARIO]
 Runs use 2,000 bootstrap resamples; fewer make the fixed design's Holm tails a little
 anti-conservative (docs/gates.md), at the budget and in the fixed column alike.
 """
@@ -40,8 +43,8 @@ import numpy as np
 
 from pytest_steer.aggregate import ConfigAggregate
 from pytest_steer.gates import evaluate_gates
-from pytest_steer.sequential import SHOWN
-from pytest_steer.sequential_checks import SequentialSettings, decide_sequentially
+from pytest_steer.sequential import SEQUENTIAL_SHARE, SHOWN, decide_looks, prompt_blocks
+from pytest_steer.sequential_checks import SequentialSettings, check_streams, decide_sequentially
 
 ALPHAS = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 TARGET = 10.0
@@ -121,6 +124,20 @@ def row(sims: int, resamples: int, n: int, trials: int, scenario: str) -> dict[s
     return {name: _mean_se(values) for name, values in (("seq", seq_hits), ("looks", look_hits), ("fixed", fixed_hits), ("used", used))}
 
 
+def looks_only(sims: int, n: int, trials: int, scenario: str) -> tuple[float, float]:
+    """The rate of anything shown at the looks alone (no bootstrap), cheap enough for many simulations."""
+    rng = np.random.default_rng([n, trials, sum(map(ord, scenario)), 1])
+    checks = fail_ifs(scenario)
+    alarms = []
+    for sim in range(sims):
+        full = simulate(rng, n, trials, scenario, resamples=1)
+        streams = check_streams([], checks, full)
+        blocks = prompt_blocks([f"{i:04d}" for i in range(n)], 8, seed=sim)
+        looks = decide_looks(streams, blocks, 0.025, min_prompts=10)
+        alarms.append(any(d.state == SHOWN for d in looks[-1].decisions))
+    return _mean_se(alarms)
+
+
 def _mean_se(values: list[float]) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
     return float(array.mean()), float(array.std(ddof=1) / math.sqrt(array.size))
@@ -135,16 +152,19 @@ ROWS = (
     ("quality skewed shift", 48, 2), ("quality skewed shift", 200, 2),
 )
 
+LOOK_ROWS = (("A/A", 48, 1), ("A/A", 200, 2), ("quality A/A, left-skewed", 200, 2), ("quality skewed shift", 200, 2))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sims", type=int, default=200)
+    parser.add_argument("--sims", type=int, default=100)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--looks-sims", type=int, default=1000)
     parser.add_argument("--only", help="run only the rows whose scenario starts with this")
     args = parser.parse_args()
     start = time.perf_counter()
-    print("scenario                   prompts trials  measure          sequential   of it at looks"
-          "           fixed  generations (x fixed)")
+    print(f"{'scenario':<26} {'prompts':>7} {'trials':>6}  {'measure':<15} {'sequential':>12}  {'at looks':>12}  "
+          f"{'fixed':>12}  {'generations':>12}")
     for scenario, n, trials in ROWS:
         if args.only and not scenario.startswith(args.only):
             continue
@@ -156,6 +176,13 @@ def main() -> None:
             f"{r['fixed'][0]:.3f} ±{r['fixed'][1]:.3f}  {r['used'][0]:.3f} ±{r['used'][1]:.3f}",
             flush=True,
         )
+    print(f"\nthe looks alone (their share of the error is {0.025 * SEQUENTIAL_SHARE:g}), {args.looks_sims} simulations per row")
+    print(f"{'scenario':<26} {'prompts':>7} {'trials':>6}  {'anything shown at the looks':>28}")
+    for scenario, n, trials in LOOK_ROWS:
+        if args.only and not scenario.startswith(args.only):
+            continue
+        rate, se = looks_only(args.looks_sims, n, trials, scenario)
+        print(f"{scenario:<26} {n:>7} {trials:>6}  {rate:>21.4f} ±{se:.4f}", flush=True)
     print(f"\n{args.sims} simulations per row (± one Monte-Carlo standard error), {args.resamples} bootstrap resamples, "
           f"{time.perf_counter() - start:.0f} s")
 

@@ -119,9 +119,10 @@ def centered_scores(
     mean exactly when the ratio of the means exceeds the threshold. ``value_range`` bounds
     ``numerator / denominator``; pass ``None`` for quality, whose per-prompt values are then
     clipped to ``threshold ± quality_clip``: the test decides on the sign of
-    ``E[clip(x - threshold)]``, a Huber-type location that equals the mean whenever the
-    values are symmetric about the threshold (an A/A delta against 0, for one) and
-    otherwise lies between the mean and the median. Also returns how many were clipped.
+    ``E[clip(x - threshold)]``, i.e. on which side of the threshold the Huber location
+    (tuning constant ``quality_clip``) lies; it is the mean whenever the values are
+    symmetric about the threshold (an A/A delta against 0, for one). Also returns how
+    many were clipped.
     """
     if max_denominator <= 0:
         raise ValueError(f"max_denominator must be positive, got {max_denominator!r}")

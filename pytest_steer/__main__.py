@@ -180,10 +180,12 @@ def _write_sequential(results: RunResults, gates: list[Gate], fail_ifs: list[Gat
         sequential=outcome.to_dict(),
     )
     code = _write(replayed, args.out, args.summary_md, exit_on_gates=True)
-    looks = outcome.looks
+    unevaluated = sum(result.shown is None for result in outcome.results)
     where = "no check open" if outcome.stopped_early else "checks still open at the budget"
+    if unevaluated:
+        where += f" ({unevaluated} check(s) could not be evaluated and fail)"
     print(
-        f"sequential replay: stops after look {len(looks)} with {where}: {len(used)} of {outcome.prompts_total} prompts, "
+        f"sequential replay: stops after look {len(outcome.looks)} with {where}: {len(used)} of {outcome.prompts_total} prompts, "
         f"{len(replayed.records)} of {len(results.records)} cases ({len(replayed.records) / max(len(results.records), 1):.0%})"
     )
     return code

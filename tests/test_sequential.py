@@ -10,7 +10,7 @@ import pytest
 from pytest_steer.__main__ import main
 from pytest_steer.gates import evaluate_gates
 from pytest_steer.report.cases import write_cases
-from pytest_steer.report.json import write_results
+from pytest_steer.report.json import read_results, write_results
 from pytest_steer.results import RunResults
 from pytest_steer.sequential import (
     OPEN,
@@ -215,3 +215,13 @@ def test_merge_sequential_needs_a_check(tmp_path: Path, capsys: pytest.CaptureFi
     source = _saved_run(_records(16, drop=0.0, seed=0), tmp_path / "run")
     assert main(["merge", str(tmp_path / "replay"), str(source), "--sequential"]) == 2
     assert "pass at least one --gate or --fail-if" in capsys.readouterr().err
+
+
+def test_results_json_keeps_the_sequential_section_and_omits_it_otherwise(tmp_path: Path) -> None:
+    records = _records(16, drop=0.0, seed=0)
+    plain = _saved_run(records, tmp_path / "plain") / "results.json"
+    assert "sequential" not in json.loads(plain.read_text())
+    section = {"prompts_used": 8, "prompts_total": 16, "looks": [{"look": 1, "prompts_used": 8, "shown": [], "shown_not": [], "open": []}]}
+    results = dataclasses.replace(read_results(plain, records), sequential=section)
+    write_results(results, tmp_path / "results.json")
+    assert read_results(tmp_path / "results.json", records).sequential == section

@@ -6,7 +6,9 @@
 ``merge OUT_DIR DIR1 DIR2 ... [--gate EXPR ...] [--fail-if EXPR ...] [--gate-correction M] [--max-errors N] [--min-prompts N]``
     Merge the cases of several runs of one evaluation (e.g. shards on several machines),
     re-aggregate, judge the gates and fail-ifs as one family (as a run does) and write
-    every output to OUT_DIR. Exit code 1 when a check fails.
+    every output to OUT_DIR. Exit code 1 when a check fails. ``--sequential`` replays the
+    cases in the order a sequential run generates them and reports where it would have
+    stopped, with its verdicts, over the prompts it would have generated.
 
 Both print the trade-off table; ``--summary-md PATH`` also writes the markdown summary.
 Exit codes: 0 done, 1 a gate failed, 2 bad arguments or inputs that cannot be used.
@@ -22,12 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pytest_steer.gates import Gate
 from pytest_steer.options import OPTIONS, Option
 from pytest_steer.report.files import REPORT_HTML, write_report
 from pytest_steer.report.markdown import write_markdown
 from pytest_steer.report.table import describe_run
 from pytest_steer.report.terminal import check_lines, render_table
 from pytest_steer.results import RunResults
+from pytest_steer.sequential_checks import DEFAULT_BLOCK_SIZE, DEFAULT_QUALITY_CLIP, SequentialSettings, replay
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -75,8 +79,41 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=option.metavar or "N",
             help=f"{option.help} (as {option.cli}); default {option.default}",
         )
+    merge.add_argument(
+        "--sequential",
+        action="store_true",
+        help="replay the cases in the order a sequential run generates them and report where it would stop and its verdicts",
+    )
+    merge.add_argument(
+        "--sequential-block", type=_positive, default=DEFAULT_BLOCK_SIZE, metavar="N",
+        help=f"prompts per look of --sequential; default {DEFAULT_BLOCK_SIZE}",
+    )
+    merge.add_argument(
+        "--sequential-quality-clip", type=_positive_float, default=DEFAULT_QUALITY_CLIP, metavar="R",
+        help=f"--sequential clips per-prompt quality values to the threshold ± R; default {DEFAULT_QUALITY_CLIP:g}",
+    )
     merge.add_argument("--summary-md", type=Path, metavar="PATH", help="also write a markdown summary here")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _print_results(results: RunResults, written: Sequence[Path]) -> None:
@@ -110,7 +147,11 @@ def _merge(args: argparse.Namespace) -> int:
 
     gates = [parse_gate(text) for text in args.gate]  # syntax errors stop before any reading
     fail_ifs = [parse_gate(text) for text in args.fail_if]
+    if args.sequential and not (gates or fail_ifs):
+        raise ValueError("--sequential decides when to stop from the gates and fail-ifs; pass at least one --gate or --fail-if")
     results = merge_reports(args.sources)
+    if args.sequential:
+        return _write_sequential(results, gates, fail_ifs, args)
     gated = evaluate_gates(
         gates,
         results.aggregates,
@@ -120,6 +161,34 @@ def _merge(args: argparse.Namespace) -> int:
         min_prompts=args.min_prompts,
     )
     return _write(replace(results, gates=gated), args.out, args.summary_md, exit_on_gates=True)
+
+
+def _write_sequential(results: RunResults, gates: list[Gate], fail_ifs: list[Gate], args: argparse.Namespace) -> int:
+    seed = int((results.run.get("generation") or {}).get("seed", 0))
+    settings = SequentialSettings(seed=seed, block_size=args.sequential_block, quality_clip=args.sequential_quality_clip)
+    _, outcome = replay(
+        results.records, gates, fail_ifs, settings,
+        max_errors=args.max_errors, min_prompts=args.min_prompts, correction=args.gate_correction,
+    )
+    used = set(outcome.prompts_used)
+    replayed = RunResults.from_records(
+        results.run,
+        [r for r in results.records if str(r["key"]) in used],
+        seed=seed,
+        gates=outcome.results,
+        n_lost=results.n_lost,
+        sequential=outcome.to_dict(),
+    )
+    code = _write(replayed, args.out, args.summary_md, exit_on_gates=True)
+    unevaluated = sum(result.shown is None for result in outcome.results)
+    where = "no check open" if outcome.stopped_early else "checks still open at the budget"
+    if unevaluated:
+        where += f" ({unevaluated} check(s) could not be evaluated and fail)"
+    print(
+        f"sequential replay: stops after look {len(outcome.looks)} with {where}: {len(used)} of {outcome.prompts_total} prompts, "
+        f"{len(replayed.records)} of {len(results.records)} cases ({len(replayed.records) / max(len(results.records), 1):.0%})"
+    )
+    return code
 
 
 def _write(results: RunResults, out: Path, summary_md: Path | None, *, exit_on_gates: bool) -> int:

@@ -24,6 +24,7 @@ class RunResults:
     notes: list[str] = field(default_factory=list)  # worth saying, not failing on
     n_lost: int = 0  # cases collected but never reported (e.g. their worker crashed)
     selection: RunSelection | None = None  # what pytest's selection kept of the collected cases; None when not known
+    sequential: dict[str, Any] | None = None  # where sequential decisions stopped: prompts_used, prompts_total, looks
 
     @property
     def n_cached(self) -> int:

@@ -51,6 +51,8 @@ def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[st
     }
     if results.selection is not None:
         data["selection"] = results.selection.to_dict()
+    if results.sequential is not None:
+        data["sequential"] = results.sequential
     if include_cases:
         data["cases"] = results.records
     return data
@@ -144,6 +146,7 @@ def results_from_dict(
         comparisons=[comparison_from_dict(c) for c in data.get("comparisons", [])],
         n_lost=int(data.get("n_lost", 0)),
         selection=RunSelection.from_dict(data["selection"]) if data.get("selection") else None,
+        sequential=data.get("sequential"),
     )
 
 

@@ -1,0 +1,207 @@
+"""A run's gates and fail-ifs decided sequentially: their per-prompt streams, the looks, the final verdicts.
+
+Every check of the family gets a betting e-process on its per-prompt values
+(:mod:`pytest_steer.sequential`). After each block of prompts a check is *shown*, *shown
+not* or *open*; a gate passes when shown and fails when shown not, a fail-if the other
+way round, exactly as when the fixed design decides it. Generation can stop once no
+check is open. Checks still open when the prompts run out are decided by the fixed
+design (:func:`pytest_steer.gates.evaluate_gates`) at the remaining share of the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pytest_steer.aggregate import QUALITY_METRIC, ConfigAggregate, aggregate
+from pytest_steer.gates import FAIL_IF, GATE, Gate, GateResult, evaluate_gates, parse_gate
+from pytest_steer.sequential import OPEN, SEQUENTIAL_SHARE, SHOWN, Decision, Look, Stream, centered_scores, decide_looks, prompt_blocks
+
+DEFAULT_BLOCK_SIZE = 8
+DEFAULT_QUALITY_CLIP = 1.0  # nats of fluency (mean log-likelihood per token) around the threshold
+
+
+@dataclass(frozen=True)
+class SequentialSettings:
+    """How prompts are ordered and looked at, and how quality values are bounded."""
+
+    seed: int = 0
+    block_size: int = DEFAULT_BLOCK_SIZE
+    quality_clip: float = DEFAULT_QUALITY_CLIP
+    share: float = SEQUENTIAL_SHARE
+
+
+@dataclass(frozen=True)
+class SequentialOutcome:
+    """Where a sequential run stops and what it decides; ``results`` are in ``evaluate_gates``' order."""
+
+    looks: list[Look]
+    prompts_total: int
+    prompts_used: list[str]  # in generation order
+    results: list[GateResult]
+    settings: SequentialSettings
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.looks) and not self.looks[-1].open and len(self.prompts_used) < self.prompts_total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompts_used": len(self.prompts_used),
+            "prompts_total": self.prompts_total,
+            "block_size": self.settings.block_size,
+            "share": self.settings.share,
+            "quality_clip": self.settings.quality_clip,
+            "looks": [look.to_dict() for look in self.looks],
+        }
+
+
+def check_name(form: str, gate: Gate, config: str) -> str:
+    """A check's name in looks, as its outcome's node id names it: ``<config>::<expression>``."""
+    return f"{config}::{gate.text if form == GATE else 'fail if ' + gate.text}"
+
+
+def check_streams(
+    gates: Iterable[Gate | str],
+    fail_ifs: Iterable[Gate | str],
+    aggregates: Sequence[ConfigAggregate],
+    *,
+    quality_clip: float = DEFAULT_QUALITY_CLIP,
+) -> list[Stream]:
+    """One stream per check that can be evaluated, over every prompt of ``aggregates``.
+
+    Instruction accuracies are ratios; their scores are scaled by the largest instruction
+    count of the run's prompts, which is known before generation.
+    """
+    baseline = next((agg for agg in aggregates if agg.is_baseline), None)
+    streams: list[Stream] = []
+    for form, expressions in ((GATE, gates), (FAIL_IF, fail_ifs)):
+        for gate in expressions:
+            gate = parse_gate(gate) if isinstance(gate, str) else gate
+            for agg in aggregates:
+                if not gate.selector.matches(agg, delta=gate.delta):
+                    continue
+                values = _paired_values(gate, agg, baseline)
+                if values is None:
+                    continue
+                max_den = max((den for a in aggregates for _, den in a.per_prompt.get(gate.metric, {}).values()), default=1.0)
+                bounded = None if gate.metric == QUALITY_METRIC else ((-1.0, 1.0) if gate.delta else (0.0, 1.0))
+                scores, low, high, clipped = centered_scores(
+                    values, gate.threshold, bounded, max_denominator=max_den, quality_clip=quality_clip
+                )
+                keys = tuple(sorted(scores))
+                above = gate.bound == "ci_low"
+                streams.append(
+                    Stream(check_name(form, gate, agg.name), keys, np.array([scores[k] for k in keys]), low, high, above, clipped)
+                )
+    return streams
+
+
+def _paired_values(gate: Gate, agg: ConfigAggregate, baseline: ConfigAggregate | None) -> dict[str, tuple[float, float]] | None:
+    own = agg.per_prompt.get(gate.metric)
+    if not gate.delta:
+        return own
+    if own is None or baseline is None or gate.metric not in baseline.per_prompt:
+        return None
+    other = baseline.per_prompt[gate.metric]
+    return {key: (own[key][0] - other[key][0], own[key][1]) for key in sorted(own.keys() & other.keys())}
+
+
+def replay(
+    records: Sequence[Mapping[str, Any]],
+    gates: Sequence[Gate | str],
+    fail_ifs: Sequence[Gate | str],
+    settings: SequentialSettings,
+    *,
+    max_errors: int | float,
+    min_prompts: int,
+    correction: str = "holm",
+    confidence: float = 0.95,
+) -> tuple[list[ConfigAggregate], SequentialOutcome]:
+    """Replay finished cases in the order a sequential run generates them; stop where it would.
+
+    Returns the aggregates over the prompts the sequential run would have generated, and
+    its outcome.
+    """
+    full = aggregate(records, seed=settings.seed, confidence=confidence)
+
+    def over(keys: set[str]) -> list[ConfigAggregate]:
+        return aggregate([r for r in records if str(r["key"]) in keys], seed=settings.seed, confidence=confidence)
+
+    outcome = decide_sequentially(
+        full, over, gates, fail_ifs, settings, max_errors=max_errors, min_prompts=min_prompts, correction=correction
+    )
+    return over(set(outcome.prompts_used)), outcome
+
+
+def decide_sequentially(
+    full: Sequence[ConfigAggregate],
+    over: Callable[[set[str]], Sequence[ConfigAggregate]],
+    gates: Sequence[Gate | str],
+    fail_ifs: Sequence[Gate | str],
+    settings: SequentialSettings,
+    *,
+    max_errors: int | float,
+    min_prompts: int,
+    correction: str = "holm",
+) -> SequentialOutcome:
+    """Look after each block of ``full``'s prompts until no check is open, then give every check its verdict.
+
+    ``full`` aggregates every prompt of the budget; ``over(keys)`` aggregates the same
+    cases restricted to the prompts ``keys``. Prompts come in
+    :func:`pytest_steer.sequential.prompt_blocks` order; a prompt's values are complete
+    once its block is, since every config of a prompt is in the same block.
+    """
+    gates = [parse_gate(g) if isinstance(g, str) else g for g in gates]
+    fail_ifs = [parse_gate(g) if isinstance(g, str) else g for g in fail_ifs]
+    keys = sorted({key for agg in full for values in agg.per_prompt.values() for key in values})
+    confidence = full[0].confidence if full else 0.95
+    streams = check_streams(gates, fail_ifs, full, quality_clip=settings.quality_clip)
+    blocks = prompt_blocks(keys, settings.block_size, settings.seed)
+    alpha = (1.0 - confidence) / 2.0
+    looks = decide_looks(streams, blocks, alpha, min_prompts=min_prompts, share=settings.share, correction=correction)
+    order = [key for block in blocks for key in block]
+    used = order[: looks[-1].prompts_used] if looks else order
+    final_confidence = 1.0 - (1.0 - settings.share) * (1.0 - confidence)  # the budget's share of the error
+    fixed = evaluate_gates(
+        gates,
+        [dataclasses.replace(agg, confidence=final_confidence) for agg in over(set(used))],
+        fail_ifs=fail_ifs,
+        correction=correction,
+        max_errors=max_errors,
+        min_prompts=min_prompts,
+    )
+    decisions = {d.name: d for d in looks[-1].decisions} if looks else {}
+    by_name = {s.name: s for s in streams}
+    results = [_combine(result, decisions, by_name, len(blocks), alpha, settings.share) for result in fixed]
+    return SequentialOutcome(looks, len(keys), used, results, settings)
+
+
+def _combine(
+    result: GateResult, decisions: dict[str, Decision], streams: dict[str, Stream], n_looks: int, alpha: float, share: float
+) -> GateResult:
+    name = f"{result.config}::{result.gate}"
+    decision = decisions.get(name)
+    if result.config is None or result.shown is None or decision is None:
+        return result  # not evaluated: it fails in both forms, as in a fixed run
+    stream = streams[name]
+    clip_note = f"; {stream.n_clipped} prompt value(s) clipped to the quality range" if stream.n_clipped else ""
+    if decision.state == OPEN:
+        note = f" (open after {n_looks} looks; decided at the budget on its share of the error{clip_note})"
+        return dataclasses.replace(result, message=result.message + note)
+    shown = decision.state == SHOWN
+    passed = shown if result.form == GATE else not shown
+    p_value = decision.p_shown if shown else decision.p_shown_not
+    bound = "lower" if stream.above == shown else "upper"
+    head = result.message.split("; ")[0]
+    bar = f"Holm over the family at one-sided {alpha * share:g}" if shown else f"futility, this check alone at one-sided {alpha:g}"
+    message = (
+        f"{head}; {'passes if shown' if result.form == GATE else 'fails if shown'}: "
+        f"{decision.state} at look {decision.look} of {n_looks} ({decision.prompts} prompts) on the {bound} bound, "
+        f"e-value {1.0 / max(p_value, 1e-300):.3g} ({bar}){clip_note} -> {decision.state}, {'PASS' if passed else 'FAIL'}"
+    )
+    return dataclasses.replace(result, passed=passed, shown=shown, p_value=p_value, message=message)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.gates import Gate
-from pytest_steer.options import OPTIONS, Option
+from pytest_steer.options import OPTIONS, Option, _positive_float, _positive_int
 from pytest_steer.report.files import REPORT_HTML, write_report
 from pytest_steer.report.markdown import write_markdown
 from pytest_steer.report.table import describe_run
@@ -41,12 +41,14 @@ def _plugin_option(name: str) -> Option:
     return next(option for option in OPTIONS if option.name == name)
 
 
-def _argument_type(option: Option) -> Callable[[str], Any]:
+def _argument_type(parse_value: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from one of the plugin's option parsers: the same values, the same messages."""
+
     def parse(text: str) -> Any:
         try:
-            return option.parse(text)
+            return parse_value(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(str(exc)) from None  # the parsers quote the value themselves
 
     return parse
 
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         option = _plugin_option(name)
         merge.add_argument(
             "--" + name.replace("_", "-"),
-            type=_argument_type(option),
+            type=_argument_type(option.parse),
             default=option.default,
             metavar=option.metavar or "N",
             help=f"{option.help} (as {option.cli}); default {option.default}",
@@ -85,35 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay the cases in the order a sequential run generates them and report where it would stop and its verdicts",
     )
     merge.add_argument(
-        "--sequential-block", type=_positive, default=DEFAULT_BLOCK_SIZE, metavar="N",
+        "--sequential-block", type=_argument_type(_positive_int), default=DEFAULT_BLOCK_SIZE, metavar="N",
         help=f"prompts per look of --sequential; default {DEFAULT_BLOCK_SIZE}",
     )
     merge.add_argument(
-        "--sequential-quality-clip", type=_positive_float, default=DEFAULT_QUALITY_CLIP, metavar="R",
+        "--sequential-quality-clip", type=_argument_type(_positive_float), default=DEFAULT_QUALITY_CLIP, metavar="R",
         help=f"--sequential clips per-prompt quality values to the threshold ± R; default {DEFAULT_QUALITY_CLIP:g}",
     )
     merge.add_argument("--summary-md", type=Path, metavar="PATH", help="also write a markdown summary here")
     return parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _print_results(results: RunResults, written: Sequence[Path]) -> None:

@@ -37,6 +37,8 @@ from pytest_steer.steering.errors import UnsupportedModelError
 ChooseToken = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 # Called with the prompt row of every running row, before each forward whose rows changed.
 RowsChanged = Callable[[torch.Tensor], None]
+# Called once with the KV cache right after the prompts' prefill, one row per distinct prompt.
+Prefilled = Callable[[Any], None]
 
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 
@@ -172,7 +174,7 @@ def padding_bias(attention_mask: torch.Tensor, capacity: int, dtype: torch.dtype
 def decode(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_of_row: torch.Tensor, seeds: torch.Tensor, *,
     max_new_tokens: int, eos_ids: Collection[int], choose: ChooseToken, rows_changed: RowsChanged | None = None,
-    logprobs: Literal[False] = False,
+    prefilled: Prefilled | None = None, logprobs: Literal[False] = False,
 ) -> list[list[int]]: ...  # fmt: skip
 
 
@@ -180,7 +182,7 @@ def decode(
 def decode(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_of_row: torch.Tensor, seeds: torch.Tensor, *,
     max_new_tokens: int, eos_ids: Collection[int], choose: ChooseToken, rows_changed: RowsChanged | None = None,
-    logprobs: Literal[True],
+    prefilled: Prefilled | None = None, logprobs: Literal[True],
 ) -> tuple[list[list[int]], list[list[float]]]: ...  # fmt: skip
 
 
@@ -195,6 +197,7 @@ def decode(
     eos_ids: Collection[int],
     choose: ChooseToken,
     rows_changed: RowsChanged | None = None,
+    prefilled: Prefilled | None = None,
     logprobs: bool = False,
 ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """New tokens of each response row, up to and including its first end-of-sequence token.
@@ -202,7 +205,8 @@ def decode(
     ``input_ids``/``attention_mask`` hold the distinct prompts, left-padded;
     ``prompt_of_row[r]`` is the prompt that response row ``r`` continues and ``seeds[r]``
     its seed. ``rows_changed`` lets a steering block follow the rows (see
-    ``SteeredBatch.select_rows``). With ``logprobs``, also each chosen token's log
+    ``SteeredBatch.select_rows``); ``prefilled`` sees the prompts' cache before it is
+    selected into response rows. With ``logprobs``, also each chosen token's log
     probability under the model's raw (temperature 1) distribution.
     """
     notify = rows_changed or (lambda rows: None)
@@ -216,6 +220,8 @@ def decode(
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **{cache_name: cache}, **prefill_extra
     )
+    if prefilled is not None:
+        prefilled(cache)
     prompt_of_row = prompt_of_row.to(device)
     logits = out.logits[prompt_of_row, -1]
     cache.batch_select_indices(prompt_of_row)

@@ -48,13 +48,39 @@ class GenerationRequest:
     highlights: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class PromptPrefill:
+    """A prompt's unsteered KV cache over all its tokens but the last, unpadded.
+
+    What the fluency score runs a response after: the last prompt token is run again with
+    the response, so that its logits predict the response's first token.
+    """
+
+    ids: tuple[int, ...]  # the prompt's tokens as the model received them (chat template applied)
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer: keys and values, (kv heads, len(ids) - 1, head dim)
+
+    @property
+    def length(self) -> int:
+        return len(self.ids) - 1
+
+    @property
+    def last(self) -> int:
+        return self.ids[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(keys.nbytes + values.nbytes for keys, values in self.layers)
+
+
 @dataclass(frozen=True)
 class ScoredTokens:
     """The new tokens of an unsteered response, each with its log-probability under the model
-    (raw logits: temperature 1, no filtering) given the prompt and the tokens before it."""
+    (raw logits: temperature 1, no filtering) given the prompt and the tokens before it, and
+    the prompt's prefill where the generation could keep it (shared by the prompt's responses)."""
 
     ids: tuple[int, ...]
     log_probs: tuple[float, ...]
+    prompt: PromptPrefill | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -129,9 +155,14 @@ class Engine:
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.loaded.device)
         missing: list[list[str]] = [[] for _ in distinct]
         log_probs: list[list[float]] | None = None
+        prefills: list[PromptPrefill | None] = [None] * len(distinct)
         with torch.inference_mode(), shared_kernels(model):  # the same attention kernels, steered or not
-            if steering is None:  # the unsteered model's log-probabilities serve the fluency score
-                tokens, log_probs = self._decode(batch, prompt_of_row, seeds, logprobs=True)
+            if steering is None:  # the unsteered model's log-probabilities and prompt prefills serve the fluency score
+
+                def keep_prefills(cache: Any) -> None:
+                    prefills[:] = prompt_prefills(cache, batch["input_ids"], batch["attention_mask"])
+
+                tokens, log_probs = self._decode(batch, prompt_of_row, seeds, logprobs=True, prefilled=keep_prefills)
             else:
                 highlights = [list(row_highlights) for _, row_highlights in distinct]
                 prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, highlights)
@@ -147,14 +178,22 @@ class Engine:
             row_missing = missing[prompt_index[response[0]]]
             text = self.loaded.tokenizer.decode(row_tokens, skip_special_tokens=True)
             missing_spans = (*ready.missing, *row_missing)
-            unsteered = None if log_probs is None else ScoredTokens(tuple(row_tokens), tuple(log_probs[row]))
+            prefill = prefills[prompt_index[response[0]]]
+            unsteered = None if log_probs is None else ScoredTokens(tuple(row_tokens), tuple(log_probs[row]), prefill)
             generations.append(
                 Generation(text=text, n_new_tokens=len(row_tokens), missing_spans=missing_spans, prompt=ready.text, unsteered=unsteered)
             )
         return generations
 
     def _decode(
-        self, batch: Any, prompt_of_row: torch.Tensor, seeds: torch.Tensor, rows_changed: Any = None, *, logprobs: bool = False
+        self,
+        batch: Any,
+        prompt_of_row: torch.Tensor,
+        seeds: torch.Tensor,
+        rows_changed: Any = None,
+        *,
+        logprobs: bool = False,
+        prefilled: Any = None,
     ) -> Any:
         return decode(
             self.loaded.model,
@@ -167,7 +206,27 @@ class Engine:
             choose=self.choose,
             rows_changed=rows_changed,
             logprobs=logprobs,
+            prefilled=prefilled,
         )
+
+
+def prompt_prefills(cache: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PromptPrefill | None]:
+    """Each left-padded prompt's KV cache after a prefill, cut to its own tokens but the last and copied.
+
+    None for every prompt when a layer does not hold every position (a sliding window that
+    dropped keys), or for a prompt of one token (nothing before its last token).
+    """
+    width = input_ids.shape[1]
+    if any(layer.keys is None or layer.keys.shape[-2] != width for layer in cache.layers):
+        return [None] * input_ids.shape[0]
+    prefills: list[PromptPrefill | None] = []
+    for row, padding in enumerate((attention_mask == 0).sum(dim=1).tolist()):
+        if width - padding < 2:
+            prefills.append(None)
+            continue
+        layers = tuple((layer.keys[row, :, padding:-1].clone(), layer.values[row, :, padding:-1].clone()) for layer in cache.layers)
+        prefills.append(PromptPrefill(tuple(input_ids[row, padding:].tolist()), layers))
+    return prefills
 
 
 def batch_indices(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

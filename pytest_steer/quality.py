@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from pytest_steer.decoding import cache_argument, forward_parameters
-from pytest_steer.generation import ScoredTokens, render_prompt
+from pytest_steer.generation import PromptPrefill, ScoredTokens, render_prompt
 from pytest_steer.hub import looks_like_hub_id
 from pytest_steer.models import LoadedModel, load_pretrained, resolve_dtype
 from pytest_steer.options import (
@@ -74,23 +74,6 @@ def _chunks(count: int, size: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, count, size)]
 
 
-@dataclass(frozen=True)
-class _Prefill:
-    """A prompt's unsteered KV cache over all its tokens but the last, unpadded, and that last token.
-
-    The last token is run again with the response, so that its logits predict the
-    response's first token.
-    """
-
-    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer: keys and values, (kv heads, length, head dim)
-    length: int
-    last: int
-
-    @property
-    def nbytes(self) -> int:
-        return sum(keys.nbytes + values.nbytes for keys, values in self.layers)
-
-
 class FluencyScorer:
     """Mean log-likelihood per response token under the unsteered model, in nats.
 
@@ -107,8 +90,10 @@ class FluencyScorer:
       case) is scored from the log-probabilities its generation computed (``generated``);
     * any other response (steered, read from the cache, or whose text tokenizes apart from
       the generated tokens) runs through the model on its own, after its prompt's unsteered
-      KV cache. Each distinct prompt is prefilled once and kept, up to ``prompt_cache_bytes``
-      for the whole run, so every config and trial of a prompt shares one prefill.
+      KV cache. That cache is the one the prompt's unsteered generation computed where this
+      worker generated it (``ScoredTokens.prompt``), else one prefill of the prompt here.
+      Prefills are kept up to ``prompt_cache_bytes`` for the whole run, so every config and
+      trial of a prompt shares one.
 
     Rows are left-padded with position ids counted from each row's first real token, so
     a row's score does not depend on the other rows of its batch.
@@ -122,7 +107,8 @@ class FluencyScorer:
         self.prompt_cache_bytes = prompt_cache_bytes
         self.from_generation = 0  # responses scored from their generation's log-probabilities
         self.forwarded = 0  # responses run through the model after their prompt's prefill
-        self._prefills: dict[tuple[int, ...], _Prefill] = {}
+        self.prefilled = 0  # prompts prefilled here, not kept from their unsteered generation
+        self._prefills: dict[tuple[int, ...], PromptPrefill] = {}
         self._prefill_bytes = 0
         self._slices_logits = "logits_to_keep" in forward_parameters(loaded.model)
 
@@ -136,6 +122,9 @@ class FluencyScorer:
         response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
         if any(not ids for ids in prompt_ids):
             raise QualityError("fluency needs a non-empty prompt to condition the first response token on")
+        for known in generated or ():
+            if known is not None and known.prompt is not None:
+                self._keep(known.prompt)
         scores: list[float | None] = [None] * len(responses)
         to_run = []
         for i, ids in enumerate(response_ids):
@@ -159,7 +148,7 @@ class FluencyScorer:
         self.forwarded += len(to_run)
         return scores
 
-    def _prefilled(self, prompts: list[tuple[int, ...]]) -> dict[tuple[int, ...], _Prefill]:
+    def _prefilled(self, prompts: list[tuple[int, ...]]) -> dict[tuple[int, ...], PromptPrefill]:
         """The prefill of each prompt: kept ones as they are, the others computed in batches.
 
         New prefills are kept while the byte budget allows and never evicted: configs visit
@@ -171,19 +160,23 @@ class FluencyScorer:
         for chunk in _chunks(len(missing), self.batch_size):
             for prompt, prefill in zip(missing[chunk], self._prefill(missing[chunk])):
                 found[prompt] = prefill
-                if self._prefill_bytes + prefill.nbytes <= self.prompt_cache_bytes:
-                    self._prefills[prompt] = prefill
-                    self._prefill_bytes += prefill.nbytes
+                self._keep(prefill)
+                self.prefilled += 1
         return found
 
-    def _prefill(self, prompts: list[tuple[int, ...]]) -> list[_Prefill]:
+    def _keep(self, prefill: PromptPrefill) -> None:
+        if prefill.ids not in self._prefills and self._prefill_bytes + prefill.nbytes <= self.prompt_cache_bytes:
+            self._prefills[prefill.ids] = prefill
+            self._prefill_bytes += prefill.nbytes
+
+    def _prefill(self, prompts: list[tuple[int, ...]]) -> list[PromptPrefill]:
         """One forward over the prompts without their last tokens, left-padded."""
         from transformers import DynamicCache
 
         heads = [prompt[:-1] for prompt in prompts]
         width = max(len(head) for head in heads)
         if width == 0:  # one-token prompts: nothing to cache
-            return [_Prefill((), 0, prompt[-1]) for prompt in prompts]
+            return [PromptPrefill(prompt, ()) for prompt in prompts]
         model, device = self.loaded.model, self.loaded.device
         pad = self.loaded.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(head)) + list(head) for head in heads], device=device)
@@ -197,11 +190,11 @@ class FluencyScorer:
         for row, (prompt, head) in enumerate(zip(prompts, heads)):
             start = width - len(head)
             layers = tuple((layer.keys[row, :, start:].clone(), layer.values[row, :, start:].clone()) for layer in cache.layers)
-            prefills.append(_Prefill(layers, len(head), prompt[-1]))
+            prefills.append(PromptPrefill(prompt, layers))
         return prefills
 
     def _run_responses(
-        self, prompts: list[tuple[int, ...]], prefills: dict[tuple[int, ...], _Prefill], responses: list[list[int]]
+        self, prompts: list[tuple[int, ...]], prefills: dict[tuple[int, ...], PromptPrefill], responses: list[list[int]]
     ) -> list[float]:
         """Mean log-probability of each response after its prompt's prefill, in one forward.
 
@@ -227,7 +220,7 @@ class FluencyScorer:
         return [float(token_log_probs[row, : len(response)].mean()) for row, response in enumerate(responses)]
 
 
-def _fanned_out(prompts: list[tuple[int, ...]], prefills: dict[tuple[int, ...], _Prefill], width: int) -> Any:
+def _fanned_out(prompts: list[tuple[int, ...]], prefills: dict[tuple[int, ...], PromptPrefill], width: int) -> Any:
     """A KV cache with one row per prompt of ``prompts``: each distinct prefill left-padded to
     ``width`` once, then selected into the rows that continue it."""
     from transformers import DynamicCache

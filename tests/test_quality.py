@@ -16,7 +16,7 @@ from pytest_steer import quality as quality_module
 from pytest_steer import runner as runner_module
 from pytest_steer.collection import plan_cases
 from pytest_steer.decoding import decode
-from pytest_steer.generation import Engine, ScoredTokens, render_prompt
+from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, ScoredTokens, render_prompt
 from pytest_steer.hub import HubUnavailableError
 from pytest_steer.models import EMBEDDED, LoadedModel, embedded_checkpoint, load_model, load_tokenizer, source_revision
 from pytest_steer.options import OPTIONS, SteerSettings
@@ -246,6 +246,20 @@ def test_generated_tokens_that_the_text_does_not_tokenize_back_to_are_not_reused
     prompts, responses = [PROMPTS[1]] * 2, ["Paris is lovely"] * 2
     assert scorer.score(prompts, responses, generated) == pytest.approx(full_forward_fluency(tiny, prompts, responses), abs=TOLERANCE)
     assert (scorer.from_generation, scorer.forwarded) == (0, 2)
+
+
+def test_other_responses_run_after_the_prefill_their_prompts_unsteered_generation_kept(tiny: LoadedModel) -> None:
+    requests = [GenerationRequest(PROMPTS[0], 1), GenerationRequest(PROMPTS[3], 2), GenerationRequest(PROMPTS[0], 3)]
+    generations = Engine(tiny, GenerationSettings(max_new_tokens=6)).generate(requests)
+    kept = [generation.unsteered.prompt for generation in generations if generation.unsteered is not None]
+    assert len(kept) == 3 and kept[0] is kept[2] and kept[0] is not kept[1]  # one prefill per prompt, shared by its trials
+    prompts = [request.prompt for request in requests]
+    scorer = FluencyScorer(tiny)
+    scorer.score(prompts, [generation.text for generation in generations], [generation.unsteered for generation in generations])
+    forwarded = scorer.forwarded
+    others = ["Waves fold into foam.", RESPONSES[3], "Hi"]  # as a steered config would answer
+    assert scorer.score(prompts, others) == pytest.approx(full_forward_fluency(tiny, prompts, others), abs=TOLERANCE)
+    assert (scorer.prefilled, scorer.forwarded - forwarded) == (0, 3)  # no prompt prefilled a second time
 
 
 def test_create_scorer_picks_by_spec(embedded: LoadedModel) -> None:

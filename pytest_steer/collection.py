@@ -30,6 +30,7 @@ class Plan:
     configs: tuple[SteeringConfig, ...]
     cases: list[Case]
     batches: dict[str, list[list[str]]]  # config name -> its generation batches, as case ids
+    blocks: tuple[tuple[str, ...], ...] = ()  # --steer-sequential: the prompt keys of each block, in generation order
 
     def work_units(self) -> dict[str, str]:
         """Case id -> the work unit that runs it under xdist: its config and batch."""
@@ -117,7 +118,14 @@ def plan_cases(
         with naming("--steer-highlight"):
             cases = build_cases(rows, configs, trials=settings.trials, seed=settings.seed, highlight=settings.highlight)
         lengths = {row.key: length for row, length in zip(rows, prompt_tokens)}
-        return Plan(configs, cases, plan_batches(cases, lengths, settings))
+        blocks: tuple[tuple[str, ...], ...] = ()
+        if settings.sequential:
+            from pytest_steer.sequential import prompt_blocks
+
+            blocks = tuple(tuple(block) for block in prompt_blocks([row.key for row in rows], settings.sequential_block, settings.seed))
+            block_of = {key: index for index, block in enumerate(blocks) for key in block}
+            cases = sorted(cases, key=lambda case: block_of[case.row.key])  # stable: config-major within a block
+        return Plan(configs, cases, plan_batches(cases, lengths, settings, blocks), blocks)
     except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
         raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
 
@@ -157,6 +165,7 @@ def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...])
     preflight.check_gate_selectors(settings.gate, configs)
     preflight.check_gate_selectors(settings.fail_if, configs, option="--steer-fail-if")
     preflight.check_quality_is_scored(settings)
+    preflight.check_sequential(settings)
     preflight.check_reward_model_offline(settings.quality)
 
 
@@ -222,18 +231,26 @@ def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | 
     return [lengths[i] for i in range(len(prompts))]
 
 
-def plan_batches(cases: list[Case], lengths: Mapping[str, int], settings: SteerSettings) -> dict[str, list[list[str]]]:
+def plan_batches(
+    cases: list[Case], lengths: Mapping[str, int], settings: SteerSettings, blocks: tuple[tuple[str, ...], ...] = ()
+) -> dict[str, list[list[str]]]:
     """Each config's cases in batches of similar prompt length: a pure function of the case list,
-    so every xdist worker and the controller plan the same batches without a model."""
+    so every xdist worker and the controller plan the same batches without a model. With
+    sequential ``blocks``, no batch spans two blocks, so generation can stop after any block."""
     from pytest_steer.generation import batch_indices, planned_batch_size
     from pytest_steer.models import resolve_device
 
     size = settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
-    by_config: dict[str, list[Case]] = {}
+    block_of = {key: index for index, block in enumerate(blocks) for key in block}
+    groups: dict[str, dict[int, list[Case]]] = {}
     for case in cases:
-        by_config.setdefault(case.config.name, []).append(case)
+        groups.setdefault(case.config.name, {}).setdefault(block_of.get(case.row.key, 0), []).append(case)
     return {
-        name: [[config_cases[i].id for i in batch] for batch in batch_indices([lengths[c.row.key] for c in config_cases], size)]
-        for name, config_cases in by_config.items()
+        name: [
+            [group[i].id for i in batch]
+            for _, group in sorted(by_block.items())
+            for batch in batch_indices([lengths[c.row.key] for c in group], size)
+        ]
+        for name, by_block in groups.items()
     }
 

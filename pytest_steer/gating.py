@@ -28,7 +28,7 @@ def decide(aggregates: list[ConfigAggregate], run: dict[str, Any], settings: Ste
         aggregates,
         fail_ifs=settings.fail_if,
         correction=settings.gate_correction,
-        max_errors=_budget(settings.max_errors),
+        max_errors=error_budget(settings.max_errors),
         min_prompts=settings.min_prompts,
     )
     verdicts = Verdicts(gates=gates)
@@ -48,5 +48,6 @@ def decide(aggregates: list[ConfigAggregate], run: dict[str, Any], settings: Ste
     return verdicts
 
 
-def _budget(value: float) -> int | float:
+def error_budget(value: float) -> int | float:
+    """``--steer-max-errors`` as the gates take it: a count, or a fraction below 1."""
     return int(value) if value >= 1 or value == 0 else value

@@ -299,6 +299,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("gate", "CI gate: passes when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline > -0.1' (steering at alpha 10 is shown to lose under 0.1) (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_gates"),
     Option("fail_if", "CI check: fails when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline < 0' (fails only when steering is shown to hurt) (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_fail_if"),
     Option("gate_correction", "family-wise error control over all gates and fail-ifs of the run: holm (Holm's step-down) or none (each check at the run's level)", parse=_choice(*GATE_CORRECTIONS), default="holm", metavar="METHOD"),
+    Option("sequential", "generate the prompts in a seeded random order, in blocks, and stop once every gate and fail-if is decided (anytime-valid, at the run's error level; see docs/gates.md); cases never generated are skipped", flag=True, default=False),
+    Option("sequential_block", "prompts per block of --steer-sequential: the checks are looked at after each block", parse=_positive_int, default=8, metavar="N"),
+    Option("sequential_quality_clip", "--steer-sequential clips each prompt's quality value to the check's threshold ± R (a bounded test needs bounded values; in the quality scorer's units, nats for fluency)", parse=_positive_float, default=1.0, metavar="R"),
     Option("max_errors", "error budget of the gates: a count, or a fraction of a config's cases when below 1", parse=_error_budget, default=0, metavar="N"),
     Option("min_prompts", "gates and fail-ifs refuse to pass on fewer evaluated prompts than this", parse=_positive_int, default=10, metavar="N"),
     Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=_path, metavar="PATH"),
@@ -346,6 +349,9 @@ class SteerSettings:
     gate: tuple[str, ...] = ()
     fail_if: tuple[str, ...] = ()
     gate_correction: str = "holm"
+    sequential: bool = False
+    sequential_block: int = 8
+    sequential_quality_clip: float = 1.0
     max_errors: float = 0
     min_prompts: int = 10
     save: Path | None = None

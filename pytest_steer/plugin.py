@@ -44,7 +44,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    session = SteerSession(config, settings_from_config(config))
+    settings = settings_from_config(config)
+    if settings.sequential and (config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no"):
+        raise pytest.UsageError(
+            "--steer-sequential looks at the checks after each block in one process and does not run under xdist yet: "
+            "drop -n/--dist, or run the fixed design under -n and replay it with python -m pytest_steer merge OUT RUN --sequential"
+        )
+    session = SteerSession(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(ReportReceiver(session), RECEIVER_PLUGIN)
     if importlib.util.find_spec("pytest_html") is not None:
@@ -95,6 +101,9 @@ def steer_case(request: pytest.FixtureRequest) -> SteerCase:
     from pytest_steer.steering import SteeringWarning, describe_missing
 
     session = steer_session(request.config)
+    skipped = session.skip_reason(request.param)
+    if skipped is not None:
+        pytest.skip(skipped)
     try:
         record = session.runner.record(request.param)
     except RunnerUnavailable as exc:  # nothing can run: one error, and the run stops here
@@ -161,6 +170,21 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     if session.selected and reporter is not None:
         workers = node.config.getoption("numprocesses", None)
         reporter.write_line(f"[steer] {session.run_plan(workers if isinstance(workers, int) else 1).line()}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--steer-sequential``: every test of a block's cases runs before the next block's (other tests first)."""
+    steer = steer_session(config)
+    if not steer.settings.sequential:
+        return
+    plan = steer.plan
+    block_of = {key: index for index, block in enumerate(plan.blocks) for key in block}
+
+    def block(item: pytest.Item) -> int:
+        case = plan.case_id_of(item.nodeid)
+        return -1 if case is None else block_of[plan.by_id[case].row.key]
+
+    items.sort(key=block)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

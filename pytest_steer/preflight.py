@@ -210,6 +210,15 @@ def _describe_difference(difference: Difference) -> str:
     return f"{option} {difference.saved!r} (this run: {difference.current!r})"
 
 
+def check_sequential(settings: SteerSettings) -> None:
+    """``--steer-sequential`` stops once the gates and fail-ifs are decided: it needs one at least."""
+    if settings.sequential and not (settings.gate or settings.fail_if):
+        raise PreflightError(
+            "--steer-sequential stops generating once every gate and fail-if is decided, and this run has none; "
+            "add a --steer-gate or --steer-fail-if, or drop --steer-sequential"
+        )
+
+
 def check_quality_is_scored(settings: SteerSettings) -> None:
     """No gate, fail-if or comparison tolerance reads ``quality`` when ``--steer-quality none`` scores none."""
     from pytest_steer.gates import parse_compare_fail, parse_gate

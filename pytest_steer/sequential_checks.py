@@ -148,17 +148,20 @@ def decide_sequentially(
     max_errors: int | float,
     min_prompts: int,
     correction: str = "holm",
+    budget: Sequence[str] | None = None,
 ) -> SequentialOutcome:
-    """Look after each block of ``full``'s prompts until no check is open, then give every check its verdict.
+    """Look after each block of the budget's prompts until no check is open, then give every check its verdict.
 
-    ``full`` aggregates every prompt of the budget; ``over(keys)`` aggregates the same
-    cases restricted to the prompts ``keys``. Prompts come in
-    :func:`pytest_steer.sequential.prompt_blocks` order; a prompt's values are complete
-    once its block is, since every config of a prompt is in the same block.
+    ``full`` aggregates every prompt generated; ``over(keys)`` aggregates the same cases
+    restricted to the prompts ``keys``. ``budget`` holds every prompt the run may generate
+    (default: those of ``full``); they come in :func:`pytest_steer.sequential.prompt_blocks`
+    order, and a prompt's values are complete once its block is, since every config of a
+    prompt is in the same block.
     """
     gates = [parse_gate(g) if isinstance(g, str) else g for g in gates]
     fail_ifs = [parse_gate(g) if isinstance(g, str) else g for g in fail_ifs]
-    keys = sorted({key for agg in full for values in agg.per_prompt.values() for key in values})
+    generated = {key for agg in full for values in agg.per_prompt.values() for key in values}
+    keys = sorted(generated if budget is None else set(budget))
     confidence = full[0].confidence if full else 0.95
     streams = check_streams(gates, fail_ifs, full, quality_clip=settings.quality_clip)
     blocks = prompt_blocks(keys, settings.block_size, settings.seed)

@@ -24,12 +24,15 @@ from pytest_steer.progress import Progress
 from pytest_steer.report.outputs import Written
 
 if TYPE_CHECKING:
+    from pytest_steer.aggregate import ConfigAggregate
     from pytest_steer.cases import Case, SteeringConfig
     from pytest_steer.collection import Plan
     from pytest_steer.estimate import RunPlan
     from pytest_steer.results import RunResults
     from pytest_steer.runner import CaseRunner
     from pytest_steer.selection import RunSelection
+    from pytest_steer.sequential_checks import SequentialOutcome
+    from pytest_steer.sequential_run import SequentialStop
     from pytest_steer.spec import RunSpec
     from pytest_steer.steering.method import SteeringMethod
 
@@ -210,6 +213,10 @@ class SteerSession:
             run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir, provenance)
             aggregated = RunResults.from_records(run, records, seed=self.settings.seed, n_lost=len(lost))
             verdicts = decide(aggregated.aggregates, run, self.settings)
+            sequential = None
+            if self.sequential is not None:
+                outcome = self._sequential_outcome(aggregated.aggregates, records)
+                verdicts.gates, sequential = outcome.results, outcome.to_dict()
             gates, comparisons, selection = self.selection.decide(
                 verdicts.gates,
                 verdicts.comparisons,
@@ -226,8 +233,50 @@ class SteerSession:
                     "only the unsteered baseline ran: add steered configs with --steer-alpha (PASTA, e.g. --steer-alpha 10) "
                     "or --steer-method (e.g. --steer-method emphasis)"
                 )
-            self._results = replace(aggregated, selection=selection, **verdicts.as_fields())
+            self._results = replace(aggregated, selection=selection, sequential=sequential, **verdicts.as_fields())
         return self._results
+
+    @cached_property
+    def sequential(self) -> SequentialStop | None:
+        """``--steer-sequential``: where generation stops; None for a fixed run."""
+        if not self.settings.sequential:
+            return None
+        from pytest_steer.sequential_run import SequentialStop
+
+        return SequentialStop(self.settings, self.plan.blocks)
+
+    def skip_reason(self, case: Case) -> str | None:
+        """Why a case is not generated (a sequential run decided before its block), or None.
+
+        A partial selection stops nowhere: its checks are not decided (see ``selection``).
+        """
+        if self.sequential is None or self.selection.partial:
+            return None
+        return self.sequential.skip_reason(case.row.key, self._case_records)
+
+    def _sequential_outcome(self, aggregates: list[ConfigAggregate], records: list[dict[str, Any]]) -> SequentialOutcome:
+        """The checks decided as the live run looked at them, over the prompts it generated."""
+        from pytest_steer.aggregate import aggregate
+        from pytest_steer.gating import error_budget
+        from pytest_steer.sequential_checks import decide_sequentially
+        from pytest_steer.sequential_run import CONFIDENCE, sequential_settings
+
+        s = self.settings
+
+        def over(keys: set[str]) -> list[ConfigAggregate]:
+            return aggregate([r for r in records if str(r["key"]) in keys], seed=s.seed, confidence=CONFIDENCE)
+
+        return decide_sequentially(
+            aggregates,
+            over,
+            s.gate,
+            s.fail_if,
+            sequential_settings(s),
+            max_errors=error_budget(s.max_errors),
+            min_prompts=s.min_prompts,
+            correction=s.gate_correction,
+            budget=[key for block in self.plan.blocks for key in block],
+        )
 
     def _case_records(self) -> list[dict[str, Any]]:
         """One record per case, however many tests requested it (each test's report carries the same record)."""
@@ -247,6 +296,8 @@ class SteerSession:
                 continue
             reported.add(case_key)
             case = self.plan.by_id[case_key]
+            if self.sequential is not None and self.sequential.never_generated(case.row.key):
+                continue  # never generated: the sequential run had decided every check before its block
             row = case.row
             record = CaseRecord.failed(
                 key=row.key, config=case.config.name, alpha=case.config.alpha, trial=case.trial, error=reason,

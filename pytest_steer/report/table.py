@@ -130,7 +130,21 @@ def describe_run(results: RunResults) -> list[str]:
     ]
     if results.selection is not None and results.selection.partial:
         lines.append(results.selection.describe())
+    if results.sequential is not None:
+        lines.append(describe_sequential(results.sequential))
     return lines
+
+
+def describe_sequential(sequential: dict[str, Any]) -> str:
+    """Where the sequential looks stopped, from results.json's ``sequential`` section."""
+    looks = sequential.get("looks") or []
+    used, total, block = sequential.get("prompts_used", 0), sequential.get("prompts_total", 0), sequential.get("block_size")
+    if looks and not looks[-1].get("open") and used < total:
+        return (
+            f"sequential: every gate and fail-if was decided at look {looks[-1].get('look')} on {used} of {total} prompts "
+            f"(blocks of {block}); the cases of the other {total - used} prompts were not run"
+        )
+    return f"sequential: {len(looks)} look(s) over all {total} prompts (blocks of {block}); checks still open were decided at the budget"
 
 
 def unsteered_counts(results: RunResults) -> dict[str, int] | None:

@@ -1,0 +1,79 @@
+"""--steer-sequential in a run: blocks in order, a look after each, the cases after the stop skipped, and the
+same stop and verdicts as replaying the fixed run with ``merge --sequential``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_steer.__main__ import main
+from pytest_steer.sequential import prompt_blocks
+
+GATE = "emphasis: strict_prompt_accuracy - baseline > -2"  # shown on the first prompts: a delta is never below -1
+FAIL_IF = "emphasis: strict_prompt_accuracy - baseline < -0.95"  # shown not (futility) once a few prompts are in
+TEST = "def test_case(steer_case):\n    pass\n\ndef test_again(steer_case):\n    pass\n"
+
+
+def run(pytester: pytest.Pytester, checkpoint: Path, report: Path, *extra: str) -> pytest.RunResult:
+    pytester.makepyfile(test_steer=TEST)
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rs", "--steer-model", str(checkpoint), "--steer-limit", "12", "--steer-max-new-tokens", "3",
+        "--steer-method", "emphasis", "--steer-quality", "none", "--steer-no-cache", "--steer-min-prompts", "2",
+        "--steer-gate", GATE, "--steer-fail-if", FAIL_IF, "--steer-report-dir", str(report), *extra,
+    )  # fmt: skip
+
+
+def test_a_sequential_run_stops_where_its_replay_stops(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    live = run(
+        pytester, tiny_checkpoint, tmp_path / "live", "--steer-sequential", "--steer-sequential-block", "2",
+        "--junitxml", str(tmp_path / "junit.xml"),
+    )  # fmt: skip
+    assert live.ret == 0, live.stdout.str()
+    live_data = json.loads((tmp_path / "live" / "results.json").read_text())
+    sequential = live_data["sequential"]
+    used, total = sequential["prompts_used"], sequential["prompts_total"]
+    assert total == 12 and used < total and sequential["looks"][-1]["open"] == []
+    outcomes = live.parseoutcomes()
+    assert outcomes["skipped"] == 2 * 2 * (total - used)  # two tests per case, two configs per prompt
+    assert outcomes.get("passed", 0) + outcomes.get("missed", 0) == 2 * 2 * used + 2  # and the two checks' verdicts
+    live.stdout.fnmatch_lines([f"*decided after {used} of 12 prompts: look {len(sequential['looks'])} left no gate or fail-if open*"])
+    live.stdout.fnmatch_lines([f"sequential: every gate and fail-if was decided at look *on {used} of 12 prompts*"])
+
+    junit = (tmp_path / "junit.xml").read_text()
+    assert junit.count("<skipped") == outcomes["skipped"] and f"decided after {used} of 12 prompts" in junit
+
+    fixed = run(pytester, tiny_checkpoint, tmp_path / "fixed")
+    assert fixed.ret == 0, fixed.stdout.str()
+    order = [key for block in prompt_blocks(sorted(case_keys(tmp_path / "fixed")), 2, seed=0) for key in block]
+    assert case_keys(tmp_path / "live") == set(order[:used])  # the first blocks of the seeded order, nothing else
+    code = main([
+        "merge", str(tmp_path / "replay"), str(tmp_path / "fixed"), "--gate", GATE, "--fail-if", FAIL_IF, "--min-prompts", "2",
+        "--sequential", "--sequential-block", "2",
+    ])  # fmt: skip
+    assert code == 0
+    replayed = json.loads((tmp_path / "replay" / "results.json").read_text())
+    assert replayed["sequential"] == sequential
+    assert [gate["message"] for gate in replayed["gates"]] == [gate["message"] for gate in live_data["gates"]]
+    assert case_keys(tmp_path / "replay") == case_keys(tmp_path / "live")
+
+
+def case_keys(report: Path) -> set[str]:
+    return {json.loads(line)["key"] for line in (report / "cases.jsonl").read_text().splitlines() if line.strip()}
+
+
+def test_sequential_needs_a_check(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    pytester.makepyfile(test_steer=TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-sequential")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*--steer-sequential stops generating once every gate and fail-if is decided, and this run has none*"])
+
+
+def test_sequential_refuses_xdist_with_the_replay_as_the_way_out(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    pytester.makepyfile(test_steer=TEST)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-sequential", "--steer-gate", GATE, "-n", "2"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--steer-sequential *does not run under xdist yet*merge OUT RUN --sequential*"])

@@ -246,7 +246,8 @@ def _accuracy_panel(ax: Axes, results: RunResults) -> None:
     _strength_axis(ax, placed)
     if not placed:
         _empty_note(ax, "no steered config in this run")
-    ax.legend(fontsize="small", loc="best")
+    if ax.get_legend_handles_labels()[0]:  # nothing labelled when no config was evaluated
+        ax.legend(fontsize="small", loc="best")
 
 
 def _quality_panel(ax: Axes, results: RunResults) -> None:

@@ -5,7 +5,7 @@ prompts (4 instruction ids × 4), baseline + PASTA alpha 10 (layers 8-23, includ
 2 sampled trials, 32 new tokens, strict checks only, no quality score, SmolLM2-135M-Instruct
 fp32 eager on the CPU. Each round runs both as fresh processes, back to back, after one
 warm-up run of each (model conversion, OS file cache); prints the minimum and median of
-each and the ratio of the medians (target <= 0.5).
+each and the ratio of the medians (target <= 0.3).
 
 AISteer360 needs transformers < 5, so it runs in an environment of its own; the peers
 folder's README says how to make it.
@@ -67,7 +67,7 @@ def main() -> None:
     print(f"pytest-steer:         min {min(our_times):.1f} s, median {statistics.median(our_times):.1f} s")
     ratio = statistics.median(our_times) / statistics.median(peer_times)
     per_round = [ours / theirs for ours, theirs in zip(our_times, peer_times)]
-    print(f"pytest-steer / AISteer360: {ratio:.3f} of the medians, per round {min(per_round):.3f} to {max(per_round):.3f} (target <= 0.5)")
+    print(f"pytest-steer / AISteer360: {ratio:.3f} of the medians, per round {min(per_round):.3f} to {max(per_round):.3f} (target <= 0.3)")
 
 
 if __name__ == "__main__":

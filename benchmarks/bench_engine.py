@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from tables import print_table  # benchmarks/tables.py, beside this script
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from pytest_steer.cases import build_cases, steering_configs
@@ -146,11 +147,7 @@ def main() -> None:
     ]
     if torch.cuda.is_available():
         table.append(("peak CUDA memory allocated", "", f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB", ""))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for number, row in enumerate(table):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
+    print_table(table)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from tables import print_table  # benchmarks/tables.py, beside this script
 from torch import nn
 
 from pytest_steer.cases import build_cases, steering_configs
@@ -168,11 +169,7 @@ def main() -> None:
         table.append(("engine decode bfloat16 / float32", f"{min(per_round):.2f}", f"{statistics.median(per_round):.2f}"))
         bound_ratio = [b / f for b, f in zip(figures["bfloat16"]["bound tokens/s"], figures["float32"]["bound tokens/s"])]
         table.append(("bound bfloat16 / float32", f"{min(bound_ratio):.2f}", f"{statistics.median(bound_ratio):.2f}"))
-    widths = [max(len(row[i]) for row in table) for i in range(3)]
-    for number, row in enumerate(table):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
+    print_table(table)
 
 
 if __name__ == "__main__":

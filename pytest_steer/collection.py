@@ -42,6 +42,11 @@ class Plan:
         }
 
     @functools.cached_property
+    def block_of(self) -> dict[str, int]:
+        """--steer-sequential: prompt key -> its block's index."""
+        return {key: index for index, block in enumerate(self.blocks) for key in block}
+
+    @functools.cached_property
     def by_id(self) -> dict[str, Case]:
         return {case.id: case for case in self.cases}
 

@@ -178,11 +178,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not steer.settings.sequential:
         return
     plan = steer.plan
-    block_of = {key: index for index, block in enumerate(plan.blocks) for key in block}
 
     def block(item: pytest.Item) -> int:
         case = plan.case_id_of(item.nodeid)
-        return -1 if case is None else block_of[plan.by_id[case].row.key]
+        return -1 if case is None else plan.block_of[plan.by_id[case].row.key]
 
     items.sort(key=block)
 

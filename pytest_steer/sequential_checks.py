@@ -111,6 +111,17 @@ def _paired_values(gate: Gate, agg: ConfigAggregate, baseline: ConfigAggregate |
     return {key: (own[key][0] - other[key][0], own[key][1]) for key in sorted(own.keys() & other.keys())}
 
 
+def aggregates_over(
+    records: Sequence[Mapping[str, Any]], *, seed: int, confidence: float
+) -> Callable[[set[str]], list[ConfigAggregate]]:
+    """``keys -> aggregates of the records of those prompts``: the ``over`` of :func:`decide_sequentially`."""
+
+    def over(keys: set[str]) -> list[ConfigAggregate]:
+        return aggregate([r for r in records if str(r["key"]) in keys], seed=seed, confidence=confidence)
+
+    return over
+
+
 def replay(
     records: Sequence[Mapping[str, Any]],
     gates: Sequence[Gate | str],
@@ -128,10 +139,7 @@ def replay(
     its outcome.
     """
     full = aggregate(records, seed=settings.seed, confidence=confidence)
-
-    def over(keys: set[str]) -> list[ConfigAggregate]:
-        return aggregate([r for r in records if str(r["key"]) in keys], seed=settings.seed, confidence=confidence)
-
+    over = aggregates_over(records, seed=settings.seed, confidence=confidence)
     outcome = decide_sequentially(
         full, over, gates, fail_ifs, settings, max_errors=max_errors, min_prompts=min_prompts, correction=correction
     )

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pytest_steer.aggregate import aggregate
 from pytest_steer.options import SteerSettings
 from pytest_steer.sequential import decide_looks
-from pytest_steer.sequential_checks import SequentialSettings, check_streams
+from pytest_steer.sequential_checks import SequentialSettings, aggregates_over, check_streams
 
 CONFIDENCE = 0.95  # the run's two-sided level, as its aggregates use
 
@@ -62,9 +61,8 @@ class SequentialStop:
     def _look(self, records: Sequence[Mapping[str, Any]]) -> None:
         self.looked += 1
         looked = self.blocks[: self.looked]
-        keys = {key for block in looked for key in block}
         s, sequential = self.settings, sequential_settings(self.settings)
-        aggregates = aggregate([r for r in records if str(r["key"]) in keys], seed=s.seed, confidence=CONFIDENCE)
+        aggregates = aggregates_over(records, seed=s.seed, confidence=CONFIDENCE)({key for block in looked for key in block})
         streams = check_streams(s.gate, s.fail_if, aggregates, quality_clip=sequential.quality_clip)
         looks = decide_looks(
             streams, looked, (1.0 - CONFIDENCE) / 2.0, min_prompts=s.min_prompts, share=sequential.share, correction=s.gate_correction

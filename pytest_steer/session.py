@@ -256,19 +256,14 @@ class SteerSession:
 
     def _sequential_outcome(self, aggregates: list[ConfigAggregate], records: list[dict[str, Any]]) -> SequentialOutcome:
         """The checks decided as the live run looked at them, over the prompts it generated."""
-        from pytest_steer.aggregate import aggregate
         from pytest_steer.gating import error_budget
-        from pytest_steer.sequential_checks import decide_sequentially
+        from pytest_steer.sequential_checks import aggregates_over, decide_sequentially
         from pytest_steer.sequential_run import CONFIDENCE, sequential_settings
 
         s = self.settings
-
-        def over(keys: set[str]) -> list[ConfigAggregate]:
-            return aggregate([r for r in records if str(r["key"]) in keys], seed=s.seed, confidence=CONFIDENCE)
-
         return decide_sequentially(
             aggregates,
-            over,
+            aggregates_over(records, seed=s.seed, confidence=CONFIDENCE),
             s.gate,
             s.fail_if,
             sequential_settings(s),

@@ -22,15 +22,19 @@ class Verdicts:
         return {"gates": self.gates, "comparisons": self.comparisons, "comparison_errors": self.comparison_errors, "notes": self.notes}
 
 
-def decide(aggregates: list[ConfigAggregate], run: dict[str, Any], settings: SteerSettings) -> Verdicts:
-    gates = evaluate_gates(
-        settings.gate,
-        aggregates,
-        fail_ifs=settings.fail_if,
-        correction=settings.gate_correction,
-        max_errors=error_budget(settings.max_errors),
-        min_prompts=settings.min_prompts,
-    )
+def decide(
+    aggregates: list[ConfigAggregate], run: dict[str, Any], settings: SteerSettings, gates: list[GateResult] | None = None
+) -> Verdicts:
+    """The run's verdicts; ``gates`` when a sequential run already decided them, else the fixed design does."""
+    if gates is None:
+        gates = evaluate_gates(
+            settings.gate,
+            aggregates,
+            fail_ifs=settings.fail_if,
+            correction=settings.gate_correction,
+            max_errors=error_budget(settings.max_errors),
+            min_prompts=settings.min_prompts,
+        )
     verdicts = Verdicts(gates=gates)
     if settings.baseline is None:
         return verdicts

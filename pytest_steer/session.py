@@ -212,11 +212,8 @@ class SteerSession:
             provenance = run_provenance(invocation.args, invocation.dir, self.started, devices)
             run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir, provenance)
             aggregated = RunResults.from_records(run, records, seed=self.settings.seed, n_lost=len(lost))
-            verdicts = decide(aggregated.aggregates, run, self.settings)
-            sequential = None
-            if self.sequential is not None:
-                outcome = self._sequential_outcome(aggregated.aggregates, records)
-                verdicts.gates, sequential = outcome.results, outcome.to_dict()
+            outcome = self._sequential_outcome(aggregated.aggregates, records) if self.sequential is not None else None
+            verdicts = decide(aggregated.aggregates, run, self.settings, gates=outcome.results if outcome else None)
             gates, comparisons, selection = self.selection.decide(
                 verdicts.gates,
                 verdicts.comparisons,
@@ -233,6 +230,7 @@ class SteerSession:
                     "only the unsteered baseline ran: add steered configs with --steer-alpha (PASTA, e.g. --steer-alpha 10) "
                     "or --steer-method (e.g. --steer-method emphasis)"
                 )
+            sequential = outcome.to_dict() if outcome else None
             self._results = replace(aggregated, selection=selection, sequential=sequential, **verdicts.as_fields())
         return self._results
 

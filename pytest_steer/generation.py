@@ -9,6 +9,7 @@ its batch or on the order in which batches run.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMe
 ENGINE_VERSION = 4
 CPU_BATCH_SIZE = 64  # benchmarks/bench_batch_size.py: 1.14x the tokens/s of 32 rows at 64 new tokens, 1.20x at 32
 MAX_BATCH_SIZE = 64
+COMPILED_STEPS = 64  # under --steer-compile: compiled variants of the decode step kept before the rest run uncompiled
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,18 @@ def memory_batch_limit(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: 
 
 
 class Engine:
-    """Generates responses for batches of requests with one loaded model."""
+    """Generates responses for batches of requests with one loaded model.
 
-    def __init__(self, loaded: LoadedModel, settings: GenerationSettings) -> None:
+    With ``compile_mode`` (a ``torch.compile`` mode) the decode steps run the model's forward
+    compiled in that mode, on a fixed-shape KV cache (see :mod:`pytest_steer.decoding`); it is
+    compiled once per batch shape, and per steering configuration that changes what attention
+    computes (a steered head set), the first time that shape or configuration runs.
+    """
+
+    def __init__(self, loaded: LoadedModel, settings: GenerationSettings, *, compile_mode: str | None = None) -> None:
         self.loaded = loaded
         self.settings = settings
+        self.step_forward = None if compile_mode is None else compiled_forward(loaded.model, compile_mode)
         eos = loaded.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else loaded.tokenizer.eos_token_id])
         self.choose = greedy if settings.greedy else RowSampler(settings.temperature, settings.top_p)
@@ -195,19 +204,30 @@ class Engine:
         logprobs: bool = False,
         prefilled: Any = None,
     ) -> Any:
-        return decode(
-            self.loaded.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            prompt_of_row,
-            seeds,
-            max_new_tokens=self.settings.max_new_tokens,
-            eos_ids=self.eos_ids,
-            choose=self.choose,
-            rows_changed=rows_changed,
-            logprobs=logprobs,
-            prefilled=prefilled,
-        )
+        # every (batch shape, steered head set) is one compiled step; past torch's default of 8 it would run uncompiled
+        limit = contextlib.nullcontext() if self.step_forward is None else torch._dynamo.config.patch(recompile_limit=COMPILED_STEPS)
+        with limit:
+            return decode(
+                self.loaded.model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                prompt_of_row,
+                seeds,
+                max_new_tokens=self.settings.max_new_tokens,
+                eos_ids=self.eos_ids,
+                choose=self.choose,
+                rows_changed=rows_changed,
+                logprobs=logprobs,
+                prefilled=prefilled,
+                step_forward=self.step_forward,
+            )
+
+
+def compiled_forward(model: Any, mode: str) -> Any:
+    """The model's forward under ``torch.compile`` in ``mode``, for fixed shapes; it compiles on its first call."""
+    with warnings.catch_warnings():  # torch's compiler imports a deprecated API of torch's own
+        warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+        return torch.compile(model.forward, mode=mode, dynamic=False)
 
 
 def prompt_prefills(cache: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PromptPrefill | None]:

@@ -21,6 +21,7 @@ from pytest_steer.sharding import Shard, parse_shard
 
 CASE_MODES = ("record", "strict")
 SCALE_POSITIONS = ("include", "exclude", "generation")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
 QUALITY_FLUENCY = "fluency"
 QUALITY_NONE = "none"
 REWARD_PREFIX = "reward:"
@@ -289,6 +290,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("greedy", "greedy decoding instead of sampling", flag=True, default=False),
     Option("temperature", "sampling temperature", parse=_positive_float, default=0.7),
     Option("top_p", f"nucleus sampling threshold, from {TOP_P_MIN:g} to 1 (for the most likely token alone use --steer-greedy)", parse=_top_p, default=1.0),
+    Option("compile", "compile the decode step with torch.compile in this mode (default, reduce-overhead: CUDA graphs, max-autotune, max-autotune-no-cudagraphs), on a fixed-shape KV cache; off when not given (see docs/scaling.md)", parse=_choice(*COMPILE_MODES), metavar="MODE"),
     Option("batch_size", "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N", parse=_batch_size, default=None),
     Option("quality", f"quality scorer: {QUALITY_FLUENCY} (mean log-likelihood per response token under the unsteered model, nats), {QUALITY_NONE}, or {REWARD_PREFIX}<id or path> (a sequence-classification reward model, e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})", parse=_quality, default=QUALITY_FLUENCY, metavar="SCORER"),
     Option("reward_transform", "reward head output to score: identity, sigmoid, or softmax:<label> / log_softmax:<label> (label index or name) for multi-label heads", parse=_reward_transform, default="identity", metavar="TRANSFORM"),
@@ -339,6 +341,7 @@ class SteerSettings:
     greedy: bool = False
     temperature: float = 0.7
     top_p: float = 1.0
+    compile: str | None = None
     batch_size: int | None = None
     quality: str = QUALITY_FLUENCY
     reward_transform: str = "identity"

@@ -123,7 +123,7 @@ class CaseRunner:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.loaded, GenerationSettings(**self.spec.decoding))
+            self._engine = Engine(self.loaded, GenerationSettings(**self.spec.decoding), compile_mode=self.settings.compile)
         return self._engine
 
     @functools.cached_property
@@ -376,7 +376,8 @@ class CaseRunner:
 
     def _environment(self) -> dict[str, Any]:
         """What changes the numerics without changing any setting: device kind, engine, libraries."""
-        return {"device": self.device.type, "engine": ENGINE_VERSION, **_library_versions()}
+        compiled = {} if self.settings.compile is None else {"compile": self.settings.compile}  # fused kernels round otherwise
+        return {"device": self.device.type, "engine": ENGINE_VERSION, **_library_versions(), **compiled}
 
     def _check(
         self,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.decoding import cache_argument, compaction, decode, row_cache
+from pytest_steer.decoding import cache_argument, compaction, decode
 from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, render_prompt
+from pytest_steer.kv_cache import CacheKind, row_cache
 from pytest_steer.models import load_model
 from pytest_steer.sampling import RowSampler, greedy
 from pytest_steer.steering import PASTA
@@ -164,10 +165,14 @@ def test_models_with_sliding_window_layers_keep_the_dynamic_cache(tiny_checkpoin
     config = MistralConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=8
     )
-    cache, preallocated = row_cache(MistralForCausalLM(config), capacity=16)
-    assert isinstance(cache, DynamicCache) and not preallocated
-    cache, preallocated = row_cache(load_model(str(tiny_checkpoint), device="cpu", dtype="float32").model, capacity=16)
-    assert preallocated and all(layer.get_max_length() == 16 for layer in cache.layers)
+    mistral = MistralForCausalLM(config)
+    for fixed_shape in (False, True):
+        cache, kind = row_cache(mistral, capacity=16, fixed_shape=fixed_shape)
+        assert isinstance(cache, DynamicCache) and kind is CacheKind.DYNAMIC
+    llama = load_model(str(tiny_checkpoint), device="cpu", dtype="float32").model
+    for fixed_shape, expected in ((False, CacheKind.PREALLOCATED), (True, CacheKind.FIXED_SHAPE)):
+        cache, kind = row_cache(llama, capacity=16, fixed_shape=fixed_shape)
+        assert kind is expected and all(layer.get_max_length() == 16 for layer in cache.layers)
 
 
 def test_log_probabilities_of_the_chosen_tokens_match_a_forward_over_the_response(loaded) -> None:
@@ -182,3 +187,102 @@ def test_log_probabilities_of_the_chosen_tokens_match_a_forward_over_the_respons
             scores = loaded.model(input_ids=ids).logits[0, -len(tokens[row]) - 1 : -1].float().log_softmax(-1)
             expected = scores.gather(-1, torch.tensor(tokens[row])[:, None])[:, 0]
             assert torch.allclose(torch.tensor(logprobs[row]), expected, atol=1e-4)
+
+
+def _sampled(loaded, batch, eos, **options) -> tuple[list[list[int]], list[list[float]]]:
+    """Four sampled rows (prompt 0 twice) of the three prompts, with their log-probabilities."""
+    with torch.inference_mode():
+        return decode(
+            loaded.model, batch["input_ids"], batch["attention_mask"], torch.tensor([0, 1, 2, 0]), torch.tensor([5, 6, 7, 8]),
+            max_new_tokens=10, eos_ids=eos, choose=RowSampler(temperature=1.5, top_p=1.0), logprobs=True, **options,
+        )  # fmt: skip
+
+
+def _steered_rows(loaded, batch, alpha: float, eos, **options) -> list[list[int]]:
+    texts = [render_prompt(loaded.tokenizer, p) for p in PROMPTS]
+    highlights = [["about rain."], ["in a list."], ["Hi."]]
+    run = PASTA(head_config=[0, 1], alpha=alpha).apply(
+        loaded.model, loaded.tokenizer, batch["input_ids"], batch["attention_mask"], highlights, texts=texts
+    )
+    with torch.inference_mode(), run:
+        return decode(
+            loaded.model, batch["input_ids"], batch["attention_mask"], torch.tensor([0, 1, 2, 0]), torch.tensor([5, 6, 7, 8]),
+            max_new_tokens=10, eos_ids=eos, choose=RowSampler(temperature=1.5, top_p=1.0), rows_changed=run.select_rows, **options,
+        )  # fmt: skip
+
+
+def _ending_early(loaded, batch) -> list[int]:
+    """Two tokens that end sampled rows at different steps."""
+    free_run, _ = _sampled(loaded, batch, [-1])
+    return [free_run[0][3], free_run[2][5]]
+
+
+def test_fixed_shape_steps_give_the_tokens_of_shrinking_steps(loaded) -> None:
+    """Rows that end keep their slot and are fed their end token; the rows still running see exactly what they saw before."""
+    batch = _batch(loaded, PROMPTS)
+    eos = _ending_early(loaded, batch)
+    tokens, logprobs = _sampled(loaded, batch, eos)
+    assert len({len(row) for row in tokens}) > 1, "the test needs rows that end at different steps"
+    fixed_tokens, fixed_logprobs = _sampled(loaded, batch, eos, fixed_shape=True)
+    assert fixed_tokens == tokens
+    assert torch.allclose(torch.tensor(sum(fixed_logprobs, [])), torch.tensor(sum(logprobs, [])), atol=1e-5)
+    steered = _steered_rows(loaded, batch, 20.0, eos)
+    assert steered != tokens
+    assert _steered_rows(loaded, batch, 20.0, eos, fixed_shape=True) == steered
+
+
+def _fresh_compiler() -> None:
+    """Forget every compiled graph and the counts of graphs traced."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def test_a_compiled_step_is_one_graph_from_the_first_step_to_the_last(loaded) -> None:
+    """The step is traced once per batch shape and steered head set, whole (fullgraph), and replays with the
+    tokens of the eager steps: a new batch, or PASTA at another alpha, reuses it; steering, or not, is never
+    replayed from the other's graph. The backend is dynamo's plain one, so no compiler or GPU is needed."""
+    batch = _batch(loaded, PROMPTS)
+    eos = _ending_early(loaded, batch)
+    eager = {alpha: _steered_rows(loaded, batch, alpha, eos) for alpha in (20.0, 2.0)}
+    unsteered = _sampled(loaded, batch, eos)[0]
+    _fresh_compiler()
+    step = torch.compile(loaded.model.forward, backend="eager", fullgraph=True, dynamic=False)
+    buffers = set()
+
+    def record(module, args, kwargs) -> None:
+        if kwargs["input_ids"].shape[1] == 1:  # a decode step
+            buffers.add(kwargs[cache_argument(loaded.model)].layers[0]._keys.data_ptr())
+
+    handle = loaded.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        assert _sampled(loaded, batch, eos, step_forward=step)[0] == unsteered
+        assert len(buffers) == 1  # every step of the batch wrote into one buffer
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+        assert _sampled(loaded, batch, eos, step_forward=step)[0] == unsteered  # a second batch of the same shape
+        assert _steered_rows(loaded, batch, 20.0, eos, step_forward=step) == eager[20.0]
+        assert _steered_rows(loaded, batch, 2.0, eos, step_forward=step) == eager[2.0]
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # unsteered, and PASTA on heads 0-1
+        assert _sampled(loaded, batch, eos, step_forward=step)[0] == unsteered
+    finally:
+        handle.remove()
+        _fresh_compiler()
+    assert "step_forward" not in loaded.model.__dict__ and "forward" not in loaded.model.__dict__
+
+
+def test_the_engine_compiles_its_step_under_a_compile_mode(loaded) -> None:
+    """--steer-compile default: torch's own compiler (inductor, a C++ compiler on CPUs) gives the eager engine's responses."""
+    requests = [GenerationRequest(prompt, seed) for prompt in PROMPTS for seed in (1, 2)]
+    settings = GenerationSettings(max_new_tokens=8, temperature=1.5)
+    eager = Engine(loaded, settings).generate(requests)
+    _fresh_compiler()
+    try:
+        compiled = Engine(loaded, settings, compile_mode="default")
+        assert compiled.generate(requests) == eager
+        for before, after in zip(eager, compiled.generate(requests)):
+            assert after.unsteered.ids == before.unsteered.ids
+            assert torch.allclose(torch.tensor(after.unsteered.log_probs), torch.tensor(before.unsteered.log_probs), atol=1e-4)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    finally:
+        _fresh_compiler()

@@ -16,8 +16,8 @@ the mask it receives, then computes what its base computes:
   runs its own eager function on the steered mask.
 
 While a batch is steered (``PromptKeyBias.install``) the model's implementation is switched to
-the steered twin of its own (``set_attn_implementation``) and the steered modules are registered
-here; ``uninstall`` restores both. The engine runs unsteered batches on the twins too
+the steered twin of its own (``set_attn_implementation``) and each steered module holds its bias
+(``STEERING_ATTRIBUTE``); ``uninstall`` restores both. The engine runs unsteered batches on the twins too
 (``shared_kernels``), so configs differ only by the bias.
 
 Where the bias lands: the prompt's keys hold absolute positions 0..P-1 (left padding included).
@@ -25,7 +25,8 @@ Nothing depends on the keyword names a model passes between its layers (the KV c
 changed in transformers 5.24): once per model forward the number of positions T the forward
 ends at is read (the cache's length before it plus the new tokens), and a layer that receives
 ``keys`` keys holds positions ``max(0, T - keys) + j``. Full layers with a dynamic cache see keys
-0..T-1; static caches pass a longer buffer whose extra slots are masked. A sliding-window layer
+0..T-1; static caches pass a longer buffer whose extra slots are masked (their layers hold position i at
+slot i, so T is not read per layer there, and a compiled decode step does not depend on it). A sliding-window layer
 whose cache has dropped earlier keys (transformers keeps the last window - 1 keys and returns
 them with the new ones; the static sliding layer rolls a full buffer) sees the last ``keys``
 positions, so the bias follows each kept key and a dropped prompt key takes its bias with it.
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -68,8 +68,10 @@ CACHE_KEYWORDS = ("cache", "past_key_values")
 HeadSet = tuple[int, ...]
 AttentionFunction = Callable[..., tuple[torch.Tensor, Any]]
 
-# Attention modules being steered now -> the bias they add. Weak, so a dropped model is never kept alive.
-_ACTIVE: weakref.WeakKeyDictionary[nn.Module, _LayerSteering] = weakref.WeakKeyDictionary()
+# The attribute of an attention module being steered that holds the bias it adds. An attribute of the
+# module, not an entry of a table elsewhere: torch.compile guards on it, so a compiled step retraces when
+# steering starts or stops instead of replaying a graph traced without it.
+STEERING_ATTRIBUTE = "_pytest_steer_layer"
 
 
 def eager_attention(
@@ -133,7 +135,7 @@ def _steered(base: str) -> AttentionFunction:
     def steered_attention(
         module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any
     ) -> tuple[torch.Tensor, Any]:
-        steering = _ACTIVE.get(module)
+        steering = getattr(module, STEERING_ATTRIBUTE, None)
         if steering is not None:
             attention_mask = steering.mask(query, key, attention_mask)
         compute = sdpa_attention_forward if base == "sdpa" else family_eager_attention(type(module))
@@ -299,6 +301,13 @@ def check_prompt_rows(input_ids: torch.Tensor | None, prompt_ids: torch.Tensor, 
     )
 
 
+def _keys_from_position_zero(cache: Any) -> bool:
+    """Whether every layer of the cache hands attention its whole buffer, slot i holding position i
+    (transformers' static full-attention layers, the engine's fixed-shape layers)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(getattr(layer, "is_compileable", False) and not layer.is_sliding for layer in layers)
+
+
 class _LayerSteering:
     """What one attention module adds: its head set's share of the batch's prompt bias."""
 
@@ -327,8 +336,9 @@ class PromptKeyBias:
             selected = torch.zeros(num_heads, dtype=key_bias.dtype, device=key_bias.device)
             selected[list(heads)] = 1.0
             self._head_bias[heads] = key_bias[:, None, None, :] * selected[None, :, None, None]
-        # (head set, id of the mask received) -> (that mask, its signature, steered mask), for the current forward.
-        self._latest: dict[tuple[HeadSet, int], tuple[torch.Tensor | None, tuple[Any, ...], torch.Tensor]] = {}
+        # head set -> (mask received, its signature, steered mask) of the current forward. Matched by identity, not
+        # by id(): a compiled step then guards on no particular mask tensor, and retraces for no new batch.
+        self._latest: dict[HeadSet, list[tuple[torch.Tensor | None, tuple[Any, ...], torch.Tensor]]] = {}
         self._positions: int | None = None  # positions the current model forward ends at; None: layers called directly
         self._model: nn.Module | None = None
         self._kernels = contextlib.ExitStack()
@@ -350,13 +360,14 @@ class PromptKeyBias:
             model.register_forward_hook(self._check_reached),  # removes itself after the first forward
         ]
         for layer, heads in self.layer_heads.items():
-            self._layers[layer] = _ACTIVE[attention[layer]] = _LayerSteering(self, heads)
+            self._layers[layer] = _LayerSteering(self, heads)
+            setattr(attention[layer], STEERING_ATTRIBUTE, self._layers[layer])
             self._modules.append(attention[layer])
 
     def uninstall(self) -> None:
         """Restore the model's own attention and drop the masks kept from the latest forward."""
         for module in self._modules:
-            _ACTIVE.pop(module, None)
+            module.__dict__.pop(STEERING_ATTRIBUTE, None)
         for handle in self._handles:
             handle.remove()
         self._kernels.close()
@@ -381,6 +392,9 @@ class PromptKeyBias:
         if self._positions is not None and self._positions < prompt_length:
             raise self._foreign(self._positions)
         check_prompt_rows(input_ids, prompt_ids, self.prompt_ids.shape, "PASTA")
+        if _keys_from_position_zero(cache):
+            # every layer's keys are its slots 0..capacity-1: no position to read per layer, so a captured step stays one graph
+            self._positions = None
 
     def _foreign(self, positions: int) -> SteeringError:
         return SteeringError(
@@ -410,11 +424,12 @@ class PromptKeyBias:
         if mask is not None and mask.shape[-1] != keys:
             mask = mask[..., :keys]
         signature = (batch, queries, keys, first, query.dtype, query.device)
-        latest = self._latest.get((heads, id(mask)))
-        if latest is not None and latest[0] is mask and latest[1] == signature:
-            return latest[2]
+        built = self._latest.setdefault(heads, [])
+        for received, received_signature, steered in built:
+            if received is mask and received_signature == signature:
+                return steered
         steered = self._build_mask(heads, mask, signature)
-        self._latest[(heads, id(mask))] = (mask, signature, steered)
+        built.append((mask, signature, steered))
         return steered
 
     def _build_mask(self, heads: HeadSet, mask: torch.Tensor | None, signature: tuple[Any, ...]) -> torch.Tensor:

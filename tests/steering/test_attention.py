@@ -51,10 +51,10 @@ def padded_allowed(queries: int, keys: int, padding: list[int]) -> torch.Tensor:
 
 
 def steered_batch(module: nn.Module, key_bias: torch.Tensor) -> PromptKeyBias:
-    from pytest_steer.steering.attention import _ACTIVE, _LayerSteering
+    from pytest_steer.steering.attention import STEERING_ATTRIBUTE, _LayerSteering
 
     bias = PromptKeyBias(key_bias, torch.zeros(BATCH, PROMPT, dtype=torch.long), {0: STEERED_HEADS}, HEADS)
-    _ACTIVE[module] = _LayerSteering(bias, STEERED_HEADS)
+    setattr(module, STEERING_ATTRIBUTE, _LayerSteering(bias, STEERED_HEADS))
     return bias
 
 
@@ -71,7 +71,7 @@ def expected_bias(key_bias: torch.Tensor, keys: int) -> torch.Tensor:
 @pytest.mark.parametrize("extra", [{}, {"cache": object()}, {"past_key_values": object()}, {"position_ids": None, "sliding_window": None}],
                          ids=["no-cache", "cache=", "past_key_values=", "other-keywords"])
 def test_the_bias_is_added_whatever_the_mask_and_keywords(base: str, mask_kind: str, queries: int, extra: dict) -> None:
-    from pytest_steer.steering.attention import _ACTIVE
+    from pytest_steer.steering.attention import STEERING_ATTRIBUTE
 
     torch.manual_seed(0)
     keys = PROMPT + (0 if queries == PROMPT else 2)
@@ -86,7 +86,7 @@ def test_the_bias_is_added_whatever_the_mask_and_keywords(base: str, mask_kind: 
     try:
         output, _ = attention_function(base)(module, query, key, value, mask, scaling=DIM**-0.5, dropout=0.0, **extra)
     finally:
-        _ACTIVE.pop(module, None)
+        delattr(module, STEERING_ATTRIBUTE)
     expected = reference(query, key, value, allowed, expected_bias(key_bias, keys))
     real = [slice(pad, None) for pad in padding]  # padded queries attend to nothing real
     for row in range(BATCH):

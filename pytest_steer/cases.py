@@ -12,8 +12,13 @@ from pytest_steer.data import PromptRow, highlights
 
 BASELINE = "baseline"
 _CONFIG_NAME = r"[A-Za-z0-9_.]+"
-# node id of a case: path::test_name[<key>-<config>-t<trial>]; config names never hold "-".
-CASE_NODEID = re.compile(rf"^(?P<function>.+)\[(?P<key>.+)-(?P<config>{_CONFIG_NAME})-t(?P<trial>\d+)\]$")
+# what a case id leaves in a node id's parameters: ...-<config>-t<trial>, then "-" or "]" (config names never hold "-")
+_CASE_ID_TAIL = re.compile(rf"-{_CONFIG_NAME}-t\d+[-\]]")
+
+
+def may_name_a_case(nodeid: str) -> bool:
+    """Whether a node id's parameters could hold a case id: a test that needs no plan, for runs with no steer test."""
+    return _CASE_ID_TAIL.search(nodeid) is not None
 
 
 def case_id(key: str, config: str, trial: int) -> str:

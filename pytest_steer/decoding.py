@@ -168,6 +168,8 @@ def decode(
         capacity = -(-capacity // FIXED_CAPACITY_STEP) * FIXED_CAPACITY_STEP
     cache, kind = row_cache(model, capacity, fixed_shape=fixed_shape)
     fixed = kind is CacheKind.FIXED_SHAPE
+    if not fixed:  # transformers' own cache (sliding windows...) changes shape every step: a compiled step would retrace each time
+        step_forward = None
     cache_name = cache_argument(model)
     parameters = forward_parameters(model)
     prefill_extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}

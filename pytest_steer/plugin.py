@@ -138,6 +138,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         progress = steer_session(item.config).progress.take_pending()
         if progress:
             report.steer_progress = progress
+        if report.when == "teardown" and CASE_FIXTURE in getattr(item, "fixturenames", ()):
+            report.steer_case = True  # tells the controller, which sees only node ids, that this test is a steer case
     return report
 
 
@@ -263,6 +265,8 @@ class ReportReceiver:
         record = getattr(report, "steer_record", None)
         if record is not None:
             self.session.receive(record, report.nodeid)
+        if report.when == "teardown" and self.session.is_controller and not getattr(report, "steer_case", False):
+            self.session.not_a_case(report.nodeid)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)  # around the terminal's own: its short summary is written by now
     def pytest_terminal_summary(self, terminalreporter: Any) -> Iterator[None]:

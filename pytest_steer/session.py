@@ -8,6 +8,7 @@ the test loop.
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_steer.cases import case_id
+from pytest_steer.cases import case_id, may_name_a_case
 from pytest_steer.options import SteerSettings
 from pytest_steer.progress import Progress
 from pytest_steer.report.outputs import Written
@@ -62,11 +63,11 @@ class SteerSession:
     def select(self, selected: dict[str, str]) -> None:
         """The steer tests pytest's selection kept (node id -> case id); a process that runs them generates only those."""
         self.selected = selected
-        if selected and not self.config.option.collectonly and not self._is_controller:
+        if selected and not self.config.option.collectonly and not self.is_controller:
             self.runner.select(set(selected.values()))
 
     @property
-    def _is_controller(self) -> bool:
+    def is_controller(self) -> bool:
         return self.config.pluginmanager.hasplugin("dsession")
 
     @property
@@ -127,24 +128,40 @@ class SteerSession:
             except RunnerUnavailable as exc:
                 raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
 
-    def work_units(self) -> Callable[[str], str | None] | None:
-        """Node id -> its xdist work unit (None for a test that is no steer case); None when this process
-        cannot plan (collection then reports why)."""
-        try:
-            plan = self.plan
-            units = plan.work_units()
-        except Exception:  # the workers' collection fails with the same problem, and says it
-            return None
-        return lambda nodeid: units.get(plan.case_id_of(nodeid) or "")
+    def work_units(self) -> Callable[[str], str | None]:
+        """Node id -> its xdist work unit (None for a test that is no steer case). The plan is made at the
+        first node id that may name a case, so a run without steer tests never makes one; a process that
+        cannot plan gives every test a unit of its own (the workers' collection reports why)."""
+
+        @functools.cache
+        def planned() -> tuple[Plan, dict[str, str]] | None:
+            try:
+                return self.plan, self.plan.work_units()
+            except Exception:
+                return None
+
+        def unit_of(nodeid: str) -> str | None:
+            found = planned() if may_name_a_case(nodeid) else None
+            return None if found is None else found[1].get(found[0].case_id_of(nodeid) or "")
+
+        return unit_of
 
     def case_ids(self, nodeids: list[str]) -> dict[str, str]:
-        """Node id -> case id of the steer tests among ``nodeids`` (what a controller learns of a worker's collection)."""
+        """Node id -> case id of the tests among ``nodeids`` that name a case (what a controller learns of a
+        worker's collection). A test that only looks like one is dropped when its report comes (:meth:`not_a_case`)."""
+        candidates = [nodeid for nodeid in nodeids if may_name_a_case(nodeid)]
+        if not candidates:
+            return {}
         try:
             plan = self.plan
         except Exception:  # the workers' collection reports the problem
             return {}
-        found = {nodeid: plan.case_id_of(nodeid) for nodeid in nodeids}
+        found = {nodeid: plan.case_id_of(nodeid) for nodeid in candidates}
         return {nodeid: case for nodeid, case in found.items() if case is not None}
+
+    def not_a_case(self, nodeid: str) -> None:
+        """A worker ran ``nodeid`` as a test that requests no steer case: its id only looked like one."""
+        self.selected.pop(nodeid, None)
 
     @cached_property
     def configs(self) -> tuple[SteeringConfig, ...]:

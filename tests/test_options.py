@@ -48,6 +48,7 @@ def test_every_parser_words_its_own_errors(option: Option, value: str) -> None:
         (("--steer-batch-size", "big"), "--steer-batch-size (ini steer_batch_size): 'big' is not a whole number; expected auto or a positive integer"),
         (("--steer-json", ""), "--steer-json (ini steer_json): the path is empty; expected a file or directory path"),
         (("--steer-heads", "8-x"), "--steer-heads (ini steer_heads): heads '8-x': item '8-x' at position 0 is not a layer number"),
+        (("--steer-compile", "fast"), "--steer-compile (ini steer_compile): 'fast' is not one of default, reduce-overhead, max-autotune"),
     ],
 )
 def test_bad_values_are_usage_errors(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
@@ -74,6 +75,8 @@ def test_good_values_parse(pytester: pytest.Pytester) -> None:
     config = pytester.parseconfigure("--steer-trials", "3", "--steer-heads", "0-3,7", "--steer-batch-size", "auto", "--steer-greedy")
     settings = steer_session(config).settings
     assert (settings.trials, settings.heads, settings.batch_size, settings.greedy) == (3, "0-3,7", None, True)
+    assert settings.compile is None
+    assert steer_session(pytester.parseconfigure("--steer-compile", "reduce-overhead")).settings.compile == "reduce-overhead"
 
 
 def test_range_ends_and_valid_instruction_ids_parse(pytester: pytest.Pytester) -> None:

@@ -124,6 +124,37 @@ def test_several_tests_share_each_case(pytester: pytest.Pytester, tiny_checkpoin
     result.stdout.fnmatch_lines(["baseline *2 *", "pasta_alpha10 *2 *"])  # the table's prompt counts
 
 
+LOOKALIKE = """
+import pytest
+
+@pytest.mark.parametrize("name", ["s001-baseline-t0", "s002-baseline-t0"])
+def test_lookalike(name):
+    assert name
+"""
+
+
+def test_a_test_whose_id_only_looks_like_a_case_is_no_case_under_xdist(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The xdist controller sees node ids alone; a test that requests no steer case is dropped once its report comes."""
+    pytester.makepyfile(test_other=LOOKALIKE)
+    args = ["-p", "no:cacheprovider", "-n", "2", *tiny_args(tiny_checkpoint, "--steer-limit", "2"), "--steer-no-cache"]
+    alone = pytester.runpytest_subprocess(*args)
+    assert alone.ret == pytest.ExitCode.OK, alone.stdout.str()
+    assert "steering trade-off" not in alone.stdout.str()  # no steer case ran: nothing to report, nothing lost
+
+    pytester.makepyfile(test_suite=SUITE_TEST)
+    out = tmp_path / "results.json"
+    both = pytester.runpytest_subprocess(*args, "--steer-json", str(out))
+    output = both.stdout.str()
+    assert both.ret == pytest.ExitCode.OK, output
+    assert "did not report" not in output and "crashed" not in output
+    data = json.loads(out.read_text())
+    assert data["n_cases"] == len(data["cases"]) == 2
+    assert all(case["error"] is None for case in data["cases"])
+    assert all(case["nodeid"].split("::")[0].endswith("test_suite.py") for case in data["cases"])
+
+
 def test_k_generates_only_the_selected_cases_and_decides_no_gate(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
     pytester.makepyfile(test_suite=SUITE_TEST)
     cache = tmp_path / "cache"

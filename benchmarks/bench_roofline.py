@@ -15,6 +15,7 @@ bound and the engine back to back; minimum and median over rounds are printed, a
 ratios are of each round's own figures.
 
     python benchmarks/bench_roofline.py [--prompts 64] [--batch 64] [--new-tokens 64] [--rounds 3] [--dtypes float32,bfloat16]
+        [--compile MODE]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pytest_steer.cases import build_cases, steering_configs
 from pytest_steer.data import load_rows
 from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings
 from pytest_steer.models import LoadedModel, load_model
+from pytest_steer.options import COMPILE_MODES
 
 
 def best_seconds(work: Callable[[], Any], repeats: int) -> float:
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timings per bound measure and round (best kept)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--attn", default="eager", choices=("eager", "sdpa"))
+    parser.add_argument("--compile", choices=COMPILE_MODES, help="the engine as under --steer-compile MODE (compiled before the rounds)")
     args = parser.parse_args()
 
     dtypes = args.dtypes.split(",")
@@ -124,9 +127,9 @@ def main() -> None:
     engines: dict[str, tuple[Engine, PrefillTimer]] = {}
     for dtype in dtypes:
         loaded: LoadedModel = load_model(device="cpu", dtype=dtype, attn_implementation=args.attn)
-        engine = Engine(loaded, GenerationSettings(max_new_tokens=args.new_tokens))
+        engine = Engine(loaded, GenerationSettings(max_new_tokens=args.new_tokens), compile_mode=args.compile)
         engines[dtype] = (engine, PrefillTimer(loaded.model))
-        engine.generate(requests[:4])  # warm-up
+        engine.generate(requests if args.compile else requests[:4])  # warm-up; compiled: at the measured batch's shape
     prompt_tokens = engines[dtypes[0]][0].prompt_lengths([r.prompt for r in requests])
     mean_context = statistics.mean(prompt_tokens) + args.new_tokens / 2
 
@@ -156,8 +159,9 @@ def main() -> None:
         print(f"round {round_index + 1}: " + "; ".join(latest), flush=True)
 
     print()
+    compiled = f", compiled: {args.compile}" if args.compile else ""
     print(
-        f"embedded SmolLM2-135M ({args.attn}), torch threads {torch.get_num_threads()}; {len(requests)} builtin prompts "
+        f"embedded SmolLM2-135M ({args.attn}{compiled}), torch threads {torch.get_num_threads()}; {len(requests)} builtin prompts "
         f"(mean {statistics.mean(prompt_tokens):.1f} tokens) x {args.new_tokens} new tokens, sampling, one batch; "
         f"bound at {args.batch} rows, mean context {mean_context:.1f}; {args.rounds} rounds"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.cases import CASE_NODEID, SteeringConfig, case_id, steering_configs
+from pytest_steer.cases import SteeringConfig, case_id, may_name_a_case, steering_configs
 from pytest_steer.options import SteerSettings
 from pytest_steer.steering import SteeringMethod
 from pytest_steer.steering.registry import method_registry
@@ -47,13 +47,15 @@ def test_a_config_asked_for_twice_is_refused() -> None:
         steering_configs([], [("emphasis", {}), ("emphasis", {})])
 
 
-def test_case_ids_parse_back_whatever_the_key_holds() -> None:
+def test_a_node_id_that_may_name_a_case_is_told_without_a_plan() -> None:
     config = SteeringConfig.of("pasta", {"alpha": 1e-5}, named_by=["alpha"])
     assert "-" not in config.name
-    nodeid = f"suite/test_x.py::test_y[{case_id('key-with-dashes-7', config.name, 3)}]"
-    match = CASE_NODEID.match(nodeid)
-    assert match is not None
-    assert (match["key"], match["config"], match["trial"]) == ("key-with-dashes-7", config.name, "3")
+    case = case_id("key-with-dashes-7", config.name, 3)
+    assert may_name_a_case(f"suite/test_x.py::test_y[{case}]")
+    assert may_name_a_case(f"suite/test_x.py::test_y[1-{case}-x]")  # with other parameters, in any order
+    assert not may_name_a_case("suite/test_x.py::test_y[key-with-dashes-7]")
+    assert not may_name_a_case("suite/test_x.py::test_y[a-t3x]")
+    assert not may_name_a_case("suite/test_x.py::test_y")
 
 
 def test_the_registry_holds_the_built_in_methods_and_refuses_bad_ones() -> None:

@@ -35,6 +35,7 @@ def make_plan(keys: tuple[str, ...] = ("s001", "a-b"), trials: int = 2) -> Plan:
         ("test_mine.py::test_plain", None),
         ("test_mine.py::test_other[s001-baseline-t7]", None),  # no such trial in the plan
     ],
+    ids=["suite", "other-first", "other-after", "dashed-key", "dashed-key-other-first", "plain", "unknown-trial"],  # ids of no case
 )
 def test_a_node_id_names_its_case_whatever_else_parametrizes_the_test(nodeid: str, expected: str | None) -> None:
     assert make_plan().case_id_of(nodeid) == expected

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pin a newer tested set: rewrite constraints.txt from an environment the tests passed in
-# (default .venv-latest, the one .ci/run resolves with STEER_RESOLVE=latest). torch and the
+# (default .venv-latest, which `STEER_VENV=.venv-latest STEER_RESOLVE=latest scripts/test.sh` makes). torch and the
 # embedded model's package are installed apart (STEER_TORCH, --no-deps) and stay out.
 # Then set TESTED_TRANSFORMERS in pytest_steer/steering/stack.py to the new release;
 # tests/test_stack.py checks that the two agree.

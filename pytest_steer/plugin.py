@@ -43,15 +43,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
+SHARED_RECORDS = "steer_shared_records"  # workerinput key: the directory of --steer-sequential's shared records
+
+
 def pytest_configure(config: pytest.Config) -> None:
     settings = settings_from_config(config)
-    if settings.sequential and (config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no"):
-        raise pytest.UsageError(
-            "--steer-sequential looks at the checks after each block in one process and does not run under xdist yet: "
-            "drop -n/--dist, or run the fixed design under -n and replay it with python -m pytest_steer merge OUT RUN --sequential"
-        )
     session = SteerSession(config, settings)
     config.stash[SESSION_KEY] = session
+    if settings.sequential:
+        from pytest_steer.sequential_run import shared_records
+
+        session.shared = shared_records(config, SHARED_RECORDS)
     config.pluginmanager.register(ReportReceiver(session), RECEIVER_PLUGIN)
     if importlib.util.find_spec("pytest_html") is not None:
         from pytest_steer.report import html_plugin
@@ -61,6 +63,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def steer_session(config: pytest.Config) -> SteerSession:
     return config.stash[SESSION_KEY]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    shared = steer_session(node.config).shared
+    if shared is not None:
+        node.workerinput[SHARED_RECORDS] = str(shared.directory)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    """A worker that goes down before its work is done halts the sequential looks, so that no other worker waits for it."""
+    shared = steer_session(node.config).shared
+    output = getattr(node, "workeroutput", None) or {}
+    stopped = error or output.get("shouldfail") or output.get("shouldstop")
+    if shared is not None and stopped:
+        shared.halt(f"worker {node.gateway.id} went down: {stopped}")
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
@@ -105,7 +124,7 @@ def steer_case(request: pytest.FixtureRequest) -> SteerCase:
     if skipped is not None:
         pytest.skip(skipped)
     try:
-        record = session.runner.record(request.param)
+        record = session.record(request.param)
     except RunnerUnavailable as exc:  # nothing can run: one error, and the run stops here
         request.session.shouldstop = f"pytest-steer: {exc}"
         record = None
@@ -256,6 +275,7 @@ class ReportReceiver:
 
     def __init__(self, session: SteerSession) -> None:
         self.session = session
+        self.failures = 0
 
     @pytest.hookimpl(tryfirst=True)  # before the terminal writes this report's letter
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -267,6 +287,11 @@ class ReportReceiver:
             self.session.receive(record, report.nodeid)
         if report.when == "teardown" and self.session.is_controller and not getattr(report, "steer_case", False):
             self.session.not_a_case(report.nodeid)
+        if report.failed and self.session.shared is not None and self.session.is_controller:
+            self.failures += 1
+            maxfail = self.session.config.option.maxfail
+            if maxfail and self.failures >= maxfail:  # xdist stops the run: no worker may wait for more records
+                self.session.shared.halt(f"stopping after {self.failures} failures")
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)  # around the terminal's own: its short summary is written by now
     def pytest_terminal_summary(self, terminalreporter: Any) -> Iterator[None]:

@@ -219,6 +219,11 @@ class CaseRunner:
         except SteeringError as exc:
             raise RunnerUnavailable(str(exc)) from None
 
+    @property
+    def records(self) -> Mapping[str, CaseRecord]:
+        """Case id -> record of every case this runner has made so far."""
+        return self._records
+
     def record(self, case: Case) -> CaseRecord:
         if case.id not in self._records:
             batch = self._batch_of_case.get(case.id)

@@ -1,18 +1,34 @@
 """``--steer-sequential`` during a run: a look after each block of prompts, and where generation stops.
 
-The plan puts every case of a block before the next block's (pytest_steer.collection),
-so when a case of block ``b`` is about to generate, every case of the blocks before it
-has reported. The checks are then looked at after each of those blocks, exactly as
-:func:`pytest_steer.sequential_checks.decide_sequentially` replays them later: the same
-block order, the same streams, over the same prompts. Once a look leaves no check open,
-the cases of every later block are skipped, never generated.
+The plan puts every case of a block before the next block's (pytest_steer.collection).
+When a case of block ``b`` is about to generate, the checks are looked at after each
+block before it, exactly as :func:`pytest_steer.sequential_checks.decide_sequentially`
+replays them later: the same block order, the same streams, over the same prompts. Once
+a look leaves no check open, the cases of every later block are skipped, never generated.
+
+In one process every case of the earlier blocks has run by then. Under xdist each worker
+looks for itself, on every worker's records: a worker writes the records of each batch
+it generates to a directory the controller shares (:class:`SharedRecords`) and, before
+the first case of a later block, waits until the earlier blocks' records are all there.
+Every worker thus takes the same decisions as a serial run, from the same records. The
+controller hands out work units in block order (``--loadscope-no-reorder``), so the
+cases a worker waits for are always on workers that can reach them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pytest_steer.cases import case_id
 from pytest_steer.options import SteerSettings
 from pytest_steer.sequential import decide_looks
 from pytest_steer.sequential_checks import SequentialSettings, aggregates_over, check_streams
@@ -24,6 +40,13 @@ def sequential_settings(settings: SteerSettings) -> SequentialSettings:
     return SequentialSettings(seed=settings.seed, block_size=settings.sequential_block, quality_clip=settings.sequential_quality_clip)
 
 
+class LooksHalted(Exception):
+    """The run stops before the records a look needs can all come (a worker crashed, the run was stopped)."""
+
+
+Records = Callable[[set[str]], Sequence[Mapping[str, Any]]]  # prompt keys -> every record of their cases (maybe more)
+
+
 class SequentialStop:
     """Whether a case's block is still to be generated, looking at the finished blocks as needed."""
 
@@ -33,18 +56,21 @@ class SequentialStop:
         self._block_of = {key: index for index, block in enumerate(self.blocks) for key in block}
         self.looked = 0  # blocks looked at so far
         self.stopped_after: int | None = None  # blocks generated when a look left no check open
+        self.halted: str | None = None  # why no further look can be taken
 
     @property
     def prompts_total(self) -> int:
         return len(self._block_of)
 
-    def skip_reason(self, key: str, records: Callable[[], Sequence[Mapping[str, Any]]]) -> str | None:
-        """Why the cases of prompt ``key`` are not generated, or None; ``records`` gives every record so far."""
+    def skip_reason(self, key: str, records: Records) -> str | None:
+        """Why the cases of prompt ``key`` are not generated, or None; ``records`` gives the records of the
+        prompts looked at (and may wait for them)."""
         block = self._block_of.get(key)
         if block is None:
             return None
-        while self.stopped_after is None and self.looked < block:
-            self._look(records())
+        self._look_until(block, records)
+        if self.halted is not None and self.stopped_after is None and self.looked < block:
+            return f"not generated: the sequential looks stopped after {self.looked} blocks: {self.halted}"
         if not self.never_generated(key):
             return None
         used = sum(len(b) for b in self.blocks[: self.stopped_after])
@@ -52,6 +78,19 @@ class SequentialStop:
             f"decided after {used} of {self.prompts_total} prompts: look {self.stopped_after} left no gate or fail-if "
             "open (--steer-sequential)"
         )
+
+    def look_through(self, records: Records) -> None:
+        """Take every look the run took (the controller, after the test loop: it takes none before)."""
+        self._look_until(len(self.blocks), records)
+
+    def _look_until(self, blocks: int, records: Records) -> None:
+        while self.stopped_after is None and self.halted is None and self.looked < blocks:
+            try:
+                found = records({key for block in self.blocks[: self.looked + 1] for key in block})
+            except LooksHalted as exc:
+                self.halted = str(exc)
+                return
+            self._look(found)
 
     def never_generated(self, key: str) -> bool:
         """The prompt's block comes after the look that stopped the run (as far as the run has looked)."""
@@ -69,3 +108,88 @@ class SequentialStop:
         )
         if streams and looks and not looks[-1].open:
             self.stopped_after = looks[-1].index
+
+
+class SharedRecords:
+    """Case records that xdist workers share through a directory, for their looks.
+
+    Each batch's records go into a file of their own, written whole (a rename). The
+    controller leaves a ``halted`` file when the run can no longer give every case a
+    record: a worker crashed or stopped, or the run stops early.
+    """
+
+    HALTED = "halted"
+    POLL_SECONDS = 0.05
+
+    def __init__(self, directory: str | Path, writer: str = "controller") -> None:
+        self.directory = Path(directory)
+        self.writer = writer
+        self._written: set[str] = set()
+        self._files = 0
+        self._read: dict[str, list[dict[str, Any]]] = {}
+
+    def share(self, records: Mapping[str, Any]) -> None:
+        """Write the records (case id -> CaseRecord) not shared yet."""
+        new = [record.to_dict() for case_id, record in records.items() if case_id not in self._written]
+        if not new:
+            return
+        self._written.update(records)
+        self._files += 1
+        name = f"{self.writer}-{self._files:05d}.json"
+        partial = self.directory / f".{name}.partial"
+        partial.write_text(json.dumps(new))
+        os.replace(partial, self.directory / name)
+
+    def halt(self, reason: str) -> None:
+        """No further look can wait for every record: each worker's next look gives up, with ``reason``."""
+        path = self.directory / self.HALTED
+        if not path.exists():
+            partial = self.directory / f".{self.HALTED}.partial"
+            partial.write_text(reason)
+            os.replace(partial, path)
+
+    def halted(self) -> str | None:
+        """Why the looks were halted, or None."""
+        path = self.directory / self.HALTED
+        return path.read_text() if path.exists() else None
+
+    def wait_for(self, case_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Every shared record, once those of ``case_ids`` are all in; raises LooksHalted if they never will be."""
+        wanted = set(case_ids)
+        while True:
+            for path in sorted(self.directory.glob("*.json")):
+                if path.name not in self._read:
+                    self._read[path.name] = json.loads(path.read_text())
+            records = [record for batch in self._read.values() for record in batch]
+            if wanted <= {case_id(r["key"], r["config"], r["trial"]) for r in records}:
+                return records
+            halted = self.halted()
+            if halted is not None:
+                raise LooksHalted(halted)
+            time.sleep(self.POLL_SECONDS)
+
+
+def shared_records(config: pytest.Config, key: str) -> SharedRecords | None:
+    """The records this process shares for its looks: on an xdist worker, the directory the controller
+    passed as ``workerinput[key]``; on the controller, a new one; None in a plain run."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return SharedRecords(workerinput[key], writer=workerinput["workerid"])
+    if config.getoption("dist", "no") == "no":
+        return None
+    if config.getoption("dist") != "load":
+        raise pytest.UsageError(
+            f"--steer-sequential hands out the blocks in order under --dist load (the default of -n), not --dist "
+            f"{config.getoption('dist')}: drop --dist, or run the fixed design and replay it with "
+            "python -m pytest_steer merge OUT RUN --sequential"
+        )
+    remote = [spec for spec in config.getoption("tx", None) or [] if "popen" not in spec]
+    if remote:
+        raise pytest.UsageError(
+            f"--steer-sequential under xdist shares records through a local directory, and {remote[0]!r} is no local "
+            "worker: run with -n N, or run the fixed design and replay it with python -m pytest_steer merge OUT RUN --sequential"
+        )
+    config.option.loadscopereorder = False  # units go out in block order (--loadscope-no-reorder)
+    directory = tempfile.mkdtemp(prefix="steer-sequential-")
+    config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
+    return SharedRecords(directory)

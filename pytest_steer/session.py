@@ -29,11 +29,12 @@ if TYPE_CHECKING:
     from pytest_steer.cases import Case, SteeringConfig
     from pytest_steer.collection import Plan
     from pytest_steer.estimate import RunPlan
+    from pytest_steer.records import CaseRecord
     from pytest_steer.results import RunResults
     from pytest_steer.runner import CaseRunner
     from pytest_steer.selection import RunSelection
     from pytest_steer.sequential_checks import SequentialOutcome
-    from pytest_steer.sequential_run import SequentialStop
+    from pytest_steer.sequential_run import SequentialStop, SharedRecords
     from pytest_steer.spec import RunSpec
     from pytest_steer.steering.method import SteeringMethod
 
@@ -50,6 +51,7 @@ class SteerSession:
         self.started = time.time()
         self._results: RunResults | None = None
         self._stack_checked = False
+        self.shared: SharedRecords | None = None  # --steer-sequential under xdist: the records every worker looks at
 
     @property
     def is_worker(self) -> bool:
@@ -267,7 +269,20 @@ class SteerSession:
         """
         if self.sequential is None or self.selection.partial:
             return None
-        return self.sequential.skip_reason(case.row.key, self._case_records)
+        return self.sequential.skip_reason(case.row.key, self._records_of_prompts)
+
+    def record(self, case: Case) -> CaseRecord:
+        """The case's record (its batch generated as needed), shared with the other workers' looks."""
+        record = self.runner.record(case)
+        if self.shared is not None:
+            self.shared.share(self.runner.records)
+        return record
+
+    def _records_of_prompts(self, keys: set[str]) -> list[dict[str, Any]]:
+        """The records a look at the prompts ``keys`` needs: on an xdist worker, once every worker's are in."""
+        if self.shared is None or self.is_controller:
+            return self._case_records()
+        return self.shared.wait_for(case for case in self.selected.values() if self.plan.by_id[case].row.key in keys)
 
     def _sequential_outcome(self, aggregates: list[ConfigAggregate], records: list[dict[str, Any]]) -> SequentialOutcome:
         """The checks decided as the live run looked at them, over the prompts it generated."""
@@ -299,7 +314,15 @@ class SteerSession:
         """Records of the selected cases that no test reported: errors, never misses."""
         from pytest_steer.records import CaseRecord
 
-        reason = f"lost: not run: {self.stopped}" if self.stopped else "lost: the case never reported (its worker crashed)"
+        halted = self.shared.halted() if self.shared is not None else None
+        if halted is not None:  # the workers skipped the cases after their last look: those the run needed are lost
+            reason = f"lost: not run: the sequential looks halted ({halted})"
+        elif self.stopped:
+            reason = f"lost: not run: {self.stopped}"
+        else:
+            reason = "lost: the case never reported (its worker crashed)"
+        if self.sequential is not None:  # an xdist controller has taken no look yet; the workers' may have halted early
+            self.sequential.look_through(self._records_of_prompts)
         lost = []
         for nodeid, case_key in self.selected.items():
             if case_key in reported:

@@ -70,10 +70,71 @@ def test_sequential_needs_a_check(pytester: pytest.Pytester, tiny_checkpoint: Pa
     result.stdout.fnmatch_lines(["*--steer-sequential stops generating once every gate and fail-if is decided, and this run has none*"])
 
 
-def test_sequential_refuses_xdist_with_the_replay_as_the_way_out(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+def test_a_sequential_run_under_xdist_takes_the_serial_runs_looks(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    serial = run(pytester, tiny_checkpoint, tmp_path / "serial", "--steer-sequential", "--steer-sequential-block", "2")
+    parallel = run(pytester, tiny_checkpoint, tmp_path / "xdist", "--steer-sequential", "--steer-sequential-block", "2", "-n", "2")
+    assert serial.ret == 0, serial.stdout.str()
+    assert parallel.ret == 0, parallel.stdout.str()
+    serial_data = json.loads((tmp_path / "serial" / "results.json").read_text())
+    parallel_data = json.loads((tmp_path / "xdist" / "results.json").read_text())
+    used = serial_data["sequential"]["prompts_used"]
+    assert used < 12 and parallel_data["sequential"] == serial_data["sequential"]
+    assert [g["message"] for g in parallel_data["gates"]] == [g["message"] for g in serial_data["gates"]]
+    assert responses(tmp_path / "xdist") == responses(tmp_path / "serial")
+    assert parallel.parseoutcomes() == serial.parseoutcomes()
+    assert len({line["worker"] for line in cases(tmp_path / "xdist")}) == 2  # both workers generated
+    parallel.stdout.fnmatch_lines([f"*decided after {used} of 12 prompts*"])
+
+
+def cases(report: Path) -> list[dict]:
+    return [json.loads(line) for line in (report / "cases.jsonl").read_text().splitlines() if line.strip()]
+
+
+def responses(report: Path) -> dict[tuple[str, str, int], str]:
+    return {(c["key"], c["config"], c["trial"]): c["response"] for c in cases(report)}
+
+
+def test_sequential_under_xdist_needs_the_load_distribution(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
     pytester.makepyfile(test_steer=TEST)
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-sequential", "--steer-gate", GATE, "-n", "2"
-    )
+        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-sequential", "--steer-gate", GATE,
+        "-n", "2", "--dist", "loadfile",
+    )  # fmt: skip
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--steer-sequential *does not run under xdist yet*merge OUT RUN --sequential*"])
+    result.stderr.fnmatch_lines(["*--steer-sequential hands out the blocks in order under --dist load*not --dist loadfile*"])
+
+
+def test_a_crashed_worker_halts_the_looks_and_the_run_ends(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        crash_once="""
+        import os
+        from pathlib import Path
+
+        def pytest_runtest_setup(item):  # before its batch is generated: the other worker waits for its records
+            marker = Path(os.environ["STEER_TEST_CRASHED"])
+            if "emphasis" in item.nodeid and not marker.exists():
+                marker.write_text(item.nodeid)
+                os._exit(1)
+        """
+    )
+    monkeypatch.setenv("STEER_TEST_CRASHED", str(tmp_path / "crashed"))
+    pytester.makepyfile(test_steer=TEST)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "crash_once", "-rs", "--steer-model", str(tiny_checkpoint), "--steer-limit", "12",
+        "--steer-max-new-tokens", "3", "--steer-method", "emphasis", "--steer-quality", "none", "--steer-no-cache",
+        "--steer-min-prompts", "2", "--steer-fail-if", "emphasis: strict_prompt_accuracy - baseline < 0",
+        "--steer-sequential", "--steer-sequential-block", "2", "--steer-report-dir", str(tmp_path / "report"), "-n", "2",
+        timeout=600,
+    )  # fmt: skip
+    crashed = (tmp_path / "crashed").read_text().split("::")[-1]
+    result.stdout.fnmatch_lines([f"*crashed while running *{crashed}*", "*not generated: the sequential looks stopped after 0 blocks*went down*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    data = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert data["sequential"]["looks"][-1]["open"]  # A/A-like deltas against 0: no look decides
+    ran = [c for c in cases(tmp_path / "report") if not c["error"]]
+    lost = [c for c in cases(tmp_path / "report") if c["error"]]
+    assert {c["config"] for c in ran} == {"baseline", "emphasis"}  # what ran is kept
+    assert lost and all("lost: not run: the sequential looks halted (worker gw" in c["error"] for c in lost)
+    assert len(ran) + len(lost) == 24 and not data["gates"][0]["passed"]  # lost cases are errors, over the default budget

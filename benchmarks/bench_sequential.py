@@ -22,7 +22,8 @@ under Holm, looks every 8 prompts, sequential share 0.2 of the error. Scenarios:
 For each row: the rate of any false alarm (A/A) or the power of the alpha 10 fail-if
 (drop), sequential (and the part of it decided at the looks, the rest at the budget)
 and fixed, and the mean share of the fixed design's generations the
-sequential run used, each with its Monte-Carlo standard error.
+sequential run used (a config whose checks are all decided stops before the run does,
+so each config counts with its own prompts), each with its Monte-Carlo standard error.
 
 Then the rate of anything shown at the looks alone, without the budget's bootstrap, over
 more simulations (their share of the error is 0.005).
@@ -44,7 +45,7 @@ import numpy as np
 from pytest_steer.aggregate import ConfigAggregate
 from pytest_steer.gates import evaluate_gates
 from pytest_steer.sequential import SEQUENTIAL_SHARE, SHOWN, decide_looks, prompt_blocks
-from pytest_steer.sequential_checks import SequentialSettings, check_streams, decide_sequentially
+from pytest_steer.sequential_checks import SequentialOutcome, SequentialSettings, check_streams, decide_sequentially
 
 ALPHAS = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 TARGET = 10.0
@@ -84,14 +85,21 @@ def simulate(rng: np.random.Generator, n: int, trials: int, scenario: str, resam
     return configs
 
 
-def restrict(aggregates: list[ConfigAggregate], keys: set[str]) -> list[ConfigAggregate]:
+def restrict(aggregates: list[ConfigAggregate], keys: set[str], by_config: dict[str, set[str]]) -> list[ConfigAggregate]:
     out = []
     for agg in aggregates:
-        per_prompt = {m: {k: v for k, v in values.items() if k in keys} for m, values in agg.per_prompt.items()}
+        kept = by_config.get(agg.name, keys)
+        per_prompt = {m: {k: v for k, v in values.items() if k in kept} for m, values in agg.per_prompt.items()}
         trials = agg.n_cases // agg.n_prompts
-        out.append(ConfigAggregate(agg.name, agg.alpha, len(keys), len(keys) * trials, 0, {}, {}, per_prompt, agg.method,
+        out.append(ConfigAggregate(agg.name, agg.alpha, len(kept), len(kept) * trials, 0, {}, {}, per_prompt, agg.method,
                                    n_resamples=agg.n_resamples))
     return out
+
+
+def generated_share(outcome: SequentialOutcome, configs: list[ConfigAggregate], n: int) -> float:
+    """The sequential run's generations over the fixed design's: each config with its own prompts."""
+    used = len(outcome.prompts_used)
+    return sum(len(outcome.prompts_by_config.get(agg.name, range(used))) for agg in configs) / (n * len(configs))
 
 
 def fail_ifs(scenario: str) -> list[str]:
@@ -120,7 +128,7 @@ def row(sims: int, resamples: int, n: int, trials: int, scenario: str) -> dict[s
             look_hits.append(bool(at_looks))
             seq_hits.append(any(not r.passed for r in outcome.results))
             fixed_hits.append(any(not r.passed for r in fixed))
-        used.append(len(outcome.prompts_used) / n)
+        used.append(generated_share(outcome, full, n))
     return {name: _mean_se(values) for name, values in (("seq", seq_hits), ("looks", look_hits), ("fixed", fixed_hits), ("used", used))}
 
 

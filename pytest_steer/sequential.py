@@ -59,6 +59,7 @@ class Stream:
     high: float
     above: bool
     n_clipped: int = 0
+    configs: tuple[str, ...] = ()  # the configs whose cases its values come from
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Look:
     index: int  # 1-based
     prompts_used: int
     decisions: tuple[Decision, ...]
+    stopped: tuple[str, ...] = ()  # configs no open check reads any more: generated no further (so far)
 
     @property
     def open(self) -> list[str]:
@@ -90,7 +92,17 @@ class Look:
             "shown": [d.name for d in self.decisions if d.state == SHOWN],
             "shown_not": [d.name for d in self.decisions if d.state == SHOWN_NOT],
             "open": self.open,
+            "stopped": list(self.stopped),
         }
+
+
+def prompts_per_config(looks: Sequence[Look]) -> dict[str, int]:
+    """Config -> the prompts generated for it, for the configs whose generation stopped before the run's."""
+    stops: dict[str, int] = {}
+    for look in looks:
+        for config in look.stopped:
+            stops.setdefault(config, look.prompts_used)
+    return {config: n for config, n in stops.items() if n < looks[-1].prompts_used}
 
 
 def prompt_blocks(keys: Sequence[str], block_size: int, seed: int) -> list[list[str]]:
@@ -218,6 +230,10 @@ def decide_looks(
     *shown* by Holm over all ``streams`` (``correction="none"``: each check on its own at
     that share); *shown not* is each check's complement shown at ``alpha``. A check is not decided before ``min_prompts``
     of its prompts are in. Stops at the first look where every check is decided.
+
+    A config that no open check reads any more (every check on it decided) is generated no
+    further: the look lists it as stopped, and the checks that read it keep the values of
+    that look in Holm's ranking, as they would in a run that generated nothing more of it.
     """
     if not 0.0 < alpha < 1.0 or not 0.0 < share <= 1.0:
         raise ValueError(f"need 0 < alpha < 1 and 0 < share <= 1, got alpha={alpha!r}, share={share!r}")
@@ -239,6 +255,13 @@ def decide_looks(
     high = np.stack([np.where(signs[:, 0] > 0, highs, -lows), np.where(signs[:, 0] > 0, -lows, highs)])
     p = running_p_values(betting_wealth(sided, low, high)) if n else np.ones((2, len(streams), 0))
     seen = np.cumsum(~np.isnan(scores), axis=-1)
+    rows = np.arange(len(streams))
+    readers: dict[str, list[int]] = {}
+    for row, stream in enumerate(streams):
+        for config in stream.configs:
+            readers.setdefault(config, []).append(row)
+    stopped: list[str] = []
+    frozen = np.full(len(streams), -1)  # the last prompt position of a check whose config stopped generating
     states = [OPEN] * len(streams)
     decided_at: list[int | None] = [None] * len(streams)
     looks: list[Look] = []
@@ -247,19 +270,24 @@ def decide_looks(
         end += len(block)
         if not block:
             continue
-        at = end - 1
-        ready = seen[:, at] >= max(min_prompts, 1)
-        shown = decide(np.where(ready, p[0, :, at], 1.0), alpha * share)
-        shown_not = ready & (p[1, :, at] <= alpha)
+        at = np.where(frozen >= 0, frozen, end - 1)
+        p_at, seen_at = p[:, rows, at], seen[rows, at]
+        ready = seen_at >= max(min_prompts, 1)
+        shown = decide(np.where(ready, p_at[0], 1.0), alpha * share)
+        shown_not = ready & (p_at[1] <= alpha)
         for row in range(len(streams)):
             if states[row] == OPEN and (shown[row] or shown_not[row]):
                 states[row] = SHOWN if shown[row] else SHOWN_NOT
                 decided_at[row] = index
+        for config, reading in readers.items():
+            if config not in stopped and all(states[row] != OPEN for row in reading):
+                stopped.append(config)
+                frozen[reading] = np.where(frozen[reading] >= 0, frozen[reading], end - 1)
         decisions = tuple(
-            Decision(s.name, states[r], decided_at[r], int(seen[r, at]), float(p[0, r, at]), float(p[1, r, at]))
+            Decision(s.name, states[r], decided_at[r], int(seen_at[r]), float(p_at[0, r]), float(p_at[1, r]))
             for r, s in enumerate(streams)
         )
-        looks.append(Look(index, end, decisions))
+        looks.append(Look(index, end, decisions, tuple(stopped)))
         if OPEN not in states:
             break
     return looks

@@ -19,7 +19,18 @@ import numpy as np
 
 from pytest_steer.aggregate import QUALITY_METRIC, ConfigAggregate, aggregate
 from pytest_steer.gates import FAIL_IF, GATE, Gate, GateResult, evaluate_gates, parse_gate
-from pytest_steer.sequential import OPEN, SEQUENTIAL_SHARE, SHOWN, Decision, Look, Stream, centered_scores, decide_looks, prompt_blocks
+from pytest_steer.sequential import (
+    OPEN,
+    SEQUENTIAL_SHARE,
+    SHOWN,
+    Decision,
+    Look,
+    Stream,
+    centered_scores,
+    decide_looks,
+    prompt_blocks,
+    prompts_per_config,
+)
 
 DEFAULT_BLOCK_SIZE = 8
 DEFAULT_QUALITY_CLIP = 1.0  # nats of fluency (mean log-likelihood per token) around the threshold
@@ -44,6 +55,7 @@ class SequentialOutcome:
     prompts_used: list[str]  # in generation order
     results: list[GateResult]
     settings: SequentialSettings
+    prompts_by_config: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # configs that stopped on their own
 
     @property
     def stopped_early(self) -> bool:
@@ -52,6 +64,7 @@ class SequentialOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {
             "prompts_used": len(self.prompts_used),
+            "prompts_by_config": {config: len(keys) for config, keys in sorted(self.prompts_by_config.items())},
             "prompts_total": self.prompts_total,
             "block_size": self.settings.block_size,
             "share": self.settings.share,
@@ -95,9 +108,9 @@ def check_streams(
                 )
                 keys = tuple(sorted(scores))
                 above = gate.bound == "ci_low"
-                streams.append(
-                    Stream(check_name(form, gate, agg.name), keys, np.array([scores[k] for k in keys]), low, high, above, clipped)
-                )
+                configs = (agg.name, baseline.name) if gate.delta and baseline is not None else (agg.name,)
+                name = check_name(form, gate, agg.name)
+                streams.append(Stream(name, keys, np.array([scores[k] for k in keys]), low, high, above, clipped, configs))
     return streams
 
 
@@ -111,13 +124,16 @@ def _paired_values(gate: Gate, agg: ConfigAggregate, baseline: ConfigAggregate |
     return {key: (own[key][0] - other[key][0], own[key][1]) for key in sorted(own.keys() & other.keys())}
 
 
-def aggregates_over(
-    records: Sequence[Mapping[str, Any]], *, seed: int, confidence: float
-) -> Callable[[set[str]], list[ConfigAggregate]]:
-    """``keys -> aggregates of the records of those prompts``: the ``over`` of :func:`decide_sequentially`."""
+Over = Callable[[set[str], Mapping[str, set[str]]], list[ConfigAggregate]]
 
-    def over(keys: set[str]) -> list[ConfigAggregate]:
-        return aggregate([r for r in records if str(r["key"]) in keys], seed=seed, confidence=confidence)
+
+def aggregates_over(records: Sequence[Mapping[str, Any]], *, seed: int, confidence: float) -> Over:
+    """``(keys, by_config) -> aggregates of the records of those prompts`` (of ``by_config[config]`` for a
+    config whose generation stopped earlier): the ``over`` of :func:`decide_sequentially`."""
+
+    def over(keys: set[str], by_config: Mapping[str, set[str]]) -> list[ConfigAggregate]:
+        kept = [r for r in records if str(r["key"]) in by_config.get(str(r["config"]), keys)]
+        return aggregate(kept, seed=seed, confidence=confidence)
 
     return over
 
@@ -143,12 +159,12 @@ def replay(
     outcome = decide_sequentially(
         full, over, gates, fail_ifs, settings, max_errors=max_errors, min_prompts=min_prompts, correction=correction
     )
-    return over(set(outcome.prompts_used)), outcome
+    return over(set(outcome.prompts_used), outcome.prompts_by_config), outcome
 
 
 def decide_sequentially(
     full: Sequence[ConfigAggregate],
-    over: Callable[[set[str]], Sequence[ConfigAggregate]],
+    over: Over,
     gates: Sequence[Gate | str],
     fail_ifs: Sequence[Gate | str],
     settings: SequentialSettings,
@@ -177,10 +193,11 @@ def decide_sequentially(
     looks = decide_looks(streams, blocks, alpha, min_prompts=min_prompts, share=settings.share, correction=correction)
     order = [key for block in blocks for key in block]
     used = order[: looks[-1].prompts_used] if looks else order
+    by_config = {config: set(order[:n]) for config, n in prompts_per_config(looks).items()}
     final_confidence = 1.0 - (1.0 - settings.share) * (1.0 - confidence)  # the budget's share of the error
     fixed = evaluate_gates(
         gates,
-        [dataclasses.replace(agg, confidence=final_confidence) for agg in over(set(used))],
+        [dataclasses.replace(agg, confidence=final_confidence) for agg in over(set(used), by_config)],
         fail_ifs=fail_ifs,
         correction=correction,
         max_errors=max_errors,
@@ -189,7 +206,7 @@ def decide_sequentially(
     decisions = {d.name: d for d in looks[-1].decisions} if looks else {}
     by_name = {s.name: s for s in streams}
     results = [_combine(result, decisions, by_name, len(blocks), alpha, settings.share) for result in fixed]
-    return SequentialOutcome(looks, len(keys), used, results, settings)
+    return SequentialOutcome(looks, len(keys), used, results, settings, by_config)
 
 
 def _combine(

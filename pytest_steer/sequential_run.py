@@ -44,11 +44,16 @@ class LooksHalted(Exception):
     """The run stops before the records a look needs can all come (a worker crashed, the run was stopped)."""
 
 
-Records = Callable[[set[str]], Sequence[Mapping[str, Any]]]  # prompt keys -> every record of their cases (maybe more)
+Wanted = Callable[[str, str], bool]  # (prompt key, config) -> whether a look needs the records of those cases
+Records = Callable[[Wanted], Sequence[Mapping[str, Any]]]  # every record a look needs (maybe more); may wait for them
 
 
 class SequentialStop:
-    """Whether a case's block is still to be generated, looking at the finished blocks as needed."""
+    """Whether a case's block is still to be generated, looking at the finished blocks as needed.
+
+    The run stops at the first look that leaves no check open; a config stops earlier, at
+    the first look that leaves no open check reading it (:func:`pytest_steer.sequential.decide_looks`).
+    """
 
     def __init__(self, settings: SteerSettings, blocks: Sequence[Sequence[str]]) -> None:
         self.settings = settings
@@ -56,26 +61,34 @@ class SequentialStop:
         self._block_of = {key: index for index, block in enumerate(self.blocks) for key in block}
         self.looked = 0  # blocks looked at so far
         self.stopped_after: int | None = None  # blocks generated when a look left no check open
+        self.config_stopped_after: dict[str, int] = {}  # config -> blocks generated when no open check read it any more
         self.halted: str | None = None  # why no further look can be taken
 
     @property
     def prompts_total(self) -> int:
         return len(self._block_of)
 
-    def skip_reason(self, key: str, records: Records) -> str | None:
-        """Why the cases of prompt ``key`` are not generated, or None; ``records`` gives the records of the
-        prompts looked at (and may wait for them)."""
+    def skip_reason(self, key: str, config: str, records: Records) -> str | None:
+        """Why the cases of prompt ``key`` under ``config`` are not generated, or None."""
         block = self._block_of.get(key)
         if block is None:
             return None
-        self._look_until(block, records)
+        if not self.never_generated(key, config):
+            self._look_until(block, records)
         if self.halted is not None and self.stopped_after is None and self.looked < block:
             return f"not generated: the sequential looks stopped after {self.looked} blocks: {self.halted}"
-        if not self.never_generated(key):
+        if not self.never_generated(key, config):
             return None
-        used = sum(len(b) for b in self.blocks[: self.stopped_after])
+        if self.stopped_after is not None and block >= self.stopped_after:
+            used = sum(len(b) for b in self.blocks[: self.stopped_after])
+            return (
+                f"decided after {used} of {self.prompts_total} prompts: look {self.stopped_after} left no gate or fail-if "
+                "open (--steer-sequential)"
+            )
+        look = self.config_stopped_after[config]
+        used = sum(len(b) for b in self.blocks[:look])
         return (
-            f"decided after {used} of {self.prompts_total} prompts: look {self.stopped_after} left no gate or fail-if "
+            f"decided after {used} of {self.prompts_total} prompts: look {look} left no gate or fail-if on {config} "
             "open (--steer-sequential)"
         )
 
@@ -86,27 +99,38 @@ class SequentialStop:
     def _look_until(self, blocks: int, records: Records) -> None:
         while self.stopped_after is None and self.halted is None and self.looked < blocks:
             try:
-                found = records({key for block in self.blocks[: self.looked + 1] for key in block})
+                found = records(self._wanted_for_look(self.looked + 1))
             except LooksHalted as exc:
                 self.halted = str(exc)
                 return
             self._look(found)
 
-    def never_generated(self, key: str) -> bool:
-        """The prompt's block comes after the look that stopped the run (as far as the run has looked)."""
+    def _wanted_for_look(self, blocks: int) -> Wanted:
+        """The cases a look after ``blocks`` blocks reads: those of its blocks that were generated."""
+        return lambda key, config: self._block_of.get(key, blocks) < blocks and not self.never_generated(key, config)
+
+    def never_generated(self, key: str, config: str) -> bool:
+        """The prompt's block comes after the look that stopped the run or the config (as far as the run has looked)."""
         block = self._block_of.get(key)
-        return block is not None and self.stopped_after is not None and block >= self.stopped_after
+        if block is None:
+            return False
+        stop = min(self.stopped_after or len(self.blocks), self.config_stopped_after.get(config, len(self.blocks)))
+        return block >= stop
 
     def _look(self, records: Sequence[Mapping[str, Any]]) -> None:
         self.looked += 1
         looked = self.blocks[: self.looked]
         s, sequential = self.settings, sequential_settings(self.settings)
-        aggregates = aggregates_over(records, seed=s.seed, confidence=CONFIDENCE)({key for block in looked for key in block})
+        aggregates = aggregates_over(records, seed=s.seed, confidence=CONFIDENCE)({key for block in looked for key in block}, {})
         streams = check_streams(s.gate, s.fail_if, aggregates, quality_clip=sequential.quality_clip)
         looks = decide_looks(
             streams, looked, (1.0 - CONFIDENCE) / 2.0, min_prompts=s.min_prompts, share=sequential.share, correction=s.gate_correction
         )
-        if streams and looks and not looks[-1].open:
+        if not (streams and looks):
+            return
+        for config in looks[-1].stopped:
+            self.config_stopped_after.setdefault(config, looks[-1].index)
+        if not looks[-1].open:
             self.stopped_after = looks[-1].index
 
 

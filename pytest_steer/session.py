@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pytest_steer.runner import CaseRunner
     from pytest_steer.selection import RunSelection
     from pytest_steer.sequential_checks import SequentialOutcome
-    from pytest_steer.sequential_run import SequentialStop, SharedRecords
+    from pytest_steer.sequential_run import SequentialStop, SharedRecords, Wanted
     from pytest_steer.spec import RunSpec
     from pytest_steer.steering.method import SteeringMethod
 
@@ -269,7 +269,7 @@ class SteerSession:
         """
         if self.sequential is None or self.selection.partial:
             return None
-        return self.sequential.skip_reason(case.row.key, self._records_of_prompts)
+        return self.sequential.skip_reason(case.row.key, case.config.name, self._records_wanted)
 
     def record(self, case: Case) -> CaseRecord:
         """The case's record (its batch generated as needed), shared with the other workers' looks."""
@@ -278,11 +278,12 @@ class SteerSession:
             self.shared.share(self.runner.records)
         return record
 
-    def _records_of_prompts(self, keys: set[str]) -> list[dict[str, Any]]:
-        """The records a look at the prompts ``keys`` needs: on an xdist worker, once every worker's are in."""
+    def _records_wanted(self, wanted: Wanted) -> list[dict[str, Any]]:
+        """The records of the cases a look needs: on an xdist worker, once every worker has shared them."""
         if self.shared is None or self.is_controller:
             return self._case_records()
-        return self.shared.wait_for(case for case in self.selected.values() if self.plan.by_id[case].row.key in keys)
+        cases = [self.plan.by_id[case] for case in self.selected.values()]
+        return self.shared.wait_for(case.id for case in cases if wanted(case.row.key, case.config.name))
 
     def _sequential_outcome(self, aggregates: list[ConfigAggregate], records: list[dict[str, Any]]) -> SequentialOutcome:
         """The checks decided as the live run looked at them, over the prompts it generated."""
@@ -322,14 +323,14 @@ class SteerSession:
         else:
             reason = "lost: the case never reported (its worker crashed)"
         if self.sequential is not None:  # an xdist controller has taken no look yet; the workers' may have halted early
-            self.sequential.look_through(self._records_of_prompts)
+            self.sequential.look_through(self._records_wanted)
         lost = []
         for nodeid, case_key in self.selected.items():
             if case_key in reported:
                 continue
             reported.add(case_key)
             case = self.plan.by_id[case_key]
-            if self.sequential is not None and self.sequential.never_generated(case.row.key):
+            if self.sequential is not None and self.sequential.never_generated(case.row.key, case.config.name):
                 continue  # never generated: the sequential run had decided every check before its block
             row = case.row
             record = CaseRecord.failed(

@@ -143,11 +143,38 @@ def test_decisions_wait_for_min_prompts_and_never_revert():
     assert looks[-1].decisions[0].look == 5 and looks[-1].prompts_used == 20
 
 
-def _records(n: int, drop: float, seed: int) -> list[dict]:
+def test_a_config_whose_checks_are_decided_stops_and_its_values_stop_counting():
+    rng = np.random.default_rng(4)
+    worse = dataclasses.replace(_stream("a::worse", np.clip(rng.normal(-0.6, 0.2, size=96), -1, 1), above=False), configs=("a", "base"))
+    null = rng.uniform(-1, 1, size=96)
+    null = dataclasses.replace(_stream("b::null", null - null.mean(), above=False), configs=("b", "base"))
+    looks = decide_looks([worse, null], prompt_blocks(worse.keys, 8, seed=0), 0.025, min_prompts=10)
+    stop = next(look for look in looks if look.stopped)
+    assert stop.stopped == ("a",) and stop.decisions[0].state == SHOWN and stop.decisions[1].state == OPEN
+    assert looks[-1].open == ["b::null"] and looks[-1].stopped == ("a",) and len(looks) == 12  # the run goes on for b
+    assert {look.decisions[0].p_shown for look in looks[stop.index - 1 :]} == {stop.decisions[0].p_shown}  # frozen
+
+
+def test_replay_stops_a_decided_config_before_the_run():
+    steered = _records(96, drop=0.7, seed=4, config="pasta_alpha20")  # the same prompts and baseline
+    records = _records(96, drop=0.0, seed=4) + [r for r in steered if r["config"] != "baseline"]
+    fail_if = "strict_prompt_accuracy - baseline < 0"  # open on alpha 10 (no change), shown on alpha 20
+    aggregates, outcome = replay(records, [], [fail_if], SequentialSettings(seed=0), max_errors=0, min_prompts=10)
+    stopped = outcome.to_dict()["prompts_by_config"]
+    assert list(stopped) == ["pasta_alpha20"] and stopped["pasta_alpha20"] < len(outcome.prompts_used)
+    by_name = {agg.name: agg for agg in aggregates}
+    assert by_name["pasta_alpha20"].n_prompts == stopped["pasta_alpha20"]
+    assert by_name["pasta_alpha10"].n_prompts == by_name["baseline"].n_prompts == len(outcome.prompts_used)
+    results = {r.config: r for r in outcome.results}
+    assert results["pasta_alpha20"].shown and "decided at the budget" in results["pasta_alpha10"].message
+
+
+def _records(n: int, drop: float, seed: int, config: str = "pasta_alpha10") -> list[dict]:
     rng = np.random.default_rng(seed)
     p = rng.beta(2, 2, size=n)
     out = []
-    for config, alpha, q in (("baseline", None, p), ("pasta_alpha10", 10.0, np.clip(p - drop, 0, 1))):
+    steered = (config, float(config.removeprefix("pasta_alpha")), np.clip(p - drop, 0, 1))
+    for config, alpha, q in (("baseline", None, p), steered):  # noqa: B020 - the steered tuple is built first
         for i in range(n):
             for trial in range(2):
                 follows = [bool(rng.random() < np.sqrt(q[i])) for _ in range(2)]

@@ -138,3 +138,28 @@ def test_a_crashed_worker_halts_the_looks_and_the_run_ends(
     assert {c["config"] for c in ran} == {"baseline", "emphasis"}  # what ran is kept
     assert lost and all("lost: not run: the sequential looks halted (worker gw" in c["error"] for c in lost)
     assert len(ran) + len(lost) == 24 and not data["gates"][0]["passed"]  # lost cases are errors, over the default budget
+
+
+def test_a_config_whose_checks_are_decided_stops_before_the_run(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    decided = "emphasis: strict_prompt_accuracy - baseline < -2"  # shown not at the first look
+    still_open = "pasta_alpha10: strict_prompt_accuracy - baseline < -0.95"  # needs more prompts
+    runs = {}
+    for name, extra in (("serial", ()), ("xdist", ("-n", "2"))):
+        pytester.makepyfile(test_steer=TEST)
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-rs", "--steer-model", str(tiny_checkpoint), "--steer-limit", "12",
+            "--steer-max-new-tokens", "3", "--steer-method", "emphasis", "--steer-alpha", "10", "--steer-quality", "none",
+            "--steer-no-cache", "--steer-min-prompts", "2", "--steer-fail-if", decided, "--steer-fail-if", still_open,
+            "--steer-sequential", "--steer-sequential-block", "2", "--steer-report-dir", str(tmp_path / name), *extra,
+        )  # fmt: skip
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines([
+            "sequential: *; emphasis stopped after 2 prompts, its checks decided",
+            "*decided after 2 of 12 prompts: look 1 left no gate or fail-if on emphasis open*",
+        ])  # fmt: skip
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())
+    sequential = runs["serial"]["sequential"]
+    assert sequential["prompts_by_config"] == {"emphasis": 2} and sequential["prompts_used"] > 2
+    ran = {config: {c["key"] for c in cases(tmp_path / "serial") if c["config"] == config} for config in ("baseline", "emphasis")}
+    assert len(ran["emphasis"]) == 2 and len(ran["baseline"]) == sequential["prompts_used"]
+    assert runs["xdist"]["sequential"] == sequential and responses(tmp_path / "xdist") == responses(tmp_path / "serial")

@@ -139,12 +139,17 @@ def describe_sequential(sequential: dict[str, Any]) -> str:
     """Where the sequential looks stopped, from results.json's ``sequential`` section."""
     looks = sequential.get("looks") or []
     used, total, block = sequential.get("prompts_used", 0), sequential.get("prompts_total", 0), sequential.get("block_size")
+    earlier = {config: n for config, n in (sequential.get("prompts_by_config") or {}).items() if n < used}
+    configs = "".join(f"; {config} stopped after {n} prompts, its checks decided" for config, n in earlier.items())
     if looks and not looks[-1].get("open") and used < total:
         return (
             f"sequential: every gate and fail-if was decided at look {looks[-1].get('look')} on {used} of {total} prompts "
-            f"(blocks of {block}); the cases of the other {total - used} prompts were not run"
+            f"(blocks of {block}); the cases of the other {total - used} prompts were not run{configs}"
         )
-    return f"sequential: {len(looks)} look(s) over all {total} prompts (blocks of {block}); checks still open were decided at the budget"
+    return (
+        f"sequential: {len(looks)} look(s) over all {total} prompts (blocks of {block}); checks still open were decided "
+        f"at the budget{configs}"
+    )
 
 
 def unsteered_counts(results: RunResults) -> dict[str, int] | None:

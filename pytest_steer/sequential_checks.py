@@ -32,6 +32,7 @@ from pytest_steer.sequential import (
     prompts_per_config,
 )
 
+INSTRUCTION_RATIOS = ("strict_instruction_accuracy", "loose_instruction_accuracy")  # per prompt: followed / instructions
 DEFAULT_BLOCK_SIZE = 8
 DEFAULT_QUALITY_CLIP = 1.0  # nats of fluency (mean log-likelihood per token) around the threshold
 
@@ -84,11 +85,13 @@ def check_streams(
     aggregates: Sequence[ConfigAggregate],
     *,
     quality_clip: float = DEFAULT_QUALITY_CLIP,
+    max_instructions: int | None = None,
 ) -> list[Stream]:
     """One stream per check that can be evaluated, over every prompt of ``aggregates``.
 
     Instruction accuracies are ratios; their scores are scaled by the largest instruction
-    count of the run's prompts, which is known before generation.
+    count of the run's prompts, known before generation: ``max_instructions`` (every
+    prompt the run may generate), by default the largest among ``aggregates``.
     """
     baseline = next((agg for agg in aggregates if agg.is_baseline), None)
     streams: list[Stream] = []
@@ -102,6 +105,8 @@ def check_streams(
                 if values is None:
                     continue
                 max_den = max((den for a in aggregates for _, den in a.per_prompt.get(gate.metric, {}).values()), default=1.0)
+                if max_instructions is not None and gate.metric in INSTRUCTION_RATIOS:
+                    max_den = float(max(max_instructions, 1))
                 bounded = None if gate.metric == QUALITY_METRIC else ((-1.0, 1.0) if gate.delta else (0.0, 1.0))
                 scores, low, high, clipped = centered_scores(
                     values, gate.threshold, bounded, max_denominator=max_den, quality_clip=quality_clip
@@ -173,12 +178,14 @@ def decide_sequentially(
     min_prompts: int,
     correction: str = "holm",
     budget: Sequence[str] | None = None,
+    max_instructions: int | None = None,
 ) -> SequentialOutcome:
     """Look after each block of the budget's prompts until no check is open, then give every check its verdict.
 
     ``full`` aggregates every prompt generated; ``over(keys)`` aggregates the same cases
     restricted to the prompts ``keys``. ``budget`` holds every prompt the run may generate
-    (default: those of ``full``); they come in :func:`pytest_steer.sequential.prompt_blocks`
+    (default: those of ``full``), and ``max_instructions`` the largest instruction count among
+    them (default: among ``full``'s); they come in :func:`pytest_steer.sequential.prompt_blocks`
     order, and a prompt's values are complete once its block is, since every config of a
     prompt is in the same block.
     """
@@ -187,7 +194,7 @@ def decide_sequentially(
     generated = {key for agg in full for values in agg.per_prompt.values() for key in values}
     keys = sorted(generated if budget is None else set(budget))
     confidence = full[0].confidence if full else 0.95
-    streams = check_streams(gates, fail_ifs, full, quality_clip=settings.quality_clip)
+    streams = check_streams(gates, fail_ifs, full, quality_clip=settings.quality_clip, max_instructions=max_instructions)
     blocks = prompt_blocks(keys, settings.block_size, settings.seed)
     alpha = (1.0 - confidence) / 2.0
     looks = decide_looks(streams, blocks, alpha, min_prompts=min_prompts, share=settings.share, correction=correction)

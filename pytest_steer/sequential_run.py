@@ -55,9 +55,10 @@ class SequentialStop:
     the first look that leaves no open check reading it (:func:`pytest_steer.sequential.decide_looks`).
     """
 
-    def __init__(self, settings: SteerSettings, blocks: Sequence[Sequence[str]]) -> None:
+    def __init__(self, settings: SteerSettings, blocks: Sequence[Sequence[str]], max_instructions: int) -> None:
         self.settings = settings
         self.blocks = [list(block) for block in blocks]
+        self.max_instructions = max_instructions  # of every prompt in the blocks: scales instruction accuracy alike at every look
         self._block_of = {key: index for index, block in enumerate(self.blocks) for key in block}
         self.looked = 0  # blocks looked at so far
         self.stopped_after: int | None = None  # blocks generated when a look left no check open
@@ -122,7 +123,9 @@ class SequentialStop:
         looked = self.blocks[: self.looked]
         s, sequential = self.settings, sequential_settings(self.settings)
         aggregates = aggregates_over(records, seed=s.seed, confidence=CONFIDENCE)({key for block in looked for key in block}, {})
-        streams = check_streams(s.gate, s.fail_if, aggregates, quality_clip=sequential.quality_clip)
+        streams = check_streams(
+            s.gate, s.fail_if, aggregates, quality_clip=sequential.quality_clip, max_instructions=self.max_instructions
+        )
         looks = decide_looks(
             streams, looked, (1.0 - CONFIDENCE) / 2.0, min_prompts=s.min_prompts, share=sequential.share, correction=s.gate_correction
         )

@@ -260,7 +260,12 @@ class SteerSession:
             return None
         from pytest_steer.sequential_run import SequentialStop
 
-        return SequentialStop(self.settings, self.plan.blocks)
+        return SequentialStop(self.settings, self.plan.blocks, self._max_instructions)
+
+    @property
+    def _max_instructions(self) -> int:
+        """The largest instruction count of the run's prompts: known before generation, as a sequential test needs."""
+        return max((len(case.row.instruction_id_list) for case in self.plan.cases), default=1)
 
     def skip_reason(self, case: Case) -> str | None:
         """Why a case is not generated (a sequential run decided before its block), or None.
@@ -302,6 +307,7 @@ class SteerSession:
             min_prompts=s.min_prompts,
             correction=s.gate_correction,
             budget=[key for block in self.plan.blocks for key in block],
+            max_instructions=self._max_instructions,
         )
 
     def _case_records(self) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pytest_steer.__main__ import main
+from pytest_steer.aggregate import aggregate
 from pytest_steer.gates import evaluate_gates
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.json import read_results, write_results
@@ -24,7 +25,7 @@ from pytest_steer.sequential import (
     prompt_blocks,
     running_p_values,
 )
-from pytest_steer.sequential_checks import SequentialSettings, replay
+from pytest_steer.sequential_checks import SequentialSettings, check_streams, replay
 
 
 def test_wealth_stays_at_one_without_information():
@@ -252,3 +253,18 @@ def test_results_json_keeps_the_sequential_section_and_omits_it_otherwise(tmp_pa
     results = dataclasses.replace(read_results(plain, records), sequential=section)
     write_results(results, tmp_path / "results.json")
     assert read_results(tmp_path / "results.json", records).sequential == section
+
+
+def test_instruction_accuracy_is_scaled_alike_at_every_look():
+    records = _records(16, drop=0.0, seed=5)
+    for record in records:
+        if record["key"] == "k015":  # a prompt with a third instruction, generated last
+            record["instruction_id_list"] = ["a:x", "b:y", "c:z"]
+            record["strict"] = record["loose"] = [*record["strict"], True]
+    fail_if = ["strict_instruction_accuracy - baseline < 0"]
+    whole = check_streams([], fail_if, aggregate(records, seed=0))[0]
+    early = [r for r in records if r["key"] < "k008"]
+    planned = check_streams([], fail_if, aggregate(early, seed=0), max_instructions=3)[0]
+    assert np.array_equal(planned.scores, whole.scores[:8])  # the look after 8 prompts scores them as the whole run does
+    unplanned = check_streams([], fail_if, aggregate(early, seed=0))[0]
+    assert not np.array_equal(unplanned.scores, whole.scores[:8])

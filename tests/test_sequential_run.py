@@ -163,3 +163,16 @@ def test_a_config_whose_checks_are_decided_stops_before_the_run(pytester: pytest
     ran = {config: {c["key"] for c in cases(tmp_path / "serial") if c["config"] == config} for config in ("baseline", "emphasis")}
     assert len(ran["emphasis"]) == 2 and len(ran["baseline"]) == sequential["prompts_used"]
     assert runs["xdist"]["sequential"] == sequential and responses(tmp_path / "xdist") == responses(tmp_path / "serial")
+
+
+def test_a_run_stopped_by_maxfail_under_xdist_ends(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    pytester.makepyfile(test_steer="def test_case(steer_case):\n    assert steer_case.record.trial < 0, 'every case fails'\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-limit", "12", "--steer-max-new-tokens", "3",
+        "--steer-method", "emphasis", "--steer-quality", "none", "--steer-no-cache", "--steer-min-prompts", "2",
+        "--steer-fail-if", "emphasis: strict_prompt_accuracy - baseline < 0", "--steer-sequential", "--steer-sequential-block", "2",
+        "--steer-report-dir", str(tmp_path / "report"), "-n", "2", "-x",
+        timeout=600,
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # xdist's -x, and no worker left waiting for records
+    result.stdout.fnmatch_lines(["*case(s) were collected but did not report (not run: the sequential looks halted (stopping after 1 failures))*"])

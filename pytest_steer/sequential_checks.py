@@ -182,8 +182,9 @@ def decide_sequentially(
 ) -> SequentialOutcome:
     """Look after each block of the budget's prompts until no check is open, then give every check its verdict.
 
-    ``full`` aggregates every prompt generated; ``over(keys)`` aggregates the same cases
-    restricted to the prompts ``keys``. ``budget`` holds every prompt the run may generate
+    ``full`` aggregates every prompt generated; ``over(keys, by_config)`` aggregates the same
+    cases restricted to the prompts ``keys`` (``by_config[config]`` for a config that stopped
+    earlier). ``budget`` holds every prompt the run may generate
     (default: those of ``full``), and ``max_instructions`` the largest instruction count among
     them (default: among ``full``'s); they come in :func:`pytest_steer.sequential.prompt_blocks`
     order, and a prompt's values are complete once its block is, since every config of a

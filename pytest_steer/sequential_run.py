@@ -18,7 +18,6 @@ cases a worker waits for are always on workers that can reach them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ import pytest
 
 from pytest_steer.cases import case_id
 from pytest_steer.options import SteerSettings
+from pytest_steer.report.atomic import write_text
 from pytest_steer.sequential import decide_looks
 from pytest_steer.sequential_checks import SequentialSettings, aggregates_over, check_streams
 
@@ -152,28 +152,22 @@ class SharedRecords:
         self.directory = Path(directory)
         self.writer = writer
         self._written: set[str] = set()
-        self._files = 0
-        self._read: dict[str, list[dict[str, Any]]] = {}
+        self._read: dict[str, list[dict[str, Any]]] = {}  # file name -> its records
+        self._read_ids: set[str] = set()
 
     def share(self, records: Mapping[str, Any]) -> None:
-        """Write the records (case id -> CaseRecord) not shared yet."""
-        new = [record.to_dict() for case_id, record in records.items() if case_id not in self._written]
-        if not new:
+        """Write the records (case id -> CaseRecord, which only grows) not shared yet."""
+        if len(records) == len(self._written):
             return
+        new = [record.to_dict() for key, record in records.items() if key not in self._written]
         self._written.update(records)
-        self._files += 1
-        name = f"{self.writer}-{self._files:05d}.json"
-        partial = self.directory / f".{name}.partial"
-        partial.write_text(json.dumps(new))
-        os.replace(partial, self.directory / name)
+        # named by the count shared so far, which every write raises: one file per batch, never overwritten
+        write_text(self.directory / f"{self.writer}-{len(self._written):07d}.json", json.dumps(new))
 
     def halt(self, reason: str) -> None:
         """No further look can wait for every record: each worker's next look gives up, with ``reason``."""
-        path = self.directory / self.HALTED
-        if not path.exists():
-            partial = self.directory / f".{self.HALTED}.partial"
-            partial.write_text(reason)
-            os.replace(partial, path)
+        if self.halted() is None:
+            write_text(self.directory / self.HALTED, reason)
 
     def halted(self) -> str | None:
         """Why the looks were halted, or None."""
@@ -186,10 +180,10 @@ class SharedRecords:
         while True:
             for path in sorted(self.directory.glob("*.json")):
                 if path.name not in self._read:
-                    self._read[path.name] = json.loads(path.read_text())
-            records = [record for batch in self._read.values() for record in batch]
-            if wanted <= {case_id(r["key"], r["config"], r["trial"]) for r in records}:
-                return records
+                    self._read[path.name] = batch = json.loads(path.read_text())
+                    self._read_ids.update(case_id(r["key"], r["config"], r["trial"]) for r in batch)
+            if wanted <= self._read_ids:
+                return [record for batch in self._read.values() for record in batch]
             halted = self.halted()
             if halted is not None:
                 raise LooksHalted(halted)

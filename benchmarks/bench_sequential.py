@@ -20,22 +20,26 @@ under Holm, looks every 8 prompts, sequential share 0.2 of the error. Scenarios:
   paired differences themselves are left-skewed with mean 0.
 
 For each row: the rate of any false alarm (A/A) or the power of the alpha 10 fail-if
-(drop), sequential (and the part of it decided at the looks, the rest at the budget)
-and fixed, and the mean share of the fixed design's generations the
-sequential run used (a config whose checks are all decided stops before the run does,
-so each config counts with its own prompts), each with its Monte-Carlo standard error.
+(drop), sequential (and the part of it decided at the looks, the rest at the budget),
+fixed, and fixed on precise tails (as many resamples as it takes to put
+``FINAL_TAIL_DRAWS`` beyond Holm's first step, as the sequential run's budget does: the
+fixed design's own rates without the Monte-Carlo noise of its 2,000 resamples), and the
+mean share of the fixed design's generations the sequential run used (a config whose
+checks are all decided stops before the run does, so each config counts with its own
+prompts), each with its Monte-Carlo standard error.
 
 Then the rate of anything shown at the looks alone, without the budget's bootstrap, over
 more simulations (their share of the error is 0.005).
 
-Usage: python benchmarks/bench_sequential.py [--sims 100] [--resamples 1000] [--looks-sims 1000] [--only SCENARIO]
-Runs use 2,000 bootstrap resamples; fewer make the fixed design's Holm tails a little
-anti-conservative (docs/gates.md), at the budget and in the fixed column alike.
+Usage: python benchmarks/bench_sequential.py [--sims 100] [--resamples 2000] [--looks-sims 1000] [--only SCENARIO]
+Runs use 2,000 bootstrap resamples by default (``--resamples``: the fixed design's and
+the sequential run's before the budget).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import time
@@ -45,7 +49,13 @@ import numpy as np
 from pytest_steer.aggregate import ConfigAggregate
 from pytest_steer.gates import evaluate_gates
 from pytest_steer.sequential import SEQUENTIAL_SHARE, SHOWN, decide_looks, prompt_blocks
-from pytest_steer.sequential_checks import SequentialOutcome, SequentialSettings, check_streams, decide_sequentially
+from pytest_steer.sequential_checks import (
+    SequentialOutcome,
+    SequentialSettings,
+    check_streams,
+    decide_sequentially,
+    final_resamples,
+)
 
 ALPHAS = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 TARGET = 10.0
@@ -113,23 +123,29 @@ def row(sims: int, resamples: int, n: int, trials: int, scenario: str) -> dict[s
     rng = np.random.default_rng([n, trials, sum(map(ord, scenario))])
     checks = fail_ifs(scenario)
     target = f"fail if {checks[0]}"
-    seq_hits, look_hits, fixed_hits, used = [], [], [], []
+    seq_hits, look_hits, fixed_hits, precise_hits, used = [], [], [], [], []
+    precise = final_resamples(0.025 / (len(checks) * len(ALPHAS)), n)  # Holm's first step over the 12 checks
     for sim in range(sims):
         full = simulate(rng, n, trials, scenario, resamples)
         settings = SequentialSettings(seed=sim)
         outcome = decide_sequentially(full, functools.partial(restrict, full), [], checks, settings, max_errors=0, min_prompts=10)
         fixed = evaluate_gates([], full, fail_ifs=checks, max_errors=0, min_prompts=10)
+        on_precise_tails = [dataclasses.replace(agg, n_resamples=max(resamples, precise)) for agg in full]
+        fixed_precise = evaluate_gates([], on_precise_tails, fail_ifs=checks, max_errors=0, min_prompts=10)
         at_looks = [d for d in outcome.looks[-1].decisions if d.state == SHOWN]
         if scenario.startswith("drop"):
             look_hits.append(any(d.name == f"alpha10::{target}" for d in at_looks))
             seq_hits.append(any(r.config == "alpha10" and r.gate == target and not r.passed for r in outcome.results))
             fixed_hits.append(any(r.config == "alpha10" and r.gate == target and not r.passed for r in fixed))
+            precise_hits.append(any(r.config == "alpha10" and r.gate == target and not r.passed for r in fixed_precise))
         else:
             look_hits.append(bool(at_looks))
             seq_hits.append(any(not r.passed for r in outcome.results))
             fixed_hits.append(any(not r.passed for r in fixed))
+            precise_hits.append(any(not r.passed for r in fixed_precise))
         used.append(generated_share(outcome, full, n))
-    return {name: _mean_se(values) for name, values in (("seq", seq_hits), ("looks", look_hits), ("fixed", fixed_hits), ("used", used))}
+    measured = (("seq", seq_hits), ("looks", look_hits), ("fixed", fixed_hits), ("precise", precise_hits), ("used", used))
+    return {name: _mean_se(values) for name, values in measured}
 
 
 def looks_only(sims: int, n: int, trials: int, scenario: str) -> tuple[float, float]:
@@ -166,13 +182,13 @@ LOOK_ROWS = (("A/A", 48, 1), ("A/A", 200, 2), ("quality A/A, left-skewed", 200, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sims", type=int, default=100)
-    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--looks-sims", type=int, default=1000)
     parser.add_argument("--only", help="run only the rows whose scenario starts with this")
     args = parser.parse_args()
     start = time.perf_counter()
     print(f"{'scenario':<26} {'prompts':>7} {'trials':>6}  {'measure':<15} {'sequential':>12}  {'at looks':>12}  "
-          f"{'fixed':>12}  {'generations':>12}")
+          f"{'fixed':>12}  {'fixed, precise':>14}  {'generations':>12}")
     for scenario, n, trials in ROWS:
         if args.only and not scenario.startswith(args.only):
             continue
@@ -181,7 +197,8 @@ def main() -> None:
         print(
             f"{scenario:<26} {n:>7} {trials:>6}  {measure:<15} {r['seq'][0]:.3f} ±{r['seq'][1]:.3f}  "
             f"{r['looks'][0]:.3f} ±{r['looks'][1]:.3f}  "
-            f"{r['fixed'][0]:.3f} ±{r['fixed'][1]:.3f}  {r['used'][0]:.3f} ±{r['used'][1]:.3f}",
+            f"{r['fixed'][0]:.3f} ±{r['fixed'][1]:.3f}  {r['precise'][0]:>7.3f} ±{r['precise'][1]:.3f}  "
+            f"{r['used'][0]:.3f} ±{r['used'][1]:.3f}",
             flush=True,
         )
     print(f"\nthe looks alone (their share of the error is {0.025 * SEQUENTIAL_SHARE:g}), {args.looks_sims} simulations per row")

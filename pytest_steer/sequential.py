@@ -25,9 +25,13 @@ so a decided check stays decided. Checks still open at the budget are decided by
 fixed design on the remaining share: the union bound keeps the family-wise error of
 the whole procedure (anything shown although false) within the run's one-sided level.
 *Shown not* (the expression fails, so the final verdict can no longer change) is a
-futility stop: the complement shown at the run's one-sided level, each check on its
-own. Wrongly taken it costs power, not a false alarm: a true expression is stopped as
-shown not with probability at most that level, whatever the other checks do.
+futility stop: the complement shown at the run's two-sided error (twice the one-sided),
+each check on its own. Wrongly taken it costs power, not a false alarm: a true
+expression is stopped as shown not with probability at most that level, whatever the
+other checks do. A check whose complement is shown at that level would almost never be
+shown at the budget either, where Holm's first step asks for a p-value below the
+family's error over its size, so the looser level costs little power and stops settled
+configs sooner.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 SEQUENTIAL_SHARE = 0.2  # of the family's one-sided error, spent on the looks; the rest decides at the budget
 BET_CAP = 0.95  # the largest stake: the share of the wealth the worst possible prompt may take
 FIXED_STAKE = BET_CAP / 2.0
+FUTILITY_FACTOR = 2.0  # shown not: the complement shown at this many times the one-sided error (the two-sided one)
 OPEN, SHOWN, SHOWN_NOT = "open", "shown", "shown not"
 
 
@@ -228,8 +233,9 @@ def decide_looks(
 
     ``alpha`` is the family's one-sided error; ``share`` of it is spent on the looks:
     *shown* by Holm over all ``streams`` (``correction="none"``: each check on its own at
-    that share); *shown not* is each check's complement shown at ``alpha``. A check is not decided before ``min_prompts``
-    of its prompts are in. Stops at the first look where every check is decided.
+    that share); *shown not* is each check's complement shown at ``FUTILITY_FACTOR * alpha``.
+    A check is not decided before ``min_prompts`` of its prompts are in. Stops at the
+    first look where every check is decided.
 
     A config that no open check reads any more (every check on it decided) is generated no
     further: the look lists it as stopped, and the checks that read it keep the values of
@@ -274,7 +280,7 @@ def decide_looks(
         p_at, seen_at = p[:, rows, at], seen[rows, at]
         ready = seen_at >= max(min_prompts, 1)
         shown = decide(np.where(ready, p_at[0], 1.0), alpha * share)
-        shown_not = ready & (p_at[1] <= alpha)
+        shown_not = ready & (p_at[1] <= alpha * FUTILITY_FACTOR)
         for row in range(len(streams)):
             if states[row] == OPEN and (shown[row] or shown_not[row]):
                 states[row] = SHOWN if shown[row] else SHOWN_NOT

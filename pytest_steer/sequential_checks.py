@@ -11,6 +11,7 @@ design (:func:`pytest_steer.gates.evaluate_gates`) at the remaining share of the
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 from pytest_steer.aggregate import QUALITY_METRIC, ConfigAggregate, aggregate
 from pytest_steer.gates import FAIL_IF, GATE, Gate, GateResult, evaluate_gates, parse_gate
 from pytest_steer.sequential import (
+    FUTILITY_FACTOR,
     OPEN,
     SEQUENTIAL_SHARE,
     SHOWN,
@@ -31,10 +33,13 @@ from pytest_steer.sequential import (
     prompt_blocks,
     prompts_per_config,
 )
+from pytest_steer.stats import expanded_tail
 
 INSTRUCTION_RATIOS = ("strict_instruction_accuracy", "loose_instruction_accuracy")  # per prompt: followed / instructions
 DEFAULT_BLOCK_SIZE = 8
 DEFAULT_QUALITY_CLIP = 1.0  # nats of fluency (mean log-likelihood per token) around the threshold
+FINAL_TAIL_DRAWS = 40  # bootstrap replicates expected beyond the smallest tail decided at the budget
+MAX_FINAL_RESAMPLES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -203,9 +208,15 @@ def decide_sequentially(
     used = order[: looks[-1].prompts_used] if looks else order
     by_config = {config: set(order[:n]) for config, n in prompts_per_config(looks).items()}
     final_confidence = 1.0 - (1.0 - settings.share) * (1.0 - confidence)  # the budget's share of the error
+    final = over(set(used), by_config)
+    if not looks or looks[-1].open:
+        smallest_tail = (1.0 - settings.share) * alpha / (len(streams) if correction == "holm" else 1)
+        least = final_resamples(smallest_tail, len(used))
+        final = [dataclasses.replace(agg, n_resamples=max(agg.n_resamples, least)) for agg in final]
+    resamples = {agg.name: agg.n_resamples for agg in final}
     fixed = evaluate_gates(
         gates,
-        [dataclasses.replace(agg, confidence=final_confidence) for agg in over(set(used), by_config)],
+        [dataclasses.replace(agg, confidence=final_confidence) for agg in final],
         fail_ifs=fail_ifs,
         correction=correction,
         max_errors=max_errors,
@@ -213,12 +224,34 @@ def decide_sequentially(
     )
     decisions = {d.name: d for d in looks[-1].decisions} if looks else {}
     by_name = {s.name: s for s in streams}
-    results = [_combine(result, decisions, by_name, len(blocks), alpha, settings.share) for result in fixed]
+    results = [_combine(result, decisions, by_name, len(blocks), alpha, settings.share, resamples) for result in fixed]
     return SequentialOutcome(looks, len(keys), used, results, settings, by_config)
 
 
+def final_resamples(tail: float, n_prompts: int) -> int:
+    """Resamples that put about ``FINAL_TAIL_DRAWS`` beyond the smallest tail the budget's decision reads.
+
+    That tail is the family's error at the budget over Holm's family size, expanded for
+    ``n_prompts`` (:func:`pytest_steer.stats.expanded_tail`): with the run's 2,000 resamples
+    a handful of replicates decides there, and their chance count makes the decision
+    anti-conservative. Capped at ``MAX_FINAL_RESAMPLES``.
+    """
+    if n_prompts < 2:
+        return 0
+    expanded = expanded_tail(tail, n_prompts)
+    if expanded * MAX_FINAL_RESAMPLES <= FINAL_TAIL_DRAWS:
+        return MAX_FINAL_RESAMPLES
+    return math.ceil(FINAL_TAIL_DRAWS / expanded)
+
+
 def _combine(
-    result: GateResult, decisions: dict[str, Decision], streams: dict[str, Stream], n_looks: int, alpha: float, share: float
+    result: GateResult,
+    decisions: dict[str, Decision],
+    streams: dict[str, Stream],
+    n_looks: int,
+    alpha: float,
+    share: float,
+    resamples: dict[str, int],
 ) -> GateResult:
     name = f"{result.config}::{result.gate}"
     decision = decisions.get(name)
@@ -227,14 +260,18 @@ def _combine(
     stream = streams[name]
     clip_note = f"; {stream.n_clipped} prompt value(s) clipped to the quality range" if stream.n_clipped else ""
     if decision.state == OPEN:
-        note = f" (open after {n_looks} looks; decided at the budget on its share of the error{clip_note})"
+        note = (
+            f" (open after {n_looks} looks; decided at the budget on its share of the error, "
+            f"{resamples[result.config]:,} resamples{clip_note})"
+        )
         return dataclasses.replace(result, message=result.message + note)
     shown = decision.state == SHOWN
     passed = shown if result.form == GATE else not shown
     p_value = decision.p_shown if shown else decision.p_shown_not
     bound = "lower" if stream.above == shown else "upper"
     head = result.message.split("; ")[0]
-    bar = f"Holm over the family at one-sided {alpha * share:g}" if shown else f"futility, this check alone at one-sided {alpha:g}"
+    futility = alpha * FUTILITY_FACTOR
+    bar = f"Holm over the family at one-sided {alpha * share:g}" if shown else f"futility, this check alone at one-sided {futility:g}"
     message = (
         f"{head}; {'passes if shown' if result.form == GATE else 'fails if shown'}: "
         f"{decision.state} at look {decision.look} of {n_looks} ({decision.prompts} prompts) on the {bound} bound, "

@@ -23,7 +23,7 @@ the same interval however the run was split across processes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -130,8 +130,8 @@ def bootstrap(
     mean = _ratio(num, den)
     if num.size == 1:
         return Bootstrap(mean, np.empty(0), 1)
-    idx = _resample_indices(num.size, n_resamples, seed)
-    return Bootstrap(mean, _resampled_ratios(num, den, idx), num.size)
+    replicates = _replicates(num.size, n_resamples, seed, lambda idx: _resampled_ratios(num, den, idx))
+    return Bootstrap(mean, replicates, num.size)
 
 
 def paired_bootstrap(
@@ -162,8 +162,10 @@ def paired_bootstrap(
     mean = _ratio(na, da) - _ratio(nb, db)
     if na.size == 1:
         return Bootstrap(mean, np.empty(0), 1)
-    idx = _resample_indices(na.size, n_resamples, seed)
-    return Bootstrap(mean, _resampled_ratios(na, da, idx) - _resampled_ratios(nb, db, idx), na.size)
+    replicates = _replicates(
+        na.size, n_resamples, seed, lambda idx: _resampled_ratios(na, da, idx) - _resampled_ratios(nb, db, idx)
+    )
+    return Bootstrap(mean, replicates, na.size)
 
 
 def bootstrap_ratio(
@@ -255,6 +257,7 @@ def student_t_quantile(p: float, df: int) -> float:
 
 
 _NORMAL = NormalDist()
+_DRAWS_PER_CHUNK = 2_000_000  # prompt indices held at once while resampling
 
 
 def _check_confidence(confidence: float) -> None:
@@ -291,9 +294,16 @@ def _ratio(num: np.ndarray, den: np.ndarray | None) -> float:
     return float(num.sum() / (num.size if den is None else den.sum()))
 
 
-def _resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """Row ``r`` holds the prompt indices drawn for resample ``r``."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+def _replicates(n: int, n_resamples: int, seed: int, statistic: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``statistic`` of each resample's prompt indices (one row per resample), drawn in chunks.
+
+    The chunks come from one seeded generator in turn, so the indices are those of a
+    single ``(n_resamples, n)`` draw, while memory stays bounded for many resamples.
+    """
+    rng = np.random.default_rng(seed)
+    rows = max(1, _DRAWS_PER_CHUNK // n)
+    parts = [statistic(rng.integers(0, n, size=(min(rows, n_resamples - start), n))) for start in range(0, n_resamples, rows)]
+    return np.concatenate(parts)
 
 
 def _resampled_ratios(num: np.ndarray, den: np.ndarray | None, idx: np.ndarray) -> np.ndarray:

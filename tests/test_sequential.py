@@ -25,7 +25,15 @@ from pytest_steer.sequential import (
     prompt_blocks,
     running_p_values,
 )
-from pytest_steer.sequential_checks import SequentialSettings, check_streams, replay
+from pytest_steer.sequential_checks import (
+    FINAL_TAIL_DRAWS,
+    MAX_FINAL_RESAMPLES,
+    SequentialSettings,
+    check_streams,
+    final_resamples,
+    replay,
+)
+from pytest_steer.stats import expanded_tail
 
 
 def test_wealth_stays_at_one_without_information():
@@ -205,10 +213,26 @@ def test_replay_decides_open_checks_at_the_budget_as_the_fixed_design_on_its_sha
     checks = ["strict_prompt_accuracy - baseline < 0", "strict_instruction_accuracy - baseline < 0"]
     aggregates, outcome = replay(records, [], checks, SequentialSettings(seed=3), max_errors=0, min_prompts=10)
     assert not outcome.stopped_early and len(outcome.prompts_used) == 40
-    at_share = [dataclasses.replace(agg, confidence=0.96) for agg in aggregates]
+    resamples = final_resamples(0.02 / 2, 40)  # Holm's first step over the 2 checks, at the budget's share
+    assert resamples > 2 * aggregates[0].n_resamples
+    at_share = [dataclasses.replace(agg, confidence=0.96, n_resamples=resamples) for agg in aggregates]
     fixed = evaluate_gates([], at_share, fail_ifs=checks, max_errors=0, min_prompts=10)
-    assert [r.passed for r in outcome.results] == [r.passed for r in fixed]
-    assert all("decided at the budget" in r.message for r in outcome.results)
+    assert [(r.passed, r.p_value) for r in outcome.results] == [(r.passed, r.p_value) for r in fixed]
+    assert all(f"decided at the budget on its share of the error, {resamples:,} resamples" in r.message for r in outcome.results)
+
+
+def test_the_budget_resamples_enough_to_resolve_its_smallest_tail():
+    for tail, n in ((0.02 / 12, 48), (0.02 / 60, 541), (0.02, 200)):
+        resamples = final_resamples(tail, n)
+        assert FINAL_TAIL_DRAWS <= resamples * expanded_tail(tail, n) < FINAL_TAIL_DRAWS + 1
+    assert final_resamples(0.02 / 12, 3) == MAX_FINAL_RESAMPLES and final_resamples(0.02, 1) == 0
+
+
+def test_a_check_stopped_for_futility_at_the_two_sided_error():
+    stream = _stream("settled", np.full(60, 0.25), above=False)  # claims a mean below 0; every value says above
+    looks = decide_looks([stream], prompt_blocks(stream.keys, 1, seed=0), 0.025)
+    decision = looks[-1].decisions[0]
+    assert decision.state == SHOWN_NOT and 0.025 < decision.p_shown_not <= 0.05  # before the one-sided level
 
 
 def _saved_run(records: list[dict], directory: Path) -> Path:

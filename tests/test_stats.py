@@ -162,3 +162,16 @@ def test_p_value_of_a_threshold_beyond_every_replicate() -> None:
     single = bootstrap([0.5])
     assert single.p_value(0.5, above=True, strict=False) == 0.0
     assert single.p_value(0.5, above=True, strict=True) == 1.0
+
+
+def test_resamples_drawn_in_chunks_are_those_of_one_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_steer import stats
+
+    rng = np.random.default_rng(3)
+    a, b, den = rng.random(37), rng.random(37), rng.integers(1, 4, 37).astype(float)
+    whole = stats.paired_bootstrap(a, den, b, den, n_resamples=1001, seed=5).replicates
+    idx = np.random.default_rng(5).integers(0, 37, size=(1001, 37))
+    assert np.array_equal(whole, a[idx].sum(1) / den[idx].sum(1) - b[idx].sum(1) / den[idx].sum(1))
+    monkeypatch.setattr(stats, "_DRAWS_PER_CHUNK", 37 * 100 + 5)  # 100 resamples a chunk, the last one short
+    assert np.array_equal(stats.paired_bootstrap(a, den, b, den, n_resamples=1001, seed=5).replicates, whole)
+    assert np.array_equal(stats.bootstrap(a, n_resamples=1001, seed=5).replicates, a[idx].mean(1))

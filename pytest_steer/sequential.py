@@ -74,8 +74,8 @@ class Decision:
     name: str
     state: str
     look: int | None  # 1-based look at which it was decided
-    prompts: int  # the check's prompts at that look (or at the last one, when open)
-    p_shown: float  # running-supremum p-value of the shown side
+    prompts: int  # the check's prompts at the look it was decided at (at the last look, when open)
+    p_shown: float  # running-supremum p-value of the shown side, at that look
     p_shown_not: float
 
 
@@ -289,8 +289,11 @@ def decide_looks(
             if config not in stopped and all(states[row] != OPEN for row in reading):
                 stopped.append(config)
                 frozen[reading] = np.where(frozen[reading] >= 0, frozen[reading], end - 1)
+        # A decided check keeps the look it was decided at: its prompts and e-values then.
         decisions = tuple(
-            Decision(s.name, states[r], decided_at[r], int(seen_at[r]), float(p_at[0, r]), float(p_at[1, r]))
+            looks[-1].decisions[r]
+            if decided_at[r] is not None and decided_at[r] < index
+            else Decision(s.name, states[r], decided_at[r], int(seen_at[r]), float(p_at[0, r]), float(p_at[1, r]))
             for r, s in enumerate(streams)
         )
         looks.append(Look(index, end, decisions, tuple(stopped)))

@@ -164,6 +164,18 @@ def test_a_config_whose_checks_are_decided_stops_and_its_values_stop_counting():
     assert {look.decisions[0].p_shown for look in looks[stop.index - 1 :]} == {stop.decisions[0].p_shown}  # frozen
 
 
+def test_a_decided_check_keeps_its_looks_prompts_and_e_values_while_its_config_runs_on():
+    rng = np.random.default_rng(4)
+    worse = dataclasses.replace(_stream("a::worse", np.clip(rng.normal(-0.6, 0.2, size=96), -1, 1), above=False), configs=("a",))
+    null = rng.uniform(-1, 1, size=96)
+    null = dataclasses.replace(_stream("a::null", null - null.mean(), above=False), configs=("a",))
+    looks = decide_looks([worse, null], prompt_blocks(worse.keys, 8, seed=0), 0.025, min_prompts=10)
+    decided = looks[-1].decisions[0]
+    assert decided.state == SHOWN and decided.look < len(looks) and not looks[-1].stopped  # "a" ran on for a::null
+    at_decision = looks[decided.look - 1].decisions[0]
+    assert decided == at_decision and decided.prompts == looks[decided.look - 1].prompts_used < looks[-1].prompts_used
+
+
 def test_replay_stops_a_decided_config_before_the_run():
     steered = _records(96, drop=0.7, seed=4, config="pasta_alpha20")  # the same prompts and baseline
     records = _records(96, drop=0.0, seed=4) + [r for r in steered if r["config"] != "baseline"]

@@ -8,10 +8,14 @@
     re-aggregate, judge the gates and fail-ifs as one family (as a run does) and write
     every output to OUT_DIR. Exit code 1 when a check fails. ``--sequential`` replays the
     cases in the order a sequential run generates them and reports where it would have
-    stopped, with its verdicts, over the prompts it would have generated.
+    stopped, with its verdicts, over the prompts it would have generated. Runs that pytest's
+    selection left partial stay partial: a check reading a partly run config is not decided,
+    as in the run. Runs whose sequential looks stopped early are refused.
 
 Both print the trade-off table; ``--summary-md PATH`` also writes the markdown summary.
-Exit codes: 0 done, 1 a gate failed, 2 bad arguments or inputs that cannot be used.
+``--version`` prints the installed pytest-steer's version.
+Exit codes: 0 done (checks not decided included, as in a partial run), 1 a gate failed,
+2 bad arguments or inputs that cannot be used.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pytest_steer.options import OPTIONS, Option, _positive_float, _positive_int
 from pytest_steer.report.files import REPORT_HTML, write_report
 from pytest_steer.report.markdown import write_markdown
 from pytest_steer.report.table import describe_run
-from pytest_steer.report.terminal import check_lines, render_table
+from pytest_steer.report.terminal import check_lines, checks_count_line, render_table, undecided_lines
 from pytest_steer.results import RunResults
 from pytest_steer.sequential_checks import DEFAULT_BLOCK_SIZE, DEFAULT_QUALITY_CLIP, SequentialSettings, replay
 
@@ -55,6 +59,7 @@ def _argument_type(parse_value: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pytest_steer", description="Rebuild pytest-steer reports from saved runs.")
+    parser.add_argument("--version", action="version", version=package_version())
     commands = parser.add_subparsers(dest="command", required=True)
 
     report = commands.add_parser("report", help="regenerate every output of a saved report directory")
@@ -100,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+def package_version() -> str:
+    """``pytest-steer X.Y.Z``, as the installed distribution says."""
+    from importlib import metadata
+
+    try:
+        return f"pytest-steer {metadata.version('pytest-steer')}"
+    except metadata.PackageNotFoundError:
+        return "pytest-steer (version unknown: the package is not installed; pip install -e . installs it)"
+
+
 def _print_results(results: RunResults, written: Sequence[Path]) -> None:
     width = max(60, shutil.get_terminal_size((100, 24)).columns)
     for line in describe_run(results):
@@ -107,7 +122,12 @@ def _print_results(results: RunResults, written: Sequence[Path]) -> None:
     print("mean [95% CI over prompts]; Δ: paired difference from the baseline over the same prompts\n")
     for line in render_table(results, width):
         print(line)
+    count = checks_count_line(results)
+    if count is not None:
+        print(f"\n{count}")
     for line, _ in check_lines(results):
+        print(f"  {line}")
+    for line in undecided_lines(results):
         print(f"  {line}")
     if written:
         print(f"\nwrote {written[0]}")
@@ -127,14 +147,15 @@ def _report(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     from pytest_steer.gates import evaluate_gates, parse_gate
-    from pytest_steer.report.merge import merge_reports
+    from pytest_steer.report.merge import decide_selected, merge_reports
 
     gates = [parse_gate(text) for text in args.gate]  # syntax errors stop before any reading
     fail_ifs = [parse_gate(text) for text in args.fail_if]
     if args.sequential and not (gates or fail_ifs):
         raise ValueError("--sequential decides when to stop from the gates and fail-ifs; pass at least one --gate or --fail-if")
     results = merge_reports(args.sources)
-    if args.sequential:
+    partial = results.selection is not None and results.selection.partial
+    if args.sequential and not partial:
         return _write_sequential(results, gates, fail_ifs, args)
     gated = evaluate_gates(
         gates,
@@ -144,7 +165,15 @@ def _merge(args: argparse.Namespace) -> int:
         max_errors=args.max_errors,
         min_prompts=args.min_prompts,
     )
-    return _write(replace(results, gates=gated), args.out, args.summary_md, exit_on_gates=True)
+    decided, selection = decide_selected(results, gated, (gates, fail_ifs))
+    merged = replace(results, gates=decided, selection=selection, min_prompts=args.min_prompts)
+    code = _write(merged, args.out, args.summary_md, exit_on_gates=True)
+    if args.sequential:  # as a partial run, which takes no look: every selected case runs
+        print(
+            "sequential replay: none: the runs ran only part of their cases, and a partial run takes no look; the checks on "
+            "configs that ran every case are decided by the fixed design, the others are not decided"
+        )
+    return code
 
 
 def _write_sequential(results: RunResults, gates: list[Gate], fail_ifs: list[Gate], args: argparse.Namespace) -> int:
@@ -161,7 +190,9 @@ def _write_sequential(results: RunResults, gates: list[Gate], fail_ifs: list[Gat
         seed=seed,
         gates=outcome.results,
         n_lost=results.n_lost,
+        selection=results.selection,
         sequential=outcome.to_dict(),
+        min_prompts=args.min_prompts,
     )
     code = _write(replayed, args.out, args.summary_md, exit_on_gates=True)
     unevaluated = sum(result.shown is None for result in outcome.results)

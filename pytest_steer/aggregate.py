@@ -248,16 +248,29 @@ def deltas_vs_baseline(aggregates: Iterable[ConfigAggregate]) -> dict[str, dict[
 
 
 INSTRUCTION_DELTA_METRICS = ("follow_rate", "loose_follow_rate", QUALITY_METRIC)
+MIN_INTERVAL_PROMPTS = 2  # the interval over one prompt is that prompt's value, zero wide: no interval at all
+
+
+def is_estimable(interval: Interval, min_prompts: int) -> bool:
+    """Whether an interval rests on at least ``min_prompts`` prompts, and never fewer than two."""
+    return interval.is_defined and interval.n_prompts >= max(min_prompts, MIN_INTERVAL_PROMPTS)
+
+
+def not_estimable(interval: Interval) -> bool:
+    """An estimate kept without its interval (:func:`instruction_deltas_vs_baseline`): a mean, no bounds."""
+    return not math.isnan(interval.mean) and (math.isnan(interval.ci_low) or math.isnan(interval.ci_high))
 
 
 def instruction_deltas_vs_baseline(
-    aggregates: Iterable[ConfigAggregate],
+    aggregates: Iterable[ConfigAggregate], *, min_prompts: int
 ) -> dict[str, dict[str, dict[str, Interval]]]:
     """Steered config -> instruction id -> paired delta vs the baseline, per prompt holding the id.
 
     ``follow_rate`` and ``loose_follow_rate`` are the deltas of that id's follow rates;
     ``quality`` is the delta of quality over the prompts holding the id (absent without
-    quality scores). Empty when the run has no baseline config.
+    quality scores). A delta over fewer prompts than ``min_prompts`` (or one prompt) keeps
+    its mean and prompt count but has no interval: its bounds are NaN (:func:`not_estimable`).
+    Empty when the run has no baseline config.
     """
     aggregates = list(aggregates)
     baseline = next((agg for agg in aggregates if agg.is_baseline), None)
@@ -278,7 +291,10 @@ def instruction_deltas_vs_baseline(
                 holding = agg.per_prompt[strict].keys() & baseline.per_prompt[strict].keys()
                 paired = compare_bootstrap(agg, baseline, QUALITY_METRIC, holding)
                 entry[QUALITY_METRIC] = paired.interval(agg.confidence)
-            per_id[iid] = entry
+            per_id[iid] = {
+                key: iv if is_estimable(iv, min_prompts) else Interval(iv.mean, math.nan, math.nan, iv.n_prompts)
+                for key, iv in entry.items()
+            }
         deltas[agg.name] = per_id
     return deltas
 

@@ -6,12 +6,15 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from pytest_steer.data import PromptRow, highlights
+from pytest_steer.steering.parameters import FilePath
 
 BASELINE = "baseline"
 _CONFIG_NAME = r"[A-Za-z0-9_.]+"
+_STEM_LENGTH = 32  # of a file parameter's stem in a config name
 # what a case id leaves in a node id's parameters: ...-<config>-t<trial>, then "-" or "]" (config names never hold "-")
 _CASE_ID_TAIL = re.compile(rf"-{_CONFIG_NAME}-t\d+[-\]]")
 
@@ -36,7 +39,12 @@ class SteeringConfig:
 
     @classmethod
     def of(cls, method: str, params: Mapping[str, Any], *, named_by: Sequence[str] | None = None) -> SteeringConfig:
-        """A config named after its method and the parameters in ``named_by`` (default: all of them)."""
+        """A config named after its method and the parameters in ``named_by`` (default: all of them).
+
+        A :class:`~pytest_steer.steering.parameters.FilePath` value is named by the file's stem and a
+        short digest of the path as given (``vector=runs/a/direction.safetensors`` gives
+        ``_vectordirection_`` and six hex digits): short, and two files with one stem stay apart.
+        """
         shown = params if named_by is None else {name: params[name] for name in named_by if name in params}
         suffix = "".join(f"_{name}{_name_part(value)}" for name, value in shown.items())
         return cls(method + suffix, method, tuple(params.items()))
@@ -59,6 +67,9 @@ class SteeringConfig:
 
 
 def _name_part(value: Any) -> str:
+    if isinstance(value, FilePath):
+        stem = re.sub(r"[^A-Za-z0-9_.]+", "_", PurePath(value).stem).strip("_.")[:_STEM_LENGTH]
+        return f"{stem or 'file'}_{hashlib.sha256(value.encode()).hexdigest()[:6]}"
     text = f"{value:g}" if isinstance(value, float) else str(value)
     return re.sub(r"[^A-Za-z0-9_.]", "", text.replace("-", "m"))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pytest
 
 from pytest_steer.cache import PROMPT_TOKENS, ResponseCache, prompt_tokens_key
 from pytest_steer.cases import Case, SteeringConfig, build_cases, steering_configs
-from pytest_steer.data import DatasetError, Selection, load_rows, select
+from pytest_steer.data import DatasetError, PromptRow, Selection, load_rows, select
 from pytest_steer.hub import HubUnavailableError
 from pytest_steer.options import SteerSettings, method_sweep
 from pytest_steer.sharding import select_shard
@@ -93,6 +93,7 @@ def plan_cases(
     ``methods`` defaults to the built-in ones. Prompt lengths are read from the response
     cache under ``cache_dir`` when it holds them, so a fully cached run loads no tokenizer.
     """
+    from pytest_steer import preflight
     from pytest_steer.models import ModelLoadError
     from pytest_steer.steering import SteeringError, SteeringWarning
     from pytest_steer.steering.registry import method_registry
@@ -111,11 +112,12 @@ def plan_cases(
                 limit=settings.limit,
             )
             rows = select(rows, selection, origin=settings.dataset)
+        preflight.check_min_prompts(settings, len(rows))  # the whole run's prompts: a shard or a -k selection holds fewer
         if settings.shard is not None:
             with naming("--steer-shard"):
                 rows = select_shard(rows, settings.shard)
         cache = ResponseCache(cache_dir) if cache_dir is not None else None
-        prompt_tokens = check_model(settings, configs, methods, [row.prompt for row in rows], cache)
+        prompt_tokens = check_model(settings, configs, methods, [row.prompt for row in rows], cache, rows=rows)
         for config in configs:
             if config.method == "pasta" and config.alpha == 1.0:
                 note = f"{config.name} is the identity (log 1 = 0): its responses are the baseline's, read from the response cache"
@@ -180,9 +182,12 @@ def check_model(
     methods: Mapping[str, type[SteeringMethod]],
     prompts: list[str],
     cache: ResponseCache | None = None,
+    *,
+    rows: Sequence[PromptRow] = (),
 ) -> list[int]:
     """What the model's config.json and tokenizer decide, without its weights: heads, architecture,
-    context. Returns each prompt's length in tokens (in characters when the tokenizer is not at hand)."""
+    context, and whether each method can steer the run's prompt ``rows``. Returns each prompt's length
+    in tokens (in characters when the tokenizer is not at hand)."""
     from pytest_steer import preflight
     from pytest_steer.models import EMBEDDED, check_model_source, embedded_checkpoint, read_model_config
 
@@ -199,6 +204,8 @@ def check_model(
 
         from_method_option = {c.name for c in configs[len(configs) - len(settings.method) :]}  # steering_configs puts them last
         for steered in (c for c in configs if c.method is not None):
+            given = ",".join(f"{key}={value}" for key, value in steered.params)
+            spec = f"{steered.method}{':' if given else ''}{given}"
             refused = None
             with naming(f"--steer-model {settings.model} under {steered.name}"):
                 try:
@@ -206,12 +213,13 @@ def check_model(
                 except (TypeError, ValueError) as exc:
                     if steered.name not in from_method_option or isinstance(exc, SteeringError):
                         raise
-                    given = ",".join(f"{key}={value}" for key, value in steered.params)
-                    refused = f"{steered.method}{':' if given else ''}{given}: {exc}"  # a value the method itself refused
+                    refused = f"{spec}: {exc}"  # a value the method itself refused
                 else:
                     made.check_model_config(config)
             if refused is not None:
                 raise OptionError(f"--steer-method {refused}")
+            with naming(f"--steer-method {spec}"):
+                made.check_prompts(rows)
         with naming("--steer-model"):
             lengths = prompt_token_lengths(settings.model, prompts, cache)
         preflight.check_context(config, settings.max_new_tokens, max(lengths, default=0))

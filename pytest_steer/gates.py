@@ -638,9 +638,10 @@ def _compare_config(
     if observed.n_prompts == 0:
         return failed("no prompt in common between the two runs", observed)
     passed = not observed.ci_high < -tolerance
+    # 0.0 - t rather than -t: a tolerance of 0 prints "< 0", not "< -0"
     message = (
         f"{agg.name}: {metric} vs saved = {_format_interval(observed, signed=True)} "
-        f"regression if ci_high < {-tolerance:g} -> {'PASS' if passed else 'FAIL'}"
+        f"regression if ci_high < {0.0 - tolerance:g} -> {'PASS' if passed else 'FAIL'}"
     )
     return ComparisonResult(agg.name, metric, tolerance, passed, observed, message)
 

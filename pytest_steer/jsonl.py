@@ -14,8 +14,13 @@ class JsonLinesError(ValueError):
 
 def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; OSError if the file cannot be read."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                problem = f"not UTF-8 text (byte {error.start + 1} of the line)"
+                raise JsonLinesError(f"{path}:{number}: {problem}; each line must be one JSON object") from None
             if not line.strip():
                 continue
             try:

@@ -305,7 +305,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("sequential_block", "prompts per block of --steer-sequential: the checks are looked at after each block; no generation batch spans two blocks, so larger blocks batch better (docs/gates.md)", parse=_positive_int, default=8, metavar="N"),
     Option("sequential_quality_clip", "--steer-sequential clips each prompt's quality value to the check's threshold ± R (a bounded test needs bounded values; in the quality scorer's units, nats for fluency)", parse=_positive_float, default=1.0, metavar="R"),
     Option("max_errors", "error budget of the gates: a count, or a fraction of a config's cases when below 1", parse=_error_budget, default=0, metavar="N"),
-    Option("min_prompts", "gates and fail-ifs refuse to pass on fewer evaluated prompts than this", parse=_positive_int, default=10, metavar="N"),
+    Option("min_prompts", "gates and fail-ifs refuse to pass on fewer evaluated prompts than this, and the reports give no interval to a change per instruction id over fewer (not estimable)", parse=_positive_int, default=10, metavar="N"),
     Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=_path, metavar="PATH"),
     Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=_path, metavar="PATH"),
     Option("compare_fail", "regression tolerances against --steer-baseline: 'metric:tol,...', or one number for every accuracy metric", parse=_compare_fail, default="0", metavar="SPEC"),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_steer.options import add_options, settings_from_config
-from pytest_steer.session import SteerSession
+from pytest_steer.session import SteerSession, stop_reason
 
 if TYPE_CHECKING:
     from pytest_steer.steer_case import SteerCase
@@ -44,6 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 SHARED_RECORDS = "steer_shared_records"  # workerinput key: the directory of --steer-sequential's shared records
+UNSENT_RECORDS = "steer_unsent_records"  # workeroutput key: records a worker generated but sent on no report (the run stopped)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,8 +76,10 @@ def pytest_configure_node(node: Any) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object | None) -> None:
     """A worker that goes down before its work is done halts the sequential looks, so that no other worker waits for it."""
-    shared = steer_session(node.config).shared
+    steer = steer_session(node.config)
+    shared = steer.shared
     output = getattr(node, "workeroutput", None) or {}
+    steer.from_workers.extend(output.get(UNSENT_RECORDS, ()))
     stopped = error or output.get("shouldfail") or output.get("shouldstop")
     if shared is not None and stopped:
         shared.halt(f"worker {node.gateway.id} went down: {stopped}")
@@ -153,6 +156,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.longrepr = missed_instructions(record, case.row.kwargs)
         worker = getattr(item.config, "workerinput", {}).get("workerid")
         report.steer_record = record.to_dict() | {"worker": worker}  # travels to the xdist controller with the report
+        session.sent.add(record.case_id)
     if hasattr(item.config, "workerinput"):
         progress = steer_session(item.config).progress.take_pending()
         if progress:
@@ -196,8 +200,8 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``--steer-sequential``: every test of a block's cases runs before the next block's (other tests first)."""
     steer = steer_session(config)
-    if not steer.settings.sequential:
-        return
+    if not steer.settings.sequential or not selected_cases(items):
+        return  # no steer case collected: nothing to order, and a plan that failed has failed collection already
     plan = steer.plan
 
     def block(item: pytest.Item) -> int:
@@ -228,7 +232,7 @@ def pytest_runtestloop(session: pytest.Session) -> Iterator[Any]:
         result = yield
     finally:
         if session.shouldstop or session.shouldfail:
-            steer.stopped = str(session.shouldstop or session.shouldfail)
+            steer.stopped = stop_reason(str(session.shouldstop or session.shouldfail))
     if steer.reports_here:
         from pytest_steer.outcomes import count_verdicts, report_verdicts
 
@@ -241,6 +245,8 @@ def pytest_runtestloop(session: pytest.Session) -> Iterator[Any]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     steer = steer_session(session.config)
     steer.settle()
+    if steer.is_worker:  # the records no report carried go to the controller with the worker's output
+        session.config.workeroutput[UNSENT_RECORDS] = steer.unsent()  # type: ignore[attr-defined]
     if not steer.reports_here:  # workers leave reports to the controller
         return
     from pytest_steer.report.outputs import write_outputs
@@ -264,7 +270,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(line)
     full_report = steer.written.partial_apart
     if full_report is not None:
-        note = f"[steer] a partial selection writes its report apart: the full run's report in {full_report} is left as it was"
+        note = f"[steer] a partial run writes its report apart: the full run's report in {full_report} is left as it was"
         terminalreporter.write_line(note, yellow=True)
     for failure in steer.written.failures:
         terminalreporter.write_line(f"[steer] {failure}", red=True)
@@ -281,7 +287,6 @@ class ReportReceiver:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for entry in getattr(report, "steer_progress", ()):
             self.session.progress.receive(entry)
-        self.session.progress.resume_status_line(report)
         record = getattr(report, "steer_record", None)
         if record is not None:
             self.session.receive(record, report.nodeid)
@@ -302,5 +307,6 @@ class ReportReceiver:
             write_missed_summary(terminalreporter, MISSED)
         return result
 
-    def pytest_keyboard_interrupt(self) -> None:
-        self.session.stopped = self.session.stopped or "the run was interrupted"  # pytest's own stops pass here too
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """Ctrl-C, pytest.exit and xdist's own stops (-x under xdist) pass here."""
+        self.session.stopped = self.session.stopped or stop_reason(str(excinfo.value) or "interrupted")

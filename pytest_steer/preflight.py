@@ -219,6 +219,23 @@ def check_sequential(settings: SteerSettings) -> None:
         )
 
 
+def check_min_prompts(settings: SteerSettings, prompts: int) -> None:
+    """The whole run's ``prompts`` (every shard's together) are enough for its gates and fail-ifs to be evaluated.
+
+    A check rests on at most every prompt of the run, so with fewer than ``--steer-min-prompts``
+    each one would fail as not evaluated, after every case was generated.
+    """
+    if not (settings.gate or settings.fail_if) or prompts >= settings.min_prompts:
+        return
+    more = "select more prompts (--steer-dataset and its filters)"
+    if settings.limit == prompts:
+        more = f"raise --steer-limit to {settings.min_prompts}"
+    raise PreflightError(
+        f"--steer-min-prompts {settings.min_prompts}: the gates and fail-ifs need at least {settings.min_prompts} evaluated prompts, "
+        f"and this run selects {prompts}; {more}, or lower --steer-min-prompts to {prompts}"
+    )
+
+
 def check_quality_is_scored(settings: SteerSettings) -> None:
     """No gate, fail-if or comparison tolerance reads ``quality`` when ``--steer-quality none`` scores none."""
     from pytest_steer.gates import parse_compare_fail, parse_gate

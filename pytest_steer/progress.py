@@ -6,6 +6,11 @@ id (``[steer] gw1: ...``). A batch's line ends with the run's overall count (cas
 of those selected) and, once something was generated, an ETA from the rate so far.
 Only the terminal reporter's public API is used, so pytest's
 verbosity, ``-rA`` or ``--tb`` options and xdist's own output are never disturbed.
+
+A plain run's lines come while a test sets up, after pytest began that test's line (the
+file name its status letters follow, or under ``-v`` the test's id). They go under that
+line, and pytest goes on after them (the letters, the outcome word) as it does after
+live logs, without writing the file name or test id again.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ class Progress:
         worker = getattr(config, "workerinput", None)
         self.worker_id: str | None = worker["workerid"] if worker is not None else None
         self._pending: list[dict[str, Any]] = []
-        self._broke_line = False
         self.total: int | None = None  # selected cases of the whole run, once known
         self.to_generate: int | None = None  # of which the response cache did not hold a response
         self.done = 0
@@ -75,21 +79,9 @@ class Progress:
             return
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            reporter.ensure_newline()  # ends a line of status letters that has a file prefix
+            if self.config.pluginmanager.hasplugin("dsession"):
+                reporter.ensure_newline()  # xdist's controller starts each of its lines afresh
             if self.config.get_terminal_writer().width_of_current_line:
-                reporter.line("")  # xdist's status letters have no prefix for ensure_newline to see
-            reporter.write_line(f"{PREFIX} {message}")
-        self._broke_line = True
-
-    def resume_status_line(self, report: pytest.TestReport) -> None:
-        """Before the next status letter of a plain run, start a fresh line with its file prefix.
-
-        Verbose output and xdist's controller write their own prefixes; only the letters of
-        ``-q`` and the default verbosity would otherwise continue on a line without one.
-        """
-        if not self._broke_line or report.when == "setup" and report.passed:
-            return
-        self._broke_line = False
-        reporter: Any = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and reporter.verbosity <= 0 and not self.config.pluginmanager.hasplugin("dsession"):
-            reporter.write_fspath_result(report.nodeid, "")
+                # ends the line by hand: ensure_newline would also make pytest write its start again
+                reporter.line("")
+            reporter.line(f"{PREFIX} {message}")

@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_steer.aggregate import ConfigAggregate, aggregate, deltas_vs_baseline
+from pytest_steer.aggregate import ConfigAggregate, aggregate, deltas_vs_baseline, instruction_deltas_vs_baseline
 from pytest_steer.gates import ComparisonResult, GateResult
+from pytest_steer.options import SteerSettings
 from pytest_steer.selection import RunSelection
 from pytest_steer.stats import Interval
 
@@ -25,11 +26,16 @@ class RunResults:
     n_lost: int = 0  # cases collected but never reported (e.g. their worker crashed)
     selection: RunSelection | None = None  # what pytest's selection kept of the collected cases; None when not known
     sequential: dict[str, Any] | None = None  # where sequential decisions stopped: prompts_used, prompts_total, looks
+    min_prompts: int = SteerSettings.min_prompts  # --steer-min-prompts: fewer prompts give no interval per instruction id
 
     @property
     def n_cached(self) -> int:
         """Cases whose response was read from the response cache instead of generated."""
         return sum(bool(record.get("cached")) for record in self.records)
+
+    def instruction_deltas(self) -> dict[str, dict[str, dict[str, Interval]]]:
+        """Per steered config and instruction id, the paired deltas vs the baseline (:func:`instruction_deltas_vs_baseline`)."""
+        return instruction_deltas_vs_baseline(self.aggregates, min_prompts=self.min_prompts)
 
     @classmethod
     def from_records(cls, run: dict[str, Any], records: Sequence[Mapping[str, Any]], *, seed: int, **verdicts: Any) -> RunResults:

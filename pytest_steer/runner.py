@@ -75,6 +75,7 @@ class CaseRunner:
         self.spec = spec
         self.methods = methods
         self._steering: dict[str, SteeringMethod | None] = {}
+        self._unsteered: dict[str, dict[str, str]] = {}  # config name -> prompt key -> why its method leaves it unsteered
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
         self._from_cache: dict[str, int] = {}
         self._cache_warned = False
@@ -195,11 +196,14 @@ class CaseRunner:
                 tokens=int(m["tokens"]), cases=int(m["cases"]), max_new_tokens=self.settings.max_new_tokens, seconds=m["seconds"],
             )
 
+    def _prompts(self) -> list[Any]:
+        """The run's prompt rows, the same on every worker."""
+        return list({case.row.key: case.row for case in self._cases}.values())
+
     def _run_context(self) -> RunContext:
         """The run's prompts (the same on every worker) and this worker's model, for methods that learn from them."""
-        prompts = list({case.row.key: case.row for case in self._cases}.values())
         return RunContext(
-            prompts=prompts,
+            prompts=self._prompts(),
             model_key={**self.fingerprint.to_dict(), **self._environment()},
             cache_dir=None if self.cache is None else self.cache.directory,
             load_model=lambda: (self.loaded.model, self.loaded.tokenizer),
@@ -396,6 +400,9 @@ class CaseRunner:
         prepared: str | None = None,
     ) -> CaseRecord:
         row = case.row
+        if case.config.name not in self._unsteered:
+            steering = self.steering(case.config)
+            self._unsteered[case.config.name] = {} if steering is None else steering.unsteered(self._prompts())
         try:
             verdict = evaluate(row.prompt, response, list(row.instruction_id_list), [dict(k) for k in row.kwargs])
         except Exception as exc:
@@ -422,6 +429,7 @@ class CaseRunner:
             prepared_prompt=prepared,
             highlights=list(case.highlights),
             device=str(self.device),
+            unsteered=self._unsteered[case.config.name].get(row.key),
         )
 
 

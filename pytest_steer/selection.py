@@ -3,7 +3,8 @@
 Only the selected cases are generated and aggregated. A config whose collected cases are
 not all selected is measured on a subset that pytest chose (``--lf`` picks the failures),
 so a gate, fail-if or saved-run comparison that reads such a config is not decided: it is
-reported as skipped with the reason, never as passed or failed.
+reported as skipped with the reason, never as passed or failed. A run that stopped early
+(``-x``/``--maxfail``, an interrupt) is partial the same way, over the cases that ran.
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ class UndecidedCheck:
 class RunSelection:
     configs: tuple[ConfigSelection, ...]
     undecided: tuple[UndecidedCheck, ...] = ()
+    stopped: str | None = None  # why the run ended before its selected cases all ran; they are then the cases that ran
 
     @classmethod
-    def of(cls, cases: Iterable[Case], selected: Collection[str]) -> RunSelection:
-        """Per config (in plan order), the selected share of the collected ``cases``; ``selected`` holds case ids."""
+    def of(cls, cases: Iterable[Case], selected: Collection[str], stopped: str | None = None) -> RunSelection:
+        """Per config (in plan order), the selected share of the collected ``cases``; ``selected`` holds case ids
+        (those that ran, with ``stopped``: why the others did not)."""
         collected: dict[str, list[Case]] = {}
         for case in cases:
             collected.setdefault(case.config.name, []).append(case)
@@ -89,7 +92,7 @@ class RunSelection:
                     prompts_collected=len({case.row.key for case in config_cases}),
                 )
             )
-        return cls(tuple(configs))
+        return cls(tuple(configs), stopped=stopped)
 
     @property
     def partial(self) -> bool:
@@ -111,10 +114,10 @@ class RunSelection:
         if not self.partial:
             return ""
         parts = "; ".join(config.describe() for config in self.partial_configs().values())
-        text = (
-            f"partial selection: pytest's selection ({SELECTION_OPTIONS}) ran {self.cases_selected} of "
-            f"{self.cases_collected} cases ({parts}); the aggregates cover only those"
-        )
+        who = f"partial selection: pytest's selection ({SELECTION_OPTIONS})"
+        if self.stopped:
+            who = f"partial run: the run ended early ({self.stopped}) and"
+        text = f"{who} ran {self.cases_selected} of {self.cases_collected} cases ({parts}); the aggregates cover only those"
         if self.undecided:
             text += f", and {len(self.undecided)} check(s) are not decided"
         return text
@@ -165,13 +168,14 @@ class RunSelection:
         for config in unselected:
             reason = str(self._reason([config.name], partial))
             undecided += [UndecidedCheck("comparison", metric, config.name, reason) for metric in compared]
-        return kept_gates, kept_comparisons, RunSelection(self.configs, tuple(undecided))
+        return kept_gates, kept_comparisons, RunSelection(self.configs, tuple(undecided), self.stopped)
 
-    @staticmethod
-    def _reason(involved: Iterable[str], partial: Mapping[str, ConfigSelection]) -> str | None:
+    def _reason(self, involved: Iterable[str], partial: Mapping[str, ConfigSelection]) -> str | None:
         short = [partial[name].describe() for name in dict.fromkeys(involved) if name in partial]
         if not short:
             return None
+        if self.stopped:
+            return f"not decided: the run ended early ({self.stopped}) and ran {' and '.join(short)}; run all its cases to decide it"
         return f"not decided: pytest's selection ran {' and '.join(short)}; run without {SELECTION_OPTIONS} to decide it"
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,10 +185,11 @@ class RunSelection:
             "cases_collected": self.cases_collected,
             "configs": {config.name: config.to_dict() for config in self.configs},
             "undecided": [check.to_dict() for check in self.undecided],
+            "stopped": self.stopped,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSelection:
         configs = tuple(ConfigSelection(name, **{k: int(v) for k, v in entry.items()}) for name, entry in data["configs"].items())
         undecided = tuple(UndecidedCheck(c["kind"], c["name"], c.get("config"), c["reason"]) for c in data.get("undecided", []))
-        return cls(configs, undecided)
+        return cls(configs, undecided, data.get("stopped"))

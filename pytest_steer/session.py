@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -39,6 +40,15 @@ if TYPE_CHECKING:
     from pytest_steer.steering.method import SteeringMethod
 
 
+def stop_reason(text: str) -> str:
+    """pytest's reason for ending a run early, said of the option behind it."""
+    failures = re.fullmatch(r"stopping after (\d+) failures", text)
+    if failures is None:
+        return text
+    count = int(failures[1])
+    return f"stopped after {count} failure{'s' if count != 1 else ''} by -x/--maxfail"
+
+
 class SteerSession:
     def __init__(self, config: pytest.Config, settings: SteerSettings) -> None:
         self.config = config
@@ -47,6 +57,8 @@ class SteerSession:
         self.records: list[dict[str, Any]] = []  # received on the controller, in report order
         self.selected: dict[str, str] = {}  # node id -> case id of every selected steer test (on the controller too)
         self.stopped: str | None = None  # why the run ended before every case ran (Ctrl-C, -x, a model that cannot load)
+        self.sent: set[str] = set()  # case ids whose records left this process on a test report
+        self.from_workers: list[dict[str, Any]] = []  # records the xdist workers generated but sent on no report
         self.written = Written()
         self.started = time.time()
         self._results: RunResults | None = None
@@ -213,15 +225,44 @@ class SteerSession:
     def receive(self, record: dict[str, Any], nodeid: str) -> None:
         self.records.append({**record, "nodeid": nodeid})
 
+    def unsent(self) -> list[dict[str, Any]]:
+        """Records this process generated for selected cases that no test report carried (the run stopped first)."""
+        if "runner" not in vars(self):
+            return []
+        chosen, worker = set(self.selected.values()), getattr(self.config, "workerinput", {}).get("workerid")
+        unsent = [record for key, record in self.runner.records.items() if key in chosen and key not in self.sent]
+        return [record.to_dict() | {"worker": worker} for record in unsent]
+
+    def _receive_unreported(self) -> int:
+        """Keep the records that were generated but never reported: this process's, the workers' that finished, and those
+        shared for --steer-sequential's looks (of a worker that went down too). Returns how many."""
+        reported = {case_id(r["key"], r["config"], r["trial"]) for r in self.records}
+        nodeids: dict[str, str] = {}
+        for nodeid, case in self.selected.items():
+            nodeids.setdefault(case, nodeid)
+        shared = self.shared.wait_for(()) if self.shared is not None and self.is_controller else []
+        kept = 0
+        for record in [*self.unsent(), *self.from_workers, *shared]:
+            key = case_id(record["key"], record["config"], record["trial"])
+            if key in nodeids and key not in reported:
+                reported.add(key)
+                self.receive(record, nodeids[key])
+                kept += 1
+        return kept
+
     def results(self) -> RunResults:
         """Aggregates and verdicts of every record received (built once, after the test loop)."""
         if self._results is None:
             from pytest_steer.gates import parse_compare_fail, parse_gate
             from pytest_steer.gating import decide
             from pytest_steer.results import RunResults
+            from pytest_steer.selection import SELECTION_OPTIONS
 
+            unreported = self._receive_unreported()
             records = self._case_records()
-            lost = self._lost_records({case_id(r["key"], r["config"], r["trial"]) for r in records})
+            not_run = self._not_run({case_id(r["key"], r["config"], r["trial"]) for r in records})
+            stopped = self.stopped if not_run else None  # a stopped run that ran every case is complete
+            lost = [] if stopped else self._lost_records(not_run)  # a stop leaves cases out, as a selection does
             records += lost
             model = next((r["model"] for r in records if r.get("model")), None) or {"name": self.settings.model}
             from pytest_steer.spec import run_provenance
@@ -230,10 +271,13 @@ class SteerSession:
             devices = [r["device"] for r in records if r.get("device")]
             provenance = run_provenance(invocation.args, invocation.dir, self.started, devices)
             run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir, provenance)
-            aggregated = RunResults.from_records(run, records, seed=self.settings.seed, n_lost=len(lost))
+            aggregated = RunResults.from_records(
+                run, records, seed=self.settings.seed, n_lost=len(lost), min_prompts=self.settings.min_prompts
+            )
             outcome = self._sequential_outcome(aggregated.aggregates, records) if self.sequential is not None else None
             verdicts = decide(aggregated.aggregates, run, self.settings, gates=outcome.results if outcome else None)
-            gates, comparisons, selection = self.selection.decide(
+            ran = self.selection if stopped is None else self._ran(not_run, stopped)
+            gates, comparisons, selection = ran.decide(
                 verdicts.gates,
                 verdicts.comparisons,
                 configs=self.configs,
@@ -244,6 +288,14 @@ class SteerSession:
                 compared=list(parse_compare_fail(self.settings.compare_fail)) if self.settings.baseline is not None else [],
             )
             verdicts.gates, verdicts.comparisons = gates, comparisons
+            if unreported:
+                why = f" ({self.stopped})" if self.stopped else ""  # else a test errored before it took its case
+                verdicts.notes.append(f"{unreported} generated case(s) were reported by no test{why}; this report keeps their records")
+            if self.settings.sequential and self.sequential is None:
+                verdicts.notes.append(
+                    f"--steer-sequential took no look: pytest's selection ({SELECTION_OPTIONS}) ran part of the cases, so every "
+                    "selected case ran; checks on configs it ran in full are decided by the fixed design, the others not at all"
+                )
             if all(not config.steered for config in self.configs):
                 verdicts.notes.append(
                     "only the unsteered baseline ran: add steered configs with --steer-alpha (PASTA, e.g. --steer-alpha 10) "
@@ -255,8 +307,9 @@ class SteerSession:
 
     @cached_property
     def sequential(self) -> SequentialStop | None:
-        """``--steer-sequential``: where generation stops; None for a fixed run."""
-        if not self.settings.sequential:
+        """``--steer-sequential``: where generation stops; None for a fixed run, and for a partial selection, which
+        stops nowhere: every selected case runs, and its checks on partly selected configs are not decided."""
+        if not self.settings.sequential or self.selection.partial:
             return None
         from pytest_steer.sequential_run import SequentialStop
 
@@ -268,11 +321,8 @@ class SteerSession:
         return max((len(case.row.instruction_id_list) for case in self.plan.cases), default=1)
 
     def skip_reason(self, case: Case) -> str | None:
-        """Why a case is not generated (a sequential run decided before its block), or None.
-
-        A partial selection stops nowhere: its checks are not decided (see ``selection``).
-        """
-        if self.sequential is None or self.selection.partial:
+        """Why a case is not generated (a sequential run decided before its block), or None."""
+        if self.sequential is None:
             return None
         return self.sequential.skip_reason(case.row.key, case.config.name, self._records_wanted)
 
@@ -317,27 +367,38 @@ class SteerSession:
             by_case.setdefault(case_id(record["key"], record["config"], record["trial"]), record)
         return list(by_case.values())
 
-    def _lost_records(self, reported: set[str]) -> list[dict[str, Any]]:
+    def _not_run(self, reported: set[str]) -> dict[str, str]:
+        """Case id -> node id of the selected cases without a record that the run needed."""
+        if self.sequential is not None:  # an xdist controller has taken no look yet; the workers' may have halted early
+            self.sequential.look_through(self._records_wanted)
+        missing: dict[str, str] = {}
+        for nodeid, case_key in self.selected.items():
+            case = self.plan.by_id[case_key]
+            if case_key in reported or case_key in missing:
+                continue
+            if self.sequential is not None and self.sequential.never_generated(case.row.key, case.config.name):
+                continue  # never generated: the sequential run had decided every check before its block
+            missing[case_key] = nodeid
+        return missing
+
+    def _ran(self, not_run: Collection[str], stopped: str) -> RunSelection:
+        """The selection of a run that stopped early: the selected cases less those it did not run."""
+        from pytest_steer.selection import RunSelection
+
+        return RunSelection.of(self.plan.cases, set(self.selected.values()) - set(not_run), stopped=stopped)
+
+    def _lost_records(self, not_run: Mapping[str, str]) -> list[dict[str, Any]]:
         """Records of the selected cases that no test reported: errors, never misses."""
         from pytest_steer.records import CaseRecord
 
         halted = self.shared.halted() if self.shared is not None else None
         if halted is not None:  # the workers skipped the cases after their last look: those the run needed are lost
             reason = f"lost: not run: the sequential looks halted ({halted})"
-        elif self.stopped:
-            reason = f"lost: not run: {self.stopped}"
         else:
             reason = "lost: the case never reported (its worker crashed)"
-        if self.sequential is not None:  # an xdist controller has taken no look yet; the workers' may have halted early
-            self.sequential.look_through(self._records_wanted)
         lost = []
-        for nodeid, case_key in self.selected.items():
-            if case_key in reported:
-                continue
-            reported.add(case_key)
+        for case_key, nodeid in not_run.items():
             case = self.plan.by_id[case_key]
-            if self.sequential is not None and self.sequential.never_generated(case.row.key, case.config.name):
-                continue  # never generated: the sequential run had decided every check before its block
             row = case.row
             record = CaseRecord.failed(
                 key=row.key, config=case.config.name, alpha=case.config.alpha, trial=case.trial, error=reason,

@@ -258,7 +258,7 @@ def test_instruction_deltas_are_paired_per_instruction_id() -> None:
         records.append(record(str(k), "baseline", None, ids, [False] * len(ids), 0.0))
         records.append(record(str(k), "alpha10", 10.0, ids, [True] + [False] * (len(ids) - 1), -1.0 if k < 3 else 0.0))
     aggs = aggregate(records, n_resamples=200)
-    deltas = instruction_deltas_vs_baseline(aggs)
+    deltas = instruction_deltas_vs_baseline(aggs, min_prompts=1)
     assert set(deltas) == {"alpha10"}
     assert deltas["alpha10"]["a:x"]["follow_rate"].mean == 1.0
     assert deltas["alpha10"]["b:y"]["follow_rate"].mean == 0.0

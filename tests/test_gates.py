@@ -315,6 +315,13 @@ def test_compare_runs_flags_only_clear_regressions() -> None:
     assert all(r.passed for r in compare_runs(current, saved, {"strict_prompt_accuracy": 0.9}))
 
 
+def test_compare_runs_without_tolerance_prints_zero_unsigned() -> None:
+    saved = [make_config("baseline", None, values(40, 20))]
+    current = [make_config("baseline", None, values(40, 10))]
+    (result,) = compare_runs(current, saved, {"strict_prompt_accuracy": 0.0})
+    assert result.message.endswith("regression if ci_high < 0 -> FAIL")
+
+
 def test_compare_runs_missing_config_metric_or_prompts_fail() -> None:
     saved = [make_config("baseline", None, values(40, 20))]
     current = [

@@ -79,7 +79,9 @@ def test_text_values_are_converted_to_the_declared_types() -> None:
     [
         ({"times": "abc"}, "remind parameter 'times': 'abc' is not an int; expected a whole number such as 2"),
         ({"times": "1.5"}, "remind parameter 'times': '1.5' is not an int"),
-        ({"ratio": "nan"}, "remind parameter 'ratio': 'nan' is not a float; expected a finite number such as 0.5"),
+        ({"ratio": "nan"}, "remind parameter 'ratio': 'nan' is not finite; it must be a finite number such as 0.5"),
+        ({"ratio": "-inf"}, "remind parameter 'ratio': '-inf' is not finite; it must be a finite number such as 0.5"),
+        ({"ratio": "lots"}, "remind parameter 'ratio': 'lots' is not a float; expected a finite number such as 0.5"),
         ({"loud": "maybe"}, "remind parameter 'loud': 'maybe' is not a bool; expected true or false"),
         ({"words": "3"}, "remind parameter 'words': '3' is not list[str] or None"),
         ({"mode": "middle"}, "remind parameter 'mode': 'middle' is not one of 'end', 'start'"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,25 @@ def test_configs_are_named_after_their_method_and_parameters() -> None:
     assert configs[1].to_dict() == {"name": "pasta_alpha2.5", "method": "pasta", "params": {"alpha": 2.5, "heads": "8-23", "scale_position": "include"}}
     assert [c.alpha for c in configs] == [None, 2.5, 20.0, None, None]
     assert not configs[0].steered and all(c.steered for c in configs[1:])
+
+
+def test_a_file_parameter_names_its_config_by_the_files_stem_and_a_digest_of_its_path() -> None:
+    from pytest_steer.collection import run_configs
+    from pytest_steer.options import _method
+
+    deep = "/home/me/runs/2024-06-01/llama-3-8b/layer-15/direction.safetensors"
+    other = "/home/me/runs/2024-07-01/llama-3-8b/layer-15/direction.safetensors"
+    settings = SteerSettings(method=(_method(f"actadd:layer=15,coeff=0.5,vector={deep},{other}"), _method("actadd:layer=1,coeff=1,pairs=my-pairs.jsonl")))
+    configs = run_configs(settings, method_registry())
+    names = [config.name for config in configs[1:]]
+    assert [re.sub(r"_[0-9a-f]{6}$", "_<digest>", name) for name in names] == [
+        "actadd_layer15_coeff0.5_vectordirection_<digest>", "actadd_layer15_coeff0.5_vectordirection_<digest>",
+        "actadd_layer1_coeff1_pairsmy_pairs_<digest>",
+    ]
+    assert names[0] != names[1]  # one stem, two paths
+    assert [config.to_dict()["params"].get("vector") for config in configs[1:]] == [deep, other, None]
+    assert json.loads(json.dumps(configs[1].to_dict()))["params"]["vector"] == deep
+    assert run_configs(settings, method_registry())[1].name == names[0]  # the same on every worker and every run
 
 
 def test_a_config_asked_for_twice_is_refused() -> None:

@@ -152,8 +152,16 @@ def test_progress_lines_leave_the_status_letters_readable(pytester: pytest.Pytes
     args = ["--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-alpha", "10", "--steer-max-new-tokens", "4"]
     args += ["--steer-no-cache"]
     serial = run_suite(pytester, *args)
-    # the line of letters that a batch's progress broke resumes with its file prefix
-    serial.stdout.fnmatch_lines(["[[]steer[]] pasta_alpha10: batch 1/1, 3/3 cases*", "", "*test_ifeval.py [.m][.m][.m]*"], consecutive=True)
+    # the status letters go on under a batch's progress line; the file name they follow is written once
+    serial.stdout.fnmatch_lines(["[[]steer[]] pasta_alpha10: batch 1/1, 3/3 cases*", "[.m][.m][.m]*"], consecutive=True)
+    assert serial.stdout.str().count("test_ifeval.py") == 1, serial.stdout.str()
+    verbose = run_suite(pytester, *args, "-v")
+    # under -v each test's id is written once, its outcome after any progress line its setup wrote
+    for config in ("baseline", "pasta_alpha10"):
+        batch = f"[[]steer[]] {config}: batch 1/1, 3/3 cases*"
+        verbose.stdout.fnmatch_lines([f"*test_follows_instructions[[]s001-{config}-t0[]] ", batch])
+        verbose.stdout.fnmatch_lines([batch, "[MP]*"], consecutive=True)
+    assert all(verbose.stdout.str().count(f"[s00{k}-{c}-t0]") == 1 for k in (1, 2, 3) for c in ("baseline", "pasta_alpha10"))
     for mode in (["-q"], ["-v", "-rA", "--tb=short"]):
         parallel = run_suite(pytester, *args, "-n", "2", *mode)
         assert parallel.ret == 0, parallel.stdout.str()
@@ -195,7 +203,8 @@ def test_alpha_one_is_noted_and_reuses_the_baseline_responses(pytester: pytest.P
     result.stdout.fnmatch_lines(["[[]steer[]] pasta_alpha1: 2 cases from cache"])
 
 
-def test_an_interrupted_run_says_so_and_blames_no_crash(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+def test_an_interrupted_run_says_so_and_blames_no_crash(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The baseline's batch was generated before the interrupt: its three records are kept; the steered config never ran."""
     pytester.makepyfile(
         interrupt_second="""
         def pytest_runtest_call(item):
@@ -203,11 +212,18 @@ def test_an_interrupted_run_says_so_and_blames_no_crash(pytester: pytest.Pyteste
                 raise KeyboardInterrupt
         """
     )
+    out = tmp_path / "results.json"
     result = run_suite(
         pytester, "-p", "interrupt_second", "--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-max-new-tokens", "4",
-        "--steer-no-cache",
+        "--steer-no-cache", "--steer-alpha", "10", "--steer-json", str(out),
     )
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.INTERRUPTED, output
-    result.stdout.fnmatch_lines(["*did not report (not run: the run was interrupted)*"])
-    assert "crashed" not in output
+    result.stdout.fnmatch_lines([
+        "*note: 2 generated case(s) were reported by no test (interrupted); this report keeps their records",
+        "partial run: the run ended early (interrupted) and ran 3 of 6 cases (none of the 3 prompts of pasta_alpha10)*",
+    ])  # fmt: skip
+    assert "crashed" not in output and "did not report" not in output
+    data = json.loads(out.read_text())
+    assert data["n_lost"] == 0 and data["selection"]["stopped"] == "interrupted"
+    assert sorted((c["key"], c["config"], c["error"]) for c in data["cases"]) == [(f"s00{i}", "baseline", None) for i in (1, 2, 3)]

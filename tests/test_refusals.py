@@ -75,20 +75,80 @@ def test_a_registered_method_gets_typed_values_and_refuses_others(pytester: pyte
     ran.stdout.fnmatch_lines(["configs: baseline (unsteered); remind_times2 (remind: times 2)"])
 
 
-def test_a_baseline_saved_with_other_settings_is_refused_before_generation(
-    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path
-) -> None:
+def baseline_of_other_settings(model: Path, tmp_path: Path) -> Path:
+    """A saved baseline of --steer-max-new-tokens 8 and --steer-quality none: RUN differs in both."""
     from pytest_steer.baseline import save_run
     from pytest_steer.cases import steering_configs
     from pytest_steer.options import SteerSettings
     from pytest_steer.spec import RunSpec
 
-    saved_settings = SteerSettings(model=str(tiny_checkpoint), limit=2, max_new_tokens=8, quality="none")
+    saved_settings = SteerSettings(model=str(model), limit=2, max_new_tokens=8, quality="none")
     run = RunSpec.from_settings(saved_settings, tuple(steering_configs(()))).fingerprint({"name": "m"}, 2, tmp_path)
-    saved = save_run(run, [], tmp_path / "baseline.json")
+    return save_run(run, [], tmp_path / "baseline.json")
+
+
+def test_a_baseline_saved_with_other_settings_is_refused_before_generation(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    saved = baseline_of_other_settings(tiny_checkpoint, tmp_path)
     result = run_suite(pytester, tiny_checkpoint, "--steer-baseline", str(saved))
     assert_refused(
         result,
         f"--steer-baseline {saved} was saved with other settings than this run's: --steer-max-new-tokens 8 (this run: 4); "
         "--steer-quality 'none' (this run: 'fluency'); run with the saved settings to compare with it, or save a baseline*",
     )
+
+
+@pytest.mark.parametrize("refusal", ["no-gate", "missing-dataset", "baseline-of-other-settings"])
+def test_sequential_runs_refuse_at_collection_as_fixed_runs_do(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path, refusal: str
+) -> None:
+    gated = ["--steer-gate", "strict_prompt_accuracy >= 0", "--steer-min-prompts", "2"]
+    args, message = {
+        "no-gate": ([], "--steer-sequential stops generating once every gate and fail-if is decided, and this run has none; add a*"),
+        "missing-dataset": ([*gated, "--steer-dataset", str(tmp_path / "missing.jsonl")], f"--steer-dataset '{tmp_path / 'missing.jsonl'}'*"),
+        "baseline-of-other-settings": (
+            [*gated, "--steer-baseline", str(baseline_of_other_settings(tiny_checkpoint, tmp_path))],
+            "--steer-baseline * was saved with other settings than this run's: --steer-max-new-tokens 8 (this run: 4)*",
+        ),
+    }[refusal]
+    sequential = run_suite(pytester, tiny_checkpoint, *args, "--steer-sequential")
+    assert "INTERNALERROR" not in sequential.stdout.str() + sequential.stderr.str(), sequential.stdout.str()
+    assert_refused(sequential, message)
+    if args:  # the same refusal, word for word, as without --steer-sequential
+        fixed = run_suite(pytester, tiny_checkpoint, *args)
+        assert_refused(fixed, message)
+        refused = [line for line in sequential.stdout.lines if "pytest-steer: --steer-" in line]
+        assert refused == [line for line in fixed.stdout.lines if "pytest-steer: --steer-" in line]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--steer-limit", "8", "--steer-fail-if", "strict_prompt_accuracy < 0"],
+            "--steer-min-prompts 10: the gates and fail-ifs need at least 10 evaluated prompts, and this run selects 8; "
+            "raise --steer-limit to 10, or lower --steer-min-prompts to 8",
+        ),
+        (  # a shard holds 4 of the 8 prompts; the whole run still has too few
+            ["--steer-limit", "8", "--steer-shard", "1/2", "--steer-gate", "strict_prompt_accuracy >= 0"],
+            "--steer-min-prompts 10: the gates and fail-ifs need at least 10 evaluated prompts, and this run selects 8; *",
+        ),
+    ],
+    ids=["limit", "shard-of-too-few"],
+)
+def test_too_few_prompts_for_the_checks_are_refused_before_generation(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, args: list[str], message: str
+) -> None:
+    result = run_suite(pytester, tiny_checkpoint, *args)
+    assert_refused(result, message)
+    assert "not evaluated" not in result.stdout.str()
+
+
+def test_a_shard_or_a_selection_of_a_run_with_enough_prompts_is_not_refused(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    """Each shard of 12 prompts holds 6 and -k keeps 1: the whole run has the 10 its checks need, merge or a full run decides."""
+    gated = ["--steer-limit", "12", "--steer-fail-if", "strict_prompt_accuracy < 0", "--collect-only", "-q"]
+    for extra in (["--steer-shard", "2/2"], ["-k", "s001"]):
+        result = run_suite(pytester, tiny_checkpoint, *gated, *extra)
+        assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+        assert "pytest-steer: --steer-min-prompts" not in result.stdout.str()

@@ -82,6 +82,27 @@ def test_a_check_on_a_partly_selected_config_is_not_decided() -> None:
     assert RunSelection.from_dict(json.loads(json.dumps(decided.to_dict()))) == decided
 
 
+def test_a_run_stopped_early_leaves_the_checks_of_what_it_did_not_run_undecided() -> None:
+    cases = plan_cases()
+    stopped = "stopped after 1 failure by -x/--maxfail"
+    selection = RunSelection.of(cases, {case.id for case in cases if case.config.name == "baseline"}, stopped=stopped)
+    assert selection.partial
+    on_baseline = gate("quality > 0", "baseline")
+    kept, _, decided = selection.decide(
+        [on_baseline], [], configs=steering_configs([10.0]), expressions=["quality > 0", "fail if alpha=10: quality - baseline < 0"]
+    )
+    assert kept == [on_baseline]  # the baseline ran to the end: its check is decided
+    assert [(check.name, check.config, check.reason) for check in decided.undecided] == [
+        ("quality > 0", "pasta_alpha10", f"not decided: the run ended early ({stopped}) and ran none of the 2 prompts of pasta_alpha10; "
+         "run all its cases to decide it"),
+        ("fail if alpha=10: quality - baseline < 0", "pasta_alpha10", f"not decided: the run ended early ({stopped}) and ran none of "
+         "the 2 prompts of pasta_alpha10; run all its cases to decide it"),
+    ]  # fmt: skip
+    assert decided.describe().startswith(f"partial run: the run ended early ({stopped}) and ran 4 of 8 cases (none of the 2 prompts")
+    assert decided.to_dict()["stopped"] == stopped
+    assert RunSelection.from_dict(json.loads(json.dumps(decided.to_dict()))) == decided
+
+
 def test_a_gate_whose_config_was_not_selected_at_all_is_not_decided() -> None:
     cases = plan_cases()
     selection = RunSelection.of(cases, {case.id for case in cases if case.config.name == "baseline"})
@@ -220,6 +241,46 @@ def test_last_failed_and_deselect_say_what_they_left_out(pytester: pytest.Pytest
     deselected.stdout.fnmatch_lines(["*ran 3 of 4 cases (3 of 4 prompts of baseline)*"])
     assert deselected.parseoutcomes()["deselected"] == 1
     deselected.stdout.fnmatch_lines(["*plan: 4 prompts × 1 config × 1 trial = 4 cases, 3 selected; 0 to generate (3 in the response cache)*"])
+
+
+FAILS_ALL = """
+def test_follows_instructions(steer_case):
+    assert steer_case.response is None, "every case fails"
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_run_stopped_by_maxfail_writes_a_partial_report_beside_the_full_one(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path, workers: list[str]
+) -> None:
+    pytester.makepyfile(test_suite=FAILS_ALL)
+    args = ["--rootdir", str(pytester.path), *tiny_args(tiny_checkpoint, "--steer-limit", "4", "--steer-alpha", "10")]
+    args += ["--steer-fail-if", "strict_prompt_accuracy < -1", "--steer-batch-size", "2"]
+    full = pytester.runpytest_subprocess(*args, "--steer-cache-dir", str(tmp_path / "full-cache"))
+    assert full.parseoutcomes()["failed"] == 8, full.stdout.str()
+    report = pytester.path / ".pytest_cache" / "d" / "steer-report" / "results.json"
+    full_data = json.loads(report.read_text())
+    assert full_data["selection"]["partial"] is False and full_data["n_cases"] == 8
+
+    cache = tmp_path / "stopped-cache"
+    stopped = pytester.runpytest_subprocess(*args, "--steer-cache-dir", str(cache), "-x", *workers)
+    output = stopped.stdout.str()
+    # pytest's own exit code for -x, as in a -k run: the checks it could not decide are skipped, never failed
+    assert stopped.ret == (pytest.ExitCode.INTERRUPTED if workers else pytest.ExitCode.TESTS_FAILED), output
+    assert json.loads(report.read_text()) == full_data  # the full run's report is left as it was
+    stopped.stdout.fnmatch_lines(["*the full run's report in *steer-report is left as it was*"])
+    partial = report.parent.parent / "steer-report-partial"
+    data = json.loads((partial / "results.json").read_text())
+    reason = data["selection"]["stopped"]  # under xdist, each worker's failure before it stopped counts
+    assert data["selection"]["partial"] is True and re.fullmatch(r"stopped after (1 failure|2 failures) by -x/--maxfail", reason)
+    cases = [json.loads(line) for line in (partial / "cases.jsonl").read_text().splitlines()]
+    assert data["n_lost"] == 0 and len(cases) == data["n_cases"] and all(case["error"] is None for case in cases)  # not run is not lost
+    generated = len(list((cache / "generation").rglob("*.json")))
+    assert data["n_cases"] == data["selection"]["cases_selected"] == generated < 8  # every response generated is in the report
+    undecided = data["selection"]["undecided"]
+    assert undecided and all(check["reason"].startswith(f"not decided: the run ended early ({reason}) and ran") for check in undecided)
+    assert not any(gate["config"] in {check["config"] for check in undecided} for gate in data["gates"])
+    assert "did not report" not in output and "lost" not in output
 
 
 def test_a_config_without_any_selected_case_leaves_its_checks_undecided() -> None:

@@ -4,6 +4,7 @@ same stop and verdicts as replaying the fixed run with ``merge --sequential``.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,53 @@ def test_a_crashed_worker_halts_the_looks_and_the_run_ends(
     assert len(ran) + len(lost) == 24 and not data["gates"][0]["passed"]  # lost cases are errors, over the default budget
 
 
+def test_a_killed_worker_loses_no_record_it_shared(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed as the second case of its first batch sets up: that case was generated with the batch and shared
+    for the looks, but no test reports it. It keeps its record; every response in the cache is in the report, and
+    only cases never generated are lost. Whichever worker first sets up its second case is killed, once."""
+    pytester.makepyfile(
+        kill_once="""
+        import os
+        import signal
+
+        setups = 0
+
+        def pytest_runtest_logreport(report):
+            global setups
+            if report.when != "setup" or "PYTEST_XDIST_WORKER" not in os.environ:
+                return
+            setups += 1
+            if setups == 2:
+                try:  # one kill in the whole run, whichever worker comes first
+                    marker = os.open(os.environ["STEER_TEST_KILLED"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    return
+                os.write(marker, b"killed")
+                os.close(marker)
+                os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    monkeypatch.setenv("STEER_TEST_KILLED", str(tmp_path / "killed"))
+    pytester.makepyfile(test_steer="def test_case(steer_case):\n    pass\n")
+    cache, report = tmp_path / "cache", tmp_path / "report"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "kill_once", "--steer-model", str(tiny_checkpoint), "--steer-limit", "8",
+        "--steer-max-new-tokens", "4", "--steer-alpha", "10", "--steer-min-prompts", "2", "--steer-cache-dir", str(cache),
+        "--steer-fail-if", "strict_prompt_accuracy - baseline < -0.5", "--steer-sequential", "--steer-sequential-block", "2",
+        "--steer-report-dir", str(report), "-n", "2",
+        timeout=600,
+    )  # fmt: skip
+    crashed = re.search(r"worker 'gw\d+' crashed while running '[^']*(test_case\[.*\])'", result.stdout.str())
+    assert crashed is not None and (tmp_path / "killed").read_text() == "killed", result.stdout.str()
+    ran = [c for c in cases(report) if not c["error"]]
+    assert any(c["nodeid"].endswith(crashed[1]) for c in ran)  # generated and shared before the kill: kept, not lost
+    assert len(ran) == len(list((cache / "generation").rglob("*.json")))  # every response generated is in the report
+    assert all(c["error"].startswith("lost: not run: ") for c in cases(report) if c["error"])  # only never generated
+    result.stdout.fnmatch_lines(["*generated case(s) were reported by no test; this report keeps their records*"])
+
+
 def test_a_config_whose_checks_are_decided_stops_before_the_run(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
     decided = "emphasis: strict_prompt_accuracy - baseline < -2"  # shown not at the first look
     still_open = "pasta_alpha10: strict_prompt_accuracy - baseline < 0"  # its deltas are 0: open until the budget
@@ -175,4 +223,52 @@ def test_a_run_stopped_by_maxfail_under_xdist_ends(pytester: pytest.Pytester, ti
         timeout=600,
     )  # fmt: skip
     assert result.ret == pytest.ExitCode.INTERRUPTED  # xdist's -x, and no worker left waiting for records
-    result.stdout.fnmatch_lines(["*case(s) were collected but did not report (not run: the sequential looks halted (stopping after 1 failures))*"])
+    result.stdout.fnmatch_lines(["partial run: the run ended early (stopped after * by -x/--maxfail) and ran * of 24 cases*"])
+    assert "did not report" not in result.stdout.str()  # a case the stop left out is not run, never lost
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["n_lost"] == 0
+
+
+def test_a_partial_selection_takes_no_look_and_its_merge_keeps_it_partial(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    on_baseline = "baseline: strict_prompt_accuracy >= 0"  # the baseline runs in full: decided
+    result = run(
+        pytester, tiny_checkpoint, tmp_path / "k", "--steer-sequential", "--steer-sequential-block", "2", "--steer-gate", on_baseline,
+        "-k", "baseline or s001 or s002 or s003",
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    output = result.stdout.str()
+    assert "sequential: every gate and fail-if was decided" not in output  # no look stopped anything
+    result.stdout.fnmatch_lines([
+        "*note: --steer-sequential took no look: pytest's selection (-k/-m/--deselect/--lf) ran part of the cases*",
+        "gates: 1 passed, 0 failed, 2 not decided",
+        "  PASS  baseline: strict_prompt_accuracy = * (12 prompts)*",
+    ])  # fmt: skip
+    data = json.loads((tmp_path / "k" / "results.json").read_text())
+    assert data.get("sequential") is None and data["selection"]["partial"] is True
+    assert len(cases(tmp_path / "k")) == 12 + 3  # every selected case ran
+
+    code = main([
+        "merge", str(tmp_path / "merged"), str(tmp_path / "k"), "--gate", GATE, "--gate", on_baseline, "--fail-if", FAIL_IF,
+        "--min-prompts", "2", "--sequential", "--sequential-block", "2",
+    ])  # fmt: skip
+    assert code == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["selection"] == data["selection"]  # the same checks, undecided for the same reasons
+    assert [gate["message"] for gate in merged["gates"]] == [gate["message"] for gate in data["gates"]]
+
+
+def test_sequential_shards_that_stopped_early_are_not_merged(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shards = [tmp_path / f"shard{index}" for index in (1, 2)]
+    for index, report in enumerate(shards, start=1):
+        result = run(pytester, tiny_checkpoint, report, "--steer-sequential", "--steer-sequential-block", "2", "--steer-shard", f"{index}/2")
+        assert result.ret == 0, result.stdout.str()
+        sequential = json.loads((report / "results.json").read_text())["sequential"]
+        assert sequential["prompts_used"] < sequential["prompts_total"] == 6
+    assert main(["merge", str(tmp_path / "merged"), *map(str, shards), "--fail-if", FAIL_IF, "--min-prompts", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot merge runs that stopped early:")
+    assert all(f"{report / 'results.json'}: its --steer-sequential looks stopped generation early: it generated " in err for report in shards)
+    assert not (tmp_path / "merged").exists()

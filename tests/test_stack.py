@@ -7,6 +7,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from pytest_steer.steering.stack import TESTED_TRANSFORMERS, IncompatibleStackError, check_steering_stack
 
@@ -87,7 +90,7 @@ def test_a_broken_stack_stops_the_run_before_any_generation(pytester: pytest.Pyt
     pytester.makepyfile(broken_stack=BROKEN_STACK_PLUGIN)
     result = pytester.runpytest_subprocess(
         SUITE, "-p", "broken_stack", "-p", "no:cacheprovider", "--rootdir", str(REPO),
-        "--steer-alpha", "10", "--steer-limit", "2", "--steer-max-new-tokens", "4",
+        "--steer-alpha", "10", "--steer-limit", "2", "--steer-max-new-tokens", "4", "--steer-no-cache",
     )
     output = result.stdout.str()
     assert result.ret == 2, output  # an error during collection: nothing ran
@@ -98,13 +101,34 @@ def test_a_broken_stack_stops_the_run_before_any_generation(pytester: pytest.Pyt
 
 def test_the_tested_range_matches_the_declared_range_and_the_pinned_sets() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
-    declared = re.search(r'"transformers>=([0-9.]+)', pyproject)
+    declared = re.search(r'"transformers>=([0-9.]+),<([0-9.]+)"', pyproject)
     assert declared is not None
     lowest = (REPO / "constraints-lowest.txt").read_text()
     tested = (REPO / "constraints.txt").read_text()
     assert TESTED_TRANSFORMERS[0].startswith(declared.group(1))
     assert f"transformers=={TESTED_TRANSFORMERS[0]}\n" in lowest
     assert f"transformers=={TESTED_TRANSFORMERS[1]}\n" in tested
+    newest = Version(TESTED_TRANSFORMERS[1])
+    assert Version(declared.group(2)) == Version(f"{newest.major}.{newest.minor + 1}")  # no untested minor release admitted
+
+
+def test_the_lowest_set_pins_the_lowest_declared_release_of_every_dependency() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pinned = {
+        canonicalize_name(name): Version(version)
+        for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (REPO / "constraints-lowest.txt").read_text(), re.MULTILINE)
+    }
+    unpinned = []
+    for line in project["dependencies"] + project["optional-dependencies"]["test"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        lowest = [Version(spec.version) for spec in requirement.specifier if spec.operator in (">=", "==")]
+        if name == "torch" or not lowest:  # torch is installed apart (STEER_TORCH)
+            continue
+        if pinned.get(name) != max(lowest):
+            unpinned.append(f"{requirement} (constraints-lowest.txt: {pinned.get(name)})")
+    assert not unpinned, unpinned
 
 
 def test_a_steered_batch_generated_after_all_is_checked_first(tiny_checkpoint: Path, monkeypatch) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.records import CaseRecord
+from pytest_steer.jsonl import read_json_lines
+from pytest_steer.records import record_problems
 from pytest_steer.report.atomic import atomic_open
 
 
@@ -25,17 +26,12 @@ def write_cases(records: Iterable[dict[str, Any]], path: Path) -> Path:
 
 
 def read_cases(path: Path) -> list[dict[str, Any]]:
-    """The records of ``path``; a malformed line raises ``ValueError`` naming file and line."""
+    """The records of ``path``; a malformed line raises ``ValueError`` naming the file, the line and each bad field."""
     path = Path(path)
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                CaseRecord.from_dict(record)  # validates; extra keys such as the test node id are kept
-            except (json.JSONDecodeError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{number}: not a case record ({exc}); was it written by pytest-steer?") from None
-            records.append(record)
+    for number, record in read_json_lines(path):  # JsonLinesError names the line that is not one JSON object
+        problems = record_problems(record)  # extra keys such as the test node id are kept
+        if problems:
+            raise ValueError(f"{path}:{number}: not a case record: {'; '.join(problems)}; was it written by pytest-steer?")
+        records.append(record)
     return records

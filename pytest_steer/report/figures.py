@@ -1,7 +1,8 @@
 """Figures of the trade-off (PNG through matplotlib's Agg canvas; pyplot's global state is never touched).
 
 * :func:`trade_off_figure`: accuracy vs alpha, quality vs alpha, and quality vs strict
-  prompt accuracy with the Pareto frontier; error bars are the 95% CIs over prompts and
+  prompt accuracy with the Pareto frontier (each point named where the name covers no other,
+  see :func:`place_point_labels`); error bars are the 95% CIs over prompts and
   the unsteered baseline is drawn as a reference line with its CI band (it has no alpha).
   Every steered config has a place on the strength axis: PASTA at its alpha; a method run
   at several values of one numeric parameter (``actadd:coeff=1,2,4``) as a series of its own
@@ -10,7 +11,8 @@
 * :func:`instruction_heatmap_figure`: strict follow rate and mean quality per instruction
   id × config.
 * :func:`instruction_delta_figure`: per instruction id, the paired change from the
-  baseline of the strict follow rate and of quality, one bar per alpha with its 95% CI.
+  baseline of the strict follow rate and of quality, one bar per alpha with its 95% CI; a
+  change over too few prompts for an interval gets a note instead of a bar.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.transforms import offset_copy
+from matplotlib.transforms import Bbox, blended_transform_factory, offset_copy
 
 from pytest_steer.aggregate import (
     ACCURACY_METRICS,
+    MIN_INTERVAL_PROMPTS,
     QUALITY_METRIC,
     ConfigAggregate,
-    instruction_deltas_vs_baseline,
     instruction_quality,
+    not_estimable,
 )
 from pytest_steer.report.table import METRIC_TITLES
 from pytest_steer.results import RunResults
@@ -283,14 +286,15 @@ def _pareto_panel(ax: Axes, results: RunResults) -> None:
         _empty_note(ax, "needs accuracy and quality")
         return
     frontier = pareto_frontier(points)
-    ax.plot(
-        [p.accuracy.mean for p in frontier],
-        [p.quality.mean for p in frontier],
-        color="grey",
-        linestyle="--",
-        linewidth=1,
-        label="Pareto frontier",
-    )
+    if len(frontier) > 1:  # a frontier of one point is no line: nothing to draw, nothing to name in the legend
+        ax.plot(
+            [p.accuracy.mean for p in frontier],
+            [p.quality.mean for p in frontier],
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label="Pareto frontier",
+        )
     for group, color, marker, label in (
         ([p for p in points if not p.is_baseline], QUALITY_COLOR, "o", "steered"),
         ([p for p in points if p.is_baseline], BASELINE_COLOR, "*", "baseline (unsteered)"),
@@ -309,9 +313,79 @@ def _pareto_panel(ax: Axes, results: RunResults) -> None:
             capsize=3,
             label=label,
         )
-    for p in points:
-        ax.annotate(p.name, (p.accuracy.mean, p.quality.mean), textcoords="offset points", xytext=(5, 5), fontsize="small")
     ax.legend(fontsize="small", loc="best")
+
+
+# Where a point's name may go, in points from the point: beside it first, then further out along
+# eight directions; the first place that covers no other name, marker or the legend wins.
+LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+LABEL_DISTANCES = (5.0, 14.0, 24.0, 36.0, 50.0)
+MARKER_HALF = 5.0  # half the side of the box kept free around each marker, in points
+
+
+def place_point_labels(ax: Axes, points: list[Point]) -> None:
+    """Name every point of the Pareto panel where the name overlaps no other name, marker or the legend.
+
+    Positions are measured on the laid-out figure, so call it once every panel is drawn.
+    Configs on the same spot share one label; a label moved away from its point gets a thin
+    line to it; where nothing is free, a label goes where it overlaps least.
+    """
+    spots: dict[tuple[float, float], list[Point]] = {}
+    for point in sorted(points, key=lambda p: not p.is_baseline):
+        spots.setdefault((point.accuracy.mean, point.quality.mean), []).append(point)
+    if not spots:
+        return
+    figure = ax.figure
+    figure.draw_without_rendering()
+    renderer = figure.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    half = MARKER_HALF * figure.dpi / 72.0
+    markers = [ax.transData.transform(xy) for xy in spots]
+    taken = [Bbox.from_extents(x - half, y - half, x + half, y + half) for x, y in markers]
+    legend = ax.get_legend()
+    if legend is not None:
+        box = legend.get_window_extent(renderer)
+        taken.append(box)
+        legend.set_loc(tuple(ax.transAxes.inverted().transform((box.x0, box.y0))))  # "best" would dodge the names next
+    for index, (xy, group) in enumerate(spots.items()):
+        text = ", ".join(point.name for point in group)
+        others = [box for i, box in enumerate(taken) if i != index]
+        probe = ax.annotate(text, xy, xytext=(0.0, 0.0), textcoords="offset points", fontsize="small")
+        best_cost, best_offset, best_box = math.inf, (0.0, 0.0), Bbox.null()
+        for offset in ((dx * distance, dy * distance) for distance in LABEL_DISTANCES for dx, dy in LABEL_DIRECTIONS):
+            _aim(probe, offset)
+            box = probe.get_window_extent(renderer)
+            cost = sum(_overlap(box, other) for other in others) + _outside(box, axes_box)
+            if cost < best_cost:
+                best_cost, best_offset, best_box = cost, offset, box
+            if cost == 0:
+                break
+        probe.remove()
+        far = math.hypot(*best_offset) > LABEL_DISTANCES[0] * math.sqrt(2)
+        arrow = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3} if far else None
+        label = ax.annotate(text, xy, xytext=best_offset, textcoords="offset points", fontsize="small", arrowprops=arrow)
+        label.set_in_layout(False)  # placed on the laid-out figure: it must not move the layout
+        _aim(label, best_offset)
+        taken.append(best_box)
+
+
+def _aim(label: Any, offset: tuple[float, float]) -> None:
+    """Put a label ``offset`` points from its point, its near corner or edge towards the point."""
+    dx, dy = offset
+    label.set_position(offset)
+    label.set_horizontalalignment("left" if dx > 0 else "right" if dx < 0 else "center")
+    label.set_verticalalignment("bottom" if dy > 0 else "top" if dy < 0 else "center")
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _outside(box: Bbox, bounds: Bbox) -> float:
+    """The area of ``box`` outside ``bounds``."""
+    return box.width * box.height - _overlap(box, bounds)
 
 
 def _title(results: RunResults) -> str:
@@ -330,6 +404,7 @@ def trade_off_figure(results: RunResults) -> Figure:
     _quality_panel(quality_ax, results)
     _pareto_panel(pareto_ax, results)
     figure.suptitle(_title(results), fontsize="medium")
+    place_point_labels(pareto_ax, trade_off_points(results))
     return figure
 
 
@@ -400,7 +475,7 @@ DELTA_PANELS = (("follow_rate", "Δ strict follow rate vs baseline"), (QUALITY_M
 
 def instruction_delta_figure(results: RunResults) -> Figure:
     """Per instruction id (rows), one horizontal bar per steered config: the paired change from the baseline."""
-    deltas = instruction_deltas_vs_baseline(results.aggregates)
+    deltas = results.instruction_deltas()
     steered = [agg for agg in results.aggregates if not agg.is_baseline and agg.name in deltas]
     ids = sorted({iid for per_id in deltas.values() for iid in per_id})
     panels = [(key, title) for key, title in DELTA_PANELS if any(key in m for d in deltas.values() for m in d.values())]
@@ -414,26 +489,38 @@ def instruction_delta_figure(results: RunResults) -> Figure:
     band = 0.8 / len(steered)
     colors = colormaps["viridis"]
     for ax, (key, title) in zip(axes, panels):
+        notes = blended_transform_factory(ax.transAxes, ax.transData)  # at the panel's left edge, on the bar's row
         for number, agg in enumerate(steered):
             rows, means, errors = [], [], [[], []]
             for row, iid in enumerate(ids):
                 interval = deltas[agg.name].get(iid, {}).get(key)
+                y = row - 0.4 + band * (number + 0.5)
+                if interval is not None and not_estimable(interval):  # no bar: it would look like a sure change
+                    note = f"{config_label(agg)}: n={interval.n_prompts}, not estimable"
+                    ax.text(0.01, y, note, transform=notes, va="center", fontsize="x-small", color="grey")
                 if interval is None or not interval.is_defined:
                     continue
-                rows.append(row - 0.4 + band * (number + 0.5))
+                rows.append(y)
                 means.append(interval.mean)
                 errors[0].append(interval.mean - interval.ci_low)
                 errors[1].append(interval.ci_high - interval.mean)
-            color = colors(number / max(len(steered) - 1, 1))
-            ax.barh(rows, means, height=band * 0.9, xerr=errors, color=color, ecolor="black", capsize=1.5, label=config_label(agg))
+            if rows:
+                color = colors(number / max(len(steered) - 1, 1))
+                ax.barh(rows, means, height=band * 0.9, xerr=errors, color=color, ecolor="black", capsize=1.5, label=config_label(agg))
+        if not ax.containers:  # no bar to scale to: keep zero in the middle
+            ax.set_xlim(-1.0, 1.0)
         ax.axvline(0.0, color=BASELINE_COLOR, linewidth=0.8)
         ax.set_title(title)
         ax.set_xlabel("paired difference over the prompts holding the id, 95% CI")
     axes[0].set_yticks(range(len(ids)))
     axes[0].set_yticklabels(ids, fontsize="small")
-    axes[0].invert_yaxis()
+    axes[0].set_ylim(len(ids) - 0.5, -0.5)  # first id on top; set, since notes take no part in autoscaling
     axes[0].set_ylabel("instruction id")
-    axes[-1].legend(title="steered config", fontsize="small", loc="best")
+    minimum = max(results.min_prompts, MIN_INTERVAL_PROMPTS)
+    figure.suptitle(f"a change over fewer than {minimum} prompts is not estimable: no bar (--steer-min-prompts)", fontsize="small")
+    drawn = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    if drawn:  # beside the panels: inside, it would cover bars
+        figure.legend(drawn.values(), drawn.keys(), title="steered config", fontsize="small", loc="outside right upper")
     return figure
 
 

@@ -84,9 +84,7 @@ def _user() -> str:
 
 def skipped_figures(results: RunResults) -> dict[str, str]:
     """Figures that would show nothing for these results, with the reason they are not drawn."""
-    from pytest_steer.aggregate import instruction_deltas_vs_baseline
-
-    if any(instruction_deltas_vs_baseline(results.aggregates).values()):
+    if any(results.instruction_deltas().values()):
         return {}
     return {"instruction_deltas": "no steered config shares an instruction id with the baseline, so there is no change to show"}
 
@@ -124,6 +122,7 @@ def figures_digest(results: RunResults) -> str:
         {
             "aggregates": [a.to_dict(include_per_prompt=True) for a in results.aggregates],
             "title": [run.get("model"), run.get("dataset"), run.get("generation")],
+            "min_prompts": results.min_prompts,
             "code": hashlib.sha256((Path(__file__).parent / "figures.py").read_bytes()).hexdigest(),
             "matplotlib": metadata.version("matplotlib"),
         }

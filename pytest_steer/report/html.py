@@ -17,7 +17,7 @@ from string import Template
 from typing import Any
 
 from pytest_steer.aggregate import METRICS
-from pytest_steer.records import ran_unsteered
+from pytest_steer.records import unsteered_reason
 from pytest_steer.report.table import (
     METRIC_TITLES,
     config_rows,
@@ -25,6 +25,7 @@ from pytest_steer.report.table import (
     format_ci,
     format_mean,
     instruction_delta_rows,
+    unsteered_lines,
 )
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
@@ -50,7 +51,9 @@ table.tradeoff .ci { color: #777; font-size: .85em; display: block; }
 .badge { display: inline-block; padding: 0 .45rem; border-radius: 1rem; font-size: .8em; font-weight: 600; }
 .pass { background: #dafbe1; color: #1a7f37; } .fail { background: #ffebe9; color: #cf222e; }
 ul.checks { list-style: none; padding-left: 0; } ul.checks li { margin: .25rem 0; font-family: ui-monospace, monospace; font-size: .9em; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eaeef2; }
+figure { margin: 1.5rem 0 2.5rem; } figure img { max-width: 100%; border: 1px solid #eaeef2; }
+figcaption { font-weight: 600; margin-bottom: .4rem; }
+.wide { overflow-x: auto; }
 .controls { display: flex; gap: 1rem; align-items: center; margin: .5rem 0 1rem; }
 .controls input[type=search] { padding: .3rem .5rem; width: 24rem; }
 details.case { border: 1px solid #d0d7de; border-radius: 6px; margin: .4rem 0; padding: .3rem .7rem; }
@@ -167,6 +170,11 @@ def table_html(results: RunResults) -> str:
     return "\n".join(lines)
 
 
+def _unsteered_html(results: RunResults) -> str:
+    """Under the table: each config with cases that ran unsteered, how many and why."""
+    return "".join(f'<p class="meta"><span class="badge fail">unsteered</span> {esc(line)}</p>' for line in unsteered_lines(results))
+
+
 def instruction_deltas_html(results: RunResults) -> str:
     """Per instruction id, each steered config's paired Δ strict follow rate and Δ quality vs the baseline."""
     configs, rows = instruction_delta_rows(results)
@@ -175,14 +183,14 @@ def instruction_deltas_html(results: RunResults) -> str:
     header = "".join(f"<th>{esc(name)}: Δ follow</th><th>{esc(name)}: Δ quality</th>" for name in configs)
     lines = [
         "<h3>Per instruction id: paired change from the baseline [95% CI]</h3>",
-        '<table class="tradeoff">',
+        '<div class="wide"><table class="tradeoff">',
         f"<thead><tr><th>instruction id</th>{header}</tr></thead>",
         "<tbody>",
     ]
     for iid, cells in rows:
         tds = "".join(_cell(follow, signed=True) + _cell(quality, signed=True) for follow, quality in cells)
         lines.append(f"<tr><td>{esc(iid)}</td>{tds}</tr>")
-    lines += ["</tbody>", "</table>"]
+    lines += ["</tbody>", "</table></div>"]
     return "\n".join(lines)
 
 
@@ -211,9 +219,9 @@ def _figures_html(figures: Mapping[str, bytes], skipped: Mapping[str, str]) -> s
     for name, png in figures.items():
         title = FIGURE_TITLES.get(name, name)
         data = base64.b64encode(png).decode("ascii")
-        parts.append(
-            f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(title)}</figcaption></figure>"
+        parts.append(  # the caption above its figure, as its heading: below, it would read as the next figure's
+            f'<figure id="figure-{esc(name)}"><figcaption>{esc(title)}</figcaption>'
+            f'<img alt="{esc(title)}" src="data:image/png;base64,{data}"></figure>'
         )
     return "\n".join(parts) or '<p class="meta">No figure.</p>'
 
@@ -251,8 +259,9 @@ def _sent_html(record: Mapping[str, Any]) -> list[str]:
     steered = [span for span in record.get("highlights") or [] if span not in missing]
     if steered:
         parts.append(f'<p class="meta">highlighted: {esc("; ".join(steered))}</p>')
-    if ran_unsteered(record):
-        parts.append('<p class="meta"><span class="badge fail">ran unsteered</span> none of its highlights was found</p>')
+    unsteered = unsteered_reason(record)
+    if unsteered is not None:
+        parts.append(f'<p class="meta"><span class="badge fail">ran unsteered</span> {esc(unsteered)}</p>')
     if missing:
         parts.append(f'<p class="meta">steering could not locate: {esc("; ".join(record["missing_spans"]))}</p>')
     return parts
@@ -337,7 +346,7 @@ def render_html(results: RunResults, figures: Mapping[str, bytes], skipped: Mapp
         title=esc(f"Steering trade-off: {model}"),
         css=CSS,
         run=_run_html(results),
-        table=table_html(results) + instruction_deltas_html(results),
+        table=table_html(results) + _unsteered_html(results) + instruction_deltas_html(results),
         checks=_checks_html(results),
         figures=_figures_html(figures, skipped or {}),
         cases=_cases_html(results),

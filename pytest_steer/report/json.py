@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.aggregate import ConfigAggregate, instruction_deltas_vs_baseline
+from pytest_steer.aggregate import ConfigAggregate
 from pytest_steer.gates import ComparisonResult, GateResult
 from pytest_steer.report.atomic import write_text
 from pytest_steer.report.table import unsteered_counts
@@ -27,15 +27,18 @@ SCHEMA_VERSION = 2
 
 
 def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[str, Any]:
-    instruction_deltas = instruction_deltas_vs_baseline(results.aggregates)
+    instruction_deltas = results.instruction_deltas()
     unsteered = unsteered_counts(results)
     configs = []
     for agg in results.aggregates:
         entry = agg.to_dict(include_per_prompt=True)
-        entry["n_unsteered"] = None if unsteered is None else unsteered[agg.name]
+        left = None if unsteered is None else unsteered[agg.name]
+        entry["n_unsteered"] = None if left is None else left.n_cases
+        entry["n_unsteered_prompts"] = None if left is None else left.n_prompts
+        entry["unsteered_reasons"] = None if left is None else left.reasons
         entry["delta_vs_baseline"] = {m: iv.to_dict() for m, iv in results.deltas.get(agg.name, {}).items()}
         entry["instruction_delta_vs_baseline"] = {
-            iid: {m: iv.to_dict() for m, iv in metrics.items()}
+            iid: {m: iv.to_dict() | {"estimable": iv.is_defined} for m, iv in metrics.items()}
             for iid, metrics in instruction_deltas.get(agg.name, {}).items()
         }
         configs.append(entry)
@@ -44,6 +47,7 @@ def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[st
         "run": results.run,
         "n_cases": len(results.records),
         "n_lost": results.n_lost,
+        "min_prompts": results.min_prompts,
         "configs": configs,
         "instructions": instruction_table(results.aggregates),
         "gates": [gate.to_dict() for gate in results.gates],
@@ -147,6 +151,7 @@ def results_from_dict(
         n_lost=int(data.get("n_lost", 0)),
         selection=RunSelection.from_dict(data["selection"]) if data.get("selection") else None,
         sequential=data.get("sequential"),
+        **({"min_prompts": int(data["min_prompts"])} if "min_prompts" in data else {}),
     )
 
 

@@ -7,6 +7,12 @@ prompts each shard saw may differ.
 A case (prompt key, config, trial) may appear in one shard only. Runs made with
 ``--steer-shard K/N`` record their shard: such a set is merged only when it holds each of
 shards 1 to N exactly once, so a lost or repeated shard cannot pass for the whole run.
+
+The merge keeps what the runs knew about their own completeness. A run that pytest's
+selection (or an early end) left partial stays partial: the merged report keeps its
+``selection``, and a check that reads a partly run config is not decided. A run whose
+``--steer-sequential`` looks stopped generation early is refused: its cases are neither a
+fixed sample nor those a sequential run over every prompt would look at (docs/report.md).
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.records import CaseRecord
+from pytest_steer.cases import SteeringConfig
+from pytest_steer.gates import Gate, GateResult
+from pytest_steer.records import record_problems
 from pytest_steer.report.cases import read_cases
 from pytest_steer.report.files import CASES_JSONL
 from pytest_steer.report.json import SCHEMA_VERSION, read_document
 from pytest_steer.report.saved import results_path
 from pytest_steer.results import RunResults
+from pytest_steer.selection import FAIL_IF as FAIL_IF_LABEL
+from pytest_steer.selection import ConfigSelection, RunSelection
 from pytest_steer.sharding import Shard as ShardSpec
 from pytest_steer.sharding import parse_shard
 
@@ -41,6 +51,11 @@ class Shard:
     run: dict[str, Any]
     records: list[dict[str, Any]]
     n_lost: int
+    selection: RunSelection | None = None  # what the run's selection (or early end) left of its collected cases
+    sequential: dict[str, Any] | None = None  # where the run's sequential looks stopped
+
+
+HINT = "is it a results.json written by pytest-steer?"
 
 
 def read_shard(location: Path) -> Shard:
@@ -57,16 +72,151 @@ def read_shard(location: Path) -> Shard:
         raise MergeError(f"{path.parent} has no {CASES_JSONL}; merging needs the case records of every run")
     n_lost = data.get("n_lost", 0)
     if not isinstance(n_lost, int):
-        raise MergeError(f"{path}: 'n_lost' is {n_lost!r}, not a count; is it a results.json written by pytest-steer?")
-    return Shard(path, data["run"], records, n_lost)
+        raise MergeError(f"{path}: 'n_lost' is {n_lost!r}, not a count; {HINT}")
+    return Shard(path, data["run"], records, n_lost, _selection(path, data.get("selection")), _sequential(path, data.get("sequential")))
 
 
 def _case_record(path: Path, number: int, record: Any) -> dict[str, Any]:
-    try:
-        CaseRecord.from_dict(record)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise MergeError(f"{path}: cases[{number}] is not a case record ({exc}); was it written by pytest-steer?") from None
+    problems = record_problems(record)
+    if problems:
+        raise MergeError(f"{path}: cases[{number}] is not a case record: {'; '.join(problems)}; was it written by pytest-steer?")
     return record
+
+
+def _selection(path: Path, data: Any) -> RunSelection | None:
+    if data is None:
+        return None
+    counts = ("cases_selected", "cases_collected", "prompts_selected", "prompts_collected")
+    configs = data.get("configs") if isinstance(data, dict) else None
+    if not isinstance(configs, dict):
+        raise MergeError(
+            f"{path}: 'selection' is {json.dumps(data)[:60]}; expected an object with 'configs' (config -> its counts); {HINT}"
+        )
+    for name, entry in configs.items():
+        if not isinstance(entry, dict) or any(not _is_count(entry.get(key)) for key in counts):
+            raise MergeError(
+                f"{path}: selection.configs.{name} is {json.dumps(entry)[:80]}; expected the counts {', '.join(counts)}; {HINT}"
+            )
+    stopped = data.get("stopped")
+    if stopped is not None and not isinstance(stopped, str):
+        raise MergeError(f"{path}: selection.stopped is {json.dumps(stopped)}; expected why the run ended early, or null; {HINT}")
+    return RunSelection(tuple(ConfigSelection(name, **{key: entry[key] for key in counts}) for name, entry in configs.items()), (), stopped)
+
+
+def _sequential(path: Path, data: Any) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise MergeError(f"{path}: 'sequential' is {json.dumps(data)[:60]}; expected an object; {HINT}")
+    for key in ("prompts_used", "prompts_total"):
+        if not _is_count(data.get(key)):
+            raise MergeError(f"{path}: sequential.{key} is {json.dumps(data.get(key))}; expected a count of prompts; {HINT}")
+    by_config = data.get("prompts_by_config") or {}
+    if not isinstance(by_config, dict) or not all(_is_count(n) for n in by_config.values()):
+        raise MergeError(
+            f"{path}: sequential.prompts_by_config is {json.dumps(by_config)[:80]}; expected config -> a count of prompts; {HINT}"
+        )
+    return data
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def stopped_early(shard: Shard) -> str | None:
+    """Where the run's sequential looks stopped generating before its last prompt, or None.
+
+    A run that pytest's selection left partial took no look (every selected case ran).
+    """
+    sequential, selection = shard.sequential, shard.selection
+    if sequential is None or (selection is not None and selection.partial and selection.stopped is None):
+        return None
+    used, total = sequential["prompts_used"], sequential["prompts_total"]
+    configs = {config: n for config, n in (sequential.get("prompts_by_config") or {}).items() if n < min(used, total)}
+    if used >= total and not configs:
+        return None
+    looks = sequential.get("looks") or []
+    where = f"generated {used} of its {total} prompts" + (
+        f" (look {len(looks)}, blocks of {sequential.get('block_size')})" if looks else ""
+    )
+    return where + "".join(f", {config} {n} of them" for config, n in configs.items())
+
+
+def check_not_stopped_early(shards: Sequence[Shard]) -> None:
+    """Refuse runs whose sequential looks stopped generation early: no fixed-design or sequential decision over their union is valid."""
+    stops = [(shard.source, where) for shard in shards if (where := stopped_early(shard)) is not None]
+    if not stops:
+        return
+    listed = "\n  ".join(f"{source}: its --steer-sequential looks stopped generation early: it {where}" for source, where in stops)
+    raise MergeError(
+        f"cannot merge runs that stopped early:\n  {listed}\n"
+        "their cases are neither a fixed sample (where each run stopped depended on its responses, so fixed-design intervals "
+        "over them are biased) nor the prompts a sequential run over every prompt would look at (it takes them in its own "
+        "order, and needs prompts these runs never generated), so merge decides them neither way, with or without --sequential; "
+        "each run's own report holds its sequential verdicts. To decide over every prompt, run the evaluation sequentially in "
+        "one run (-n N spreads it over N workers), or rerun the shards without --steer-sequential (the response cache keeps "
+        "the cases already generated) and merge those, with --sequential to replay where a sequential run would stop"
+    )
+
+
+def merged_selection(shards: Sequence[Shard], records: Sequence[dict[str, Any]]) -> RunSelection | None:
+    """What the runs' selections left of their collected cases, together; None when no run recorded its selection.
+
+    Shards collect disjoint cases, so their counts add up. Runs of every prompt collect the
+    same cases and select disjoint ones: their selected cases add up over one collection.
+    A run that did not record its selection counts as having selected every case it has.
+    """
+    if all(shard.selection is None for shard in shards):
+        return None
+    sharded = any(shard.run.get("shard") for shard in shards)  # check_complete: then every run is a shard
+    totals: dict[str, list[int]] = {}  # config -> [cases selected, cases collected, prompts selected, prompts collected]
+    for shard in shards:
+        for config in shard.selection.configs if shard.selection is not None else _everything_selected(shard.records):
+            counts = [config.cases_selected, config.cases_collected, config.prompts_selected, config.prompts_collected]
+            if config.name not in totals:
+                totals[config.name] = counts
+                continue
+            total = totals[config.name]
+            total[0] += counts[0]
+            total[2] += counts[2]
+            if sharded:
+                total[1] += counts[1]
+                total[3] += counts[3]
+            else:
+                total[1], total[3] = max(total[1], counts[1]), max(total[3], counts[3])
+    configs = []
+    for name, (cases_selected, cases_collected, prompts_selected, prompts_collected) in totals.items():
+        cases_selected = min(cases_selected, cases_collected)
+        if not sharded and len(shards) > 1:  # the runs may have selected the same prompts (other trials): count them once
+            prompts_selected = len({str(r["key"]) for r in records if r["config"] == name})
+        if cases_selected == cases_collected:
+            prompts_selected = prompts_collected
+        configs.append(ConfigSelection(name, cases_selected, cases_collected, min(prompts_selected, prompts_collected), prompts_collected))
+    stopped = "; ".join(dict.fromkeys(shard.selection.stopped for shard in shards if shard.selection and shard.selection.stopped))
+    return RunSelection(tuple(configs), (), stopped or None)
+
+
+def _everything_selected(records: Sequence[dict[str, Any]]) -> list[ConfigSelection]:
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_config.setdefault(str(record["config"]), []).append(record)
+    return [
+        ConfigSelection(name, len(cases), len(cases), len({r["key"] for r in cases}), len({r["key"] for r in cases}))
+        for name, cases in by_config.items()
+    ]
+
+
+def decide_selected(
+    results: RunResults, gates: Sequence[GateResult], expressions: tuple[Sequence[Gate], Sequence[Gate]]
+) -> tuple[list[GateResult], RunSelection | None]:
+    """The gates the merged selection decides, and the selection naming those it leaves undecided (as the runs did)."""
+    if results.selection is None:
+        return list(gates), None
+    steering = {name: entry for name, entry in (results.run.get("steering") or {}).items() if isinstance(entry, dict)}
+    configs = [SteeringConfig(name, entry.get("method"), tuple((entry.get("params") or {}).items())) for name, entry in steering.items()]
+    labels = [gate.text for gate in expressions[0]] + [FAIL_IF_LABEL + gate.text for gate in expressions[1]]
+    kept, _, selection = results.selection.decide(gates, [], configs=configs, expressions=labels)
+    return kept, selection
 
 
 def shard_of(shard: Shard) -> ShardSpec | None:
@@ -188,7 +338,9 @@ def merge_reports(locations: Sequence[Path]) -> RunResults:
     shards = [read_shard(Path(location)) for location in locations]
     check_complete(shards)
     check_compatible(shards)
+    check_not_stopped_early(shards)
     records = merged_records(shards)
     run = merged_run(shards, records)
     seed = int((run.get("generation") or {}).get("seed", 0))
-    return RunResults.from_records(run, records, seed=seed, n_lost=sum(shard.n_lost for shard in shards))
+    selection = merged_selection(shards, records)
+    return RunResults.from_records(run, records, seed=seed, n_lost=sum(shard.n_lost for shard in shards), selection=selection)

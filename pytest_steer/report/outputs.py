@@ -60,10 +60,10 @@ def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path
         written.attempt("--steer-summary-md", settings.summary_md, lambda: write_markdown(results, settings.summary_md, report=report))
     if settings.save and partial:
         # a saved baseline stands for the whole suite: the next run compares every prompt with it
-        written.failures.append(
-            f"--steer-save {settings.save}: not written (pytest's selection ran only part of the cases; "
-            "save a baseline from a run without -k/-m/--deselect/--lf)"
-        )
+        stopped = results.selection.stopped if results.selection is not None else None
+        why = f"the run ended early ({stopped}) and ran" if stopped else "pytest's selection ran"
+        fix = "a run that runs every case" if stopped else "a run without -k/-m/--deselect/--lf"
+        written.failures.append(f"--steer-save {settings.save}: not written ({why} only part of the cases; save a baseline from {fix})")
     elif settings.save:
         written.attempt("--steer-save", settings.save, lambda: save_run(results.run, results.aggregates, settings.save))
     return written

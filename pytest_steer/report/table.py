@@ -7,11 +7,11 @@ read the same rows and format numbers the same way, so every output shows the sa
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_steer.aggregate import METRICS, QUALITY_METRIC, instruction_deltas_vs_baseline
-from pytest_steer.records import ran_unsteered
+from pytest_steer.aggregate import METRICS, QUALITY_METRIC, not_estimable
+from pytest_steer.records import unsteered_reason
 from pytest_steer.results import RunResults
 from pytest_steer.stats import Interval
 
@@ -80,14 +80,24 @@ def config_verdicts(results: RunResults, config: str) -> Verdicts:
     return Verdicts(passed=sum(outcomes), failed=len(outcomes) - sum(outcomes))
 
 
+def shown(interval: Interval | None) -> bool:
+    """Whether there is a mean to show: a defined interval, or an estimate without its interval."""
+    return interval is not None and (interval.is_defined or not_estimable(interval))
+
+
 def format_mean(interval: Interval | None, *, signed: bool = False) -> str:
-    if interval is None or not interval.is_defined:
+    if interval is None or not shown(interval):
         return MISSING
     return f"{interval.mean:+.3f}" if signed else f"{interval.mean:.3f}"
 
 
 def format_ci(interval: Interval | None, *, compact: bool = False) -> str:
-    """``[low, high]`` at two decimals; ``compact`` drops the space for narrow terminals."""
+    """``[low, high]`` at two decimals; ``compact`` drops the space for narrow terminals.
+
+    An estimate over too few prompts for an interval says so instead: ``(n=1, not estimable)``.
+    """
+    if interval is not None and not_estimable(interval):
+        return f"(n={interval.n_prompts}, not estimable)"
     if interval is None or not interval.is_defined:
         return ""
     separator = "," if compact else ", "
@@ -95,7 +105,7 @@ def format_ci(interval: Interval | None, *, compact: bool = False) -> str:
 
 
 def format_interval(interval: Interval | None, *, signed: bool = False) -> str:
-    if interval is None or not interval.is_defined:
+    if not shown(interval):
         return MISSING
     return f"{format_mean(interval, signed=signed)} {format_ci(interval)}"
 
@@ -131,13 +141,20 @@ def describe_run(results: RunResults) -> list[str]:
     if results.selection is not None and results.selection.partial:
         lines.append(results.selection.describe())
     if results.sequential is not None:
-        lines.append(describe_sequential(results.sequential))
+        stopped = results.selection.stopped if results.selection is not None else None
+        lines.append(describe_sequential(results.sequential, stopped=stopped))
     return lines
 
 
-def describe_sequential(sequential: dict[str, Any]) -> str:
-    """Where the sequential looks stopped, from results.json's ``sequential`` section."""
+def describe_sequential(sequential: dict[str, Any], *, stopped: str | None = None) -> str:
+    """Where the sequential looks stopped, from results.json's ``sequential`` section; ``stopped``: why the run
+    itself ended before its cases ran (then the looks covered only what ran)."""
     looks = sequential.get("looks") or []
+    if stopped:
+        return (
+            f"sequential: {len(looks)} look(s) before the run ended early ({stopped}); "
+            "checks on configs it did not run in full are not decided"
+        )
     used, total, block = sequential.get("prompts_used", 0), sequential.get("prompts_total", 0), sequential.get("block_size")
     earlier = {config: n for config, n in (sequential.get("prompts_by_config") or {}).items() if n < used}
     configs = "".join(f"; {config} stopped after {n} prompts, its checks decided" for config, n in earlier.items())
@@ -152,24 +169,47 @@ def describe_sequential(sequential: dict[str, Any]) -> str:
     )
 
 
-def unsteered_counts(results: RunResults) -> dict[str, int] | None:
-    """Per config, the cases that ran unsteered because steering found none of their highlights;
+@dataclass(frozen=True)
+class Unsteered:
+    """A config's cases that ran as the baseline does, their prompts, and why (reason -> prompts)."""
+
+    n_cases: int = 0
+    n_prompts: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def unsteered_counts(results: RunResults) -> dict[str, Unsteered] | None:
+    """Per config, the cases that ran unsteered (see ``records.unsteered_reason``);
     None when the results carry no case records to count."""
     if not results.records:
         return None
-    counts = Counter(record["config"] for record in results.records if ran_unsteered(record))
-    return {agg.name: counts[agg.name] for agg in results.aggregates}
+    cases: Counter[str] = Counter()
+    reasons: dict[str, dict[str, str]] = {}  # config -> prompt key -> why
+    for record in results.records:
+        reason = unsteered_reason(record)
+        if reason is not None:
+            cases[record["config"]] += 1
+            reasons.setdefault(record["config"], {})[record["key"]] = reason
+    return {
+        agg.name: Unsteered(cases[agg.name], len(reasons.get(agg.name, {})), dict(Counter((reasons.get(agg.name) or {}).values())))
+        for agg in results.aggregates
+    }
 
 
 def unsteered_lines(results: RunResults) -> list[str]:
-    """One line per config with cases that ran unsteered."""
+    """One line per config with cases that ran unsteered: how many, and why."""
     counts = unsteered_counts(results) or {}
-    return [
-        f"{agg.name}: {counts[agg.name]} of {agg.n_cases} case(s) ran unsteered: steering found none of their "
-        "highlights in the prompt (missing_spans in cases.jsonl)"
-        for agg in results.aggregates
-        if counts.get(agg.name)
-    ]
+    lines = []
+    for agg in results.aggregates:
+        left = counts.get(agg.name)
+        if left is None or not left.n_cases:
+            continue
+        why = "; ".join(reason if len(left.reasons) == 1 else f"{n} prompt(s): {reason}" for reason, n in left.reasons.items())
+        lines.append(
+            f"{agg.name}: {left.n_cases} of {agg.n_cases} case(s) ran unsteered ({left.n_prompts} of {agg.n_prompts} "
+            f"prompt(s)): {why}"
+        )
+    return lines
 
 
 DeltaPair = tuple[Interval | None, Interval | None]  # (Δ strict follow rate, Δ quality)
@@ -177,7 +217,7 @@ DeltaPair = tuple[Interval | None, Interval | None]  # (Δ strict follow rate, �
 
 def instruction_delta_rows(results: RunResults) -> tuple[list[str], list[tuple[str, list[DeltaPair]]]]:
     """Steered config names, and per instruction id their (Δ strict follow rate, Δ quality) vs the baseline."""
-    deltas = instruction_deltas_vs_baseline(results.aggregates)
+    deltas = results.instruction_deltas()
     configs = [agg.name for agg in results.aggregates if agg.name in deltas]
     ids = sorted({iid for per_id in deltas.values() for iid in per_id})
     rows = []

@@ -136,6 +136,22 @@ def check_lines(results: RunResults) -> list[tuple[str, bool]]:
     return lines
 
 
+def undecided_lines(results: RunResults) -> list[str]:
+    """One line per check that the run's selection left without a verdict."""
+    undecided = results.selection.undecided if results.selection is not None else ()
+    return [f"SKIP  {check.config or 'no config'}: {check.name}: {check.reason}" for check in undecided]
+
+
+def checks_count_line(results: RunResults) -> str | None:
+    """``gates: 2 passed, 1 failed, 1 not decided``; None for a run without checks."""
+    checks, undecided = check_lines(results), undecided_lines(results)
+    if not (checks or undecided):
+        return None
+    failed = sum(not passed for _, passed in checks)
+    skipped = f", {len(undecided)} not decided" if undecided else ""
+    return f"gates: {len(checks) - failed} passed, {failed} failed{skipped}"
+
+
 def terminal_width(terminalreporter: Any) -> int:
     writer = getattr(terminalreporter, "_tw", None)
     return max(MIN_WIDTH, writer.fullwidth if writer is not None else DEFAULT_WIDTH)
@@ -161,17 +177,14 @@ def write_summary(terminalreporter: Any, results: RunResults) -> None:
         terminalreporter.write_line("")
     for line in unsteered:
         terminalreporter.write_line(line, yellow=True)
-    checks = check_lines(results)
-    undecided = results.selection.undecided if results.selection is not None else ()
-    if checks or undecided:
-        failed = sum(not passed for _, passed in checks)
+    count = checks_count_line(results)
+    if count is not None:
         terminalreporter.write_line("")
-        skipped = f", {len(undecided)} not decided" if undecided else ""
-        terminalreporter.write_line(f"gates: {len(checks) - failed} passed, {failed} failed{skipped}")
-        for line, passed in checks:
+        terminalreporter.write_line(count)
+        for line, passed in check_lines(results):
             terminalreporter.write_line(f"  {line}", green=passed, red=not passed)
-        for check in undecided:
-            terminalreporter.write_line(f"  SKIP  {check.config or 'no config'}: {check.name}: {check.reason}", yellow=True)
+        for line in undecided_lines(results):
+            terminalreporter.write_line(f"  {line}", yellow=True)
     if results.n_lost:
         terminalreporter.write_line(
             f"{results.n_lost} case(s) were collected but did not report ({lost_reason(results)}); "

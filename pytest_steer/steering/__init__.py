@@ -22,7 +22,7 @@ from pytest_steer.steering.errors import (
 )
 from pytest_steer.steering.heads import HeadConfig, default_head_layers, parse_heads
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, RunContext, SteeredBatch, SteeringMethod
-from pytest_steer.steering.parameters import REQUIRED, Parameter
+from pytest_steer.steering.parameters import REQUIRED, FilePath, Parameter
 from pytest_steer.steering.spans import locate_spans
 
 _LAZY = {
@@ -37,6 +37,7 @@ __all__ = [
     "ActAdd",
     "REQUIRED",
     "Emphasis",
+    "FilePath",
     "Parameter",
     "PreparedPrompt",
     "PromptBatch",

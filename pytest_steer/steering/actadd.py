@@ -23,13 +23,17 @@ Where the vector comes from (one per prompt row):
   Split-IFEval rows) cut out. A prompt is steered by the sum, over its instruction ids, of
   the mean difference of the run's *other* prompts with that id (leave-one-out: no prompt
   is steered by a vector built from itself). An instruction id no other prompt holds adds
-  nothing. The run's prompts reach the method through ``bind_run``.
+  nothing, so a prompt none of whose ids another prompt holds runs unsteered: ``unsteered``
+  names those prompts (their cases' records say so) and collection refuses a run where
+  that is every prompt. The run's prompts reach the method through ``bind_run``.
 
 Vectors are the raw mean differences (not normalized), as in CAA, so ``coeff`` is in units
 of the measured difference. What the model computes (the pairs' mean, the instruction
 differences) is cached under the response cache directory, keyed by the model's
 fingerprint, the layer and the source, so each worker computes it once per run and a fully
-cached run loads no model. ``coeff == 0`` is the identity: nothing is installed.
+cached run loads no model. An entry is read back only when it names its key, matches its
+checksum and holds finite values of the expected shape; any other is computed again, with
+a warning. ``coeff == 0`` is the identity: nothing is installed.
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import tempfile
+import warnings
 import weakref
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,15 +57,27 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from pytest_steer.steering.attention import check_prompt_rows, shared_kernels
-from pytest_steer.steering.errors import SteeringError, UnsupportedModelError
+from pytest_steer.steering.errors import SteeringError, SteeringWarning, UnsupportedModelError
 from pytest_steer.steering.method import PromptBatch, RunContext, SteeringMethod
-from pytest_steer.steering.parameters import REQUIRED, Parameter
+from pytest_steer.steering.parameters import REQUIRED, FilePath, Parameter
 
 Scope = Literal["all", "generated"]
 SCOPES: tuple[str, ...] = ("all", "generated")
 VECTOR_SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
 VECTOR_CACHE = "actadd-vectors"
+VECTOR_CACHE_FORMAT = "1"
 ACTIVATION_BATCH = 16
+# A config's sizes under the names families give them (a config.json is read as is; transformers' configs map them).
+LAYER_COUNT = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+HIDDEN_SIZE = ("hidden_size", "n_embd", "d_model")
+# Why instruction vectors leave a prompt unsteered, as case records and report lines say it.
+NO_SHARED_ID = "the prompt shares no instruction id with another prompt of the run (instruction vectors are leave-one-out)"
+NO_INSTRUCTION_TEXT = "the prompt holds none of its instruction texts (the 'instructions' column), so no instruction is measured"
+_NO_INSTRUCTIONS = (
+    "actadd's instruction vectors need rows with an 'instructions' column (the text of each instruction, as in "
+    "Split-IFEval) whose text occurs in the prompt; none of this run's prompts has one. Use Split-IFEval rows, "
+    "or give a vector (vector=PATH) or contrast pairs (pairs=PATH)"
+)
 
 # Models inside an apply() block; a second block on the same model would add its vector twice.
 _STEERED_MODELS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -73,8 +92,8 @@ class ActAdd(SteeringMethod):
         Parameter("layer", int, REQUIRED),
         Parameter("coeff", float, REQUIRED),
         Parameter("scope", Scope, "all"),
-        Parameter("vector", str | None, None),
-        Parameter("pairs", str | None, None),
+        Parameter("vector", FilePath | None, None),
+        Parameter("pairs", FilePath | None, None),
     )
 
     @classmethod
@@ -132,15 +151,34 @@ class ActAdd(SteeringMethod):
 
     def check_model_config(self, model_config: Any) -> None:
         model_type = _config_value(model_config, "model_type")
-        layers = _config_value(model_config, "num_hidden_layers")
-        if layers is not None and self.layer >= int(layers):
-            raise SteeringError(f"actadd layer {self.layer} does not exist: this {model_type} model has layers 0-{int(layers) - 1}")
-        hidden = _config_value(model_config, "hidden_size")
-        if self._fixed is not None and hidden is not None and self._fixed.numel() != int(hidden):
+        layers = config_size(model_config, LAYER_COUNT)
+        if layers is not None and self.layer >= layers:
+            raise SteeringError(f"actadd layer {self.layer} does not exist: this {model_type} model has layers 0-{layers - 1}")
+        hidden = config_size(model_config, HIDDEN_SIZE)
+        if self._fixed is not None and hidden is not None and self._fixed.numel() != hidden:
             raise SteeringError(
                 f"the actadd vector {self.vector_path or ''} holds {self._fixed.numel()} values; this {model_type} model's "
-                f"hidden size is {int(hidden)}: give a vector computed on this model"
+                f"hidden size is {hidden}: give a vector computed on this model"
             )
+
+    def unsteered(self, prompts: Sequence[Any]) -> dict[str, str]:
+        """With instruction vectors: the prompts none of whose instruction ids another prompt holds, by key, and why."""
+        if self.is_identity or self.source != "instructions":
+            return {}
+        return unsteered_prompts(prompts)
+
+    def check_prompts(self, prompts: Sequence[Any]) -> None:
+        """Refuse instruction vectors that would steer none of the run's prompts."""
+        if not prompts or len(self.unsteered(prompts)) < len(prompts):
+            return
+        if not instruction_measures(prompts):
+            raise SteeringError(_NO_INSTRUCTIONS)
+        raise SteeringError(
+            f"actadd's instruction vectors steer none of the run's {len(prompts)} prompt(s): no two of them share an instruction "
+            "id, and a prompt is steered only by the other prompts' differences for its ids (leave-one-out). Run more prompts "
+            "per instruction id (a larger --steer-limit, or --steer-per-instruction 2 or more), or give a vector (vector=PATH) "
+            "or contrast pairs (pairs=PATH)"
+        )
 
     def bind_run(self, run: RunContext) -> None:
         self._run = run
@@ -177,7 +215,7 @@ class ActAdd(SteeringMethod):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         rows = input_ids.shape[0]
-        hidden = int(model.config.hidden_size)
+        hidden = hidden_size(model)
         if self.is_identity:
             vectors = torch.zeros(rows, hidden)
         elif self.source == "instructions":
@@ -192,7 +230,7 @@ class ActAdd(SteeringMethod):
         if self._fixed is None:
             assert self._pairs is not None and self.pairs_path is not None
             source = {"pairs": hashlib.sha256(self.pairs_path.read_bytes()).hexdigest()}
-            stored = self._cached(source, lambda m, t: pair_vector(m, t, self._pairs or [], self.layer)[None], model, tokenizer)
+            stored = self._cached(source, 1, lambda m, t: pair_vector(m, t, self._pairs or [], self.layer)[None], model, tokenizer)
             self._fixed = stored[0]
         return self._fixed
 
@@ -205,33 +243,40 @@ class ActAdd(SteeringMethod):
                 )
             measures = instruction_measures(self._run.prompts)
             if not measures:
-                raise SteeringError(
-                    "actadd's instruction vectors need rows with an 'instructions' column (the text of each instruction, as in "
-                    "Split-IFEval) whose text occurs in the prompt; none of this run's prompts has one. Use Split-IFEval rows, "
-                    "or give a vector (vector=PATH) or contrast pairs (pairs=PATH)"
-                )
+                raise SteeringError(_NO_INSTRUCTIONS)
             source = {"instructions": [[m.prompt, m.instruction_id, m.without] for m in measures]}
-            differences = self._cached(source, lambda m, t: instruction_differences(m, t, measures, self.layer), model, tokenizer)
+
+            def compute(model: nn.Module, tokenizer: Any) -> torch.Tensor:
+                return instruction_differences(model, tokenizer, measures, self.layer)
+
+            differences = self._cached(source, len(measures), compute, model, tokenizer)
             self._instruction = InstructionVectors(measures, differences)
         return self._instruction
 
-    def _cached(self, source: Mapping[str, Any], compute: Any, model: nn.Module | None, tokenizer: Any) -> torch.Tensor:
-        """What ``compute(model, tokenizer)`` returns for ``source``, read from the run's cache when there."""
+    def _cached(self, source: Mapping[str, Any], rows: int, compute: Any, model: nn.Module | None, tokenizer: Any) -> torch.Tensor:
+        """What ``compute(model, tokenizer)`` returns for ``source`` (``rows`` vectors), read from the run's cache when there."""
         run = self._run
-        path = None
+        path = key = None
         if run is not None and run.cache_dir is not None:
             key = _digest({"model": dict(run.model_key), "layer": self.layer, "source": source})
             path = Path(run.cache_dir) / VECTOR_CACHE / key[:2] / f"{key}.safetensors"
-            stored = _read_cached(path)
+            stored, problem = _read_cached(path, key, rows)
             if stored is not None:
                 return stored
+            if problem is not None:
+                warnings.warn(SteeringWarning(f"actadd vector cache entry {path} {problem}; computing it again"), stacklevel=2)
         if model is None:
             if run is None:
                 raise SteeringError("actadd needs the model to compute its vector: call apply(), or bind_run() first")
             model, tokenizer = run.load_model()
         values = compute(model, tokenizer).float().cpu()
-        if path is not None:
-            _write_cached(path, values)
+        if not bool(torch.isfinite(values).all()):
+            raise SteeringError(
+                f"actadd's vectors computed at layer {self.layer} hold non-finite values: the model overflows there in "
+                f"{next(model.parameters()).dtype}; run it in float32 (--steer-dtype float32) or give a vector (vector=PATH)"
+            )
+        if path is not None and key is not None:
+            _write_cached(path, key, values)
         return values
 
 
@@ -258,6 +303,23 @@ def instruction_measures(prompts: Sequence[Any]) -> list[InstructionMeasure]:
     return measures
 
 
+def unsteered_prompts(prompts: Sequence[Any]) -> dict[str, str]:
+    """Key -> why, of the prompt rows that instruction vectors leave unsteered (see ``InstructionVectors.vector``)."""
+    measures = instruction_measures(prompts)
+    holders = Counter(instruction_id for instruction_id, _ in {(m.instruction_id, m.prompt) for m in measures})
+    measured: dict[str, set[str]] = {}
+    for measure in measures:
+        measured.setdefault(measure.prompt, set()).add(measure.instruction_id)
+    unsteered = {}
+    for row in prompts:
+        ids = measured.get(row.prompt)
+        if not ids:
+            unsteered[row.key] = NO_INSTRUCTION_TEXT
+        elif all(holders[instruction_id] < 2 for instruction_id in ids):
+            unsteered[row.key] = NO_SHARED_ID
+    return unsteered
+
+
 def remove_text(prompt: str, text: str) -> str | None:
     """``prompt`` with the first occurrence of ``text`` cut out and the seam's spaces joined; None if absent or nothing is left."""
     start = prompt.find(text) if text.strip() else -1
@@ -280,15 +342,18 @@ class InstructionVectors:
         for measure, difference in zip(self.measures, differences):
             self._sums[measure.instruction_id] = self._sums.get(measure.instruction_id, 0) + difference
             self._counts[measure.instruction_id] = self._counts.get(measure.instruction_id, 0) + 1
-        self._by_prompt: dict[str, list[tuple[str, torch.Tensor]]] = {}
+        # per prompt and instruction id: the sum and number of the prompt's own differences (an id may repeat in a prompt)
+        self._by_prompt: dict[str, dict[str, tuple[torch.Tensor, int]]] = {}
         for measure, difference in zip(self.measures, differences):
-            self._by_prompt.setdefault(measure.prompt, []).append((measure.instruction_id, difference))
+            own = self._by_prompt.setdefault(measure.prompt, {})
+            total, count = own.get(measure.instruction_id, (0, 0))
+            own[measure.instruction_id] = (total + difference, count + 1)
 
     def vector(self, prompt: str) -> torch.Tensor | None:
         """The prompt's vector: per instruction id, the mean difference of the other prompts; None when it has none."""
         total = None
-        for instruction_id, own in self._by_prompt.get(prompt, []):
-            others = self._counts[instruction_id] - 1
+        for instruction_id, (own, count) in self._by_prompt.get(prompt, {}).items():
+            others = self._counts[instruction_id] - count
             if others:
                 mean = (self._sums[instruction_id] - own) / others
                 total = mean if total is None else total + mean
@@ -313,11 +378,30 @@ class InstructionVectors:
                 for instruction_id, total in sorted(self._sums.items())}
 
 
+def config_size(model_config: Any, names: Sequence[str]) -> int | None:
+    """A size of the model's text decoder, under the first of ``names`` set: in a config.json dict, in its
+    ``text_config`` then at the top; in a transformers config, in ``get_text_config()`` then the config itself
+    (its ``attribute_map`` gives GPT-2's ``n_layer`` as ``num_hidden_layers``). None when none is set."""
+    if model_config is None:
+        return None
+    if isinstance(model_config, Mapping):
+        scopes = [model_config.get("text_config"), model_config]
+    else:
+        get_text_config = getattr(model_config, "get_text_config", None)
+        scopes = [get_text_config() if callable(get_text_config) else None, model_config]
+    for scope in scopes:
+        for name in names:
+            value = _config_value(scope, name) if scope is not None else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a causal LM (``model.model.layers`` and its kin), found by the config's layer count."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None) or type(model).__name__
-    count = getattr(config, "num_hidden_layers", None)
+    count = config_size(config, LAYER_COUNT)
     base = getattr(model, "base_model", model)
     for name in ("layers", "h", "blocks"):
         layers = getattr(base, name, None)
@@ -333,6 +417,21 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
+def checked_layer(model: nn.Module, layer: int) -> nn.ModuleList:
+    """The model's decoder layers, once ``layer`` is known to be one of them."""
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise SteeringError(f"actadd layer {layer} does not exist: this model has layers 0-{len(layers) - 1}")
+    return layers
+
+
+def hidden_size(model: nn.Module) -> int:
+    size = config_size(getattr(model, "config", None), HIDDEN_SIZE)
+    if size is None:
+        raise UnsupportedModelError(f"actadd cannot read the hidden size of this {type(model).__name__} from its config")
+    return size
+
+
 def steer_rows(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -346,10 +445,8 @@ def steer_rows(
     """The context manager that adds ``coeff × vectors[row]`` to layer ``layer``'s output of each row of this batch."""
     if model in _STEERED_MODELS:
         raise SteeringError("this model is already inside an ActAdd.apply() block; leave it before opening another")
-    layers = decoder_layers(model)
-    if not 0 <= layer < len(layers):
-        raise SteeringError(f"actadd layer {layer} does not exist: this model has layers 0-{len(layers) - 1}")
-    rows, hidden = input_ids.shape[0], int(model.config.hidden_size)
+    layers = checked_layer(model, layer)
+    rows, hidden = input_ids.shape[0], hidden_size(model)
     if vectors.shape != (rows, hidden):
         raise ValueError(f"vectors must be (rows, hidden size) = ({rows}, {hidden}), got {tuple(vectors.shape)}")
     if attention_mask is None:
@@ -459,7 +556,7 @@ def last_token_activations(model: nn.Module, tokenizer: Any, prompts: Sequence[s
     """(prompts, hidden) float32: layer ``layer``'s output at the last token of each prompt, chat template applied."""
     from pytest_steer.generation import render_prompt
 
-    layers = decoder_layers(model)
+    layers = checked_layer(model, layer)
     captured: list[torch.Tensor] = []
 
     def keep(module: nn.Module, args: tuple, output: Any) -> None:
@@ -501,10 +598,13 @@ def instruction_differences(model: nn.Module, tokenizer: Any, measures: Sequence
 
 def read_vector(path: Path) -> torch.Tensor:
     """The one vector a ``.safetensors``, ``.npy`` or weights-only ``.pt`` file holds, as float32."""
+    files = ", ".join(VECTOR_SUFFIXES)
+    if path.is_dir():
+        raise ValueError(f"actadd vector {path} is a directory; give the path of the vector file itself (a {files} file)")
     if path.suffix not in VECTOR_SUFFIXES:
-        raise ValueError(f"actadd vector {path}: unsupported file type {path.suffix!r}; use one of {', '.join(VECTOR_SUFFIXES)}")
+        raise ValueError(f"actadd vector {path}: unsupported file type {path.suffix!r}; use one of {files}")
     if not path.is_file():
-        raise ValueError(f"actadd vector {path} does not exist; give the path of a {', '.join(VECTOR_SUFFIXES)} file")
+        raise ValueError(f"actadd vector {path} does not exist; give the path of a {files} file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -517,6 +617,12 @@ def read_vector(path: Path) -> torch.Tensor:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # each reader raises its own types; the file is unusable either way
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):  # torch advises weights_only=False: never
+            raise ValueError(
+                f"actadd vector {path} holds pickled objects besides tensors, which are not loaded (loading them could run "
+                "code); save the vector with safetensors (safetensors.torch.save_file({'vector': v}, PATH)) or as a plain "
+                "tensor (torch.save(v, PATH)), which loads with weights_only=True"
+            ) from None
         raise ValueError(f"actadd vector {path} cannot be read: {type(exc).__name__}: {exc}") from exc
     if isinstance(loaded, Mapping):
         tensors = [value for value in loaded.values() if isinstance(value, torch.Tensor)]
@@ -573,24 +679,44 @@ def _config_value(model_config: Any, name: str) -> Any:
     return model_config.get(name) if isinstance(model_config, Mapping) else getattr(model_config, name, None)
 
 
-def _read_cached(path: Path) -> torch.Tensor | None:
-    from safetensors.torch import load_file
+def _read_cached(path: Path, key: str, rows: int) -> tuple[torch.Tensor | None, str | None]:
+    """(the values stored under ``key``, None), or (None, what is wrong with the entry); (None, None) when there is none."""
+    from safetensors import safe_open
 
+    if not path.is_file():
+        return None, None
     try:
-        return load_file(str(path))["values"]
-    except Exception:  # absent, partial or foreign: a miss, computed again and rewritten
-        return None
+        with safe_open(str(path), framework="pt") as stored:
+            metadata = stored.metadata() or {}
+            values = stored.get_tensor("values")
+    except Exception as exc:  # partial or foreign: computed again and rewritten
+        return None, f"cannot be read ({type(exc).__name__}: {exc})"
+    if metadata.get("format") != VECTOR_CACHE_FORMAT or metadata.get("key") != key:
+        return None, "does not name this entry's key (overwritten, or written by another version)"
+    if values.dtype != torch.float32 or values.ndim != 2 or values.shape[0] != rows:
+        return None, f"holds {values.dtype} values of shape {tuple(values.shape)}, not {rows} float32 vectors"
+    if metadata.get("checksum") != _values_checksum(values):
+        return None, "does not match its checksum"
+    if not bool(torch.isfinite(values).all()):
+        return None, "holds non-finite values"
+    return values, None
 
 
-def _write_cached(path: Path, values: torch.Tensor) -> None:
+def _values_checksum(values: torch.Tensor) -> str:
+    return hashlib.sha256(values.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _write_cached(path: Path, key: str, values: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
+    values = values.contiguous()
+    metadata = {"format": VECTOR_CACHE_FORMAT, "key": key, "checksum": _values_checksum(values)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
         os.close(handle)
         try:
-            save_file({"values": values.contiguous()}, temporary)
+            save_file({"values": values}, temporary, metadata=metadata)
             os.replace(temporary, path)
         finally:
             if os.path.exists(temporary):

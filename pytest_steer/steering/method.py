@@ -18,8 +18,10 @@ name:key=value`` may give are those of ``__init__``, typed by its annotations, o
 class's ``parameters`` (:mod:`pytest_steer.steering.parameters`); they are checked and
 converted at collection. Methods are made by ``create(params, model_config)`` on each
 worker, once the model's config is known, then given the run's prompts and a way to load
-the model (``bind_run``). Third-party methods register through the ``pytest_steer_methods``
-hook (:mod:`pytest_steer.hooks`).
+the model (``bind_run``). A method that leaves some prompts unsteered whatever the model
+names them and why (``unsteered``: their case records and the reports say so), and refuses
+at collection prompts it cannot steer at all (``check_prompts``). Third-party methods
+register through the ``pytest_steer_methods`` hook (:mod:`pytest_steer.hooks`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,14 @@ class SteeringMethod:
 
     def check_model_config(self, model_config: Mapping[str, Any]) -> None:
         """Refuse a model this method cannot steer, from its config.json alone (no weights); raise SteeringError."""
+
+    def unsteered(self, prompts: Sequence[Any]) -> dict[str, str]:
+        """Of the run's prompt rows (:class:`pytest_steer.data.PromptRow`), those this method leaves unsteered whatever
+        the model, known from the prompts alone: prompt key -> why. Their case records say so (``unsteered``)."""
+        return {}
+
+    def check_prompts(self, prompts: Sequence[Any]) -> None:
+        """Refuse, at collection, prompts this method cannot steer at all (raise SteeringError naming the fix)."""
 
     def bind_run(self, run: RunContext) -> None:
         """Called once per worker, right after ``create``: a method that learns from the run's prompts

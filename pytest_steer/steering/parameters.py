@@ -13,10 +13,11 @@ not convert stops the run with one message naming the method, the parameter and 
 accepts.
 
 Types a value converts to: ``str``, ``int``, ``float`` (finite), ``bool`` (true/false,
-yes/no, on/off, 1/0), ``Literal[...]`` choices, ``X | None`` (``none`` or ``null`` gives
-None), unions tried in order, and ``list``/``tuple``/``dict`` (JSON text, elements checked
-when the annotation names their type). Unannotated parameters, ``Any`` and other types get
-the value as JSON when it parses as JSON, else as text.
+yes/no, on/off, 1/0), :class:`FilePath` (a path, as text), ``Literal[...]`` choices,
+``X | None`` (``none`` or ``null`` gives None), unions tried in order, and
+``list``/``tuple``/``dict`` (JSON text, elements checked when the annotation names their
+type). Unannotated parameters, ``Any`` and other types get the value as JSON when it
+parses as JSON, else as text.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
+
+
+class FilePath(str):
+    """The type of a parameter that names a file: text, as given. A config's name shows the file's stem and a
+    short digest of the whole path (see :func:`pytest_steer.cases.SteeringConfig.of`), not the path itself."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ def type_name(annotation: Any) -> str:
     """How a type reads in messages: ``int``, ``float or None``, ``one of 'a', 'b'``."""
     if annotation is Any:
         return "any JSON value or text"
+    if annotation is FilePath:
+        return "file path"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return "one of " + ", ".join(map(repr, args))
@@ -143,6 +151,8 @@ def _convert(value: Any, annotation: Any) -> Any:
         return _convert_float(value)
     if annotation is str:
         return _convert_str(value)
+    if annotation is FilePath:
+        return FilePath(_convert_str(value))
     container = origin or annotation
     if container in (list, tuple, dict):
         return _convert_container(value, container, args)
@@ -191,8 +201,10 @@ def _convert_float(value: Any) -> float:
             number = float(value.strip())
         except ValueError:
             number = None
-    if isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number):
-        return float(number)
+    if isinstance(number, (int, float)) and not isinstance(number, bool):
+        if math.isfinite(number):
+            return float(number)
+        raise ValueError(f"{value!r} is not finite; it must be a finite number such as 0.5")
     raise ValueError(f"{value!r} is not a float; expected a finite number such as 0.5")
 
 

@@ -19,7 +19,7 @@ from pytest_steer.steering.errors import SteeringError
 
 # The releases of transformers the project's CI runs the steering tests on: the lowest
 # declared in pyproject.toml and the newest tested (pinned in constraints.txt).
-TESTED_TRANSFORMERS = ("5.0.0", "5.24.0")
+TESTED_TRANSFORMERS = ("5.0.0", "5.25.0")
 INSTALL_TESTED = f"pip install 'transformers=={TESTED_TRANSFORMERS[1]}'"
 
 

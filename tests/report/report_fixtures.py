@@ -85,7 +85,7 @@ def make_run(n_prompts: int = 12, trials: int = 2, time: str = "2026-01-01T00:00
 
 def make_results(records: list[dict[str, Any]] | None = None) -> RunResults:
     records = make_records() if records is None else records
-    results = RunResults.from_records(make_run(), records, seed=0)
+    results = RunResults.from_records(make_run(), records, seed=0, min_prompts=1)
     results = replace(results, gates=evaluate_gates(GATES, results.aggregates, max_errors=1, min_prompts=1))
     return results
 

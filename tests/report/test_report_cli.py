@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from pytest_steer.report.cases import write_cases
 from pytest_steer.report.files import write_report
 from pytest_steer.report.json import results_dict, write_results
 from pytest_steer.results import RunResults
+from pytest_steer.selection import ConfigSelection, RunSelection
 
 OUTPUTS = ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png", "instruction_deltas.png")
 
@@ -48,7 +50,8 @@ def test_report_accepts_a_results_json_without_cases(results: RunResults, tmp_pa
     assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 0
     assert "no cases.jsonl" in capsys.readouterr().err
     full = _numbers(_save(results, tmp_path / "full"))
-    counted = [{**config, "n_unsteered": None} for config in full["configs"]]  # counted from the cases, which are absent
+    absent = {"n_unsteered": None, "n_unsteered_prompts": None, "unsteered_reasons": None}  # counted from the cases, which are absent
+    counted = [{**config, **absent} for config in full["configs"]]
     assert _numbers(tmp_path / "out") == {**full, "n_cases": 0, "configs": counted}
     assert (tmp_path / "out" / "cases.jsonl").read_text() == ""
 
@@ -75,10 +78,10 @@ def test_merge_equals_the_unsharded_run(tmp_path: Path) -> None:
     records = make_records()
     shards = _shards(tmp_path, records)
     gate = "alpha=10: strict_prompt_accuracy - baseline >= 0.5"
-    code = main(["merge", str(tmp_path / "merged"), *map(str, shards), "--gate", gate, "--max-errors", "1"])
+    code = main(["merge", str(tmp_path / "merged"), *map(str, shards), "--gate", gate, "--max-errors", "1", "--min-prompts", "1"])
     assert code == 1  # the gate fails, as on the whole run
     whole = make_results(records)
-    whole = dataclasses.replace(whole, gates=evaluate_gates([gate], whole.aggregates, max_errors=1, min_prompts=10))
+    whole = dataclasses.replace(whole, gates=evaluate_gates([gate], whole.aggregates, max_errors=1, min_prompts=1))
     merged = _numbers(tmp_path / "merged")
     assert merged == {key: results_dict(whole)[key] for key in merged}
     data = json.loads((tmp_path / "merged" / "results.json").read_text())
@@ -241,3 +244,167 @@ def test_a_malformed_results_json_exits_2_naming_the_file(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {second / 'results.json'}") and problem in err
+
+
+# ---------------------------------------------------------------------------- what the runs knew
+
+
+def _selected(records: list[dict], kept: list[dict], n_prompts: int = 12, trials: int = 2) -> RunSelection:
+    """What pytest's selection kept (``kept``) of every config's collected cases (those of ``records``)."""
+    configs = []
+    for name in dict.fromkeys(r["config"] for r in records):
+        mine = [r for r in kept if r["config"] == name]
+        configs.append(ConfigSelection(name, len(mine), n_prompts * trials, len({r["key"] for r in mine}), n_prompts))
+    return RunSelection(tuple(configs))
+
+
+def _partial(directory: Path, records: list[dict], kept: list[dict], run: dict | None = None) -> Path:
+    selection = _selected(records, kept, n_prompts=len({r["key"] for r in records}))
+    return _save(RunResults.from_records(run or make_run(), kept, seed=0, selection=selection), directory)
+
+
+@pytest.mark.parametrize("sequential", [[], ["--sequential", "--sequential-block", "2"]], ids=["fixed", "sequential"])
+def test_merge_of_a_k_run_leaves_its_checks_undecided(tmp_path: Path, capsys: pytest.CaptureFixture[str], sequential: list[str]) -> None:
+    records = make_records()
+    run = _partial(tmp_path / "k", records, [r for r in records if r["key"] == "p001"])  # as `-k p001` keeps them
+    fail_if = "alpha=10: strict_prompt_accuracy - baseline < -0.9"
+    code = main(["merge", str(tmp_path / "m"), str(run), "--fail-if", fail_if, "--min-prompts", "1", *sequential])
+    out = capsys.readouterr().out
+    assert code == 0  # as the run: a check not decided is no failure
+    data = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert data["gates"] == []
+    assert data["selection"]["partial"] is True and data["selection"]["cases_selected"] == 8
+    assert data["selection"]["configs"]["alpha10"] == {"cases_selected": 2, "cases_collected": 24, "prompts_selected": 1, "prompts_collected": 12}
+    reason = (
+        "not decided: pytest's selection ran 1 of 12 prompts of alpha10 and 1 of 12 prompts of baseline; "
+        "run without -k/-m/--deselect/--lf to decide it"
+    )
+    assert data["selection"]["undecided"] == [{"kind": "gate", "name": f"fail if {fail_if}", "config": "alpha10", "reason": reason}]
+    assert "partial selection: pytest's selection (-k/-m/--deselect/--lf) ran 8 of 96 cases" in out
+    assert "gates: 0 passed, 0 failed, 1 not decided" in out and f"  SKIP  alpha10: fail if {fail_if}: {reason}" in out
+    assert "PASS" not in out and "FAIL" not in out
+    if sequential:
+        assert "sequential replay: none: the runs ran only part of their cases" in out and data.get("sequential") is None
+
+
+def test_merge_of_a_last_failed_run_decides_only_the_configs_it_ran_in_full(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = make_records()
+    kept = [r for r in records if r["config"] == "baseline" or (r["config"] == "alpha10" and r["key"] in ("p003", "p005"))]
+    run = _partial(tmp_path / "lf", records, kept)  # --lf: the baseline's failures were every case, alpha10's two prompts
+    on_baseline, delta, unselected = "baseline: strict_prompt_accuracy >= 0.99", "alpha=10: quality - baseline < -5", "alpha=5: quality > -9"
+    code = main(["merge", str(tmp_path / "m"), str(run), "--gate", on_baseline, "--gate", unselected, "--fail-if", delta])
+    assert code == 1  # the one decided check fails
+    data = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert [(g["gate"], g["config"], g["passed"]) for g in data["gates"]] == [(on_baseline, "baseline", False)]
+    assert [(c["name"], c["config"]) for c in data["selection"]["undecided"]] == [(f"fail if {delta}", "alpha10"), (unselected, "alpha5")]
+    assert "none of the 12 prompts of alpha5" in data["selection"]["undecided"][1]["reason"]
+    assert "gates: 0 passed, 1 failed, 2 not decided" in capsys.readouterr().out
+
+
+def test_merge_adds_up_what_the_runs_selected(tmp_path: Path) -> None:
+    records = make_records()
+    gate = "strict_prompt_accuracy >= 0.05"
+    first = _partial(tmp_path / "a", records, [r for r in records if r["key"] == "p001"])
+    rest = _partial(tmp_path / "b", records, [r for r in records if r["key"] != "p001"])
+    assert main(["merge", str(tmp_path / "whole"), str(first), str(rest), "--gate", gate, "--max-errors", "1"]) == 0
+    data = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert data["selection"]["partial"] is False and data["selection"]["cases_selected"] == data["selection"]["cases_collected"] == 96
+    assert len(data["gates"]) == 4 and data["selection"]["undecided"] == []  # together the runs ran every case: decided
+
+    shards = []
+    for index, path in enumerate(_shards(tmp_path, records)):
+        half = [r for r in records if int(r["key"][1:]) % 2 == index]
+        kept = [r for r in half if not (index == 1 and r["key"] == "p003" and r["config"] == "alpha10")]  # --deselect in one shard
+        saved = json.loads((path / "results.json").read_text())
+        shards.append(_partial(tmp_path / f"partial{index}", half, kept, run=saved["run"]))
+    assert main(["merge", str(tmp_path / "sharded"), *map(str, shards), "--gate", gate, "--max-errors", "1"]) == 0
+    selection = json.loads((tmp_path / "sharded" / "results.json").read_text())["selection"]
+    assert selection["partial"] is True and (selection["cases_selected"], selection["cases_collected"]) == (94, 96)
+    assert selection["configs"]["alpha10"] == {"cases_selected": 22, "cases_collected": 24, "prompts_selected": 11, "prompts_collected": 12}
+    assert [c["config"] for c in selection["undecided"]] == ["alpha10"]
+
+
+def _stopped(location: Path, used: int, total: int, by_config: dict[str, int] | None = None) -> Path:
+    """The saved report at ``location`` as a --steer-sequential run whose looks stopped after ``used`` of ``total`` prompts."""
+    data = json.loads((location / "results.json").read_text())
+    look = {"look": 2, "prompts_used": used, "shown": [], "shown_not": [], "open": [], "stopped": []}
+    data["sequential"] = {
+        "prompts_used": used, "prompts_by_config": by_config or {}, "prompts_total": total, "block_size": 2, "share": 0.2,
+        "quality_clip": 1.0, "looks": [{**look, "look": 1, "prompts_used": 2}, look],
+    }  # fmt: skip
+    (location / "results.json").write_text(json.dumps(data))
+    return location
+
+
+@pytest.mark.parametrize("sequential", [[], ["--sequential"]], ids=["fixed", "sequential"])
+def test_merge_refuses_sequential_shards_that_stopped_early(tmp_path: Path, capsys: pytest.CaptureFixture[str], sequential: list[str]) -> None:
+    first, second = (_stopped(path, 4, 6) for path in _shards(tmp_path, make_records()))
+    fail_if = "alpha=10: strict_prompt_accuracy - baseline < 0"
+    assert main(["merge", str(tmp_path / "m"), str(first), str(second), "--fail-if", fail_if, *sequential]) == 2
+    err = capsys.readouterr().err
+    for path in (first, second):
+        assert f"{path / 'results.json'}: its --steer-sequential looks stopped generation early: it generated 4 of its 6 prompts" in err
+    assert "neither a fixed sample" in err and "with or without --sequential" in err
+    assert "rerun the shards without --steer-sequential" in err and "run the evaluation sequentially in one run" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_takes_sequential_shards_that_ran_every_prompt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = _shards(tmp_path, make_records())
+    _stopped(first, 6, 6)
+    _stopped(second, 6, 6)  # every look left a check open: every prompt was generated, as in a fixed run
+    assert main(["merge", str(tmp_path / "m"), str(first), str(second), "--max-errors", "1"]) == 0
+    _stopped(second, 6, 6, by_config={"alpha10": 2})  # but one config stopped on its own after two prompts
+    assert main(["merge", str(tmp_path / "m2"), str(first), str(second)]) == 2
+    assert "it generated 6 of its 6 prompts (look 2, blocks of 2), alpha10 2 of them" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "problem"),
+    [
+        (lambda r: r | {"instruction_id_list": None}, "field 'instruction_id_list' is null; expected a list of strings"),
+        (lambda r: r | {"trial": "zero"}, "field 'trial' is \"zero\"; expected an integer"),
+        (lambda r: r | {"config": 5}, "field 'config' is 5; expected a string"),
+        (lambda r: r | {"alpha": True}, "field 'alpha' is true; expected a number or null"),
+        (lambda r: r | {"strict": [True, "yes"]}, "field 'strict' is [true, \"yes\"]; expected a list of booleans"),
+        (lambda r: {k: v for k, v in r.items() if k != "loose"}, "field 'loose' is missing; expected a list of booleans"),
+        (lambda r: r | {"strict": r["strict"] + [True]}, "expected one per instruction of 'instruction_id_list'"),
+        (lambda r: [r], "a JSON list, not an object"),
+        (lambda r: '{"key": "p000", ', "not valid JSON"),
+        (lambda r: b"\xff\xfe", "not UTF-8 text"),
+    ],
+    ids=["null-list", "string-trial", "number-config", "bool-alpha", "bad-verdict", "missing", "verdict-count", "array", "json", "utf8"],
+)
+@pytest.mark.parametrize("command", ["merge", "report"])
+def test_a_malformed_case_line_exits_2_naming_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], corrupt, problem: str, command: str
+) -> None:
+    first, second = _shards(tmp_path, make_records())
+    path = second / "cases.jsonl"
+    lines = path.read_bytes().splitlines()
+    bad = corrupt(json.loads(lines[1]))
+    lines[1] = bad if isinstance(bad, bytes) else (bad if isinstance(bad, str) else json.dumps(bad)).encode()
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["merge", str(tmp_path / "m"), str(first), str(second)] if command == "merge" else ["report", str(second)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}:2: ") and problem in err, err
+
+
+def test_a_malformed_case_of_a_standalone_results_json_names_its_index_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, _ = _shards(tmp_path, make_records())
+    data = json.loads((first / "results.json").read_text())
+    data["run"]["shard"] = None
+    data["cases"] = [json.loads(line) for line in (first / "cases.jsonl").read_text().splitlines()]
+    data["cases"][3]["n_new_tokens"] = 4.5
+    path = tmp_path / "standalone.json"
+    path.write_text(json.dumps(data))
+    assert main(["merge", str(tmp_path / "m"), str(path)]) == 2
+    assert f"error: {path}: cases[3] is not a case record: field 'n_new_tokens' is 4.5; expected an integer" in capsys.readouterr().err
+
+
+def test_version_names_the_installed_package(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"pytest-steer {metadata.version('pytest-steer')}\n"

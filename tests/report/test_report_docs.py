@@ -124,3 +124,31 @@ def test_merged_shards_entries_are_documented(tmp_path: Path) -> None:
         locations.append(write_cases(records, tmp_path / f"s{index}" / "cases.jsonl").parent)
     merged = merge_reports(locations)
     assert _keys(merged.run["shards"]) == set(KEY.findall(documented()["run"]["shards"]))
+
+
+def test_the_outputs_table_lists_every_file_of_the_report_directory(tmp_path: Path) -> None:
+    from pytest_steer.report.files import write_report
+
+    written = {path.name for path in write_report(dataclasses.replace(make_method_results(), min_prompts=1), tmp_path)}
+    row = next(line for line in DOCS.read_text(encoding="utf-8").splitlines() if "| the report directory |" in line)
+    assert set(re.findall(r"`([\w.]+)`", row.split(" | ")[0])) == written
+
+
+def test_the_suite_properties_of_an_unsharded_run_are_those_documented_unconditionally() -> None:
+    from pytest_steer.report.junit import suite_properties
+
+    text = " ".join(DOCS.read_text(encoding="utf-8").split())
+    carried = re.search(r"The `<testsuite>` carries the run's (.*?), also under pytest-xdist", text).group(1)
+    documented = set(re.findall(r"`(steer\.[\w.<>]+)`", carried))
+    run = {
+        "model": {"name": "m", "revision": "r", "dtype": "float32"},
+        "dataset": {"source": "builtin", "n_prompts": 3},
+        "git_commit": "0123abc",
+        "provenance": {"devices": ["cpu"], "python": "3.11.7"},
+        "versions": {"torch": "2.5.0"},
+        "shard": None,
+    }
+    names = {name.replace("steer.version.torch", "steer.version.<package>") for name, _ in suite_properties(run)}
+    assert names == documented
+    assert "steer.shard" in dict(suite_properties(run | {"shard": "1/2"}))
+    assert "sharded run (`--steer-shard K/N`) adds `steer.shard`" in text

@@ -78,6 +78,39 @@ def test_pareto_panel_marks_baseline_and_frontier(results: RunResults) -> None:
     assert {t.get_text() for t in pareto.texts} == {"baseline", "alpha5", "alpha10", "alpha30"}
 
 
+def _steered_like(records: list[dict], source: str, *configs: str) -> list[dict]:
+    """``configs`` get the verdicts and quality of ``source``: their points fall on its point."""
+    by_case = {(r["key"], r["trial"]): r for r in records if r["config"] == source}
+    fields = ("strict", "loose", "follow_all_strict", "follow_all_loose", "quality", "error")
+    return [r | {k: by_case[(r["key"], r["trial"])][k] for k in fields} if r["config"] in configs else r for r in records]
+
+
+def test_pareto_labels_do_not_overlap() -> None:
+    records = _steered_like(make_records(n_prompts=12, trials=1), "alpha10", "alpha5", "alpha30")
+    figure = trade_off_figure(RunResults.from_records(make_run(n_prompts=12, trials=1), records, seed=0))
+    png_bytes(figure)  # the final layout
+    pareto = figure.axes[2]
+    renderer = figure.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in pareto.texts]
+    assert len(boxes) >= 2
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), [t.get_text() for t in pareto.texts]
+    assert "alpha5, alpha10, alpha30" in [t.get_text() for t in pareto.texts]  # one spot, one label
+    legend = pareto.get_legend().get_window_extent(renderer)
+    assert not any(box.overlaps(legend) for box in boxes)
+
+
+def test_pareto_legend_names_only_what_is_drawn() -> None:
+    records = []
+    for r in make_records(n_prompts=12, trials=1):
+        if r["config"] == "baseline":  # follows everything at the best quality: the frontier is this one point
+            n = len(r["instruction_id_list"])
+            r = r | {"strict": [True] * n, "loose": [True] * n, "follow_all_strict": True, "follow_all_loose": True, "quality": 0.0}
+        records.append(r)
+    _, _, pareto = trade_off_figure(RunResults.from_records(make_run(n_prompts=12, trials=1), records, seed=0)).axes
+    assert [t.get_text() for t in pareto.get_legend().get_texts()] == ["steered", "baseline (unsteered)"]
+    assert not [line for line in pareto.get_lines() if line.get_label() == "Pareto frontier"]
+
+
 def _point(name: str, accuracy: float, quality: float) -> Point:
     return Point(name, Interval(accuracy, accuracy, accuracy, 1), Interval(quality, quality, quality, 1), name == "b")
 
@@ -112,7 +145,7 @@ def test_heatmap_has_a_quality_panel(results: RunResults) -> None:
 
 
 def test_instruction_delta_figure_has_a_bar_per_alpha_and_id(results: RunResults) -> None:
-    deltas = instruction_deltas_vs_baseline(results.aggregates)
+    deltas = instruction_deltas_vs_baseline(results.aggregates, min_prompts=results.min_prompts)
     figure = instruction_delta_figure(results)
     follow, quality = figure.axes[:2]
     assert "follow rate" in follow.get_title() and "quality" in quality.get_title()

@@ -12,7 +12,7 @@ import pytest
 from report_fixtures import HOSTILE_RESPONSE, make_method_results, make_records, make_run
 
 from pytest_steer.report.files import write_report
-from pytest_steer.report.html import MAX_CASE_GROUPS, render_html
+from pytest_steer.report.html import FIGURE_TITLES, MAX_CASE_GROUPS, render_html
 from pytest_steer.report.json import results_dict
 from pytest_steer.report.markdown import render_markdown
 from pytest_steer.results import RunResults
@@ -66,6 +66,14 @@ def test_table_figures_and_gates_are_on_the_page(results: RunResults) -> None:
     assert page.count('<span class="badge fail">FAIL</span>') == 1
     assert "alpha10: strict_prompt_accuracy - baseline = +0.250" in page
     assert "passes if shown: ci_low &gt;= 0.5" in page and "not shown, FAIL" in page
+
+
+def test_each_caption_heads_its_own_figure(results: RunResults) -> None:
+    page = render_html(results, FIGURES)
+    figures = re.findall(r"<figure[^>]*>(.*?)</figure>", page, re.S)
+    assert len(figures) == len(FIGURES)
+    for inner, title in zip(figures, FIGURE_TITLES.values()):
+        assert re.fullmatch(rf'<figcaption>{re.escape(title)}</figcaption><img alt="{re.escape(title)}" src="data:[^"]+">', inner)
 
 
 def test_case_browser_is_capped(monkeypatch: pytest.MonkeyPatch, results: RunResults) -> None:

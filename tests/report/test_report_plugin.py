@@ -19,7 +19,7 @@ def test_run_writes_report_dir_markdown_and_pytest_html(pytester: pytest.Pyteste
     result = pytester.runpytest_subprocess(
         SUITE, "--rootdir", str(REPO), "-o", f"cache_dir={cache}",
         "--steer-model", str(tiny_checkpoint), "--steer-limit", "2", "--steer-max-new-tokens", "4", "--steer-alpha", "10",
-        "--steer-summary-md", str(tmp_path / "summary.md"),
+        "--steer-summary-md", str(tmp_path / "summary.md"), "--steer-min-prompts", "3",
         "--html", str(tmp_path / "pytest-html.html"), "--self-contained-html",
     )
     assert result.ret == 0, result.stdout.str()
@@ -30,6 +30,9 @@ def test_run_writes_report_dir_markdown_and_pytest_html(pytester: pytest.Pyteste
 
     data = json.loads((report / "results.json").read_text())
     assert [c["name"] for c in data["configs"]] == ["baseline", "pasta_alpha10"]
+    assert data["min_prompts"] == 3  # two prompts: no change per instruction id is estimable
+    deltas = [d for entry in data["configs"][1]["instruction_delta_vs_baseline"].values() for d in entry.values()]
+    assert deltas and not any(d["estimable"] or d["ci_low"] is not None for d in deltas)
     for config in data["configs"]:
         mean = config["metrics"]["strict_prompt_accuracy"]["mean"]
         result.stdout.fnmatch_lines([f"{config['name']} *{mean:.3f}*"])

@@ -86,3 +86,15 @@ def test_written_lines_group_files_of_the_report_dir(tmp_path) -> None:
         f"[steer]   with results.json in {tmp_path}",
         f"[steer] wrote {tmp_path / 'other' / 'r.json'}",
     ]
+
+
+def test_a_sequential_run_that_stopped_early_says_its_looks_covered_only_what_ran() -> None:
+    from pytest_steer.report.table import describe_sequential
+
+    sequential = {"looks": [{"look": 1, "open": 2}], "prompts_used": 8, "prompts_total": 12, "block_size": 4}
+    assert describe_sequential(sequential).startswith("sequential: 1 look(s) over all 12 prompts")
+    line = describe_sequential(sequential, stopped="stopped after 1 failure by -x/--maxfail")
+    assert line == (
+        "sequential: 1 look(s) before the run ended early (stopped after 1 failure by -x/--maxfail); "
+        "checks on configs it did not run in full are not decided"
+    )

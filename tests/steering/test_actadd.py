@@ -6,14 +6,24 @@ import math
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, Gemma2Config, Gemma2ForCausalLM
 
-from pytest_steer.data import PromptRow
+from pytest_steer.data import PromptRow, Selection, load_rows, select
 from pytest_steer.decoding import cache_argument
 from pytest_steer.options import _method, method_sweep
-from pytest_steer.steering import ActAdd, RunContext, SteeringError, UnsupportedModelError
-from pytest_steer.steering.actadd import decoder_layers, remove_text, steer_rows
+from pytest_steer.steering import ActAdd, RunContext, SteeringError, SteeringWarning, UnsupportedModelError
+from pytest_steer.steering.actadd import (
+    HIDDEN_SIZE,
+    LAYER_COUNT,
+    NO_INSTRUCTION_TEXT,
+    NO_SHARED_ID,
+    config_size,
+    decoder_layers,
+    remove_text,
+    steer_rows,
+)
 from pytest_steer.steering.method import PromptBatch
 from pytest_steer.steering.registry import bind_method_parameters
 
@@ -249,6 +259,68 @@ def test_instruction_vectors_are_leave_one_out_means_of_the_other_prompts_differ
     assert fewer.params()["vectors"]["startend:end_checker"] == params["vectors"]["startend:end_checker"]
 
 
+def test_an_instruction_id_repeated_in_a_prompt_steers_it_by_the_other_prompts_only(tiny) -> None:
+    model, tokenizer = tiny.model("llama", "eager"), tiny.tokenizer
+    twice = PromptRow("g", "hello world . answer in all caps . write in all caps .", ("answer in all caps .", "write in all caps ."),
+                      ("change_case:english_capital",) * 2, ({}, {}))
+    rows = [*split_rows()[:2], twice]
+    method = bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows)
+    texts = tiny.chat([row.prompt for row in rows])
+    applied = method.apply(model, tokenizer, *tiny.batch(texts), texts=texts)._addition.additions / COEFF
+    others = [last_token_hidden(model, tokenizer, row.prompt) - last_token_hidden(model, tokenizer, remove_text(row.prompt, row.instructions[0]))
+              for row in rows[:2]]
+    torch.testing.assert_close(applied[2], torch.stack(others).mean(0), atol=1e-4, rtol=1e-4)
+
+
+def test_the_prompts_left_unsteered_are_known_from_the_prompts_and_get_no_vector(tiny) -> None:
+    model, tokenizer = tiny.model("llama", "eager"), tiny.tokenizer
+    bare = PromptRow("h", "tell me about the dog . answer in all caps .", (), ("change_case:english_capital",), ({},))
+    rows = [*split_rows(), bare]
+    method = bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows)
+    assert method.unsteered(rows) == {"f": NO_SHARED_ID, "h": NO_INSTRUCTION_TEXT}
+    texts = tiny.chat([row.prompt for row in rows])
+    applied = method.apply(model, tokenizer, *tiny.batch(texts), texts=texts)._addition.additions
+    assert [row.key for row, addition in zip(rows, applied) if not addition.any()] == ["f", "h"]
+    assert ActAdd(layer=LAYER, coeff=0).unsteered(rows) == {}  # the identity: its responses are the baseline's by design
+    assert ActAdd(layer=LAYER, coeff=COEFF, vector=torch.ones(64)).unsteered(rows) == {}
+    method.check_prompts(rows)
+    with pytest.raises(SteeringError) as caught:
+        method.check_prompts([rows[0], rows[2], rows[5]])  # three prompts, three instruction ids
+    assert "steer none of the run's 3 prompt(s)" in str(caught.value)
+    assert all(fix in str(caught.value) for fix in ("--steer-limit", "--steer-per-instruction", "vector=PATH", "pairs=PATH"))
+    with pytest.raises(SteeringError, match="need rows with an 'instructions' column"):
+        method.check_prompts([bare])
+
+
+def test_the_vector_cache_recomputes_an_entry_it_cannot_trust_with_a_warning(tiny, tmp_path) -> None:
+    model, tokenizer, rows = tiny.model("llama", "eager"), tiny.tokenizer, split_rows()
+    loads: list[int] = []
+    params = bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows, tmp_path, loads).params()
+    assert loads == [1]
+    [entry] = (tmp_path / "actadd-vectors").rglob("*.safetensors")
+    stored = load_file(str(entry))["values"].clone()  # safetensors 0.4 maps the file, which the loop below overwrites
+    with safe_open(str(entry), framework="pt") as opened:
+        metadata = opened.metadata()
+    damaged = {
+        "nan": ({"values": torch.full_like(stored, math.nan)}, None),  # overwritten, without the entry's key
+        "nan under its key": ({"values": torch.full_like(stored, math.nan)}, metadata),
+        "changed values": ({"values": stored + 1}, metadata),
+        "fewer rows": ({"values": stored[1:].contiguous()}, metadata),
+    }
+    for name, (tensors, kept) in damaged.items():
+        save_file(tensors, str(entry), metadata=kept)
+        with pytest.warns(SteeringWarning, match=f"actadd vector cache entry {entry}.*; computing it again"):
+            again = bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows, tmp_path, loads).params()
+        assert again == params, name
+        torch.testing.assert_close(load_file(str(entry))["values"], stored)  # rewritten
+    entry.write_bytes(b"not a safetensors file")
+    with pytest.warns(SteeringWarning, match="cannot be read"):
+        assert bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows, tmp_path, loads).params() == params
+    loads.clear()
+    assert bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows, tmp_path, loads).params() == params
+    assert loads == []  # a sound entry is read back without the model
+
+
 def test_the_method_steers_a_prompt_batch_through_steer_and_select_rows(tiny) -> None:
     model, tokenizer, rows = tiny.model("qwen2", "sdpa"), tiny.tokenizer, split_rows()[:4]
     method = bound(ActAdd.create({"layer": LAYER, "coeff": COEFF}, model.config), model, tokenizer, rows)
@@ -338,6 +410,65 @@ def test_bad_vector_files_and_parameters_are_refused_with_the_fix(tmp_path) -> N
         bind_method_parameters(ActAdd, "actadd", [("layer", "1")])
 
 
+class Pickled:
+    """Not a tensor: torch.load(weights_only=True) refuses to unpickle it."""
+
+    def __init__(self) -> None:
+        self.vector = torch.zeros(4)
+
+
+def test_a_directory_a_pickled_file_and_a_non_finite_coeff_are_refused_with_our_own_fix(tmp_path) -> None:
+    with pytest.raises(ValueError) as caught:
+        ActAdd(layer=1, coeff=1, vector=tmp_path)
+    assert str(caught.value) == (
+        f"actadd vector {tmp_path} is a directory; give the path of the vector file itself (a .safetensors, .npy, .pt, .pth file)"
+    )
+    pickled = tmp_path / "v.pt"
+    torch.save(Pickled(), pickled)
+    with pytest.raises(ValueError) as caught:
+        ActAdd(layer=1, coeff=1, vector=pickled)
+    message = str(caught.value)
+    assert message.startswith(f"actadd vector {pickled} holds pickled objects besides tensors") and "safetensors" in message
+    assert "weights_only=False" not in message and "weights_only=True" in message
+    for coeff in ("nan", "inf"):
+        with pytest.raises(ValueError, match=f"parameter 'coeff': '{coeff}' is not finite; it must be a finite number"):
+            bind_method_parameters(ActAdd, "actadd", [("layer", "1"), ("coeff", coeff)])
+
+
+def test_layer_count_and_hidden_size_are_read_under_every_familys_names() -> None:
+    from transformers import AutoConfig
+
+    for model_type, sizes in (("gpt2", {"n_layer": 3, "n_embd": 48}), ("opt", {"num_hidden_layers": 3, "hidden_size": 48})):
+        config = AutoConfig.for_model(model_type, **sizes)
+        for given in (config, config.to_dict()):  # the loaded model's config, and its config.json
+            assert (config_size(given, LAYER_COUNT), config_size(given, HIDDEN_SIZE)) == (3, 48), (model_type, type(given))
+    nested = {"model_type": "llava", "text_config": {"num_hidden_layers": 5, "hidden_size": 16}, "hidden_size": 99}
+    assert (config_size(nested, LAYER_COUNT), config_size(nested, HIDDEN_SIZE)) == (5, 16)
+    assert config_size({"model_type": "x"}, LAYER_COUNT) is None and config_size(None, HIDDEN_SIZE) is None
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "llama"])
+def test_every_family_is_refused_at_collection_for_a_layer_it_lacks_or_a_vector_of_another_size(tmp_path, model_type) -> None:
+    from transformers import AutoConfig
+
+    from pytest_steer.collection import plan_cases
+    from pytest_steer.options import SteerSettings
+
+    checkpoint = tmp_path / model_type
+    AutoConfig.for_model(model_type, num_hidden_layers=2, hidden_size=32, num_attention_heads=4).save_pretrained(checkpoint)
+    assert "num_hidden_layers" in json.loads((checkpoint / "config.json").read_text()) or model_type == "gpt2"  # GPT-2 says n_layer
+    vector = tmp_path / "v.npy"
+    np.save(vector, np.ones(64, dtype=np.float32))
+    refusals = [
+        ("actadd:layer=5,coeff=4", f"actadd layer 5 does not exist: this {model_type} model has layers 0-1"),
+        (f"actadd:layer=1,coeff=4,vector={vector}", f"holds 64 values; this {model_type} model's hidden size is 32"),
+    ]
+    for spec, message in refusals:
+        settings = SteerSettings(model=str(checkpoint), limit=4, method=(_method(spec),))
+        with pytest.raises(pytest.Collector.CollectError, match=message):
+            plan_cases(settings)
+
+
 def test_a_model_without_decoder_layers_is_refused_naming_its_type() -> None:
     class Config:
         model_type = "mystery"
@@ -392,3 +523,28 @@ def test_a_sweep_runs_end_to_end_and_coeff_zero_gives_the_baseline_responses(pyt
     assert responses["actadd_layer1_coeff0"] == responses["baseline"]
     assert responses["actadd_layer1_coeff8"] != responses["baseline"]
     assert list((pytester.path / "cache" / "actadd-vectors").rglob("*.safetensors"))  # the run's instruction differences
+
+
+def test_prompts_left_unsteered_are_counted_with_why_and_a_run_steering_none_is_refused(pytester: pytest.Pytester, tiny_checkpoint) -> None:
+    pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
+    common = ("-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-max-new-tokens", "2", "--steer-no-cache",
+              "--steer-method", "actadd:layer=1,coeff=4")
+    refused = pytester.runpytest_subprocess(*common, "--steer-limit", "10")
+    assert refused.ret == pytest.ExitCode.INTERRUPTED, refused.stdout.str()
+    refused.stdout.fnmatch_lines(["*--steer-method actadd:layer=1,coeff=4.0: actadd's instruction vectors steer none of the run's 10*"])
+    report = pytester.path / "report"
+    result = pytester.runpytest_subprocess(*common, "--steer-limit", "30", "--steer-report-dir", str(report))
+    assert result.ret == 0, result.stdout.str()
+    expected = ActAdd(layer=1, coeff=4).unsteered(select(load_rows("builtin"), Selection(limit=30)))
+    assert 0 < len(expected) < 30
+    result.stdout.fnmatch_lines([f"actadd_layer1_coeff4: {len(expected)} of 30 case(s) ran unsteered ({len(expected)} of 30 prompt(s)): "
+                                 f"{NO_SHARED_ID}"])
+    config = {c["name"]: c for c in json.loads((report / "results.json").read_text())["configs"]}["actadd_layer1_coeff4"]
+    assert (config["n_unsteered"], config["n_unsteered_prompts"], config["unsteered_reasons"]) == (
+        len(expected), len(expected), {NO_SHARED_ID: len(expected)}
+    )
+    cases = [json.loads(line) for line in (report / "cases.jsonl").read_text().splitlines()]
+    assert {c["key"]: c["unsteered"] for c in cases if c["config"] == "actadd_layer1_coeff4" and c["unsteered"]} == expected
+    responses = {(c["key"], c["config"]): c["response"] for c in cases}
+    assert all(responses[(key, "actadd_layer1_coeff4")] == responses[(key, "baseline")] for key in expected)
+    assert (report / "report.html").read_text().count(NO_SHARED_ID) == len(expected) + 1  # each case, and the line under the table

@@ -14,10 +14,11 @@ import argparse
 import statistics
 import time
 
-from pytest_steer.cases import build_cases, steering_configs
-from pytest_steer.data import load_rows
-from pytest_steer.generation import CPU_BATCH_SIZE, Engine, GenerationRequest, GenerationSettings, batch_indices
-from pytest_steer.models import load_model
+from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.model.loading import load_model
+from pytest_steer.plan.batches import CPU_BATCH_SIZE, batch_indices
+from pytest_steer.plan.cases import build_cases, steering_configs
+from pytest_steer.plan.data import load_rows
 
 
 def tokens_per_second(engine: Engine, requests: list[GenerationRequest], size: int) -> float:

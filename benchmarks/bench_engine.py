@@ -31,11 +31,13 @@ import torch
 from tables import print_table  # benchmarks/tables.py, beside this script
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from pytest_steer.cases import build_cases, steering_configs
-from pytest_steer.data import load_rows
-from pytest_steer.generation import Engine, Generation, GenerationRequest, GenerationSettings, batch_indices, render_prompt
-from pytest_steer.models import load_model
-from pytest_steer.sampling import RowSampler
+from pytest_steer.engine.generation import Engine, Generation, GenerationRequest, GenerationSettings
+from pytest_steer.engine.sampling import RowSampler
+from pytest_steer.model.loading import load_model
+from pytest_steer.model.prompts import render_prompt
+from pytest_steer.plan.batches import batch_indices
+from pytest_steer.plan.cases import build_cases, steering_configs
+from pytest_steer.plan.data import load_rows
 from pytest_steer.steering import PASTA, default_head_layers
 
 

@@ -24,10 +24,10 @@ import time
 
 import numpy as np
 
-from pytest_steer.aggregate import aggregate
-from pytest_steer.gates import evaluate_gates
-from pytest_steer.options import SteerSettings
-from pytest_steer.stats import bootstrap
+from pytest_steer.plan.options import SteerSettings
+from pytest_steer.stats.aggregate import aggregate
+from pytest_steer.stats.bootstrap import bootstrap
+from pytest_steer.stats.gates import evaluate_gates
 
 ALPHAS = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 FAMILY_METRICS = ("strict_prompt_accuracy", "strict_instruction_accuracy")

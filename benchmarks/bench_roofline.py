@@ -30,11 +30,11 @@ import torch
 from tables import print_table  # benchmarks/tables.py, beside this script
 from torch import nn
 
-from pytest_steer.cases import build_cases, steering_configs
-from pytest_steer.data import load_rows
-from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings
-from pytest_steer.models import LoadedModel, load_model
-from pytest_steer.options import COMPILE_MODES
+from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.model.loading import LoadedModel, load_model
+from pytest_steer.plan.cases import build_cases, steering_configs
+from pytest_steer.plan.data import load_rows
+from pytest_steer.plan.options import COMPILE_MODES
 
 
 def best_seconds(work: Callable[[], Any], repeats: int) -> float:

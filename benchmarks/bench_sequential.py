@@ -46,10 +46,10 @@ import time
 
 import numpy as np
 
-from pytest_steer.aggregate import ConfigAggregate
-from pytest_steer.gates import evaluate_gates
-from pytest_steer.sequential import SEQUENTIAL_SHARE, SHOWN, decide_looks, prompt_blocks
-from pytest_steer.sequential_checks import (
+from pytest_steer.stats.aggregate import ConfigAggregate
+from pytest_steer.stats.eprocess import SEQUENTIAL_SHARE, SHOWN, decide_looks, prompt_blocks
+from pytest_steer.stats.gates import evaluate_gates
+from pytest_steer.stats.sequential import (
     SequentialOutcome,
     SequentialSettings,
     check_streams,

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from pytest_steer.models import load_model
+from pytest_steer.model.loading import load_model
 from pytest_steer.steering import PASTA, default_head_layers
 from pytest_steer.steering.attention import steerable_kernels
 

@@ -28,14 +28,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.gates import Gate
-from pytest_steer.options import OPTIONS, Option, _positive_float, _positive_int
+from pytest_steer.plan.options import OPTIONS, Option, _positive_float, _positive_int
 from pytest_steer.report.files import REPORT_HTML, write_report
 from pytest_steer.report.markdown import write_markdown
 from pytest_steer.report.table import describe_run
 from pytest_steer.report.terminal import check_lines, checks_count_line, render_table, undecided_lines
-from pytest_steer.results import RunResults
-from pytest_steer.sequential_checks import DEFAULT_BLOCK_SIZE, DEFAULT_QUALITY_CLIP, SequentialSettings, replay
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.gates import Gate
+from pytest_steer.stats.sequential import DEFAULT_BLOCK_SIZE, DEFAULT_QUALITY_CLIP, SequentialSettings, replay
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -146,8 +146,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from pytest_steer.gates import evaluate_gates, parse_gate
     from pytest_steer.report.merge import decide_selected, merge_reports
+    from pytest_steer.stats.gates import evaluate_gates, parse_gate
 
     gates = [parse_gate(text) for text in args.gate]  # syntax errors stop before any reading
     fail_ifs = [parse_gate(text) for text in args.fail_if]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytest_steer.records import CaseRecord
+from pytest_steer.run.records import CaseRecord
 from pytest_steer.steer_case import SteerCase
 
 

@@ -2,7 +2,7 @@
 
 Each verdict goes through pytest's own report hooks, so the terminal, the exit code,
 JUnit XML and pytest-html agree on it. A check that pytest's selection left undecided
-(:mod:`pytest_steer.selection`) is reported as skipped, with the reason.
+(:mod:`pytest_steer.run.selection`) is reported as skipped, with the reason.
 """
 
 from __future__ import annotations

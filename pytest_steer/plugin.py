@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_steer.options import add_options, settings_from_config
-from pytest_steer.session import SteerSession, stop_reason
+from pytest_steer.plan.options import add_options, settings_from_config
+from pytest_steer.run.session import SteerSession, stop_reason
 
 if TYPE_CHECKING:
     from pytest_steer.steer_case import SteerCase
@@ -52,7 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session = SteerSession(config, settings)
     config.stash[SESSION_KEY] = session
     if settings.sequential:
-        from pytest_steer.sequential_run import shared_records
+        from pytest_steer.run.looks import shared_records
 
         session.shared = shared_records(config, SHARED_RECORDS)
     config.pluginmanager.register(ReportReceiver(session), RECEIVER_PLUGIN)
@@ -94,7 +94,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     device = config.getoption("steer_device") or config.getini("steer_device") or "auto"
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or not (device == "auto" or device.startswith("cuda")):
         return None  # the user's explicit choice, or no GPU work
-    from pytest_steer.devices import visible_gpu_count
+    from pytest_steer.model.devices import visible_gpu_count
 
     return visible_gpu_count() or None
 
@@ -103,7 +103,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getoption("dist") != "load":  # an explicit --dist choice is the user's
         return None
-    from pytest_steer.scheduling import SteerScheduling
+    from pytest_steer.run.scheduling import SteerScheduling
 
     return SteerScheduling(config, log, units=steer_session(config).work_units())
 
@@ -118,7 +118,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def steer_case(request: pytest.FixtureRequest) -> SteerCase:
     """One prompt × config × trial: its response (generated in a batch), verdicts and record."""
-    from pytest_steer.runner import RunnerUnavailable
+    from pytest_steer.run.runner import RunnerUnavailable
     from pytest_steer.steer_case import SteerCase, SteerCaseError, junit_properties
     from pytest_steer.steering import SteeringWarning, describe_missing
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_steer.cases import Case
-from pytest_steer.records import CaseRecord
+from pytest_steer.plan.cases import Case
+from pytest_steer.run.records import CaseRecord
 
 
 class SteerCaseError(RuntimeError):

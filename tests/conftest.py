@@ -18,7 +18,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pytest_steer.models import load_tokenizer
+    from pytest_steer.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer("embedded")
     config = LlamaConfig(

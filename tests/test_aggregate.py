@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.aggregate import (
+from pytest_steer.stats.aggregate import (
     ConfigAggregate,
     aggregate,
     compare,
@@ -243,7 +243,7 @@ def test_to_dict_is_json_and_round_trips_with_per_prompt() -> None:
 
 
 def test_instruction_deltas_are_paired_per_instruction_id() -> None:
-    from pytest_steer.aggregate import instruction_deltas_vs_baseline, instruction_quality
+    from pytest_steer.stats.aggregate import instruction_deltas_vs_baseline, instruction_quality
 
     def record(key, config, alpha, ids, verdicts, quality):
         return {

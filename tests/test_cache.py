@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, resolve_cache_dir
+from pytest_steer.store.responses import GENERATION, QUALITY, ResponseCache, generation_key, resolve_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = str(REPO / "suites" / "ifeval")
@@ -107,7 +107,7 @@ def test_entry_under_another_key_or_with_wrong_types_is_not_trusted(tmp_path: Pa
     assert cache.get(GENERATION, other) is None
     entry = json.loads(cache.path(GENERATION, key).read_text())
     entry["payload"]["n_new_tokens"] = "5"
-    from pytest_steer.cache import digest
+    from pytest_steer.store.responses import digest
 
     entry["checksum"] = digest(entry["payload"])  # self-consistent, but the wrong type
     cache.path(GENERATION, key).write_text(json.dumps(entry))
@@ -135,15 +135,15 @@ def test_cache_dir_resolution(tmp_path: Path) -> None:
 
 
 def _settings(model: Path, **changes: Any) -> Any:
-    from pytest_steer.options import SteerSettings
+    from pytest_steer.plan.options import SteerSettings
 
     base = SteerSettings(model=str(model), alpha=(10.0,), limit=3, max_new_tokens=6, batch_size=4)
     return dataclasses.replace(base, **changes)
 
 
 def _run(settings: Any, cache_dir: Path | None) -> dict[str, Any]:
-    from pytest_steer.collection import plan_cases
-    from pytest_steer.runner import runner_for
+    from pytest_steer.plan.collection import plan_cases
+    from pytest_steer.run.runner import runner_for
 
     plan = plan_cases(settings)
     runner = runner_for(settings, plan, cache_dir=cache_dir)
@@ -152,8 +152,8 @@ def _run(settings: Any, cache_dir: Path | None) -> dict[str, Any]:
 
 @pytest.fixture
 def no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_steer import runner
-    from pytest_steer.generation import Engine
+    from pytest_steer.engine.generation import Engine
+    from pytest_steer.run import runner
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("generated (or loaded the weights) although every response was cached")
@@ -174,7 +174,7 @@ def test_a_fully_cached_rerun_loads_no_weights(tiny_checkpoint: Path, tmp_path: 
 def test_rerun_generates_nothing_and_changes_regenerate_only_what_changed(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_steer.generation import Engine
+    from pytest_steer.engine.generation import Engine
 
     first = _run(_settings(tiny_checkpoint), tmp_path)
     assert len(first) == 6 and not any(r.cached or r.error for r in first.values())
@@ -223,7 +223,7 @@ def test_no_cache_writes_and_reads_nothing(tiny_checkpoint: Path, tmp_path: Path
 
 
 def test_cache_options_are_parsed(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    from pytest_steer.options import settings_from_config
+    from pytest_steer.plan.options import settings_from_config
 
     settings = settings_from_config(pytester.parseconfig("--steer-no-cache", "--steer-cache-dir", str(tmp_path)))
     assert settings.no_cache is True and settings.cache_dir == tmp_path
@@ -232,9 +232,9 @@ def test_cache_options_are_parsed(pytester: pytest.Pytester, tmp_path: Path) -> 
 
 def test_a_subset_of_a_batch_generates_the_same_responses(tiny_checkpoint: Path) -> None:
     """What lets the runner generate only the cache misses of a batch."""
-    from pytest_steer.collection import plan_cases
-    from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings
-    from pytest_steer.models import load_model
+    from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+    from pytest_steer.model.loading import load_model
+    from pytest_steer.plan.collection import plan_cases
     from pytest_steer.steering import PASTA
 
     settings = _settings(tiny_checkpoint, limit=6, max_new_tokens=12)
@@ -316,8 +316,8 @@ def test_a_fully_cached_rerun_imports_no_transformers(pytester: pytest.Pytester,
 def test_prompt_lengths_come_from_the_cache_until_the_tokenizer_changes(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     import shutil
 
-    from pytest_steer import models
-    from pytest_steer.collection import prompt_token_lengths
+    from pytest_steer.model import loading as models
+    from pytest_steer.plan.collection import prompt_token_lengths
 
     checkpoint = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, checkpoint)
@@ -378,7 +378,7 @@ def _method_from_source(folder: Path, module: str, suffix: str = "!", body: str 
 
 
 def test_a_method_is_keyed_by_its_code_as_well_as_its_params(tmp_path: Path) -> None:
-    from pytest_steer.cache import method_code
+    from pytest_steer.store.responses import method_code
 
     original = _method_from_source(tmp_path / "a", "tail_a")
     renamed = _method_from_source(tmp_path / "b", "tail_b")
@@ -392,8 +392,8 @@ def test_a_method_is_keyed_by_its_code_as_well_as_its_params(tmp_path: Path) -> 
 
 
 def test_the_generation_key_changes_with_the_method_code(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from pytest_steer.collection import plan_cases
-    from pytest_steer.runner import runner_for
+    from pytest_steer.plan.collection import plan_cases
+    from pytest_steer.run.runner import runner_for
 
     settings = _settings(tiny_checkpoint, alpha=(), limit=1)
     plan = plan_cases(settings)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pytest_steer.data import BUILTIN, DatasetError, PromptRow, Selection, highlights, load_rows, select
+from pytest_steer.plan.data import BUILTIN, DatasetError, PromptRow, Selection, highlights, load_rows, select
 
 ROWS = [
     {
@@ -154,7 +154,7 @@ def test_unknown_source_and_unsupported_suffix(tmp_path: Path) -> None:
 
 def test_hub_dataset_without_network_names_offline_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("pytest_steer.data.hub_reachable", lambda: False)
+    monkeypatch.setattr("pytest_steer.plan.data.hub_reachable", lambda: False)
     with pytest.raises(DatasetError, match="the dataset .builtin. \\(the built-in sample suite\\)"):
         load_rows("ibm-research/Split-IFEval")
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.decoding import cache_argument, compaction, decode
-from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, render_prompt
-from pytest_steer.kv_cache import CacheKind, row_cache
-from pytest_steer.models import load_model
-from pytest_steer.sampling import RowSampler, greedy
+from pytest_steer.engine.decoding import cache_argument, compaction, decode
+from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.engine.kv_cache import CacheKind, row_cache
+from pytest_steer.engine.sampling import RowSampler, greedy
+from pytest_steer.model.loading import load_model
+from pytest_steer.model.prompts import render_prompt
 from pytest_steer.steering import PASTA
 from pytest_steer.steering.errors import UnsupportedModelError
 

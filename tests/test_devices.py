@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_steer.devices import visible_gpu_count
+from pytest_steer.model.devices import visible_gpu_count
 
 
 @pytest.mark.parametrize(("value", "count"), [("0,1", 2), ("3", 1), ("", 0), ("-1", 0)])

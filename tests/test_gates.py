@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_steer.aggregate import ConfigAggregate, compare_bootstrap
-from pytest_steer.gates import (
+from pytest_steer.stats.aggregate import ConfigAggregate, compare_bootstrap
+from pytest_steer.stats.bootstrap import Interval
+from pytest_steer.stats.gates import (
     Gate,
     GateSyntaxError,
     Selector,
@@ -12,7 +13,6 @@ from pytest_steer.gates import (
     parse_compare_fail,
     parse_gate,
 )
-from pytest_steer.stats import Interval
 
 
 def make_config(

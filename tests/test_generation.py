@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, batch_indices
-from pytest_steer.models import load_model
-from pytest_steer.sampling import RowSampler, uniform
+from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.engine.sampling import RowSampler, uniform
+from pytest_steer.model.loading import load_model
+from pytest_steer.plan.batches import batch_indices
 
 
 def test_uniform_draws_are_in_range_deterministic_and_well_spread() -> None:

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 import pytest
 
-from pytest_steer.collection import run_configs
-from pytest_steer.options import SteerSettings
+from pytest_steer.plan.collection import run_configs
+from pytest_steer.plan.options import SteerSettings
 from pytest_steer.steering import Emphasis, Parameter, SteeringMethod
 from pytest_steer.steering.parameters import bind_parameters, declared_parameters
 from pytest_steer.steering.registry import bind_method_parameters, method_registry
@@ -149,7 +149,7 @@ def test_the_registry_refuses_a_parameters_attribute_that_is_not_a_table() -> No
 
 
 def test_the_option_keeps_values_as_text_until_collection(pytester: pytest.Pytester) -> None:
-    from pytest_steer.options import settings_from_config
+    from pytest_steer.plan.options import settings_from_config
 
     settings = settings_from_config(pytester.parseconfig("--steer-method", "remind:times=2,note=[x]"))
     assert settings.method == (("remind", (("times", "2"), ("note", "[x]"))),)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.cases import SteeringConfig, case_id, may_name_a_case, steering_configs
-from pytest_steer.options import SteerSettings
+from pytest_steer.plan.cases import SteeringConfig, case_id, may_name_a_case, steering_configs
+from pytest_steer.plan.options import SteerSettings
 from pytest_steer.steering import SteeringMethod
 from pytest_steer.steering.registry import method_registry
 
@@ -44,8 +44,8 @@ def test_configs_are_named_after_their_method_and_parameters() -> None:
 
 
 def test_a_file_parameter_names_its_config_by_the_files_stem_and_a_digest_of_its_path() -> None:
-    from pytest_steer.collection import run_configs
-    from pytest_steer.options import _method
+    from pytest_steer.plan.collection import run_configs
+    from pytest_steer.plan.options import _method
 
     deep = "/home/me/runs/2024-06-01/llama-3-8b/layer-15/direction.safetensors"
     other = "/home/me/runs/2024-07-01/llama-3-8b/layer-15/direction.safetensors"
@@ -96,7 +96,7 @@ def test_the_registry_holds_the_built_in_methods_and_refuses_bad_ones() -> None:
 
 
 def test_an_unknown_method_fails_collection_naming_the_known_ones() -> None:
-    from pytest_steer.collection import run_configs
+    from pytest_steer.plan.collection import run_configs
 
     with pytest.raises(ValueError, match="'vector' is not a known steering method; known: actadd, emphasis, pasta"):
         run_configs(SteerSettings(method=(("vector", ()),)), method_registry())

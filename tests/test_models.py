@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.hub import HubUnavailableError
-from pytest_steer.models import (
+from pytest_steer.model.loading import (
     EMBEDDED,
     ModelLoadError,
     check_model_source,
@@ -15,6 +14,7 @@ from pytest_steer.models import (
     resolve_device,
     resolve_dtype,
 )
+from pytest_steer.store.hub import HubUnavailableError
 
 
 def test_local_checkpoint_loads_with_left_padding_and_fingerprint(tiny_checkpoint: Path) -> None:
@@ -102,7 +102,7 @@ def test_hub_id_offline_fails_fast_and_names_alternatives(monkeypatch: pytest.Mo
 def test_hub_id_without_network_fails_before_any_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setattr("pytest_steer.hub.hub_reachable", lambda: False)
+    monkeypatch.setattr("pytest_steer.store.hub.hub_reachable", lambda: False)
     with pytest.raises(HubUnavailableError, match="cannot be reached"):
         load_model("some-org/some-model-that-is-not-cached", device="cpu")
 

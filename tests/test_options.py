@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_steer.options import OPTIONS, Option
+from pytest_steer.plan.options import OPTIONS, Option
 
 PYTHON_WORDING = ("invalid literal", "could not convert", "base 10")
 BAD_VALUES = ("abc", "", " ", "-1", "0", "1.5", "nan", "inf", "1e999", "[", "{")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.cases import build_cases, steering_configs
-from pytest_steer.collection import Plan
-from pytest_steer.data import PromptRow
-from pytest_steer.estimate import THROUGHPUT_FILE, RunPlan, Throughput, format_duration, read_throughput, record_throughput
-from pytest_steer.scheduling import work_unit
+from pytest_steer.plan.cases import build_cases, steering_configs
+from pytest_steer.plan.collection import Plan
+from pytest_steer.plan.data import PromptRow
+from pytest_steer.plan.estimate import THROUGHPUT_FILE, RunPlan, Throughput, format_duration, read_throughput, record_throughput
+from pytest_steer.run.scheduling import work_unit
 
 MODEL = {"name": "tiny", "revision": "sha256:abc", "dtype": "float32", "attn_implementation": "eager"}
 
@@ -99,8 +99,8 @@ def test_durations_read_at_a_glance(seconds: float, text: str) -> None:
 
 
 def test_progress_lines_carry_the_overall_count_and_an_eta(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_steer import progress as progress_module
-    from pytest_steer.progress import Progress
+    from pytest_steer.run import progress as progress_module
+    from pytest_steer.run.progress import Progress
 
     written: list[str] = []
     now = [100.0]

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.cases import SteeringConfig
-from pytest_steer.models import ModelLoadError, read_model_config
-from pytest_steer.preflight import (
+from pytest_steer.model.loading import ModelLoadError, read_model_config
+from pytest_steer.plan.cases import SteeringConfig
+from pytest_steer.plan.preflight import (
     PreflightError,
     check_baseline_file,
     check_context,
@@ -30,7 +30,7 @@ TINY_CONFIG = {"model_type": "llama", "num_hidden_layers": 4, "num_attention_hea
 
 
 def test_importing_preflight_imports_no_torch() -> None:
-    code = "import sys, pytest_steer.preflight; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    code = "import sys, pytest_steer.plan.preflight; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ}).returncode == 0
 
 
@@ -222,7 +222,7 @@ def test_unknown_dtype_and_bfloat16_without_support(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_saved_baseline_passes(tmp_path: Path) -> None:
-    from pytest_steer.baseline import save_run
+    from pytest_steer.stats.baseline import save_run
 
     check_baseline_file(save_run({"dataset": {}}, [], tmp_path / "base.json"))
 
@@ -337,10 +337,10 @@ def test_reward_model_offline_and_uncached_fails_fast(monkeypatch: pytest.Monkey
 
 
 def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pytest_steer.hub
+    import pytest_steer.store.hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(pytest_steer.hub, "hub_reachable", lambda: False)
+    monkeypatch.setattr(pytest_steer.store.hub, "hub_reachable", lambda: False)
     with pytest.raises(PreflightError, match="cannot be reached.*Offline alternatives: a local reward model directory"):
         check_reward_model_offline("reward:nobody-here/no-such-reward-model")
 
@@ -356,9 +356,9 @@ def test_reward_model_checks_pass_when_nothing_needs_the_hub(tmp_path: Path, mon
 
 
 def _spec(**changes: Any) -> Any:
-    from pytest_steer.collection import run_configs
-    from pytest_steer.options import SteerSettings
-    from pytest_steer.spec import RunSpec
+    from pytest_steer.plan.collection import run_configs
+    from pytest_steer.plan.options import SteerSettings
+    from pytest_steer.plan.spec import RunSpec
     from pytest_steer.steering.registry import method_registry
 
     settings = SteerSettings(**{"alpha": (10.0,), "max_new_tokens": 4, **changes})
@@ -366,7 +366,7 @@ def _spec(**changes: Any) -> Any:
 
 
 def _saved(tmp_path: Path, **changes: Any) -> Path:
-    from pytest_steer.baseline import save_run
+    from pytest_steer.stats.baseline import save_run
 
     run = _spec(**changes).fingerprint({"name": "m"}, n_prompts=12, rootdir=tmp_path)
     return save_run(run, [], tmp_path / "base.json")
@@ -410,8 +410,8 @@ def test_every_differing_setting_is_named_in_one_message(tmp_path: Path) -> None
 
 
 def test_quality_checks_are_refused_when_quality_is_not_scored() -> None:
-    from pytest_steer.options import SteerSettings
-    from pytest_steer.preflight import check_quality_is_scored
+    from pytest_steer.plan.options import SteerSettings
+    from pytest_steer.plan.preflight import check_quality_is_scored
 
     check_quality_is_scored(SteerSettings(quality="none", gate=("strict_prompt_accuracy >= 0",), compare_fail="0.1"))
     check_quality_is_scored(SteerSettings(gate=("quality >= -3",), fail_if=("quality - baseline < -1",)))

@@ -12,18 +12,19 @@ import pytest
 import torch
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
 
-from pytest_steer import quality as quality_module
-from pytest_steer import runner as runner_module
-from pytest_steer.collection import plan_cases
-from pytest_steer.decoding import decode
-from pytest_steer.generation import Engine, GenerationRequest, GenerationSettings, ScoredTokens, render_prompt
-from pytest_steer.hub import HubUnavailableError
-from pytest_steer.models import EMBEDDED, LoadedModel, embedded_checkpoint, load_model, load_tokenizer, source_revision
-from pytest_steer.options import OPTIONS, SteerSettings
-from pytest_steer.quality import FluencyScorer, NoQualityScorer, QualityError, RewardModelScorer, create_scorer
-from pytest_steer.runner import CaseRunner, runner_for
-from pytest_steer.spec import quality_spec
+from pytest_steer.engine import quality as quality_module
+from pytest_steer.engine.decoding import decode
+from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings, ScoredTokens
+from pytest_steer.engine.quality import FluencyScorer, NoQualityScorer, QualityError, RewardModelScorer, create_scorer
+from pytest_steer.model.loading import EMBEDDED, LoadedModel, embedded_checkpoint, load_model, load_tokenizer, source_revision
+from pytest_steer.model.prompts import render_prompt
+from pytest_steer.plan.collection import plan_cases
+from pytest_steer.plan.options import OPTIONS, SteerSettings
+from pytest_steer.plan.spec import quality_spec
+from pytest_steer.run import runner as runner_module
+from pytest_steer.run.runner import CaseRunner, runner_for
 from pytest_steer.steering.attention import shared_kernels
+from pytest_steer.store.hub import HubUnavailableError
 
 CPU = torch.device("cpu")
 PROMPTS = [
@@ -402,7 +403,7 @@ def test_an_uncached_hub_id_fails_offline_with_alternatives(monkeypatch: pytest.
 
 def test_an_uncached_hub_id_fails_when_the_hub_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("pytest_steer.hub.hub_reachable", lambda: False)
+    monkeypatch.setattr("pytest_steer.store.hub.hub_reachable", lambda: False)
     with pytest.raises(HubUnavailableError, match="cannot be reached"):
         RewardModelScorer.load("pytest-steer-tests/no-such-reward", device=CPU)
 

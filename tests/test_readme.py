@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pytest_steer.options import OPTIONS
+from pytest_steer.plan.options import OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_the_pasta_example_runs_and_says_substrings_hold_one_list_per_row() -> N
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pytest_steer.models import load_tokenizer
+    from pytest_steer.model.loading import load_tokenizer
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     match = re.search(r"and so is PASTA,(.*?)```python\n(from pytest_steer.steering import PASTA\n.*?)```", readme, re.S)

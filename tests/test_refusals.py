@@ -77,10 +77,10 @@ def test_a_registered_method_gets_typed_values_and_refuses_others(pytester: pyte
 
 def baseline_of_other_settings(model: Path, tmp_path: Path) -> Path:
     """A saved baseline of --steer-max-new-tokens 8 and --steer-quality none: RUN differs in both."""
-    from pytest_steer.baseline import save_run
-    from pytest_steer.cases import steering_configs
-    from pytest_steer.options import SteerSettings
-    from pytest_steer.spec import RunSpec
+    from pytest_steer.plan.cases import steering_configs
+    from pytest_steer.plan.options import SteerSettings
+    from pytest_steer.plan.spec import RunSpec
+    from pytest_steer.stats.baseline import save_run
 
     saved_settings = SteerSettings(model=str(model), limit=2, max_new_tokens=8, quality="none")
     run = RunSpec.from_settings(saved_settings, tuple(steering_configs(()))).fingerprint({"name": "m"}, 2, tmp_path)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.cases import Case, build_cases, steering_configs
-from pytest_steer.data import PromptRow
-from pytest_steer.gates import ComparisonResult, GateResult
-from pytest_steer.selection import ConfigSelection, RunSelection
+from pytest_steer.plan.cases import Case, build_cases, steering_configs
+from pytest_steer.plan.data import PromptRow
+from pytest_steer.run.selection import ConfigSelection, RunSelection
+from pytest_steer.stats.gates import ComparisonResult, GateResult
 
 TWO_TESTS = """
 import pytest
@@ -300,9 +300,9 @@ def test_a_config_without_any_selected_case_leaves_its_checks_undecided() -> Non
 def test_a_partial_selection_saves_no_baseline(tmp_path: Path) -> None:
     import dataclasses
 
-    from pytest_steer.options import SteerSettings
+    from pytest_steer.plan.options import SteerSettings
     from pytest_steer.report.outputs import write_outputs
-    from pytest_steer.results import RunResults
+    from pytest_steer.run.results import RunResults
 
     cases = plan_cases()
     selection = RunSelection.of(cases, {case.id for case in cases if case.row.key == "s001"})

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from pytest_steer.__main__ import main
-from pytest_steer.aggregate import aggregate
-from pytest_steer.gates import evaluate_gates
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.json import read_results, write_results
-from pytest_steer.results import RunResults
-from pytest_steer.sequential import (
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import aggregate
+from pytest_steer.stats.bootstrap import expanded_tail
+from pytest_steer.stats.eprocess import (
     OPEN,
     SHOWN,
     SHOWN_NOT,
@@ -25,7 +25,8 @@ from pytest_steer.sequential import (
     prompt_blocks,
     running_p_values,
 )
-from pytest_steer.sequential_checks import (
+from pytest_steer.stats.gates import evaluate_gates
+from pytest_steer.stats.sequential import (
     FINAL_TAIL_DRAWS,
     MAX_FINAL_RESAMPLES,
     SequentialSettings,
@@ -33,7 +34,6 @@ from pytest_steer.sequential_checks import (
     final_resamples,
     replay,
 )
-from pytest_steer.stats import expanded_tail
 
 
 def test_wealth_stays_at_one_without_information():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_steer.__main__ import main
-from pytest_steer.sequential import prompt_blocks
+from pytest_steer.stats.eprocess import prompt_blocks
 
 GATE = "emphasis: strict_prompt_accuracy - baseline > -2"  # shown on the first prompts: a delta is never below -1
 FAIL_IF = "emphasis: strict_prompt_accuracy - baseline < -0.95"  # shown not (futility) once a few prompts are in

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from pytest_steer.data import load_rows
-from pytest_steer.options import SteerSettings, settings_from_config
-from pytest_steer.sharding import Shard, parse_shard, select_shard
+from pytest_steer.plan.data import load_rows
+from pytest_steer.plan.options import SteerSettings, settings_from_config
+from pytest_steer.plan.sharding import Shard, parse_shard, select_shard
 
 
 def test_parse_shard() -> None:
@@ -72,7 +72,7 @@ def test_empty_shard_names_the_fix() -> None:
 
 
 def test_shard_applies_after_selection_and_keeps_all_configs_and_trials() -> None:
-    from pytest_steer.collection import plan_cases
+    from pytest_steer.plan.collection import plan_cases
 
     settings = SteerSettings(alpha=(10.0,), trials=2, limit=5)
     everything = plan_cases(settings).cases

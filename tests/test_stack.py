@@ -133,10 +133,10 @@ def test_the_lowest_set_pins_the_lowest_declared_release_of_every_dependency() -
 
 def test_a_steered_batch_generated_after_all_is_checked_first(tiny_checkpoint: Path, monkeypatch) -> None:
     """The collection skips the check when every PASTA case is cached; the runner still checks before generating one."""
-    from pytest_steer import runner as runner_module
-    from pytest_steer.collection import plan_cases
-    from pytest_steer.options import SteerSettings
-    from pytest_steer.runner import RunnerUnavailable, runner_for
+    from pytest_steer.plan.collection import plan_cases
+    from pytest_steer.plan.options import SteerSettings
+    from pytest_steer.run import runner as runner_module
+    from pytest_steer.run.runner import RunnerUnavailable, runner_for
 
     def broken(attn_implementation: str = "eager") -> None:
         raise IncompatibleStackError("steering does not work with the installed stack (a test's broken stack)")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pytest_steer.stats import Interval, bootstrap_ratio, paired_difference
+from pytest_steer.stats.bootstrap import Interval, bootstrap_ratio, paired_difference
 
 
 def _random_ratio_data(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +134,7 @@ def test_interval_dict_round_trip_is_json_safe() -> None:
 
 
 def test_student_t_matches_known_values() -> None:
-    from pytest_steer.stats import student_t_cdf, student_t_quantile
+    from pytest_steer.stats.bootstrap import student_t_cdf, student_t_quantile
 
     assert student_t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-4)
     assert student_t_quantile(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
@@ -144,7 +144,7 @@ def test_student_t_matches_known_values() -> None:
 
 
 def test_expanded_interval_is_wider_with_few_prompts_and_tends_to_the_percentile() -> None:
-    from pytest_steer.stats import expanded_tail, unexpanded_tail
+    from pytest_steer.stats.bootstrap import expanded_tail, unexpanded_tail
 
     assert expanded_tail(0.025, 5) < expanded_tail(0.025, 20) < expanded_tail(0.025, 1000) < 0.025
     assert expanded_tail(0.025, 100_000) == pytest.approx(0.025, rel=1e-3)
@@ -153,7 +153,7 @@ def test_expanded_interval_is_wider_with_few_prompts_and_tends_to_the_percentile
 
 
 def test_p_value_of_a_threshold_beyond_every_replicate() -> None:
-    from pytest_steer.stats import bootstrap
+    from pytest_steer.stats.bootstrap import bootstrap
 
     replicates = bootstrap(np.random.default_rng(0).random(30), n_resamples=500)
     assert replicates.p_value(-1.0, above=True, strict=True) == 0.0
@@ -165,7 +165,7 @@ def test_p_value_of_a_threshold_beyond_every_replicate() -> None:
 
 
 def test_resamples_drawn_in_chunks_are_those_of_one_draw(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_steer import stats
+    from pytest_steer.stats import bootstrap as stats
 
     rng = np.random.default_rng(3)
     a, b, den = rng.random(37), rng.random(37), rng.integers(1, 4, 37).astype(float)

@@ -14,7 +14,7 @@ Scoring files of existing responses: ``python -m pytest_steer.ifeval --help``.
 from __future__ import annotations
 
 from pytest_steer.ifeval.arguments import InstructionError
-from pytest_steer.ifeval.checkers import INSTRUCTION_IDS, validate_kwargs
+from pytest_steer.ifeval.checkers import INSTRUCTION_IDS, unknown_instruction_id, validate_kwargs
 from pytest_steer.ifeval.driver import Evaluation, describe_failure, evaluate
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "InstructionError",
     "describe_failure",
     "evaluate",
+    "unknown_instruction_id",
     "validate_kwargs",
 ]

@@ -20,11 +20,12 @@ argument here is an error (:class:`InstructionError`).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -746,6 +747,13 @@ class NoComma(Checker):
 
 
 INSTRUCTION_IDS: tuple[str, ...] = tuple(sorted(CHECKERS))
+
+
+def unknown_instruction_id(instruction_id: str, known: Sequence[str] = INSTRUCTION_IDS) -> str:
+    """The message for an id that is not one of ``known``, with the nearest ids when some are close."""
+    close = difflib.get_close_matches(instruction_id, known, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"known ids: {', '.join(known)}"
+    return f"unknown instruction id {instruction_id!r}; {hint}"
 
 
 def _checker_class(instruction_id: str) -> type[Checker]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pytest_steer.ifeval.driver import Evaluation, evaluate
-from pytest_steer.jsonl import JsonLinesError, read_json_lines
+from pytest_steer.store.jsonl import JsonLinesError, read_json_lines
 
 
 class ScoringInputError(ValueError):

@@ -1,1 +1,1 @@
-"""Renderers of :class:`pytest_steer.results.RunResults`: terminal, JSON and files."""
+"""Renderers of :class:`pytest_steer.run.results.RunResults`: terminal, JSON and files."""

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.jsonl import read_json_lines
-from pytest_steer.records import record_problems
-from pytest_steer.report.atomic import atomic_open
+from pytest_steer.run.records import record_problems
+from pytest_steer.store.atomic import atomic_open
+from pytest_steer.store.jsonl import read_json_lines
 
 
 def write_cases(records: Iterable[dict[str, Any]], path: Path) -> Path:

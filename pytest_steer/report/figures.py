@@ -29,7 +29,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox, blended_transform_factory, offset_copy
 
-from pytest_steer.aggregate import (
+from pytest_steer.report.table import METRIC_TITLES
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import (
     ACCURACY_METRICS,
     MIN_INTERVAL_PROMPTS,
     QUALITY_METRIC,
@@ -37,9 +39,7 @@ from pytest_steer.aggregate import (
     instruction_quality,
     not_estimable,
 )
-from pytest_steer.report.table import METRIC_TITLES
-from pytest_steer.results import RunResults
-from pytest_steer.stats import Interval
+from pytest_steer.stats.bootstrap import Interval
 
 ALPHA_LABEL = "PASTA alpha (larger = stronger steering)"
 PASTA = "pasta"

@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.report.atomic import write_bytes, write_text
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.json import write_results
 from pytest_steer.report.summary_csv import write_summary_csv
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
+from pytest_steer.store.atomic import write_bytes, write_text
 
 RESULTS_JSON = "results.json"
 CASES_JSONL = "cases.jsonl"
@@ -115,7 +115,7 @@ def figures_digest(results: RunResults) -> str:
     """What the figures show: the aggregates, the title's fields, and the code and matplotlib that draw them."""
     from importlib import metadata
 
-    from pytest_steer.cache import digest
+    from pytest_steer.store.responses import digest
 
     run = results.run
     return digest(

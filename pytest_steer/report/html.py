@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from string import Template
 from typing import Any
 
-from pytest_steer.aggregate import METRICS
-from pytest_steer.records import unsteered_reason
 from pytest_steer.report.table import (
     METRIC_TITLES,
     config_rows,
@@ -27,8 +25,10 @@ from pytest_steer.report.table import (
     instruction_delta_rows,
     unsteered_lines,
 )
-from pytest_steer.results import RunResults
-from pytest_steer.stats import Interval
+from pytest_steer.run.records import unsteered_reason
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import METRICS
+from pytest_steer.stats.bootstrap import Interval
 
 MAX_CASE_GROUPS = 1000  # prompt × trial groups in the browser; cases.jsonl always has all
 FIGURE_TITLES = {

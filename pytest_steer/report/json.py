@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.aggregate import ConfigAggregate
-from pytest_steer.gates import ComparisonResult, GateResult
-from pytest_steer.report.atomic import write_text
 from pytest_steer.report.table import unsteered_counts
-from pytest_steer.results import RunResults
-from pytest_steer.selection import RunSelection
-from pytest_steer.stats import Interval
+from pytest_steer.run.results import RunResults
+from pytest_steer.run.selection import RunSelection
+from pytest_steer.stats.aggregate import ConfigAggregate
+from pytest_steer.stats.bootstrap import Interval
+from pytest_steer.stats.gates import ComparisonResult, GateResult
+from pytest_steer.store.atomic import write_text
 
 # 2: configs name their steering method; the run's steering section maps config names to method and parameters.
 SCHEMA_VERSION = 2

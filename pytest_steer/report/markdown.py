@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_steer.aggregate import METRICS
-from pytest_steer.report.atomic import write_text
 from pytest_steer.report.table import (
     METRIC_TITLES,
     config_rows,
@@ -14,7 +12,9 @@ from pytest_steer.report.table import (
     instruction_delta_rows,
     unsteered_lines,
 )
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import METRICS
+from pytest_steer.store.atomic import write_text
 
 
 def _text(value: object) -> str:

@@ -24,18 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.cases import SteeringConfig
-from pytest_steer.gates import Gate, GateResult
-from pytest_steer.records import record_problems
+from pytest_steer.plan.cases import SteeringConfig
+from pytest_steer.plan.sharding import Shard as ShardSpec
+from pytest_steer.plan.sharding import parse_shard
 from pytest_steer.report.cases import read_cases
 from pytest_steer.report.files import CASES_JSONL
 from pytest_steer.report.json import SCHEMA_VERSION, read_document
 from pytest_steer.report.saved import results_path
-from pytest_steer.results import RunResults
-from pytest_steer.selection import FAIL_IF as FAIL_IF_LABEL
-from pytest_steer.selection import ConfigSelection, RunSelection
-from pytest_steer.sharding import Shard as ShardSpec
-from pytest_steer.sharding import parse_shard
+from pytest_steer.run.records import record_problems
+from pytest_steer.run.results import RunResults
+from pytest_steer.run.selection import FAIL_IF as FAIL_IF_LABEL
+from pytest_steer.run.selection import ConfigSelection, RunSelection
+from pytest_steer.stats.gates import Gate, GateResult
 
 PER_SHARD_KEYS = ("time", "git_commit", "versions", "shards", "shard", "provenance")  # may differ between shards
 PER_SHARD_DATASET_KEYS = ("n_prompts",)

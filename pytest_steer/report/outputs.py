@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_steer.options import SteerSettings
-    from pytest_steer.results import RunResults
+    from pytest_steer.plan.options import SteerSettings
+    from pytest_steer.run.results import RunResults
 
 
 @dataclass
@@ -35,10 +35,10 @@ class Written:
 def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path | None, *, config: Any = None) -> Written:
     """``report_dir`` None: the default directory of pytest ``config`` (see :func:`default_report_dir`);
     a run of a partial pytest selection writes beside it, never over the full run's report."""
-    from pytest_steer.baseline import save_run
     from pytest_steer.report.files import REPORT_HTML, UnsafeReportDir, default_report_dir, write_report
     from pytest_steer.report.json import write_results
     from pytest_steer.report.markdown import write_markdown
+    from pytest_steer.stats.baseline import save_run
 
     written = Written()
     partial = results.selection is not None and results.selection.partial

@@ -7,7 +7,7 @@ from pathlib import Path
 from pytest_steer.report.cases import read_cases
 from pytest_steer.report.files import CASES_JSONL, RESULTS_JSON
 from pytest_steer.report.json import read_results
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
 
 
 def results_path(location: Path) -> Path:

@@ -12,11 +12,11 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.aggregate import METRICS
-from pytest_steer.report.atomic import atomic_open
 from pytest_steer.report.table import config_rows
-from pytest_steer.results import RunResults
-from pytest_steer.stats import Interval
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import METRICS
+from pytest_steer.stats.bootstrap import Interval
+from pytest_steer.store.atomic import atomic_open
 
 
 def columns() -> list[str]:

@@ -10,10 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_steer.aggregate import METRICS, QUALITY_METRIC, not_estimable
-from pytest_steer.records import unsteered_reason
-from pytest_steer.results import RunResults
-from pytest_steer.stats import Interval
+from pytest_steer.run.records import unsteered_reason
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import METRICS, QUALITY_METRIC, not_estimable
+from pytest_steer.stats.bootstrap import Interval
 
 METRIC_TITLES = {
     "strict_prompt_accuracy": "strict prompt",

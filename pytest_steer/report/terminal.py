@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.aggregate import METRICS
 from pytest_steer.report.table import (
     METRIC_TITLES,
     ConfigRow,
@@ -23,8 +22,9 @@ from pytest_steer.report.table import (
     format_mean,
     unsteered_lines,
 )
-from pytest_steer.results import RunResults
-from pytest_steer.stats import Interval
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import METRICS
+from pytest_steer.stats.bootstrap import Interval
 
 Cell = list[str]  # the lines of one table cell
 Grid = list[list[Cell]]  # first row is the header

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from pytest_steer.model.prompts import render_prompt
 from pytest_steer.steering.attention import check_prompt_rows, shared_kernels
 from pytest_steer.steering.errors import SteeringError, SteeringWarning, UnsupportedModelError
 from pytest_steer.steering.method import PromptBatch, RunContext, SteeringMethod
@@ -361,7 +362,6 @@ class InstructionVectors:
 
     def for_texts(self, texts: Sequence[str], tokenizer: Any, hidden: int) -> torch.Tensor:
         """(rows, hidden): each templated text's vector, zeros for a text that is none of the run's prompts."""
-        from pytest_steer.generation import render_prompt
 
         rendered = {render_prompt(tokenizer, prompt): prompt for prompt in self._by_prompt}
         vectors = torch.zeros(len(texts), hidden)
@@ -554,7 +554,6 @@ class ActAddRun:
 
 def last_token_activations(model: nn.Module, tokenizer: Any, prompts: Sequence[str], layer: int) -> torch.Tensor:
     """(prompts, hidden) float32: layer ``layer``'s output at the last token of each prompt, chat template applied."""
-    from pytest_steer.generation import render_prompt
 
     layers = checked_layer(model, layer)
     captured: list[torch.Tensor] = []
@@ -646,7 +645,7 @@ def _one_vector(values: torch.Tensor, what: str) -> torch.Tensor:
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     """The (positive, negative) texts of a JSONL file of ``{"positive": ..., "negative": ...}`` objects."""
-    from pytest_steer.jsonl import JsonLinesError, read_json_lines
+    from pytest_steer.store.jsonl import JsonLinesError, read_json_lines
 
     pairs = []
     try:
@@ -670,7 +669,7 @@ def vector_digest(vector: torch.Tensor) -> str:
 
 
 def _digest(value: Any) -> str:
-    from pytest_steer.cache import digest
+    from pytest_steer.store.responses import digest
 
     return digest(value)
 

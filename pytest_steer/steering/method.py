@@ -12,7 +12,7 @@ A method changes what the model is given, at one or both of two points:
   yields with the prompt row of every response row.
 
 ``params()`` names everything a response depends on besides the prompt; it goes into the
-response cache key (with a digest of the method's code, :func:`pytest_steer.cache.method_code`),
+response cache key (with a digest of the method's code, :func:`pytest_steer.store.responses.method_code`),
 the run's fingerprint, results.json and the report. The parameters ``--steer-method
 name:key=value`` may give are those of ``__init__``, typed by its annotations, or the
 class's ``parameters`` (:mod:`pytest_steer.steering.parameters`); they are checked and
@@ -102,7 +102,7 @@ class SteeringMethod:
         """Refuse a model this method cannot steer, from its config.json alone (no weights); raise SteeringError."""
 
     def unsteered(self, prompts: Sequence[Any]) -> dict[str, str]:
-        """Of the run's prompt rows (:class:`pytest_steer.data.PromptRow`), those this method leaves unsteered whatever
+        """Of the run's prompt rows (:class:`pytest_steer.plan.data.PromptRow`), those this method leaves unsteered whatever
         the model, known from the prompts alone: prompt key -> why. Their case records say so (``unsteered``)."""
         return {}
 
@@ -118,7 +118,7 @@ class SteeringMethod:
 class RunContext:
     """What a worker's run offers a method before it generates (``SteeringMethod.bind_run``).
 
-    ``prompts`` are the run's prompt rows (:class:`pytest_steer.data.PromptRow`), the same on
+    ``prompts`` are the run's prompt rows (:class:`pytest_steer.plan.data.PromptRow`), the same on
     every worker; ``model_key`` names the weights and numerics (fingerprint, device type,
     library versions), so that what a method computes from the model can be cached under it
     in ``cache_dir`` (None: no cache); ``load_model`` returns ``(model, tokenizer)``, loading

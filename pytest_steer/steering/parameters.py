@@ -45,7 +45,7 @@ REQUIRED: Any = _Required()
 
 class FilePath(str):
     """The type of a parameter that names a file: text, as given. A config's name shows the file's stem and a
-    short digest of the whole path (see :func:`pytest_steer.cases.SteeringConfig.of`), not the path itself."""
+    short digest of the whole path (see :func:`pytest_steer.plan.cases.SteeringConfig.of`), not the path itself."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from report_fixtures import make_results
 
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import random
 from dataclasses import replace
 from typing import Any
 
-from pytest_steer.gates import evaluate_gates
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.gates import evaluate_gates
 
 INSTRUCTION_IDS = (
     "detectable_format:title",

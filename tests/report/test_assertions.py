@@ -6,9 +6,9 @@ import pytest
 
 TEST = """
 from pytest_steer.assertions import assert_follows_instructions, assert_quality_at_least
-from pytest_steer.cases import SteeringConfig, Case
-from pytest_steer.data import PromptRow
-from pytest_steer.records import CaseRecord
+from pytest_steer.plan.cases import SteeringConfig, Case
+from pytest_steer.plan.data import PromptRow
+from pytest_steer.run.records import CaseRecord
 from pytest_steer.steer_case import SteerCase
 
 ROW = PromptRow("s001", "Answer in lowercase.", (), ("change_case:english_lowercase",), ({},))

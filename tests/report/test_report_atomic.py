@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 from report_fixtures import make_results
 
-from pytest_steer.report import atomic
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.files import UnsafeReportDir, default_report_dir, write_report
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
+from pytest_steer.store import atomic
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -116,7 +116,7 @@ def test_default_report_dir_refuses_a_folder_of_another_user(tmp_path: Path, mon
 
 
 def test_an_unsafe_default_folder_is_reported_and_the_other_outputs_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_steer.options import SteerSettings
+    from pytest_steer.plan.options import SteerSettings
     from pytest_steer.report.outputs import write_outputs
 
     config = _uncached_config(tmp_path, monkeypatch)

@@ -13,12 +13,12 @@ import pytest
 from report_fixtures import make_records, make_results, make_run
 
 from pytest_steer.__main__ import main
-from pytest_steer.gates import evaluate_gates
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.files import write_report
 from pytest_steer.report.json import results_dict, write_results
-from pytest_steer.results import RunResults
-from pytest_steer.selection import ConfigSelection, RunSelection
+from pytest_steer.run.results import RunResults
+from pytest_steer.run.selection import ConfigSelection, RunSelection
+from pytest_steer.stats.gates import evaluate_gates
 
 OUTPUTS = ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png", "instruction_deltas.png")
 

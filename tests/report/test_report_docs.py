@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 from report_fixtures import GATES, make_method_results, make_records
 
-from pytest_steer.cases import steering_configs
-from pytest_steer.gates import ComparisonResult, evaluate_gates
-from pytest_steer.options import SteerSettings
-from pytest_steer.records import CaseRecord
+from pytest_steer.plan.cases import steering_configs
+from pytest_steer.plan.options import SteerSettings
+from pytest_steer.plan.sharding import Shard
+from pytest_steer.plan.spec import PACKAGES, RunSpec, run_provenance
 from pytest_steer.report.cases import write_cases
 from pytest_steer.report.json import write_results
 from pytest_steer.report.merge import merge_reports
-from pytest_steer.results import RunResults
-from pytest_steer.sharding import Shard
-from pytest_steer.spec import PACKAGES, RunSpec, run_provenance
-from pytest_steer.stats import Interval
+from pytest_steer.run.records import CaseRecord
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.bootstrap import Interval
+from pytest_steer.stats.gates import ComparisonResult, evaluate_gates
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "report.md"
 HEADING = re.compile(r"^\*\*(?P<name>[^*]+)\*\*")

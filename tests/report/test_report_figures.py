@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from report_fixtures import make_method_results, make_records, make_run
 
-from pytest_steer.aggregate import instruction_deltas_vs_baseline, instruction_quality
 from pytest_steer.report.figures import (
     ALPHA_LABEL,
     Point,
@@ -18,8 +17,9 @@ from pytest_steer.report.figures import (
     png_bytes,
     trade_off_figure,
 )
-from pytest_steer.results import RunResults
-from pytest_steer.stats import Interval
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import instruction_deltas_vs_baseline, instruction_quality
+from pytest_steer.stats.bootstrap import Interval
 
 
 def _series(ax, label: str):

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from report_fixtures import make_records, make_results, make_run
 
-from pytest_steer.aggregate import METRICS
 from pytest_steer.report.cases import read_cases, write_cases
 from pytest_steer.report.json import SCHEMA_VERSION, read_results, results_dict, write_results
 from pytest_steer.report.summary_csv import write_summary_csv
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import METRICS
 
 
 def test_results_json_schema_and_numbers(results: RunResults, tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_standalone_results_json_embeds_the_cases(results: RunResults, tmp_path:
 
 
 def test_an_output_that_cannot_be_written_costs_only_itself(tmp_path: Path) -> None:
-    from pytest_steer.options import SteerSettings
+    from pytest_steer.plan.options import SteerSettings
     from pytest_steer.report.outputs import write_outputs
 
     blocked = tmp_path / "taken"

@@ -15,7 +15,7 @@ from pytest_steer.report.files import write_report
 from pytest_steer.report.html import FIGURE_TITLES, MAX_CASE_GROUPS, render_html
 from pytest_steer.report.json import results_dict
 from pytest_steer.report.markdown import render_markdown
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = {"trade_off": b"\x89PNG-one", "instruction_heatmap": b"\x89PNG-two", "instruction_deltas": b"\x89PNG-three"}

@@ -8,13 +8,13 @@ import re
 import pytest
 from report_fixtures import make_records, make_run
 
-from pytest_steer.aggregate import instruction_deltas_vs_baseline, is_estimable
 from pytest_steer.report.figures import instruction_delta_figure
 from pytest_steer.report.html import render_html
 from pytest_steer.report.json import results_dict, results_from_dict
 from pytest_steer.report.markdown import render_markdown
-from pytest_steer.results import RunResults
-from pytest_steer.stats import Interval
+from pytest_steer.run.results import RunResults
+from pytest_steer.stats.aggregate import instruction_deltas_vs_baseline, is_estimable
+from pytest_steer.stats.bootstrap import Interval
 
 RARE = "punctuation:no_comma"  # held by one prompt only: the baseline misses it, every steered config follows it
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pytest_steer.report.json import results_dict
 from pytest_steer.report.terminal import render_table, write_summary, written_lines
-from pytest_steer.results import RunResults
+from pytest_steer.run.results import RunResults
 
 NUMBER = r"[+-]?\d+\.\d+"
 

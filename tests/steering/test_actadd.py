@@ -10,9 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, Gemma2Config, Gemma2ForCausalLM
 
-from pytest_steer.data import PromptRow, Selection, load_rows, select
-from pytest_steer.decoding import cache_argument
-from pytest_steer.options import _method, method_sweep
+from pytest_steer.engine.decoding import cache_argument
+from pytest_steer.plan.data import PromptRow, Selection, load_rows, select
+from pytest_steer.plan.options import _method, method_sweep
 from pytest_steer.steering import ActAdd, RunContext, SteeringError, SteeringWarning, UnsupportedModelError
 from pytest_steer.steering.actadd import (
     HIDDEN_SIZE,
@@ -451,8 +451,8 @@ def test_layer_count_and_hidden_size_are_read_under_every_familys_names() -> Non
 def test_every_family_is_refused_at_collection_for_a_layer_it_lacks_or_a_vector_of_another_size(tmp_path, model_type) -> None:
     from transformers import AutoConfig
 
-    from pytest_steer.collection import plan_cases
-    from pytest_steer.options import SteerSettings
+    from pytest_steer.plan.collection import plan_cases
+    from pytest_steer.plan.options import SteerSettings
 
     checkpoint = tmp_path / model_type
     AutoConfig.for_model(model_type, num_hidden_layers=2, hidden_size=32, num_attention_heads=4).save_pretrained(checkpoint)
@@ -489,8 +489,8 @@ def test_instruction_text_is_cut_out_with_its_seam_joined() -> None:
 
 
 def test_comma_lists_sweep_a_parameter_into_one_config_each() -> None:
-    from pytest_steer.collection import run_configs
-    from pytest_steer.options import SteerSettings
+    from pytest_steer.plan.collection import run_configs
+    from pytest_steer.plan.options import SteerSettings
     from pytest_steer.steering.registry import method_registry
 
     name, params = _method("actadd:layer=15,coeff=2,4,8")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pytest_steer.decoding import decode
+from pytest_steer.engine.decoding import decode
 from pytest_steer.steering import PASTA
 from pytest_steer.steering.attention import GROUPED_EAGER_FAMILIES, steerable_attention
 

@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 import torch
 
-from pytest_steer.decoding import cache_argument, forward_parameters
-from pytest_steer.generation import PromptPrefill, ScoredTokens, render_prompt
-from pytest_steer.hub import looks_like_hub_id
-from pytest_steer.models import LoadedModel, load_pretrained, resolve_dtype
-from pytest_steer.options import (
+from pytest_steer.engine.decoding import cache_argument, forward_parameters
+from pytest_steer.engine.generation import PromptPrefill, ScoredTokens
+from pytest_steer.model.loading import LoadedModel, load_pretrained, resolve_dtype
+from pytest_steer.model.prompts import render_prompt
+from pytest_steer.plan.options import (
     LABELLED_REWARD_TRANSFORMS,
     QUALITY_FLUENCY,
     QUALITY_NONE,
@@ -35,6 +35,7 @@ from pytest_steer.options import (
     SteerSettings,
     reward_model_alternatives,
 )
+from pytest_steer.store.hub import looks_like_hub_id
 
 FLUENCY_BATCH_SIZE = 8  # responses per forward
 PROMPT_CACHE_BYTES = 256 * 2**20  # unsteered prompt prefills kept for the whole run, at most
@@ -322,7 +323,7 @@ class RewardModelScorer:
 
         Its configuration is checked before any weights are read: it must be a sequence
         classifier whose head fits ``transform``. A hub id that is neither cached nor
-        reachable fails within seconds with :class:`~pytest_steer.hub.HubUnavailableError`.
+        reachable fails within seconds with :class:`~pytest_steer.store.hub.HubUnavailableError`.
         """
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 

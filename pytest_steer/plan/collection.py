@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.cache import PROMPT_TOKENS, ResponseCache, prompt_tokens_key
-from pytest_steer.cases import Case, SteeringConfig, build_cases, steering_configs
-from pytest_steer.data import DatasetError, PromptRow, Selection, load_rows, select
-from pytest_steer.hub import HubUnavailableError
-from pytest_steer.options import SteerSettings, method_sweep
-from pytest_steer.sharding import select_shard
+from pytest_steer.plan.batches import batch_indices, planned_batch_size
+from pytest_steer.plan.cases import Case, SteeringConfig, build_cases, steering_configs
+from pytest_steer.plan.data import DatasetError, PromptRow, Selection, load_rows, select
+from pytest_steer.plan.options import SteerSettings, method_sweep
+from pytest_steer.plan.sharding import select_shard
 from pytest_steer.steering.method import SteeringMethod
 from pytest_steer.steering.registry import bind_method_parameters
+from pytest_steer.store.hub import HubUnavailableError
+from pytest_steer.store.responses import PROMPT_TOKENS, ResponseCache, prompt_tokens_key
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ def plan_cases(
     ``methods`` defaults to the built-in ones. Prompt lengths are read from the response
     cache under ``cache_dir`` when it holds them, so a fully cached run loads no tokenizer.
     """
-    from pytest_steer import preflight
-    from pytest_steer.models import ModelLoadError
+    from pytest_steer.model.loading import ModelLoadError
+    from pytest_steer.plan import preflight
     from pytest_steer.steering import SteeringError, SteeringWarning
     from pytest_steer.steering.registry import method_registry
 
@@ -127,7 +128,7 @@ def plan_cases(
         lengths = {row.key: length for row, length in zip(rows, prompt_tokens)}
         blocks: tuple[tuple[str, ...], ...] = ()
         if settings.sequential:
-            from pytest_steer.sequential import prompt_blocks
+            from pytest_steer.stats.eprocess import prompt_blocks
 
             blocks = tuple(tuple(block) for block in prompt_blocks([row.key for row in rows], settings.sequential_block, settings.seed))
             block_of = {key: index for index, block in enumerate(blocks) for key in block}
@@ -144,8 +145,8 @@ class OptionError(ValueError):
 @contextlib.contextmanager
 def naming(option: str) -> Iterator[None]:
     """Put the option's name in front of the errors of library calls made for it."""
-    from pytest_steer.models import ModelLoadError
-    from pytest_steer.preflight import with_option
+    from pytest_steer.model.loading import ModelLoadError
+    from pytest_steer.plan.preflight import with_option
     from pytest_steer.steering import SteeringError
 
     try:
@@ -157,8 +158,8 @@ def naming(option: str) -> Iterator[None]:
 def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...]) -> None:
     """What the options alone decide: device, dtype, outputs, baseline file and its settings, gate selectors,
     quality checks under no quality scoring, reward model."""
-    from pytest_steer import preflight
-    from pytest_steer.spec import RunSpec
+    from pytest_steer.plan import preflight
+    from pytest_steer.plan.spec import RunSpec
 
     preflight.check_device(settings.device)
     preflight.check_dtype(settings.dtype, settings.device)
@@ -188,8 +189,8 @@ def check_model(
     """What the model's config.json and tokenizer decide, without its weights: heads, architecture,
     context, and whether each method can steer the run's prompt ``rows``. Returns each prompt's length
     in tokens (in characters when the tokenizer is not at hand)."""
-    from pytest_steer import preflight
-    from pytest_steer.models import EMBEDDED, check_model_source, embedded_checkpoint, read_model_config
+    from pytest_steer.model.loading import EMBEDDED, check_model_source, embedded_checkpoint, read_model_config
+    from pytest_steer.plan import preflight
 
     with naming("--steer-model"):
         check_model_source(settings.model)
@@ -228,8 +229,8 @@ def check_model(
 
 def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | None) -> list[int]:
     """Each prompt's length in tokens after the chat template; the tokenizer is loaded only for lengths not cached."""
-    from pytest_steer.generation import prompt_lengths
-    from pytest_steer.models import load_tokenizer, tokenizer_revision
+    from pytest_steer.model.loading import load_tokenizer, tokenizer_revision
+    from pytest_steer.model.prompts import prompt_lengths
 
     revision = tokenizer_revision(model) if cache is not None else None  # None: lengths are not cached
     keys = [prompt_tokens_key({"model": model, "revision": revision}, prompt) for prompt in prompts] if revision else []
@@ -250,8 +251,7 @@ def plan_batches(
     """Each config's cases in batches of similar prompt length: a pure function of the case list,
     so every xdist worker and the controller plan the same batches without a model. With
     sequential ``blocks``, no batch spans two blocks, so generation can stop after any block."""
-    from pytest_steer.generation import batch_indices, planned_batch_size
-    from pytest_steer.models import resolve_device
+    from pytest_steer.model.loading import resolve_device
 
     size = settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
     block_of = {key: index for index, block in enumerate(blocks) for key in block}

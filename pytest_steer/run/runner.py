@@ -6,7 +6,7 @@ config, which every worker collects identically, so a batch (and therefore every
 response) is the same in a serial run and under xdist. Only the cases pytest selected
 (``-k``, ``--lf``, ...) are generated: a response depends on its own prompt, seed and
 settings, not on the other rows of its batch. Responses already in the response cache
-(:mod:`pytest_steer.cache`) are read back; only a batch's misses are generated. Several
+(:mod:`pytest_steer.store.responses`) are read back; only a batch's misses are generated. Several
 tests may request one case: its record is made once per worker and shared.
 """
 
@@ -19,11 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.cache import GENERATION, QUALITY, ResponseCache, generation_key, method_code, quality_key
-from pytest_steer.cases import Case, SteeringConfig
-from pytest_steer.collection import Plan
-from pytest_steer.estimate import Throughput, read_throughput, record_throughput
-from pytest_steer.generation import (
+from pytest_steer.engine.generation import (
     ENGINE_VERSION,
     Engine,
     Generation,
@@ -31,17 +27,21 @@ from pytest_steer.generation import (
     GenerationSettings,
     memory_batch_limit,
 )
+from pytest_steer.engine.quality import QualityScorer, create_scorer
 from pytest_steer.ifeval import evaluate
-from pytest_steer.models import LoadedModel, ModelFingerprint, load_model, model_fingerprint, read_model_config, resolve_device
-from pytest_steer.options import SteerSettings
-from pytest_steer.quality import QualityScorer, create_scorer
-from pytest_steer.records import CaseRecord
-from pytest_steer.spec import RunSpec
+from pytest_steer.model.loading import LoadedModel, ModelFingerprint, load_model, model_fingerprint, read_model_config, resolve_device
+from pytest_steer.plan.cases import Case, SteeringConfig
+from pytest_steer.plan.collection import Plan
+from pytest_steer.plan.estimate import Throughput, read_throughput, record_throughput
+from pytest_steer.plan.options import SteerSettings
+from pytest_steer.plan.spec import RunSpec
+from pytest_steer.run.records import CaseRecord
 from pytest_steer.steering import PASTA, SteeringError
 from pytest_steer.steering.method import RunContext, SteeringMethod
 from pytest_steer.steering.stack import check_steering_stack
+from pytest_steer.store.responses import GENERATION, QUALITY, ResponseCache, generation_key, method_code, quality_key
 
-Progress = Callable[..., None]  # (message or None, cases=..., generated=...): see pytest_steer.progress
+Progress = Callable[..., None]  # (message or None, cases=..., generated=...): see pytest_steer.run.progress
 
 
 def _silent(message: str | None, **counts: int) -> None:
@@ -365,7 +365,7 @@ class CaseRunner:
         return scores
 
     def _generation_key(self, case: Case, steering: SteeringMethod | None) -> str:
-        """What a response depends on (the run spec's decoding, the method as made for this model); see pytest_steer.cache."""
+        """What a response depends on (the run spec's decoding, the method as made for this model); see pytest_steer.store.responses."""
         steering_key = None  # the baseline, and methods that change nothing, share the baseline's responses
         if steering is not None and not steering.is_identity:
             steering_key = {

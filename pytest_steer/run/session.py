@@ -20,23 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_steer.cases import case_id, may_name_a_case
-from pytest_steer.options import SteerSettings
-from pytest_steer.progress import Progress
+from pytest_steer.plan.cases import case_id, may_name_a_case
+from pytest_steer.plan.options import SteerSettings
 from pytest_steer.report.outputs import Written
+from pytest_steer.run.progress import Progress
 
 if TYPE_CHECKING:
-    from pytest_steer.aggregate import ConfigAggregate
-    from pytest_steer.cases import Case, SteeringConfig
-    from pytest_steer.collection import Plan
-    from pytest_steer.estimate import RunPlan
-    from pytest_steer.records import CaseRecord
-    from pytest_steer.results import RunResults
-    from pytest_steer.runner import CaseRunner
-    from pytest_steer.selection import RunSelection
-    from pytest_steer.sequential_checks import SequentialOutcome
-    from pytest_steer.sequential_run import SequentialStop, SharedRecords, Wanted
-    from pytest_steer.spec import RunSpec
+    from pytest_steer.plan.cases import Case, SteeringConfig
+    from pytest_steer.plan.collection import Plan
+    from pytest_steer.plan.estimate import RunPlan
+    from pytest_steer.plan.spec import RunSpec
+    from pytest_steer.run.looks import SequentialStop, SharedRecords, Wanted
+    from pytest_steer.run.records import CaseRecord
+    from pytest_steer.run.results import RunResults
+    from pytest_steer.run.runner import CaseRunner
+    from pytest_steer.run.selection import RunSelection
+    from pytest_steer.stats.aggregate import ConfigAggregate
+    from pytest_steer.stats.sequential import SequentialOutcome
     from pytest_steer.steering.method import SteeringMethod
 
 
@@ -86,13 +86,13 @@ class SteerSession:
 
     @property
     def selection(self) -> RunSelection:
-        from pytest_steer.selection import RunSelection
+        from pytest_steer.run.selection import RunSelection
 
         return RunSelection.of(self.plan.cases, set(self.selected.values()))
 
     def run_plan(self, workers: int = 1) -> RunPlan:
         """What the selected cases will cost; the progress lines count against it from now on."""
-        from pytest_steer.estimate import RunPlan
+        from pytest_steer.plan.estimate import RunPlan
 
         chosen = set(self.selected.values())
         cases = [case for case in self.plan.cases if case.id in chosen]
@@ -119,7 +119,7 @@ class SteerSession:
     @cached_property
     def plan(self) -> Plan:
         """Load and validate the prompts once; bad input fails collection with one clear message."""
-        from pytest_steer.collection import plan_cases
+        from pytest_steer.plan.collection import plan_cases
 
         return plan_cases(self.settings, self.methods, cache_dir=self.cache_dir)
 
@@ -134,7 +134,7 @@ class SteerSession:
 
     def _check_steering_stack(self) -> None:
         """Before any generation, when PASTA has cases to generate; a fully cached run skips it."""
-        from pytest_steer.runner import RunnerUnavailable
+        from pytest_steer.run.runner import RunnerUnavailable
 
         if self.runner.needs_generation("pasta"):
             try:
@@ -180,26 +180,26 @@ class SteerSession:
     @cached_property
     def configs(self) -> tuple[SteeringConfig, ...]:
         """The run's configs, known without collecting (an xdist controller collects nothing)."""
-        from pytest_steer.collection import run_configs
+        from pytest_steer.plan.collection import run_configs
 
         return run_configs(self.settings, self.methods)
 
     @cached_property
     def spec(self) -> RunSpec:
-        from pytest_steer.spec import RunSpec
+        from pytest_steer.plan.spec import RunSpec
 
         return RunSpec.from_settings(self.settings, self.configs)
 
     @cached_property
     def cache_dir(self) -> Path | None:
-        from pytest_steer.cache import resolve_cache_dir
+        from pytest_steer.store.responses import resolve_cache_dir
 
         s = self.settings
         return resolve_cache_dir(s.no_cache, s.cache_dir, s.rootdir, self.config)
 
     @cached_property
     def runner(self) -> CaseRunner:
-        from pytest_steer.runner import CaseRunner
+        from pytest_steer.run.runner import CaseRunner
 
         worker = getattr(self.config, "workerinput", {}).get("workerid")
         return CaseRunner(
@@ -253,10 +253,10 @@ class SteerSession:
     def results(self) -> RunResults:
         """Aggregates and verdicts of every record received (built once, after the test loop)."""
         if self._results is None:
-            from pytest_steer.gates import parse_compare_fail, parse_gate
-            from pytest_steer.gating import decide
-            from pytest_steer.results import RunResults
-            from pytest_steer.selection import SELECTION_OPTIONS
+            from pytest_steer.run.gating import decide
+            from pytest_steer.run.results import RunResults
+            from pytest_steer.run.selection import SELECTION_OPTIONS
+            from pytest_steer.stats.gates import parse_compare_fail, parse_gate
 
             unreported = self._receive_unreported()
             records = self._case_records()
@@ -265,7 +265,7 @@ class SteerSession:
             lost = [] if stopped else self._lost_records(not_run)  # a stop leaves cases out, as a selection does
             records += lost
             model = next((r["model"] for r in records if r.get("model")), None) or {"name": self.settings.model}
-            from pytest_steer.spec import run_provenance
+            from pytest_steer.plan.spec import run_provenance
 
             invocation = self.config.invocation_params
             devices = [r["device"] for r in records if r.get("device")]
@@ -311,7 +311,7 @@ class SteerSession:
         stops nowhere: every selected case runs, and its checks on partly selected configs are not decided."""
         if not self.settings.sequential or self.selection.partial:
             return None
-        from pytest_steer.sequential_run import SequentialStop
+        from pytest_steer.run.looks import SequentialStop
 
         return SequentialStop(self.settings, self.plan.blocks, self._max_instructions)
 
@@ -342,9 +342,9 @@ class SteerSession:
 
     def _sequential_outcome(self, aggregates: list[ConfigAggregate], records: list[dict[str, Any]]) -> SequentialOutcome:
         """The checks decided as the live run looked at them, over the prompts it generated."""
-        from pytest_steer.gating import error_budget
-        from pytest_steer.sequential_checks import aggregates_over, decide_sequentially
-        from pytest_steer.sequential_run import CONFIDENCE, sequential_settings
+        from pytest_steer.run.gating import error_budget
+        from pytest_steer.run.looks import CONFIDENCE, sequential_settings
+        from pytest_steer.stats.sequential import aggregates_over, decide_sequentially
 
         s = self.settings
         return decide_sequentially(
@@ -383,13 +383,13 @@ class SteerSession:
 
     def _ran(self, not_run: Collection[str], stopped: str) -> RunSelection:
         """The selection of a run that stopped early: the selected cases less those it did not run."""
-        from pytest_steer.selection import RunSelection
+        from pytest_steer.run.selection import RunSelection
 
         return RunSelection.of(self.plan.cases, set(self.selected.values()) - set(not_run), stopped=stopped)
 
     def _lost_records(self, not_run: Mapping[str, str]) -> list[dict[str, Any]]:
         """Records of the selected cases that no test reported: errors, never misses."""
-        from pytest_steer.records import CaseRecord
+        from pytest_steer.run.records import CaseRecord
 
         halted = self.shared.halted() if self.shared is not None else None
         if halted is not None:  # the workers skipped the cases after their last look: those the run needed are lost

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.estimate import format_duration
+from pytest_steer.plan.estimate import format_duration
 
 PREFIX = "[steer]"
 

@@ -80,7 +80,7 @@ class CaseRecord:
 
     @property
     def case_id(self) -> str:
-        from pytest_steer.cases import case_id
+        from pytest_steer.plan.cases import case_id
 
         return case_id(self.key, self.config, self.trial)
 

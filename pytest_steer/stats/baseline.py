@@ -4,7 +4,7 @@ A baseline file keeps per-prompt values (not only means), so a later run is comp
 paired per prompt. Comparing across models is the point of a baseline (a new
 checkpoint against the last good one); comparing across datasets, generation,
 steering settings or quality scorers is not, and is refused: at collection, before
-anything is generated (:func:`pytest_steer.preflight.check_baseline_file`), and again
+anything is generated (:func:`pytest_steer.plan.preflight.check_baseline_file`), and again
 when the run's results are compared.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.aggregate import ConfigAggregate
-from pytest_steer.report.atomic import write_text
+from pytest_steer.stats.aggregate import ConfigAggregate
+from pytest_steer.store.atomic import write_text
 
 BASELINE_FORMAT = "pytest-steer-baseline/1"
 MUST_MATCH = ("dataset", "generation", "steering", "quality")

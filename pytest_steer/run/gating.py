@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_steer.aggregate import ConfigAggregate
-from pytest_steer.baseline import BaselineError, load_run, mismatches
-from pytest_steer.gates import ComparisonResult, GateResult, compare_runs, evaluate_gates, parse_compare_fail
-from pytest_steer.options import SteerSettings
+from pytest_steer.plan.options import SteerSettings
+from pytest_steer.stats.aggregate import ConfigAggregate
+from pytest_steer.stats.baseline import BaselineError, load_run, mismatches
+from pytest_steer.stats.gates import ComparisonResult, GateResult, compare_runs, evaluate_gates, parse_compare_fail
 
 
 @dataclass

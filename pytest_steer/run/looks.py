@@ -1,8 +1,8 @@
 """``--steer-sequential`` during a run: a look after each block of prompts, and where generation stops.
 
-The plan puts every case of a block before the next block's (pytest_steer.collection).
+The plan puts every case of a block before the next block's (pytest_steer.plan.collection).
 When a case of block ``b`` is about to generate, the checks are looked at after each
-block before it, exactly as :func:`pytest_steer.sequential_checks.decide_sequentially`
+block before it, exactly as :func:`pytest_steer.stats.sequential.decide_sequentially`
 replays them later: the same block order, the same streams, over the same prompts. Once
 a look leaves no check open, the cases of every later block are skipped, never generated.
 
@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.cases import case_id
-from pytest_steer.options import SteerSettings
-from pytest_steer.report.atomic import write_text
-from pytest_steer.sequential import decide_looks
-from pytest_steer.sequential_checks import SequentialSettings, aggregates_over, check_streams
+from pytest_steer.plan.cases import case_id
+from pytest_steer.plan.options import SteerSettings
+from pytest_steer.stats.eprocess import decide_looks
+from pytest_steer.stats.sequential import SequentialSettings, aggregates_over, check_streams
+from pytest_steer.store.atomic import write_text
 
 CONFIDENCE = 0.95  # the run's two-sided level, as its aggregates use
 
@@ -52,7 +52,7 @@ class SequentialStop:
     """Whether a case's block is still to be generated, looking at the finished blocks as needed.
 
     The run stops at the first look that leaves no check open; a config stops earlier, at
-    the first look that leaves no open check reading it (:func:`pytest_steer.sequential.decide_looks`).
+    the first look that leaves no open check reading it (:func:`pytest_steer.stats.eprocess.decide_looks`).
     """
 
     def __init__(self, settings: SteerSettings, blocks: Sequence[Sequence[str]], max_instructions: int) -> None:

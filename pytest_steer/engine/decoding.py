@@ -6,7 +6,7 @@ share that prompt's prefill: the prompts' KV cache is computed once, then select
 one row per response. A row that emits an end-of-sequence token leaves the batch and the
 KV cache at once, so each later step costs only the rows still running; rows that end are
 replaced by rows from the end of the batch, so only as many rows move as ended. The KV
-cache (:mod:`pytest_steer.kv_cache`) is written in place, and the decode steps receive one
+cache (:mod:`pytest_steer.engine.kv_cache`) is written in place, and the decode steps receive one
 additive padding mask built per batch and sliced to the step's keys, instead of a mask
 built by the model at each step.
 
@@ -34,7 +34,7 @@ from typing import Any, Literal, overload
 
 import torch
 
-from pytest_steer.kv_cache import CacheKind, advance, row_cache
+from pytest_steer.engine.kv_cache import CacheKind, advance, row_cache
 from pytest_steer.steering.errors import UnsupportedModelError
 
 # (scores of the running rows, their seeds, step) -> the next token of each row

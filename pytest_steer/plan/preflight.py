@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_steer.baseline import Difference
-    from pytest_steer.cases import SteeringConfig
-    from pytest_steer.gates import Gate, Selector
-    from pytest_steer.options import SteerSettings
-    from pytest_steer.spec import RunSpec
+    from pytest_steer.plan.cases import SteeringConfig
+    from pytest_steer.plan.options import SteerSettings
+    from pytest_steer.plan.spec import RunSpec
+    from pytest_steer.stats.baseline import Difference
+    from pytest_steer.stats.gates import Gate, Selector
 
 
 class PreflightError(ValueError):
@@ -140,7 +140,7 @@ def check_context(
 
 def check_device(spec: str) -> None:
     """``--steer-device`` names a device torch has here (``auto`` always does)."""
-    from pytest_steer.models import ModelLoadError, resolve_device
+    from pytest_steer.model.loading import ModelLoadError, resolve_device
 
     try:
         resolve_device(spec)
@@ -150,7 +150,7 @@ def check_device(spec: str) -> None:
 
 def check_dtype(spec: str, device: str = "auto") -> None:
     """``--steer-dtype`` is auto or a supported dtype, and one the device can compute in."""
-    from pytest_steer.models import ModelLoadError, resolve_device, resolve_dtype
+    from pytest_steer.model.loading import ModelLoadError, resolve_device, resolve_dtype
 
     try:
         device_type = resolve_device(device)
@@ -166,9 +166,9 @@ def check_dtype(spec: str, device: str = "auto") -> None:
 
 
 def check_baseline_file(path: Path | str, spec: RunSpec | None = None) -> None:
-    """``--steer-baseline`` is a readable file that :func:`pytest_steer.baseline.load_run` accepts and,
+    """``--steer-baseline`` is a readable file that :func:`pytest_steer.stats.baseline.load_run` accepts and,
     given this run's ``spec``, was saved with the same dataset, generation, steering and quality settings."""
-    from pytest_steer.baseline import BaselineError, differences, load_run
+    from pytest_steer.stats.baseline import BaselineError, differences, load_run
 
     try:
         saved = load_run(Path(path))
@@ -238,8 +238,8 @@ def check_min_prompts(settings: SteerSettings, prompts: int) -> None:
 
 def check_quality_is_scored(settings: SteerSettings) -> None:
     """No gate, fail-if or comparison tolerance reads ``quality`` when ``--steer-quality none`` scores none."""
-    from pytest_steer.gates import parse_compare_fail, parse_gate
-    from pytest_steer.options import QUALITY_NONE
+    from pytest_steer.plan.options import QUALITY_NONE
+    from pytest_steer.stats.gates import parse_compare_fail, parse_gate
 
     if settings.quality != QUALITY_NONE:
         return
@@ -259,7 +259,7 @@ def check_gate_selectors(gates: Iterable[Gate | str], configs: Iterable[Steering
 
     The gates' own selector matching decides, whatever the config names look like.
     """
-    from pytest_steer.gates import GateSyntaxError, parse_gate
+    from pytest_steer.stats.gates import GateSyntaxError, parse_gate
 
     configs = list(configs)
     names = ", ".join(config.name for config in configs) or "none"
@@ -296,11 +296,11 @@ def _describe_selector(selector: Selector, delta: bool) -> tuple[str, str]:
 def check_reward_model_offline(spec: str) -> None:
     """For ``--steer-quality reward:<hub id>``: the id is in the local cache or the hub is reachable.
 
-    Reward models load through :func:`pytest_steer.models.load_pretrained`, which asks the
+    Reward models load through :func:`pytest_steer.model.loading.load_pretrained`, which asks the
     cache first and the hub only on a miss; this asks the same questions without loading.
     """
-    from pytest_steer.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
-    from pytest_steer.options import REWARD_PREFIX, reward_model_alternatives
+    from pytest_steer.plan.options import REWARD_PREFIX, reward_model_alternatives
+    from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
 
     if not spec.startswith(REWARD_PREFIX):
         return

@@ -8,7 +8,6 @@ its position and field instead of failing halfway through a run.
 
 from __future__ import annotations
 
-import difflib
 import json
 import random
 import re
@@ -18,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.hub import hub_offline, hub_reachable, looks_like_hub_id, split_revision
-from pytest_steer.jsonl import JsonLinesError, read_json_lines
+from pytest_steer.store.hub import hub_offline, hub_reachable, looks_like_hub_id, split_revision
+from pytest_steer.store.jsonl import JsonLinesError, read_json_lines
 
 BUILTIN = "builtin"
 LOCAL_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
@@ -138,7 +137,7 @@ def _kwargs_object(value: Any, where: str) -> dict[str, Any]:
 
 def parse_rows(records: Sequence[Mapping[str, Any]], lines: Sequence[int] | None = None, *, origin: str) -> list[PromptRow]:
     """Validate every record; ``lines`` (JSON Lines files) puts each row's line number in the errors."""
-    from pytest_steer.ifeval import INSTRUCTION_IDS, InstructionError, validate_kwargs
+    from pytest_steer.ifeval import INSTRUCTION_IDS, InstructionError, unknown_instruction_id, validate_kwargs
 
     if not records:
         raise DatasetError(f"{origin} has no rows")
@@ -180,11 +179,6 @@ def parse_rows(records: Sequence[Mapping[str, Any]], lines: Sequence[int] | None
     return rows
 
 
-def unknown_instruction_id(instruction_id: str, known: Sequence[str]) -> str:
-    """The message for an id that is not one of ``known``, with the nearest ids when some are close."""
-    close = difflib.get_close_matches(instruction_id, known, n=3)
-    hint = f"did you mean {' or '.join(close)}?" if close else f"known ids: {', '.join(known)}"
-    return f"unknown instruction id {instruction_id!r}; {hint}"
 
 
 def select(rows: Sequence[PromptRow], selection: Selection, *, origin: str = "the dataset") -> list[PromptRow]:

@@ -1,11 +1,11 @@
 """A run's gates and fail-ifs decided sequentially: their per-prompt streams, the looks, the final verdicts.
 
 Every check of the family gets a betting e-process on its per-prompt values
-(:mod:`pytest_steer.sequential`). After each block of prompts a check is *shown*, *shown
+(:mod:`pytest_steer.stats.eprocess`). After each block of prompts a check is *shown*, *shown
 not* or *open*; a gate passes when shown and fails when shown not, a fail-if the other
 way round, exactly as when the fixed design decides it. Generation can stop once no
 check is open. Checks still open when the prompts run out are decided by the fixed
-design (:func:`pytest_steer.gates.evaluate_gates`) at the remaining share of the error.
+design (:func:`pytest_steer.stats.gates.evaluate_gates`) at the remaining share of the error.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from pytest_steer.aggregate import QUALITY_METRIC, ConfigAggregate, aggregate
-from pytest_steer.gates import FAIL_IF, GATE, Gate, GateResult, evaluate_gates, parse_gate
-from pytest_steer.sequential import (
+from pytest_steer.stats.aggregate import QUALITY_METRIC, ConfigAggregate, aggregate
+from pytest_steer.stats.bootstrap import expanded_tail
+from pytest_steer.stats.eprocess import (
     FUTILITY_FACTOR,
     OPEN,
     SEQUENTIAL_SHARE,
@@ -33,7 +33,7 @@ from pytest_steer.sequential import (
     prompt_blocks,
     prompts_per_config,
 )
-from pytest_steer.stats import expanded_tail
+from pytest_steer.stats.gates import FAIL_IF, GATE, Gate, GateResult, evaluate_gates, parse_gate
 
 INSTRUCTION_RATIOS = ("strict_instruction_accuracy", "loose_instruction_accuracy")  # per prompt: followed / instructions
 DEFAULT_BLOCK_SIZE = 8
@@ -191,7 +191,7 @@ def decide_sequentially(
     cases restricted to the prompts ``keys`` (``by_config[config]`` for a config that stopped
     earlier). ``budget`` holds every prompt the run may generate
     (default: those of ``full``), and ``max_instructions`` the largest instruction count among
-    them (default: among ``full``'s); they come in :func:`pytest_steer.sequential.prompt_blocks`
+    them (default: among ``full``'s); they come in :func:`pytest_steer.stats.eprocess.prompt_blocks`
     order, and a prompt's values are complete once its block is, since every config of a
     prompt is in the same block.
     """
@@ -232,7 +232,7 @@ def final_resamples(tail: float, n_prompts: int) -> int:
     """Resamples that put about ``FINAL_TAIL_DRAWS`` beyond the smallest tail the budget's decision reads.
 
     That tail is the family's error at the budget over Holm's family size, expanded for
-    ``n_prompts`` (:func:`pytest_steer.stats.expanded_tail`): with the run's 2,000 resamples
+    ``n_prompts`` (:func:`pytest_steer.stats.bootstrap.expanded_tail`): with the run's 2,000 resamples
     a handful of replicates decides there, and their chance count makes the decision
     anti-conservative. Capped at ``MAX_FINAL_RESAMPLES``.
     """

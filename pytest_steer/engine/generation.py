@@ -1,7 +1,7 @@
 """Batched, seeded generation.
 
 Each response samples with random numbers derived from its own case seed
-(:mod:`pytest_steer.sampling`) and is decoded by :func:`pytest_steer.decoding.decode`, which
+(:mod:`pytest_steer.engine.sampling`) and is decoded by :func:`pytest_steer.engine.decoding.decode`, which
 prefills each distinct prompt of a batch once and drops rows as they end. A response
 therefore depends only on its prompt, its seed and the model, never on the other rows of
 its batch or on the order in which batches run.
@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
-from pytest_steer.decoding import decode
-from pytest_steer.models import LoadedModel
-from pytest_steer.sampling import RowSampler, greedy
+from pytest_steer.engine.decoding import decode
+from pytest_steer.engine.sampling import RowSampler, greedy
+from pytest_steer.model.loading import LoadedModel
+from pytest_steer.model.prompts import prompt_lengths, render_prompt
+from pytest_steer.plan.batches import MAX_BATCH_SIZE
 from pytest_steer.steering.attention import shared_kernels
 from pytest_steer.steering.errors import SteeringWarning
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod
@@ -27,8 +29,6 @@ from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMe
 # Bumped whenever a change here alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.
 ENGINE_VERSION = 4
-CPU_BATCH_SIZE = 64  # benchmarks/bench_batch_size.py: 1.14x the tokens/s of 32 rows at 64 new tokens, 1.20x at 32
-MAX_BATCH_SIZE = 64
 COMPILED_STEPS = 64  # under --steer-compile: compiled variants of the decode step kept before the rest run uncompiled
 
 
@@ -95,22 +95,6 @@ class Generation:
     unsteered: ScoredTokens | None = field(default=None, compare=False, repr=False)
 
 
-def render_prompt(tokenizer: Any, prompt: str) -> str:
-    """The text the model sees: the chat template with a generation prompt, when there is one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return prompt
-
-
-def prompt_lengths(tokenizer: Any, prompts: Sequence[str]) -> list[int]:
-    """Each prompt's length in tokens as the model receives it (chat template applied)."""
-    texts = [render_prompt(tokenizer, p) for p in prompts]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def planned_batch_size(device_type: str) -> int:
-    """Rows per planned batch when ``--steer-batch-size`` is auto: a CPU's size, or a GPU's upper bound."""
-    return MAX_BATCH_SIZE if device_type == "cuda" else CPU_BATCH_SIZE
 
 
 def memory_batch_limit(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
@@ -128,7 +112,7 @@ class Engine:
     """Generates responses for batches of requests with one loaded model.
 
     With ``compile_mode`` (a ``torch.compile`` mode) the decode steps run the model's forward
-    compiled in that mode, on a fixed-shape KV cache (see :mod:`pytest_steer.decoding`); it is
+    compiled in that mode, on a fixed-shape KV cache (see :mod:`pytest_steer.engine.decoding`); it is
     compiled once per batch shape, and per steering configuration that changes what attention
     computes (a steered head set), the first time that shape or configuration runs.
     """
@@ -247,13 +231,3 @@ def prompt_prefills(cache: Any, input_ids: torch.Tensor, attention_mask: torch.T
         layers = tuple((layer.keys[row, :, padding:-1].clone(), layer.values[row, :, padding:-1].clone()) for layer in cache.layers)
         prefills.append(PromptPrefill(tuple(input_ids[row, padding:].tolist()), layers))
     return prefills
-
-
-def batch_indices(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar prompt length (longest first), to limit padding.
-
-    Ties keep their input order, so the plan is a pure function of the case list.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from pytest_steer.data import PromptRow, highlights
+from pytest_steer.plan.data import PromptRow, highlights
 from pytest_steer.steering.parameters import FilePath
 
 BASELINE = "baseline"

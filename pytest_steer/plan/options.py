@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.data import HIGHLIGHTS, unknown_instruction_id
-from pytest_steer.hub import looks_like_hub_id
-from pytest_steer.sharding import Shard, parse_shard
+from pytest_steer.plan.data import HIGHLIGHTS
+from pytest_steer.plan.sharding import Shard, parse_shard
+from pytest_steer.store.hub import looks_like_hub_id
 
 CASE_MODES = ("record", "strict")
 SCALE_POSITIONS = ("include", "exclude", "generation")
@@ -28,7 +28,7 @@ REWARD_PREFIX = "reward:"
 REFERENCE_REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
 REWARD_TRANSFORMS = ("identity", "sigmoid")
 LABELLED_REWARD_TRANSFORMS = ("softmax", "log_softmax")
-GATE_CORRECTIONS = ("holm", "none")  # pytest_steer.gates.CORRECTIONS, without importing numpy here
+GATE_CORRECTIONS = ("holm", "none")  # pytest_steer.stats.gates.CORRECTIONS, without importing numpy here
 
 
 def _whole_number(text: str, expected: str) -> int:
@@ -125,7 +125,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def _instruction_ids(text: str) -> tuple[str, ...]:
-    from pytest_steer.ifeval import INSTRUCTION_IDS
+    from pytest_steer.ifeval import INSTRUCTION_IDS, unknown_instruction_id
 
     ids = _csv(text)
     for instruction_id in ids:
@@ -135,7 +135,7 @@ def _instruction_ids(text: str) -> tuple[str, ...]:
 
 
 def _gate(text: str) -> str:
-    from pytest_steer.gates import parse_gate
+    from pytest_steer.stats.gates import parse_gate
 
     parse_gate(text)  # a syntax error stops pytest here, with a caret at its position
     return text
@@ -150,7 +150,7 @@ def _error_budget(text: str) -> float:
 
 
 def _compare_fail(text: str) -> str:
-    from pytest_steer.gates import parse_compare_fail
+    from pytest_steer.stats.gates import parse_compare_fail
 
     parse_compare_fail(text)
     return text

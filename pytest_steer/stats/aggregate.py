@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_steer.stats import Bootstrap, Interval, bootstrap, paired_bootstrap
+from pytest_steer.stats.bootstrap import Bootstrap, Interval, bootstrap, paired_bootstrap
 
 ACCURACY_METRICS = (
     "strict_prompt_accuracy",

@@ -6,16 +6,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_steer.aggregate import ConfigAggregate, aggregate, deltas_vs_baseline, instruction_deltas_vs_baseline
-from pytest_steer.gates import ComparisonResult, GateResult
-from pytest_steer.options import SteerSettings
-from pytest_steer.selection import RunSelection
-from pytest_steer.stats import Interval
+from pytest_steer.plan.options import SteerSettings
+from pytest_steer.run.selection import RunSelection
+from pytest_steer.stats.aggregate import ConfigAggregate, aggregate, deltas_vs_baseline, instruction_deltas_vs_baseline
+from pytest_steer.stats.bootstrap import Interval
+from pytest_steer.stats.gates import ComparisonResult, GateResult
 
 
 @dataclass(frozen=True)
 class RunResults:
-    run: dict[str, Any]  # the run's fingerprint (pytest_steer.spec.RunSpec.fingerprint)
+    run: dict[str, Any]  # the run's fingerprint (pytest_steer.plan.spec.RunSpec.fingerprint)
     records: list[dict[str, Any]]
     aggregates: list[ConfigAggregate]
     deltas: dict[str, dict[str, Interval]] = field(default_factory=dict)

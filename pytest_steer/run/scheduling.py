@@ -1,6 +1,6 @@
 """xdist scheduling that keeps each generation batch's cases on one worker.
 
-Batches are planned at collection from the case list alone (pytest_steer.collection), so
+Batches are planned at collection from the case list alone (pytest_steer.plan.collection), so
 the controller plans the same batches as every worker. Each batch is one work unit, with
 every test that requests one of its cases (several test functions, or a test
 parametrized further, may request the same case): `-n N` keeps N workers busy whenever a

@@ -34,7 +34,8 @@ from pytest_steer.report.markdown import write_markdown
 from pytest_steer.report.table import describe_run
 from pytest_steer.report.terminal import check_lines, checks_count_line, render_table, undecided_lines
 from pytest_steer.run.results import RunResults
-from pytest_steer.stats.gates import Gate
+from pytest_steer.stats.gate_language import Gate, parse_checks, parse_gate
+from pytest_steer.stats.gates import evaluate_gates
 from pytest_steer.stats.sequential import DEFAULT_BLOCK_SIZE, DEFAULT_QUALITY_CLIP, SequentialSettings, replay
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -147,7 +148,6 @@ def _report(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     from pytest_steer.report.merge import decide_selected, merge_reports
-    from pytest_steer.stats.gates import evaluate_gates, parse_gate
 
     gates = [parse_gate(text) for text in args.gate]  # syntax errors stop before any reading
     fail_ifs = [parse_gate(text) for text in args.fail_if]
@@ -165,7 +165,7 @@ def _merge(args: argparse.Namespace) -> int:
         max_errors=args.max_errors,
         min_prompts=args.min_prompts,
     )
-    decided, selection = decide_selected(results, gated, (gates, fail_ifs))
+    decided, selection = decide_selected(results, gated, parse_checks(gates, fail_ifs))
     merged = replace(results, gates=decided, selection=selection, min_prompts=args.min_prompts)
     code = _write(merged, args.out, args.summary_md, exit_on_gates=True)
     if args.sequential:  # as a partial run, which takes no look: every selected case runs

@@ -54,7 +54,7 @@ def report_verdicts(config: pytest.Config, results: Any) -> int:
     """Report every gate, comparison, refused comparison and undecided check of ``results``; return how many."""
     add_suite_properties(config, results.run)
     for gate in results.gates:
-        report_outcome(config, gate_nodeid(gate.config, gate.gate), _verdict(gate.passed), gate.message, gate.to_dict())
+        report_outcome(config, gate_nodeid(gate.config, gate.label), _verdict(gate.passed), gate.message, gate.to_dict())
     for comparison in results.comparisons:
         nodeid = f"steer-baseline::{comparison.config}::{comparison.metric}"
         report_outcome(config, nodeid, _verdict(comparison.passed), comparison.message, comparison.to_dict())

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_steer.plan.options import add_options, settings_from_config
-from pytest_steer.run.session import SteerSession, stop_reason
+from pytest_steer.report.outputs import Written, write_outputs
+from pytest_steer.run.session import SESSION_KEY, SteerSession, stop_reason
 
 if TYPE_CHECKING:
     from pytest_steer.steer_case import SteerCase
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 pytest.register_assert_rewrite("pytest_steer.assertions")
 
 CASE_FIXTURE = "steer_case"
-SESSION_KEY = pytest.StashKey[SteerSession]()
+WRITTEN_KEY = pytest.StashKey[Written]()  # what the run's outputs wrote, and which failed
 RECORD_KEY = pytest.StashKey[Any]()  # the CaseRecord of an item, typed until it leaves the process
 HTML_PLUGIN = "steer-html"
 RECEIVER_PLUGIN = "steer-reports"
@@ -52,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session = SteerSession(config, settings)
     config.stash[SESSION_KEY] = session
     if settings.sequential:
-        from pytest_steer.run.looks import shared_records
+        from pytest_steer.run.shared_records import shared_records
 
         session.shared = shared_records(config, SHARED_RECORDS)
     config.pluginmanager.register(ReportReceiver(session), RECEIVER_PLUGIN)
@@ -249,10 +250,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.config.workeroutput[UNSENT_RECORDS] = steer.unsent()  # type: ignore[attr-defined]
     if not steer.reports_here:  # workers leave reports to the controller
         return
-    from pytest_steer.report.outputs import write_outputs
-
-    steer.written = write_outputs(steer.results(), steer.settings, steer.settings.report_dir, config=session.config)
-    if steer.written.failures and exitstatus == pytest.ExitCode.OK:
+    written = write_outputs(steer.results(), steer.settings, steer.settings.report_dir, config=session.config)
+    session.config.stash[WRITTEN_KEY] = written
+    if written.failures and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an output the user asked for is missing
 
 
@@ -263,16 +263,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     from pytest_steer.report.terminal import write_summary, written_lines
 
     results = steer.results()
+    written = terminalreporter.config.stash.get(WRITTEN_KEY, Written())
     for note in results.notes:
         terminalreporter.write_line(f"[steer] note: {note}", yellow=True)
     write_summary(terminalreporter, results)
-    for line in written_lines(steer.written.paths):
+    for line in written_lines(written.paths):
         terminalreporter.write_line(line)
-    full_report = steer.written.partial_apart
+    full_report = written.partial_apart
     if full_report is not None:
         note = f"[steer] a partial run writes its report apart: the full run's report in {full_report} is left as it was"
         terminalreporter.write_line(note, yellow=True)
-    for failure in steer.written.failures:
+    for failure in written.failures:
         terminalreporter.write_line(f"[steer] {failure}", red=True)
 
 

@@ -12,9 +12,8 @@ from pytest_steer.stats.aggregate import (
     aggregate,
     compare,
     deltas_vs_baseline,
-    follow_rate_name,
-    split_follow_rate,
 )
+from pytest_steer.stats.metrics import follow_rate_name, split_follow_rate
 
 
 def make_record(

@@ -81,7 +81,9 @@ def test_damaged_entry_is_a_miss_and_a_new_put_repairs_it(tmp_path: Path, damage
         pytest.param(b'"text"', id="a-string"),
         pytest.param(b"null", id="null"),
         pytest.param(b"1" * 5000, id="an-int-too-long-to-parse"),
-        pytest.param(b'{"format": 1, "key": "K", "payload": {"text": "\\ud800", "n_new_tokens": 1, "missing_spans": []}}', id="lone-surrogate"),
+        pytest.param(
+            b'{"format": 1, "key": "K", "payload": {"text": "\\ud800", "n_new_tokens": 1, "missing_spans": []}}', id="lone-surrogate"
+        ),
         pytest.param(b'{"format": 1, "key": "K", "payload": [], "checksum": "x"}', id="payload-not-a-dict"),
         pytest.param(b'{"format": 1, "key": "K", "payload": {"text": "t", "n_new_tokens": 1, "missing_spans": [[]]}}', id="spans-not-text"),
     ],
@@ -350,7 +352,7 @@ def test_a_process_that_loaded_a_model_leaves_its_objects_to_no_exit_collection(
     assert "frozen objects: 0" in cached.stdout.str()  # nothing was loaded: nothing to spare the collector
 
 
-METHOD_SOURCE = '''
+METHOD_SOURCE = """
 from pytest_steer.steering import PreparedPrompt, SteeringMethod
 
 SUFFIX = "{suffix}"
@@ -358,18 +360,19 @@ SUFFIX = "{suffix}"
 
 class Tail(SteeringMethod):
     name = "tail"
+    version = {version}
 
     def prepare(self, prompt, highlights):
         return PreparedPrompt(prompt + {body})
-'''
+"""
 
 
-def _method_from_source(folder: Path, module: str, suffix: str = "!", body: str = "SUFFIX") -> type:
+def _method_from_source(folder: Path, module: str, suffix: str = "!", body: str = "SUFFIX", version: int = 1) -> type:
     import importlib.util
 
     folder.mkdir(exist_ok=True)
     path = folder / f"{module}.py"
-    path.write_text(METHOD_SOURCE.format(suffix=suffix, body=body))
+    path.write_text(METHOD_SOURCE.format(suffix=suffix, body=body, version=version))
     spec = importlib.util.spec_from_file_location(module, path)
     assert spec is not None and spec.loader is not None
     loaded = importlib.util.module_from_spec(spec)
@@ -377,18 +380,31 @@ def _method_from_source(folder: Path, module: str, suffix: str = "!", body: str 
     return loaded.Tail
 
 
-def test_a_method_is_keyed_by_its_code_as_well_as_its_params(tmp_path: Path) -> None:
-    from pytest_steer.store.responses import method_code
+def test_a_users_method_is_keyed_by_its_code_as_well_as_its_params(tmp_path: Path) -> None:
+    from pytest_steer.steering.identity import method_identity
 
     original = _method_from_source(tmp_path / "a", "tail_a")
     renamed = _method_from_source(tmp_path / "b", "tail_b")
     body_changed = _method_from_source(tmp_path / "c", "tail_c", body="SUFFIX * 2")
     constant_changed = _method_from_source(tmp_path / "d", "tail_d", suffix="?")
     assert original().params() == body_changed().params() == constant_changed().params() == {}
-    codes = [method_code(cls) for cls in (original, renamed, body_changed, constant_changed)]
+    codes = [method_identity(cls) for cls in (original, renamed, body_changed, constant_changed)]
     assert len(set(codes)) == 4  # a new module name, a new method body, a new module constant: each a new key
-    assert method_code(original) == codes[0]
-    assert method_code(type("Sub", (original,), {"__module__": original.__module__})) != codes[0]
+    assert method_identity(original) == codes[0]
+    assert method_identity(type("Sub", (original,), {"__module__": original.__module__})) != codes[0]
+
+
+def test_a_built_in_method_is_keyed_by_its_name_and_version_not_by_its_files_bytes(tmp_path: Path) -> None:
+    from pytest_steer.steering import PASTA, ActAdd, Emphasis
+    from pytest_steer.steering.identity import method_identity
+    from pytest_steer.store.responses import digest
+
+    original = _method_from_source(tmp_path / "a", "pytest_steer.tail_a")
+    moved_and_edited = _method_from_source(tmp_path / "b", "pytest_steer.steering.tail_b", suffix="?", body="SUFFIX * 2")
+    bumped = _method_from_source(tmp_path / "c", "pytest_steer.tail_c", version=2)
+    assert method_identity(original) == method_identity(moved_and_edited) != method_identity(bumped)
+    for method in (PASTA, ActAdd, Emphasis):
+        assert method_identity(method) == digest([{"class": method.__name__, "version": method.version}])
 
 
 def test_the_generation_key_changes_with_the_method_code(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -4,15 +4,9 @@ import pytest
 
 from pytest_steer.stats.aggregate import ConfigAggregate, compare_bootstrap
 from pytest_steer.stats.bootstrap import Interval
-from pytest_steer.stats.gates import (
-    Gate,
-    GateSyntaxError,
-    Selector,
-    compare_runs,
-    evaluate_gates,
-    parse_compare_fail,
-    parse_gate,
-)
+from pytest_steer.stats.comparison import compare_runs, parse_compare_fail
+from pytest_steer.stats.gate_language import Gate, GateSyntaxError, Selector, parse_gate
+from pytest_steer.stats.gates import evaluate_gates
 
 
 def make_config(
@@ -396,7 +390,7 @@ def test_fail_if_fails_only_when_shown() -> None:
         ("alpha10", "fail_if", False, True),
         ("alpha30", "fail_if", True, False),  # shown to hurt
     ]
-    assert all(r.gate == "fail if strict_prompt_accuracy - baseline < 0" for r in results)
+    assert all(r.label == "fail if strict_prompt_accuracy - baseline < 0" for r in results)
     assert "fails if shown: ci_high < 0" in results[2].message
 
 

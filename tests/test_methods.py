@@ -45,11 +45,11 @@ def test_configs_are_named_after_their_method_and_parameters() -> None:
 
 def test_a_file_parameter_names_its_config_by_the_files_stem_and_a_digest_of_its_path() -> None:
     from pytest_steer.plan.collection import run_configs
-    from pytest_steer.plan.options import _method
+    from pytest_steer.plan.method_spec import parse_method
 
     deep = "/home/me/runs/2024-06-01/llama-3-8b/layer-15/direction.safetensors"
     other = "/home/me/runs/2024-07-01/llama-3-8b/layer-15/direction.safetensors"
-    settings = SteerSettings(method=(_method(f"actadd:layer=15,coeff=0.5,vector={deep},{other}"), _method("actadd:layer=1,coeff=1,pairs=my-pairs.jsonl")))
+    settings = SteerSettings(method=(parse_method(f"actadd:layer=15,coeff=0.5,vector={deep},{other}"), parse_method("actadd:layer=1,coeff=1,pairs=my-pairs.jsonl")))
     configs = run_configs(settings, method_registry())
     names = [config.name for config in configs[1:]]
     assert [re.sub(r"_[0-9a-f]{6}$", "_<digest>", name) for name in names] == [

@@ -11,7 +11,9 @@ import pytest
 from pytest_steer.plan.cases import Case, build_cases, steering_configs
 from pytest_steer.plan.data import PromptRow
 from pytest_steer.run.selection import ConfigSelection, RunSelection
-from pytest_steer.stats.gates import ComparisonResult, GateResult
+from pytest_steer.stats.comparison import ComparisonResult
+from pytest_steer.stats.gate_language import Check, CheckForm, parse_checks
+from pytest_steer.stats.gates import GateResult
 
 TWO_TESTS = """
 import pytest
@@ -42,7 +44,8 @@ def plan_cases() -> list[Case]:
 
 
 def gate(text: str, config: str | None) -> GateResult:
-    return GateResult(text, config, True, None, 0.0, f"{config}: {text} -> PASS")
+    form = CheckForm.FAIL_IF if text.startswith(CheckForm.FAIL_IF.label_prefix) else CheckForm.GATE
+    return GateResult(Check.from_label(text, form), config, True, None, f"{config}: {text} -> PASS")
 
 
 # ---------------------------------------------------------------------------- units
@@ -89,7 +92,7 @@ def test_a_run_stopped_early_leaves_the_checks_of_what_it_did_not_run_undecided(
     assert selection.partial
     on_baseline = gate("quality > 0", "baseline")
     kept, _, decided = selection.decide(
-        [on_baseline], [], configs=steering_configs([10.0]), expressions=["quality > 0", "fail if alpha=10: quality - baseline < 0"]
+        [on_baseline], [], configs=steering_configs([10.0]), checks=parse_checks(["quality > 0"], ["alpha=10: quality - baseline < 0"])
     )
     assert kept == [on_baseline]  # the baseline ran to the end: its check is decided
     assert [(check.name, check.config, check.reason) for check in decided.undecided] == [
@@ -106,8 +109,10 @@ def test_a_run_stopped_early_leaves_the_checks_of_what_it_did_not_run_undecided(
 def test_a_gate_whose_config_was_not_selected_at_all_is_not_decided() -> None:
     cases = plan_cases()
     selection = RunSelection.of(cases, {case.id for case in cases if case.config.name == "baseline"})
-    no_target = GateResult("alpha=10: quality > 0", None, False, None, 0.0, "selects no config -> FAIL")
-    kept, _, decided = selection.decide([no_target], [], configs=steering_configs([10.0]), expressions=["alpha=10: quality > 0"])
+    no_target = GateResult(Check.from_label("alpha=10: quality > 0", CheckForm.GATE), None, False, None, "selects no config -> FAIL")
+    kept, _, decided = selection.decide(
+        [no_target], [], configs=steering_configs([10.0]), checks=parse_checks(["alpha=10: quality > 0"], [])
+    )
     assert kept == []
     assert len(decided.undecided) == 1  # named once, on the config it selects
     assert decided.undecided[0].config == "pasta_alpha10"
@@ -288,7 +293,7 @@ def test_a_config_without_any_selected_case_leaves_its_checks_undecided() -> Non
     selection = RunSelection.of(cases, {case.id for case in cases if case.config.name == "baseline"})
     configs = steering_configs([10.0])
     _, _, decided = selection.decide(
-        [], [], configs=configs, expressions=["quality > 0", "fail if alpha=10: quality - baseline < 0"], compared=["quality"]
+        [], [], configs=configs, checks=parse_checks(["quality > 0"], ["alpha=10: quality - baseline < 0"]), compared=["quality"]
     )
     assert [(check.kind, check.name, check.config) for check in decided.undecided] == [
         ("gate", "quality > 0", "pasta_alpha10"),

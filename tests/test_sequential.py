@@ -21,11 +21,11 @@ from pytest_steer.stats.eprocess import (
     betting_wealth,
     centered_scores,
     decide_looks,
-    holm,
     prompt_blocks,
     running_p_values,
 )
 from pytest_steer.stats.gates import evaluate_gates
+from pytest_steer.stats.holm import holm
 from pytest_steer.stats.sequential import (
     FINAL_TAIL_DRAWS,
     MAX_FINAL_RESAMPLES,

@@ -17,6 +17,11 @@ unwritten slots masked in a mask updated in place. The step's shapes and buffers
 change, so the compiled step is traced once per batch shape and replays as one graph. The
 prefill stays eager. The model is still called as a module, so steering hooks run.
 
+The loop (:func:`decode`) is the same for every cache; what a kind of cache does at each
+point of it is one :class:`DecodeSteps`: :class:`PreallocatedSteps` (the default),
+:class:`FixedShapeSteps` (the fixed shape above) and :class:`DynamicSteps` (transformers'
+own cache, kept for models whose layers are not all plain full attention).
+
 The model is driven through its documented forward (``input_ids``, ``attention_mask``,
 ``position_ids``, the cache, ``logits_to_keep``), the cache API (``Cache`` of
 ``CacheLayerMixin`` layers, ``batch_select_indices``) and the model's acceptance of a
@@ -26,11 +31,12 @@ prepared 4D mask. The cache argument is named ``cache`` from transformers 5.24 a
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Collection
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
 import torch
 
@@ -115,6 +121,207 @@ def forward_replaced(model: Any, forward: Callable[..., Any] | None) -> Any:
             model.forward = own
 
 
+class DecodeSteps(Protocol):
+    """How the decode loop runs the model over one kind of KV cache."""
+
+    step_forward: Callable[..., Any] | None  # what ``model(...)`` runs for the steps; None: the model's own forward
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None) -> torch.Tensor:
+        """Run the left-padded prompts into the cache, then show it to ``prefilled``; each prompt's next-token logits."""
+        ...
+
+    def fan_out(self, prompt_of_row: torch.Tensor) -> None:
+        """Select the prompts' cache into one row per response, row ``r`` continuing prompt ``prompt_of_row[r]``."""
+        ...
+
+    def drop(self, ended: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Let go of the running rows whose ``chosen`` token ended them (``ended``); the indices of the running rows
+        that go on, in their new order."""
+        ...
+
+    def step(self, chosen: torch.Tensor) -> torch.Tensor:
+        """Feed each running row its ``chosen`` token; the scores of each one's next token."""
+        ...
+
+
+class _Steps:
+    """What every kind shares: the prompts' prefill and the positions and keys of the steps."""
+
+    step_forward: Callable[..., Any] | None = None
+
+    def __init__(self, model: Any, cache: Any, capacity: int, rows_changed: RowsChanged) -> None:
+        self.model = model
+        self.cache = cache
+        self.capacity = capacity
+        self.rows_changed = rows_changed
+        self.cache_name = cache_argument(model)
+        self.forward_parameters = forward_parameters(model)
+
+    def _run_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_mask: torch.Tensor, **extra: Any) -> torch.Tensor:
+        self.attention_mask = attention_mask
+        self.keys = input_ids.shape[1]  # the keys the next step sees
+        self.positions = attention_mask.long().cumsum(-1) - 1
+        self.positions.masked_fill_(attention_mask == 0, 1)
+        if "logits_to_keep" in self.forward_parameters:
+            extra = {"logits_to_keep": 1, **extra}
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=prompt_mask,
+            position_ids=self.positions,
+            use_cache=True,
+            **{self.cache_name: self.cache},
+            **extra,
+        )
+        return out.logits[:, -1]
+
+
+class _ShrinkingSteps(_Steps, abc.ABC):
+    """Steps whose batch holds the running rows only: a row that ends leaves the batch and the cache."""
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None) -> torch.Tensor:
+        logits = self._run_prompts(input_ids, attention_mask, attention_mask)
+        if prefilled is not None:
+            prefilled(self.cache)
+        return logits
+
+    def fan_out(self, prompt_of_row: torch.Tensor) -> None:
+        self.cache.batch_select_indices(prompt_of_row)
+        self.rows_changed(prompt_of_row)
+        self.prompt_of_row = prompt_of_row
+        self.mask = self._step_mask(self.attention_mask[prompt_of_row])
+        self.position = self.positions[prompt_of_row, -1:]
+
+    def drop(self, ended: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        keep = self._kept(~ended)
+        self.mask, self.position, self.prompt_of_row = self.mask[keep], self.position[keep], self.prompt_of_row[keep]
+        self.cache.batch_select_indices(keep)
+        self.rows_changed(self.prompt_of_row)
+        return keep
+
+    def step(self, chosen: torch.Tensor) -> torch.Tensor:
+        self.keys += 1
+        self.position = self.position + 1
+        inputs = {
+            "input_ids": chosen[:, None],
+            "attention_mask": self._next_mask(),
+            "position_ids": self.position,
+            self.cache_name: self.cache,
+        }
+        return self.model(**inputs, use_cache=True).logits[:, -1]
+
+    @abc.abstractmethod
+    def _step_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The mask the steps start from, given the response rows' padding mask."""
+
+    @abc.abstractmethod
+    def _kept(self, goes_on: torch.Tensor) -> torch.Tensor:
+        """The rows that stay in the batch, in their new order, given which of them go on."""
+
+    @abc.abstractmethod
+    def _next_mask(self) -> torch.Tensor:
+        """The mask of the step about to run (``keys`` already counts its token)."""
+
+
+class PreallocatedSteps(_ShrinkingSteps):
+    """The default cache: one additive mask for every step, of which a step sees its first ``keys`` columns;
+    rows that end are replaced by rows from the end of the batch."""
+
+    def _step_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        return padding_bias(attention_mask, self.capacity, self.model.dtype)
+
+    def _kept(self, goes_on: torch.Tensor) -> torch.Tensor:
+        return compaction(goes_on)
+
+    def _next_mask(self) -> torch.Tensor:
+        return self.mask[..., : self.keys]
+
+
+class DynamicSteps(_ShrinkingSteps):
+    """transformers' own cache (sliding windows...): the model builds its masks from a padding mask grown by one per step."""
+
+    def _step_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        return attention_mask
+
+    def _kept(self, goes_on: torch.Tensor) -> torch.Tensor:
+        return goes_on.nonzero()[:, 0]
+
+    def _next_mask(self) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        return self.mask
+
+
+class FixedShapeSteps(_Steps):
+    """``--steer-compile``: every step runs every row over the whole cache, so its shapes and buffers never change.
+
+    A row that ended is fed its end token again and its scores dropped; the slots not written
+    yet stay masked until their step.
+    """
+
+    def __init__(self, model: Any, cache: Any, capacity: int, rows_changed: RowsChanged, step_forward: Callable[..., Any] | None) -> None:
+        super().__init__(model, cache, capacity, rows_changed)
+        self.step_forward = step_forward
+        # transformers 5.0 reads a forward's slots from cache_position, else from the cache's length (a number a graph would bake in)
+        self.slot_argument = "cache_position" in self.forward_parameters
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None) -> torch.Tensor:
+        extra = {"cache_position": torch.arange(input_ids.shape[1], device=input_ids.device)} if self.slot_argument else {}
+        logits = self._run_prompts(input_ids, attention_mask, prefill_mask(attention_mask, self.capacity, self.model.dtype), **extra)
+        advance(self.cache, input_ids.shape[1])
+        if prefilled is not None:
+            for layer in self.cache.layers:
+                layer.filled()
+            prefilled(self.cache)
+        return logits
+
+    def fan_out(self, prompt_of_row: torch.Tensor) -> None:
+        self.cache.batch_select_indices(prompt_of_row)
+        self.rows_changed(prompt_of_row)
+        self.mask = padding_bias(self.attention_mask[prompt_of_row], self.capacity, self.model.dtype)
+        self.mask[..., self.keys :] = torch.finfo(self.model.dtype).min
+        self.position = self.positions[prompt_of_row, -1:]
+        self.running = torch.arange(len(prompt_of_row), device=prompt_of_row.device)
+        self.fed = torch.empty(len(prompt_of_row), dtype=torch.int64, device=prompt_of_row.device)  # the token each row is fed
+
+    def drop(self, ended: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        self.fed[self.running[ended]] = chosen[ended]  # from now on, the end token each of these rows chose
+        keep = (~ended).nonzero()[:, 0]
+        self.running = self.running[keep]
+        return keep
+
+    def step(self, chosen: torch.Tensor) -> torch.Tensor:
+        self.fed[self.running] = chosen
+        self.keys += 1
+        self.position = self.position + 1
+        self.mask[..., self.keys - 1] = 0
+        extra = {"cache_position": self.cache.layers[0].write_at.clone()} if self.slot_argument else {}
+        inputs = {"input_ids": self.fed[:, None], "attention_mask": self.mask, "position_ids": self.position, self.cache_name: self.cache}
+        out = self.model(**inputs, use_cache=True, **extra)
+        advance(self.cache, 1)
+        return out.logits[:, -1][self.running]
+
+
+def decode_steps(
+    model: Any,
+    prompt_length: int,
+    max_new_tokens: int,
+    rows_changed: RowsChanged,
+    *,
+    fixed_shape: bool,
+    step_forward: Callable[..., Any] | None,
+) -> DecodeSteps:
+    """The steps over the KV cache this model takes: fixed-shape ones where asked for and possible."""
+    capacity = prompt_length + max_new_tokens
+    if fixed_shape:  # batches of nearby prompt lengths share one step shape, so one compiled step
+        capacity = -(-capacity // FIXED_CAPACITY_STEP) * FIXED_CAPACITY_STEP
+    cache, kind = row_cache(model, capacity, fixed_shape=fixed_shape)
+    if kind is CacheKind.FIXED_SHAPE:
+        return FixedShapeSteps(model, cache, capacity, rows_changed, step_forward)
+    if kind is CacheKind.PREALLOCATED:
+        return PreallocatedSteps(model, cache, capacity, rows_changed)
+    # uncompiled: transformers' own cache changes shape every step, so a compiled step would retrace each time
+    return DynamicSteps(model, cache, capacity, rows_changed)
+
+
 @overload
 def decode(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_of_row: torch.Tensor, seeds: torch.Tensor, *,
@@ -160,57 +367,22 @@ def decode(
     (the model's forward, compiled) runs the decode steps on a fixed-shape cache;
     ``fixed_shape`` runs them so without one. The tokens are the same either way.
     """
-    notify = rows_changed or (lambda rows: None)
     device = input_ids.device
-    fixed_shape = fixed_shape or step_forward is not None
-    capacity = input_ids.shape[1] + max_new_tokens
-    if fixed_shape:  # batches of nearby prompt lengths share one step shape, so one compiled step
-        capacity = -(-capacity // FIXED_CAPACITY_STEP) * FIXED_CAPACITY_STEP
-    cache, kind = row_cache(model, capacity, fixed_shape=fixed_shape)
-    fixed = kind is CacheKind.FIXED_SHAPE
-    if not fixed:  # transformers' own cache (sliding windows...) changes shape every step: a compiled step would retrace each time
-        step_forward = None
-    cache_name = cache_argument(model)
-    parameters = forward_parameters(model)
-    prefill_extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-    # transformers 5.0 reads a forward's slots from cache_position, else from the cache's length (a number a graph would bake in)
-    slot_argument = fixed and "cache_position" in parameters
-    positions = attention_mask.long().cumsum(-1) - 1
-    positions.masked_fill_(attention_mask == 0, 1)
-    prompt_mask = prefill_mask(attention_mask, capacity, model.dtype) if fixed else attention_mask
-    if slot_argument:
-        prefill_extra["cache_position"] = torch.arange(input_ids.shape[1], device=device)
-    out = model(
-        input_ids=input_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **{cache_name: cache}, **prefill_extra
-    )
-    if fixed:
-        advance(cache, input_ids.shape[1])
+    steps = decode_steps(
+        model, input_ids.shape[1], max_new_tokens, rows_changed or (lambda rows: None),
+        fixed_shape=fixed_shape or step_forward is not None, step_forward=step_forward,
+    )  # fmt: skip
     prompt_of_row = prompt_of_row.to(device)
-    if prefilled is not None:
-        if fixed:
-            for layer in cache.layers:
-                layer.filled()
-        prefilled(cache)
-    logits = out.logits[prompt_of_row, -1]
-    cache.batch_select_indices(prompt_of_row)
-    notify(prompt_of_row)
-    mask = attention_mask[prompt_of_row]
-    if kind is not CacheKind.DYNAMIC:  # one additive mask for every step; each step sees its first `keys` columns
-        mask = padding_bias(mask, capacity, model.dtype)
-    if fixed:  # the slots not written yet stay masked until their step
-        mask[..., input_ids.shape[1] :] = torch.finfo(model.dtype).min
-    position = positions[prompt_of_row, -1:]
-    keys = input_ids.shape[1]
+    scores = steps.prefill(input_ids, attention_mask, prefilled)[prompt_of_row]
+    steps.fan_out(prompt_of_row)
     seeds = seeds.to(device)
     eos = torch.tensor(sorted(eos_ids), device=device)
     rows = len(prompt_of_row)
     running = torch.arange(rows, device=device)  # the rows still generating, by their index in `tokens`
     tokens: list[list[int]] = [[] for _ in range(rows)]
     chosen_logprobs: list[list[float]] = [[] for _ in range(rows)]
-    fed = torch.empty(rows, dtype=torch.int64, device=device)  # fixed shape: the token each row is fed
-    with forward_replaced(model, step_forward):
+    with forward_replaced(model, steps.step_forward):
         for step in range(max_new_tokens):
-            scores = logits[running] if fixed else logits
             chosen = choose(scores, seeds[running], step)
             running_rows = running.tolist()
             for row, token in zip(running_rows, chosen.tolist()):
@@ -222,34 +394,10 @@ def decode(
             if step == max_new_tokens - 1:
                 break
             ended = torch.isin(chosen, eos)
-            if fixed:
-                fed[running] = chosen
             if bool(ended.any()):
                 if bool(ended.all()):
                     break
-                if fixed:
-                    running = running[~ended]
-                else:
-                    keep = compaction(~ended) if kind is CacheKind.PREALLOCATED else (~ended).nonzero()[:, 0]
-                    running, chosen, mask, position = running[keep], chosen[keep], mask[keep], position[keep]
-                    cache.batch_select_indices(keep)
-                    notify(prompt_of_row[running])
-            keys += 1
-            position = position + 1
-            extra = {}
-            if fixed:
-                mask[..., keys - 1] = 0
-                step_mask, step_tokens = mask, fed
-                if slot_argument:
-                    extra["cache_position"] = cache.layers[0].write_at.clone()
-            elif kind is CacheKind.PREALLOCATED:
-                step_mask, step_tokens = mask[..., :keys], chosen
-            else:
-                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-                step_mask, step_tokens = mask, chosen
-            inputs = {"input_ids": step_tokens[:, None], "attention_mask": step_mask, "position_ids": position, cache_name: cache}
-            out = model(**inputs, use_cache=True, **extra)
-            if fixed:
-                advance(cache, 1)
-            logits = out.logits[:, -1]
+                keep = steps.drop(ended, chosen)
+                running, chosen = running[keep], chosen[keep]
+            scores = steps.step(chosen)
     return (tokens, chosen_logprobs) if logprobs else tokens

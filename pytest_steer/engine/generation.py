@@ -95,8 +95,6 @@ class Generation:
     unsteered: ScoredTokens | None = field(default=None, compare=False, repr=False)
 
 
-
-
 def memory_batch_limit(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
     """On a GPU: how many rows a third of its free memory holds as KV cache."""
     config = loaded.model.config

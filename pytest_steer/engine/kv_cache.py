@@ -31,7 +31,7 @@ class CacheKind(Enum):
 
 @functools.cache
 def _layer_classes() -> tuple[type, type]:
-    from transformers.cache_utils import CacheLayerMixin  # imported late: collection never imports transformers
+    from transformers.cache_utils import CacheLayerMixin  # imported here: a run with every response cached never imports transformers
 
     class PreallocatedLayer(CacheLayerMixin):
         """One layer's keys and values in buffers sized for the whole decode, written in place.
@@ -161,6 +161,7 @@ def row_cache(model: Any, capacity: int, *, fixed_shape: bool = False) -> tuple[
     Models whose dynamic cache is anything but plain full-attention layers keep that cache,
     even when ``fixed_shape`` is asked for.
     """
+    # imported here: a run with every response cached never imports transformers
     from transformers import DynamicCache
     from transformers.cache_utils import Cache, DynamicLayer
 

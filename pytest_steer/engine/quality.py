@@ -172,7 +172,7 @@ class FluencyScorer:
 
     def _prefill(self, prompts: list[tuple[int, ...]]) -> list[PromptPrefill]:
         """One forward over the prompts without their last tokens, left-padded."""
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # imported here: a run with every response cached never imports transformers
 
         heads = [prompt[:-1] for prompt in prompts]
         width = max(len(head) for head in heads)
@@ -224,7 +224,7 @@ class FluencyScorer:
 def _fanned_out(prompts: list[tuple[int, ...]], prefills: dict[tuple[int, ...], PromptPrefill], width: int) -> Any:
     """A KV cache with one row per prompt of ``prompts``: each distinct prefill left-padded to
     ``width`` once, then selected into the rows that continue it."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # imported here: a run with every response cached never imports transformers
 
     distinct = list(dict.fromkeys(prompts))
     shapes = next(prefills[prompt] for prompt in distinct if prefills[prompt].length).layers
@@ -325,12 +325,11 @@ class RewardModelScorer:
         classifier whose head fits ``transform``. A hub id that is neither cached nor
         reachable fails within seconds with :class:`~pytest_steer.store.hub.HubUnavailableError`.
         """
+        # imported here: a run with every score cached never imports transformers
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         if not looks_like_hub_id(name) and not Path(name).expanduser().exists():
-            raise QualityError(
-                f"reward model path {name!r} does not exist; check the path, or score {QUALITY_FLUENCY} instead"
-            )
+            raise QualityError(f"reward model path {name!r} does not exist; check the path, or score {QUALITY_FLUENCY} instead")
         where = {"what": "reward model", "alternatives": reward_model_alternatives()}
         try:
             config = load_pretrained(AutoConfig, name, **where)

@@ -14,8 +14,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 from huggingface_hub import try_to_load_from_cache
 
+from pytest_steer.store.atomic import atomic_directory
 from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
 
 EMBEDDED = "embedded"
@@ -98,8 +97,7 @@ def _require_cuda_device(spec: str, device: torch.device) -> None:
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise ModelLoadError(
-            f"device {spec!r}: torch sees {count} CUDA device(s) (cuda:0-cuda:{count - 1}); "
-            f"use cuda:N with N below {count}, or auto"
+            f"device {spec!r}: torch sees {count} CUDA device(s) (cuda:0-cuda:{count - 1}); use cuda:N with N below {count}, or auto"
         )
 
 
@@ -159,7 +157,7 @@ def converted_checkpoint_dir(cache_dir: Path | None = None) -> Path:
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
     """No per-tensor progress bar while weights load: the plugin prints one line for the whole load."""
-    from transformers.utils import logging as transformers_logging
+    from transformers.utils import logging as transformers_logging  # why: collection imports this module, never transformers
 
     enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
@@ -183,10 +181,9 @@ def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
     with _file_lock(target.with_suffix(".lock")):
         if (target / FINGERPRINT_FILE).is_file():
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # why: collection imports this module, never transformers
 
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
-        try:
+        with atomic_directory(target) as tmp:
             quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             config = quantized.config
             if hasattr(config, "quantization_config"):  # transformers 5.0 already drops it after de-quantizing
@@ -197,11 +194,6 @@ def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
             AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
             fingerprint = {"name": EMBEDDED_NAME, "revision": f"sha256:{_sha256(gguf)}"}
             (tmp / FINGERPRINT_FILE).write_text(json.dumps(fingerprint))
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return target
 
 
@@ -219,9 +211,7 @@ def check_model_source(name: str) -> None:
             )
         return
     if path.exists():
-        raise ModelLoadError(
-            f"model {name!r} is a file; give the checkpoint directory that holds config.json and the weights"
-        )
+        raise ModelLoadError(f"model {name!r} is a file; give the checkpoint directory that holds config.json and the weights")
     if not looks_like_hub_id(name):
         raise ModelLoadError(
             f"model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); "
@@ -343,7 +333,7 @@ def load_tokenizer(name: str, *, cache_dir: Path | None = None) -> Any:
 
 @functools.cache
 def _load_tokenizer(source: str) -> Any:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # why: collection imports this module, never transformers
 
     tokenizer = load_pretrained(AutoTokenizer, source)
     tokenizer.padding_side = "left"  # decoder-only generation appends on the right
@@ -362,7 +352,7 @@ def load_model(
     worker_index: int | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer ready for batched generation."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # why: collection imports this module, never transformers
 
     if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ModelLoadError(

@@ -15,13 +15,18 @@ from pathlib import Path
 
 import pytest
 
+from pytest_steer.model.prompts import prompt_lengths
+from pytest_steer.plan import preflight
 from pytest_steer.plan.batches import batch_indices, planned_batch_size
 from pytest_steer.plan.cases import Case, SteeringConfig, build_cases, steering_configs
 from pytest_steer.plan.data import DatasetError, PromptRow, Selection, load_rows, select
-from pytest_steer.plan.options import SteerSettings, method_sweep
+from pytest_steer.plan.method_spec import method_sweep
+from pytest_steer.plan.options import SteerSettings
 from pytest_steer.plan.sharding import select_shard
+from pytest_steer.plan.spec import RunSpec
+from pytest_steer.steering import SteeringError, SteeringWarning
 from pytest_steer.steering.method import SteeringMethod
-from pytest_steer.steering.registry import bind_method_parameters
+from pytest_steer.steering.registry import bind_method_parameters, method_registry
 from pytest_steer.store.hub import HubUnavailableError
 from pytest_steer.store.responses import PROMPT_TOKENS, ResponseCache, prompt_tokens_key
 
@@ -36,10 +41,7 @@ class Plan:
     def work_units(self) -> dict[str, str]:
         """Case id -> the work unit that runs it under xdist: its config and batch."""
         return {
-            case_id: f"{name}#{index}"
-            for name, batches in self.batches.items()
-            for index, batch in enumerate(batches)
-            for case_id in batch
+            case_id: f"{name}#{index}" for name, batches in self.batches.items() for index, batch in enumerate(batches) for case_id in batch
         }
 
     @functools.cached_property
@@ -94,10 +96,7 @@ def plan_cases(
     ``methods`` defaults to the built-in ones. Prompt lengths are read from the response
     cache under ``cache_dir`` when it holds them, so a fully cached run loads no tokenizer.
     """
-    from pytest_steer.model.loading import ModelLoadError
-    from pytest_steer.plan import preflight
-    from pytest_steer.steering import SteeringError, SteeringWarning
-    from pytest_steer.steering.registry import method_registry
+    from pytest_steer.model.loading import ModelLoadError  # why: imports torch; this module loads with the plugin
 
     methods = methods if methods is not None else method_registry()
     try:
@@ -128,7 +127,7 @@ def plan_cases(
         lengths = {row.key: length for row, length in zip(rows, prompt_tokens)}
         blocks: tuple[tuple[str, ...], ...] = ()
         if settings.sequential:
-            from pytest_steer.stats.eprocess import prompt_blocks
+            from pytest_steer.stats.eprocess import prompt_blocks  # why: imports numpy; this module loads with the plugin
 
             blocks = tuple(tuple(block) for block in prompt_blocks([row.key for row in rows], settings.sequential_block, settings.seed))
             block_of = {key: index for index, block in enumerate(blocks) for key in block}
@@ -145,22 +144,17 @@ class OptionError(ValueError):
 @contextlib.contextmanager
 def naming(option: str) -> Iterator[None]:
     """Put the option's name in front of the errors of library calls made for it."""
-    from pytest_steer.model.loading import ModelLoadError
-    from pytest_steer.plan.preflight import with_option
-    from pytest_steer.steering import SteeringError
+    from pytest_steer.model.loading import ModelLoadError  # why: imports torch; this module loads with the plugin
 
     try:
         yield
     except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
-        raise OptionError(with_option(option, str(exc))) from None
+        raise OptionError(preflight.with_option(option, str(exc))) from None
 
 
 def check_settings(settings: SteerSettings, configs: tuple[SteeringConfig, ...]) -> None:
     """What the options alone decide: device, dtype, outputs, baseline file and its settings, gate selectors,
     quality checks under no quality scoring, reward model."""
-    from pytest_steer.plan import preflight
-    from pytest_steer.plan.spec import RunSpec
-
     preflight.check_device(settings.device)
     preflight.check_dtype(settings.dtype, settings.device)
     if settings.report_dir is not None:
@@ -189,8 +183,13 @@ def check_model(
     """What the model's config.json and tokenizer decide, without its weights: heads, architecture,
     context, and whether each method can steer the run's prompt ``rows``. Returns each prompt's length
     in tokens (in characters when the tokenizer is not at hand)."""
-    from pytest_steer.model.loading import EMBEDDED, check_model_source, embedded_checkpoint, read_model_config
-    from pytest_steer.plan import preflight
+    # why: imports torch; this module loads with the plugin
+    from pytest_steer.model.loading import (
+        EMBEDDED,
+        check_model_source,
+        embedded_checkpoint,
+        read_model_config,
+    )
 
     with naming("--steer-model"):
         check_model_source(settings.model)
@@ -201,8 +200,6 @@ def check_model(
         preflight.check_heads(settings.heads, config)
     lengths = [len(prompt) for prompt in prompts]
     if config is not None:
-        from pytest_steer.steering import SteeringError
-
         from_method_option = {c.name for c in configs[len(configs) - len(settings.method) :]}  # steering_configs puts them last
         for steered in (c for c in configs if c.method is not None):
             given = ",".join(f"{key}={value}" for key, value in steered.params)
@@ -229,8 +226,11 @@ def check_model(
 
 def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | None) -> list[int]:
     """Each prompt's length in tokens after the chat template; the tokenizer is loaded only for lengths not cached."""
-    from pytest_steer.model.loading import load_tokenizer, tokenizer_revision
-    from pytest_steer.model.prompts import prompt_lengths
+    # why: imports torch; this module loads with the plugin
+    from pytest_steer.model.loading import (
+        load_tokenizer,
+        tokenizer_revision,
+    )
 
     revision = tokenizer_revision(model) if cache is not None else None  # None: lengths are not cached
     keys = [prompt_tokens_key({"model": model, "revision": revision}, prompt) for prompt in prompts] if revision else []
@@ -251,7 +251,7 @@ def plan_batches(
     """Each config's cases in batches of similar prompt length: a pure function of the case list,
     so every xdist worker and the controller plan the same batches without a model. With
     sequential ``blocks``, no batch spans two blocks, so generation can stop after any block."""
-    from pytest_steer.model.loading import resolve_device
+    from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
 
     size = settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
     block_of = {key: index for index, block in enumerate(blocks) for key in block}
@@ -266,4 +266,3 @@ def plan_batches(
         ]
         for name, by_block in groups.items()
     }
-

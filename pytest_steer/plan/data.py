@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pytest_steer.ifeval import INSTRUCTION_IDS, InstructionError, unknown_instruction_id, validate_kwargs
 from pytest_steer.store.hub import hub_offline, hub_reachable, looks_like_hub_id, split_revision
 from pytest_steer.store.jsonl import JsonLinesError, read_json_lines
 
@@ -63,9 +64,7 @@ def load_rows(source: str, *, split: str | None = None) -> list[PromptRow]:
         return parse_rows(*_read_local(path), origin=str(path))
     if looks_like_hub_id(source):
         return parse_rows(_read_hub(source, split), origin=source)
-    raise DatasetError(
-        f"dataset {source!r} is not {BUILTIN!r}, an existing file, or a hub dataset id (org/name); check the path"
-    )
+    raise DatasetError(f"dataset {source!r} is not {BUILTIN!r}, an existing file, or a hub dataset id (org/name); check the path")
 
 
 def _read_local(path: Path) -> tuple[list[dict[str, Any]], list[int] | None]:
@@ -74,7 +73,7 @@ def _read_local(path: Path) -> tuple[list[dict[str, Any]], list[int] | None]:
         if path.suffix == ".jsonl":  # the common case reads without pandas (a third of a second to import)
             numbered = list(read_json_lines(path))
             return [row for _, row in numbered], [number for number, _ in numbered]
-        import pandas as pd
+        import pandas as pd  # why: a third of a second to import, and only tables other than .jsonl need it
 
         if path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -95,7 +94,7 @@ def _read_hub(source: str, split: str | None) -> list[dict[str, Any]]:
             f"the dataset {BUILTIN!r} (the built-in sample suite), a local .jsonl/.json/.parquet/.csv file, "
             "or HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache"
         )
-    import datasets
+    import datasets  # why: loads pyarrow and more, and only hub datasets need it
 
     try:
         dataset = datasets.load_dataset(repo, revision=revision, split=split or "train")
@@ -137,7 +136,6 @@ def _kwargs_object(value: Any, where: str) -> dict[str, Any]:
 
 def parse_rows(records: Sequence[Mapping[str, Any]], lines: Sequence[int] | None = None, *, origin: str) -> list[PromptRow]:
     """Validate every record; ``lines`` (JSON Lines files) puts each row's line number in the errors."""
-    from pytest_steer.ifeval import INSTRUCTION_IDS, InstructionError, unknown_instruction_id, validate_kwargs
 
     if not records:
         raise DatasetError(f"{origin} has no rows")
@@ -177,8 +175,6 @@ def parse_rows(records: Sequence[Mapping[str, Any]], lines: Sequence[int] | None
             raise DatasetError(f"{where}: 'instructions' has {len(texts)} entries for {len(ids)} instruction ids")
         rows.append(PromptRow(key, prompt, tuple(texts), tuple(ids), tuple(kwargs)))
     return rows
-
-
 
 
 def select(rows: Sequence[PromptRow], selection: Selection, *, origin: str = "the dataset") -> list[PromptRow]:
@@ -224,11 +220,8 @@ def highlights(row: PromptRow, mode: str) -> tuple[str, ...]:
     if mode in ("auto", "instructions") and row.instructions:
         return row.instructions
     if mode == "instructions":
-        raise DatasetError(
-            f"row {row.key} has no 'instructions' column; highlight last-sentence or prompt for plain IFEval data"
-        )
+        raise DatasetError(f"row {row.key} has no 'instructions' column; highlight last-sentence or prompt for plain IFEval data")
     if mode == "prompt":
         return (row.prompt,)
     sentences = [s for s in _SENTENCE_END.split(row.prompt.strip()) if s.strip()]
     return (sentences[-1],)
-

@@ -7,14 +7,13 @@ next run's plan reads it to estimate its time. Without a measurement the plan sa
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pytest_steer.store.atomic import write_text
 
 THROUGHPUT_FILE = "throughput.json"
 
@@ -64,16 +63,7 @@ def record_throughput(
         entries = {}
     entries[throughput_key(model, device)] = {"tokens_per_s": tokens / seconds, "fill": min(1.0, tokens / (cases * max_new_tokens))}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(entries, file, indent=1, sort_keys=True)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_text(path, json.dumps(entries, indent=1, sort_keys=True))
     except OSError:
         pass
 

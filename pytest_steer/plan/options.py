@@ -8,15 +8,20 @@ line wins. Values are validated here, so bad input stops pytest before anything 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_steer.ifeval import INSTRUCTION_IDS, unknown_instruction_id
 from pytest_steer.plan.data import HIGHLIGHTS
+from pytest_steer.plan.method_spec import parse_method
 from pytest_steer.plan.sharding import Shard, parse_shard
+from pytest_steer.stats.gate_language import parse_gate
+from pytest_steer.stats.levels import CORRECTIONS
+from pytest_steer.steering.heads import parse_heads
 from pytest_steer.store.hub import looks_like_hub_id
 
 CASE_MODES = ("record", "strict")
@@ -28,7 +33,6 @@ REWARD_PREFIX = "reward:"
 REFERENCE_REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
 REWARD_TRANSFORMS = ("identity", "sigmoid")
 LABELLED_REWARD_TRANSFORMS = ("softmax", "log_softmax")
-GATE_CORRECTIONS = ("holm", "none")  # pytest_steer.stats.gates.CORRECTIONS, without importing numpy here
 
 
 def _whole_number(text: str, expected: str) -> int:
@@ -105,8 +109,6 @@ def _path(text: str) -> Path:
 
 
 def _heads(text: str) -> str:
-    from pytest_steer.steering.heads import parse_heads
-
     parse_heads(text)  # the syntax now; the layers once the model's depth is known
     return text
 
@@ -125,8 +127,6 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def _instruction_ids(text: str) -> tuple[str, ...]:
-    from pytest_steer.ifeval import INSTRUCTION_IDS, unknown_instruction_id
-
     ids = _csv(text)
     for instruction_id in ids:
         if instruction_id not in INSTRUCTION_IDS:
@@ -135,8 +135,6 @@ def _instruction_ids(text: str) -> tuple[str, ...]:
 
 
 def _gate(text: str) -> str:
-    from pytest_steer.stats.gates import parse_gate
-
     parse_gate(text)  # a syntax error stops pytest here, with a caret at its position
     return text
 
@@ -150,49 +148,10 @@ def _error_budget(text: str) -> float:
 
 
 def _compare_fail(text: str) -> str:
-    from pytest_steer.stats.gates import parse_compare_fail
+    from pytest_steer.stats.comparison import parse_compare_fail  # why: imports numpy; this module loads with the plugin
 
     parse_compare_fail(text)
     return text
-
-
-class Sweep(tuple):
-    """Several values of one method parameter (``coeff=2,4,8``): one config per value."""
-
-
-def _method(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """``name`` or ``name:key=value,key=value``. The values stay text until collection converts them to the
-    types the method declares (:mod:`pytest_steer.steering.parameters`).
-
-    Bare values after ``key=value`` sweep that key: ``actadd:layer=15,coeff=2,4,8`` holds
-    ``coeff`` as a :class:`Sweep` of 2, 4 and 8 (see :func:`method_sweep`).
-    """
-    name, _, rest = text.partition(":")
-    name = name.strip()
-    if not name:
-        raise ValueError(f"{text!r} names no method; use e.g. emphasis or emphasis:marker=__")
-    params: dict[str, list[str]] = {}
-    key = None
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        named, equals, value = item.partition("=")
-        if equals and named.strip():
-            key = named.strip()
-            params[key] = []
-        elif equals or key is None:
-            raise ValueError(f"{text!r}: parameter {item!r} is not key=value; use e.g. {name}:key=value or {name}:key=1,2,4")
-        else:
-            value = item
-        params[key].append(value.strip())
-    return name, tuple((key, values[0] if len(values) == 1 else Sweep(values)) for key, values in params.items())
-
-
-def method_sweep(params: Sequence[tuple[str, Any]]) -> list[dict[str, Any]]:
-    """One parameter set per combination of the swept values, in the order given (the last key varies fastest)."""
-    combinations: list[dict[str, Any]] = [{}]
-    for key, value in params:
-        values = list(value) if isinstance(value, Sweep) else [value]
-        combinations = [{**combination, key: each} for combination in combinations for each in values]
-    return combinations
 
 
 def _batch_size(text: str) -> int | None:
@@ -217,9 +176,7 @@ def _quality(text: str) -> str:
     if not name:
         raise ValueError(f"{text!r} names no reward model; use {REWARD_PREFIX}<model id or path>")
     if not Path(name).expanduser().exists() and not looks_like_hub_id(name):
-        raise ValueError(
-            f"reward model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); check the path"
-        )
+        raise ValueError(f"reward model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); check the path")
     return REWARD_PREFIX + name
 
 
@@ -245,80 +202,9 @@ def _reward_transform(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Option:
-    """One setting: its CLI/ini names, parser, default and help."""
-
-    name: str
-    help: str
-    parse: Callable[[str], Any] = str
-    default: Any = None
-    flag: bool = False
-    repeatable: bool = False
-    metavar: str | None = None
-    ini_name: str | None = None  # when the ini name is not steer_<name>
-    comma_separated: bool = True  # a repeatable option's values may also be given as a,b,c
-
-    @property
-    def cli(self) -> str:
-        return "--steer-" + self.name.replace("_", "-")
-
-    @property
-    def ini(self) -> str:
-        return self.ini_name or "steer_" + self.name
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("model", "model under test: 'embedded' (SmolLM2-135M-Instruct, offline), a Hugging Face id (org/name[@rev]) or a local path", default="embedded", metavar="ID|PATH"),
-    Option("device", "torch device: auto (one CUDA device per xdist worker, else CPU), cpu, cuda, cuda:N, mps", default="auto"),
-    Option("dtype", "weights dtype: auto (bfloat16 on CUDA where supported, else float32), float32, bfloat16, float16", default="auto"),
-    Option("attn_implementation", "attention kernel: eager (default, as in the reference study) or sdpa", parse=_choice("eager", "sdpa"), default="eager"),
-    Option("dataset", "prompts: 'builtin' (the built-in sample suite), a hub id (ibm-research/Split-IFEval, google/IFEval) or a .jsonl/.json/.parquet/.csv file", default="builtin", metavar="SOURCE"),
-    Option("dataset_split", "split of a hub dataset", default="train"),
-    Option("single_instruction", "keep only prompts with exactly one instruction", flag=True, default=False),
-    Option("instruction_ids", "keep prompts having any of these IFEval instruction ids (comma-separated; an unknown id is refused, with the nearest ones)", parse=_instruction_ids, default=(), metavar="IDS"),
-    Option("per_instruction", "sample N prompts per instruction id (seeded by --steer-sample-seed)", parse=_positive_int, metavar="N"),
-    Option("sample_seed", f"seed of the per-instruction sampling, 0 to {SEED_MAX}", parse=_seed, default=0),
-    Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),
-    Option("highlight", "spans the steering methods emphasize: auto (the 'instructions' column when present, else the last sentence), instructions, last-sentence, prompt", parse=_choice(*HIGHLIGHTS), default="auto"),
-    Option("alpha", "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated)", parse=_alpha, repeatable=True, default=(), metavar="ALPHA"),
-    Option("method", "another steering method beside the baseline and PASTA: emphasis (marks the highlights in the prompt), actadd (adds a steering vector to one layer's output, e.g. actadd:layer=15,coeff=8), or a method registered by the pytest_steer_methods hook; NAME or NAME:key=value,... (repeatable; key=1,2,4 runs one config per value)", parse=_method, repeatable=True, default=(), metavar="METHOD", comma_separated=False),
-    Option("heads", "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)", parse=_heads, metavar="HEADS"),
-    Option("scale_position", "PASTA scale position: include, exclude or generation", parse=_choice(*SCALE_POSITIONS), default="include"),
-    Option("trials", "sampled responses per prompt and config", parse=_positive_int, default=1),
-    Option("seed", f"base seed, 0 to {SEED_MAX}; each case's seed derives from (seed, prompt key, trial)", parse=_seed, default=0),
-    Option("max_new_tokens", "tokens generated per response", parse=_positive_int, default=128),
-    Option("greedy", "greedy decoding instead of sampling", flag=True, default=False),
-    Option("temperature", "sampling temperature", parse=_positive_float, default=0.7),
-    Option("top_p", f"nucleus sampling threshold, from {TOP_P_MIN:g} to 1 (for the most likely token alone use --steer-greedy)", parse=_top_p, default=1.0),
-    Option("compile", "compile the decode step with torch.compile in this mode (default, reduce-overhead: CUDA graphs, max-autotune, max-autotune-no-cudagraphs), on a fixed-shape KV cache; off when not given (see docs/scaling.md)", parse=_choice(*COMPILE_MODES), metavar="MODE"),
-    Option("batch_size", "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N", parse=_batch_size, default=None),
-    Option("quality", f"quality scorer: {QUALITY_FLUENCY} (mean log-likelihood per response token under the unsteered model, nats), {QUALITY_NONE}, or {REWARD_PREFIX}<id or path> (a sequence-classification reward model, e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})", parse=_quality, default=QUALITY_FLUENCY, metavar="SCORER"),
-    Option("reward_transform", "reward head output to score: identity, sigmoid, or softmax:<label> / log_softmax:<label> (label index or name) for multi-label heads", parse=_reward_transform, default="identity", metavar="TRANSFORM"),
-    Option("reward_batch_size", "(prompt, response) pairs per reward-model forward pass", parse=_positive_int, default=8, metavar="N"),
-    Option("reward_max_length", "reward-model input tokens per pair; longer pairs are truncated", parse=_positive_int, default=1024, metavar="N"),
-    Option("case_mode", "record: every case records its verdicts and passes (misses are shown apart); strict: a missed instruction fails the case, in any test that requests steer_case", parse=_choice(*CASE_MODES), default="record"),
-    Option("json", "also write results.json to this path", parse=_path, metavar="PATH"),
-    Option("gate", "CI gate: passes when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline > -0.1' (steering at alpha 10 is shown to lose under 0.1) (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_gates"),
-    Option("fail_if", "CI check: fails when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline < 0' (fails only when steering is shown to hurt) (repeatable; see docs/gates.md)", parse=_gate, repeatable=True, default=(), metavar="EXPR", ini_name="steer_fail_if"),
-    Option("gate_correction", "family-wise error control over all gates and fail-ifs of the run: holm (Holm's step-down) or none (each check at the run's level)", parse=_choice(*GATE_CORRECTIONS), default="holm", metavar="METHOD"),
-    Option("sequential", "generate the prompts in a seeded random order, in blocks, and stop once every gate and fail-if is decided (anytime-valid, at the run's error level; see docs/gates.md); cases never generated are skipped", flag=True, default=False),
-    Option("sequential_block", "prompts per block of --steer-sequential: the checks are looked at after each block; no generation batch spans two blocks, so larger blocks batch better (docs/gates.md)", parse=_positive_int, default=8, metavar="N"),
-    Option("sequential_quality_clip", "--steer-sequential clips each prompt's quality value to the check's threshold ± R (a bounded test needs bounded values; in the quality scorer's units, nats for fluency)", parse=_positive_float, default=1.0, metavar="R"),
-    Option("max_errors", "error budget of the gates: a count, or a fraction of a config's cases when below 1", parse=_error_budget, default=0, metavar="N"),
-    Option("min_prompts", "gates and fail-ifs refuse to pass on fewer evaluated prompts than this, and the reports give no interval to a change per instruction id over fewer (not estimable)", parse=_positive_int, default=10, metavar="N"),
-    Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=_path, metavar="PATH"),
-    Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=_path, metavar="PATH"),
-    Option("compare_fail", "regression tolerances against --steer-baseline: 'metric:tol,...', or one number for every accuracy metric", parse=_compare_fail, default="0", metavar="SPEC"),
-    Option("report_dir", "directory of the trade-off report (report.html, results.json, cases.jsonl, summary.csv, figures); default: steer-report in pytest's cache dir", parse=_path, metavar="DIR"),
-    Option("summary_md", "also write a short markdown summary to this path, e.g. \"$GITHUB_STEP_SUMMARY\"", parse=_path, metavar="PATH"),
-    Option("cache_dir", "directory of the response cache; default: steer-responses in pytest's cache dir", parse=_path, metavar="DIR"),
-    Option("no_cache", "neither read nor write cached responses: generate every case", flag=True, default=False),
-    Option("shard", "run shard i of n (1-based) of the selected prompts, e.g. 2/4; merge the shards with python -m pytest_steer merge", parse=parse_shard, metavar="I/N"),
-)
-
-
-@dataclass(frozen=True)
 class SteerSettings:
+    """Every option's value, by the option's name, and pytest's rootdir; a field's default is its option's default."""
+
     model: str = "embedded"
     device: str = "auto"
     dtype: str = "auto"
@@ -371,6 +257,197 @@ class SteerSettings:
     def reward_model(self) -> str | None:
         """The reward model id or path of ``reward:<...>`` quality scoring, else None."""
         return self.quality.removeprefix(REWARD_PREFIX) if self.quality.startswith(REWARD_PREFIX) else None
+
+
+SETTING_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SteerSettings)}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its CLI/ini names, parser, default and help."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any] = str
+    flag: bool = False
+    repeatable: bool = False
+    metavar: str | None = None
+    ini_name: str | None = None  # when the ini name is not steer_<name>
+    comma_separated: bool = True  # a repeatable option's values may also be given as a,b,c
+
+    @property
+    def default(self) -> Any:
+        """The value when neither the command line nor the ini file sets it."""
+        return SETTING_DEFAULTS[self.name]
+
+    @property
+    def cli(self) -> str:
+        return "--steer-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return self.ini_name or "steer_" + self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "model",
+        "model under test: 'embedded' (SmolLM2-135M-Instruct, offline), a Hugging Face id (org/name[@rev]) or a local path",
+        metavar="ID|PATH",
+    ),
+    Option("device", "torch device: auto (one CUDA device per xdist worker, else CPU), cpu, cuda, cuda:N, mps"),
+    Option("dtype", "weights dtype: auto (bfloat16 on CUDA where supported, else float32), float32, bfloat16, float16"),
+    Option("attn_implementation", "attention kernel: eager (default, as in the reference study) or sdpa", parse=_choice("eager", "sdpa")),
+    Option(
+        "dataset",
+        "prompts: 'builtin' (the built-in sample suite), a hub id (ibm-research/Split-IFEval, google/IFEval) or a .jsonl/.json/.parquet/.csv file",
+        metavar="SOURCE",
+    ),
+    Option("dataset_split", "split of a hub dataset"),
+    Option("single_instruction", "keep only prompts with exactly one instruction", flag=True),
+    Option(
+        "instruction_ids",
+        "keep prompts having any of these IFEval instruction ids (comma-separated; an unknown id is refused, with the nearest ones)",
+        parse=_instruction_ids,
+        metavar="IDS",
+    ),
+    Option("per_instruction", "sample N prompts per instruction id (seeded by --steer-sample-seed)", parse=_positive_int, metavar="N"),
+    Option("sample_seed", f"seed of the per-instruction sampling, 0 to {SEED_MAX}", parse=_seed),
+    Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),
+    Option(
+        "highlight",
+        "spans the steering methods emphasize: auto (the 'instructions' column when present, else the last sentence), instructions, last-sentence, prompt",
+        parse=_choice(*HIGHLIGHTS),
+    ),
+    Option(
+        "alpha",
+        "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated)",
+        parse=_alpha,
+        repeatable=True,
+        metavar="ALPHA",
+    ),
+    Option(
+        "method",
+        "another steering method beside the baseline and PASTA: emphasis (marks the highlights in the prompt), actadd (adds a steering vector to one layer's output, e.g. actadd:layer=15,coeff=8), or a method registered by the pytest_steer_methods hook; NAME or NAME:key=value,... (repeatable; key=1,2,4 runs one config per value)",
+        parse=parse_method,
+        repeatable=True,
+        metavar="METHOD",
+        comma_separated=False,
+    ),
+    Option(
+        "heads",
+        "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)",
+        parse=_heads,
+        metavar="HEADS",
+    ),
+    Option("scale_position", "PASTA scale position: include, exclude or generation", parse=_choice(*SCALE_POSITIONS)),
+    Option("trials", "sampled responses per prompt and config", parse=_positive_int),
+    Option("seed", f"base seed, 0 to {SEED_MAX}; each case's seed derives from (seed, prompt key, trial)", parse=_seed),
+    Option("max_new_tokens", "tokens generated per response", parse=_positive_int),
+    Option("greedy", "greedy decoding instead of sampling", flag=True),
+    Option("temperature", "sampling temperature", parse=_positive_float),
+    Option(
+        "top_p", f"nucleus sampling threshold, from {TOP_P_MIN:g} to 1 (for the most likely token alone use --steer-greedy)", parse=_top_p
+    ),
+    Option(
+        "compile",
+        "compile the decode step with torch.compile in this mode (default, reduce-overhead: CUDA graphs, max-autotune, max-autotune-no-cudagraphs), on a fixed-shape KV cache; off when not given (see docs/scaling.md)",
+        parse=_choice(*COMPILE_MODES),
+        metavar="MODE",
+    ),
+    Option("batch_size", "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N", parse=_batch_size),
+    Option(
+        "quality",
+        f"quality scorer: {QUALITY_FLUENCY} (mean log-likelihood per response token under the unsteered model, nats), {QUALITY_NONE}, or {REWARD_PREFIX}<id or path> (a sequence-classification reward model, e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})",
+        parse=_quality,
+        metavar="SCORER",
+    ),
+    Option(
+        "reward_transform",
+        "reward head output to score: identity, sigmoid, or softmax:<label> / log_softmax:<label> (label index or name) for multi-label heads",
+        parse=_reward_transform,
+        metavar="TRANSFORM",
+    ),
+    Option("reward_batch_size", "(prompt, response) pairs per reward-model forward pass", parse=_positive_int, metavar="N"),
+    Option("reward_max_length", "reward-model input tokens per pair; longer pairs are truncated", parse=_positive_int, metavar="N"),
+    Option(
+        "case_mode",
+        "record: every case records its verdicts and passes (misses are shown apart); strict: a missed instruction fails the case, in any test that requests steer_case",
+        parse=_choice(*CASE_MODES),
+    ),
+    Option("json", "also write results.json to this path", parse=_path, metavar="PATH"),
+    Option(
+        "gate",
+        "CI gate: passes when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline > -0.1' (steering at alpha 10 is shown to lose under 0.1) (repeatable; see docs/gates.md)",
+        parse=_gate,
+        repeatable=True,
+        metavar="EXPR",
+        ini_name="steer_gates",
+    ),
+    Option(
+        "fail_if",
+        "CI check: fails when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline < 0' (fails only when steering is shown to hurt) (repeatable; see docs/gates.md)",
+        parse=_gate,
+        repeatable=True,
+        metavar="EXPR",
+        ini_name="steer_fail_if",
+    ),
+    Option(
+        "gate_correction",
+        "family-wise error control over all gates and fail-ifs of the run: holm (Holm's step-down) or none (each check at the run's level)",
+        parse=_choice(*CORRECTIONS),
+        metavar="METHOD",
+    ),
+    Option(
+        "sequential",
+        "generate the prompts in a seeded random order, in blocks, and stop once every gate and fail-if is decided (anytime-valid, at the run's error level; see docs/gates.md); cases never generated are skipped",
+        flag=True,
+    ),
+    Option(
+        "sequential_block",
+        "prompts per block of --steer-sequential: the checks are looked at after each block; no generation batch spans two blocks, so larger blocks batch better (docs/gates.md)",
+        parse=_positive_int,
+        metavar="N",
+    ),
+    Option(
+        "sequential_quality_clip",
+        "--steer-sequential clips each prompt's quality value to the check's threshold ± R (a bounded test needs bounded values; in the quality scorer's units, nats for fluency)",
+        parse=_positive_float,
+        metavar="R",
+    ),
+    Option(
+        "max_errors", "error budget of the gates: a count, or a fraction of a config's cases when below 1", parse=_error_budget, metavar="N"
+    ),
+    Option(
+        "min_prompts",
+        "gates and fail-ifs refuse to pass on fewer evaluated prompts than this, and the reports give no interval to a change per instruction id over fewer (not estimable)",
+        parse=_positive_int,
+        metavar="N",
+    ),
+    Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=_path, metavar="PATH"),
+    Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=_path, metavar="PATH"),
+    Option(
+        "compare_fail",
+        "regression tolerances against --steer-baseline: 'metric:tol,...', or one number for every accuracy metric",
+        parse=_compare_fail,
+        metavar="SPEC",
+    ),
+    Option(
+        "report_dir",
+        "directory of the trade-off report (report.html, results.json, cases.jsonl, summary.csv, figures); default: steer-report in pytest's cache dir",
+        parse=_path,
+        metavar="DIR",
+    ),
+    Option("summary_md", 'also write a short markdown summary to this path, e.g. "$GITHUB_STEP_SUMMARY"', parse=_path, metavar="PATH"),
+    Option("cache_dir", "directory of the response cache; default: steer-responses in pytest's cache dir", parse=_path, metavar="DIR"),
+    Option("no_cache", "neither read nor write cached responses: generate every case", flag=True),
+    Option(
+        "shard",
+        "run shard i of n (1-based) of the selected prompts, e.g. 2/4; merge the shards with python -m pytest_steer merge",
+        parse=parse_shard,
+        metavar="I/N",
+    ),
+)
 
 
 def add_options(parser: pytest.Parser) -> None:

@@ -14,12 +14,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_steer.plan.cases import SteeringConfig
+from pytest_steer.plan.options import QUALITY_NONE, REWARD_PREFIX, SteerSettings, reward_model_alternatives
+from pytest_steer.plan.spec import RunSpec
+from pytest_steer.stats.gate_language import GateSyntaxError, parse_gate
+from pytest_steer.stats.metrics import QUALITY_METRIC
+from pytest_steer.steering.heads import normalize_head_config, parse_heads, resolve_heads
+from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
+
 if TYPE_CHECKING:
-    from pytest_steer.plan.cases import SteeringConfig
-    from pytest_steer.plan.options import SteerSettings
-    from pytest_steer.plan.spec import RunSpec
     from pytest_steer.stats.baseline import Difference
-    from pytest_steer.stats.gates import Gate, Selector
+    from pytest_steer.stats.gate_language import Gate, Selector
 
 
 class PreflightError(ValueError):
@@ -96,7 +101,6 @@ def _config_value(config: Mapping[str, Any], *names: str) -> int | None:
 
 def check_heads(heads_text: str, config: Mapping[str, Any] | None) -> None:
     """``--steer-heads`` parses, and with a model config, names layers and heads the model has."""
-    from pytest_steer.steering.heads import normalize_head_config, parse_heads, resolve_heads
 
     option = "--steer-heads"
     num_layers = None if config is None else _config_value(config, "num_hidden_layers", "n_layer")
@@ -140,7 +144,7 @@ def check_context(
 
 def check_device(spec: str) -> None:
     """``--steer-device`` names a device torch has here (``auto`` always does)."""
-    from pytest_steer.model.loading import ModelLoadError, resolve_device
+    from pytest_steer.model.loading import ModelLoadError, resolve_device  # why: imports torch, which importing this module must not
 
     try:
         resolve_device(spec)
@@ -150,7 +154,11 @@ def check_device(spec: str) -> None:
 
 def check_dtype(spec: str, device: str = "auto") -> None:
     """``--steer-dtype`` is auto or a supported dtype, and one the device can compute in."""
-    from pytest_steer.model.loading import ModelLoadError, resolve_device, resolve_dtype
+    from pytest_steer.model.loading import (
+        ModelLoadError,
+        resolve_device,
+        resolve_dtype,
+    )  # why: imports torch, which importing this module must not
 
     try:
         device_type = resolve_device(device)
@@ -168,7 +176,7 @@ def check_dtype(spec: str, device: str = "auto") -> None:
 def check_baseline_file(path: Path | str, spec: RunSpec | None = None) -> None:
     """``--steer-baseline`` is a readable file that :func:`pytest_steer.stats.baseline.load_run` accepts and,
     given this run's ``spec``, was saved with the same dataset, generation, steering and quality settings."""
-    from pytest_steer.stats.baseline import BaselineError, differences, load_run
+    from pytest_steer.stats.baseline import BaselineError, differences, load_run  # why: imports numpy, which importing this module must not
 
     try:
         saved = load_run(Path(path))
@@ -238,17 +246,16 @@ def check_min_prompts(settings: SteerSettings, prompts: int) -> None:
 
 def check_quality_is_scored(settings: SteerSettings) -> None:
     """No gate, fail-if or comparison tolerance reads ``quality`` when ``--steer-quality none`` scores none."""
-    from pytest_steer.plan.options import QUALITY_NONE
-    from pytest_steer.stats.gates import parse_compare_fail, parse_gate
+    from pytest_steer.stats.comparison import parse_compare_fail  # why: imports numpy, which importing this module must not
 
     if settings.quality != QUALITY_NONE:
         return
     fix = "score quality with --steer-quality fluency (or reward:<model>), or drop the quality check"
     for option, gates in (("--steer-gate", settings.gate), ("--steer-fail-if", settings.fail_if)):
         for text in gates:
-            if parse_gate(text).metric == "quality":
+            if parse_gate(text).metric == QUALITY_METRIC:
                 raise PreflightError(f"{option} {text!r} reads quality, which --steer-quality {QUALITY_NONE} does not score; {fix}")
-    if settings.baseline is not None and "quality" in parse_compare_fail(settings.compare_fail):
+    if settings.baseline is not None and QUALITY_METRIC in parse_compare_fail(settings.compare_fail):
         raise PreflightError(
             f"--steer-compare-fail {settings.compare_fail!r} compares quality, which --steer-quality {QUALITY_NONE} does not score; {fix}"
         )
@@ -259,8 +266,6 @@ def check_gate_selectors(gates: Iterable[Gate | str], configs: Iterable[Steering
 
     The gates' own selector matching decides, whatever the config names look like.
     """
-    from pytest_steer.stats.gates import GateSyntaxError, parse_gate
-
     configs = list(configs)
     names = ", ".join(config.name for config in configs) or "none"
     for gate in gates:
@@ -299,8 +304,6 @@ def check_reward_model_offline(spec: str) -> None:
     Reward models load through :func:`pytest_steer.model.loading.load_pretrained`, which asks the
     cache first and the hub only on a miss; this asks the same questions without loading.
     """
-    from pytest_steer.plan.options import REWARD_PREFIX, reward_model_alternatives
-    from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
 
     if not spec.startswith(REWARD_PREFIX):
         return

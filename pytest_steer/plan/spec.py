@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.plan.cases import SteeringConfig
+from pytest_steer.plan.data import BUILTIN, builtin_path
 from pytest_steer.plan.options import SteerSettings
 
 # pytest-steer and every package that takes part in a result: loading, numerics, tokenizing, data, checks
@@ -114,8 +115,6 @@ def run_provenance(args: Sequence[str], invocation_dir: Path, started: float, de
 
 def dataset_digest(source: str) -> str | None:
     """``sha256:<hex>`` of a local dataset file (the built-in sample included); None for a hub dataset."""
-    from pytest_steer.plan.data import BUILTIN, builtin_path
-
     path = builtin_path() if source == BUILTIN else Path(source).expanduser()
     digest = hashlib.sha256()
     try:
@@ -131,7 +130,7 @@ def quality_spec(settings: SteerSettings) -> dict[str, Any]:
     """The scorer, and for a reward model which weights and how its head is read."""
     if settings.reward_model is None:
         return {"scorer": settings.quality}
-    from pytest_steer.model.loading import source_revision
+    from pytest_steer.model.loading import source_revision  # why: imports torch, which importing this module must not
 
     return {
         "scorer": settings.quality,

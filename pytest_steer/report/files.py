@@ -13,14 +13,17 @@ import hashlib
 import os
 import stat
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pytest_steer.report.cases import write_cases
+from pytest_steer.report.html import render_html
 from pytest_steer.report.json import write_results
 from pytest_steer.report.summary_csv import write_summary_csv
 from pytest_steer.run.results import RunResults
 from pytest_steer.store.atomic import write_bytes, write_text
+from pytest_steer.store.responses import digest
 
 RESULTS_JSON = "results.json"
 CASES_JSONL = "cases.jsonl"
@@ -29,6 +32,8 @@ REPORT_HTML = "report.html"
 CACHE_SUBDIR = "steer-report"
 FIGURE_NAMES = ("trade_off", "instruction_heatmap", "instruction_deltas")
 FIGURES_STAMP = ".figures.sha256"  # digest of what the figures in a report directory plot
+# the code that draws the figures, part of their digest
+FIGURE_SOURCES = ("plotting.py", "tradeoff_figure.py", "pareto_panel.py", "heatmap_figure.py", "deltas_figure.py")
 
 
 class UnsafeReportDir(OSError):
@@ -95,13 +100,12 @@ def figure_names(results: RunResults) -> list[str]:
 
 
 def render_figures(results: RunResults) -> dict[str, bytes]:
-    """PNG bytes of every figure worth drawing, by name (matplotlib is imported only here)."""
-    from pytest_steer.report.figures import (
-        instruction_delta_figure,
-        instruction_heatmap_figure,
-        png_bytes,
-        trade_off_figure,
-    )
+    """PNG bytes of every figure worth drawing, by name."""
+    # why: matplotlib is imported only when a figure is drawn; a rerun that reuses its figures never loads it
+    from pytest_steer.report.deltas_figure import instruction_delta_figure
+    from pytest_steer.report.heatmap_figure import instruction_heatmap_figure
+    from pytest_steer.report.plotting import png_bytes
+    from pytest_steer.report.tradeoff_figure import trade_off_figure
 
     draw = {
         "trade_off": trade_off_figure,
@@ -113,17 +117,13 @@ def render_figures(results: RunResults) -> dict[str, bytes]:
 
 def figures_digest(results: RunResults) -> str:
     """What the figures show: the aggregates, the title's fields, and the code and matplotlib that draw them."""
-    from importlib import metadata
-
-    from pytest_steer.store.responses import digest
-
     run = results.run
     return digest(
         {
             "aggregates": [a.to_dict(include_per_prompt=True) for a in results.aggregates],
             "title": [run.get("model"), run.get("dataset"), run.get("generation")],
             "min_prompts": results.min_prompts,
-            "code": hashlib.sha256((Path(__file__).parent / "figures.py").read_bytes()).hexdigest(),
+            "code": {name: hashlib.sha256((Path(__file__).parent / name).read_bytes()).hexdigest() for name in FIGURE_SOURCES},
             "matplotlib": metadata.version("matplotlib"),
         }
     )
@@ -143,8 +143,6 @@ def _figures(results: RunResults, directory: Path) -> tuple[dict[str, bytes], st
 
 def write_report(results: RunResults, directory: Path) -> list[Path]:
     """Write results.json, cases.jsonl, summary.csv, the figures and report.html; report.html first."""
-    from pytest_steer.report.html import render_html
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     figures, figures_key = _figures(results, directory)

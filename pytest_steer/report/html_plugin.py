@@ -1,8 +1,7 @@
 """pytest-html hooks: the trade-off table in the report summary, each case's response in its row.
 
 Registered by the plugin only when pytest-html is importable; every hook is optional, so
-the module is harmless when pytest-html is installed but disabled (``-p no:html``). The
-report modules are imported inside the hooks, so registering this module costs nothing.
+the module is harmless when pytest-html is installed but disabled (``-p no:html``).
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ import html
 from typing import Any
 
 import pytest
+
+from pytest_steer.run.session import SESSION_KEY
 
 STYLE = (
     "<style>"
@@ -24,11 +25,10 @@ STYLE = (
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session) -> None:
-    from pytest_steer.plugin import steer_session
-
-    steer = steer_session(session.config)
+    steer = session.config.stash[SESSION_KEY]
     if not steer.records:
         return
+    # why: the report modules load numpy and jinja2, which a run without steer tests never needs
     from pytest_steer.report.html import table_html
     from pytest_steer.report.table import describe_run
 

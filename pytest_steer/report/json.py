@@ -19,7 +19,9 @@ from pytest_steer.run.results import RunResults
 from pytest_steer.run.selection import RunSelection
 from pytest_steer.stats.aggregate import ConfigAggregate
 from pytest_steer.stats.bootstrap import Interval
-from pytest_steer.stats.gates import ComparisonResult, GateResult
+from pytest_steer.stats.comparison import ComparisonResult
+from pytest_steer.stats.gate_language import Check, CheckForm
+from pytest_steer.stats.gates import GateResult
 from pytest_steer.store.atomic import write_text
 
 # 2: configs name their steering method; the run's steering section maps config names to method and parameters.
@@ -170,13 +172,11 @@ def _interval(data: Mapping[str, Any] | None) -> Interval | None:
 
 def gate_from_dict(data: Mapping[str, Any]) -> GateResult:
     return GateResult(
-        gate=data["gate"],
+        check=Check.from_label(data["gate"], CheckForm(data.get("form", CheckForm.GATE.value))),
         config=data["config"],
         passed=bool(data["passed"]),
         observed=_interval(data["observed"]),
-        threshold=float(data["threshold"]),
         message=data["message"],
-        form=data.get("form", "gate"),
         shown=data.get("shown"),
         p_value=data.get("p_value"),
         confidence=data.get("confidence"),

@@ -13,7 +13,7 @@ from pytest_steer.report.table import (
     unsteered_lines,
 )
 from pytest_steer.run.results import RunResults
-from pytest_steer.stats.aggregate import METRICS
+from pytest_steer.stats.metrics import METRICS
 from pytest_steer.store.atomic import write_text
 
 

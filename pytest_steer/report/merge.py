@@ -33,9 +33,9 @@ from pytest_steer.report.json import SCHEMA_VERSION, read_document
 from pytest_steer.report.saved import results_path
 from pytest_steer.run.records import record_problems
 from pytest_steer.run.results import RunResults
-from pytest_steer.run.selection import FAIL_IF as FAIL_IF_LABEL
 from pytest_steer.run.selection import ConfigSelection, RunSelection
-from pytest_steer.stats.gates import Gate, GateResult
+from pytest_steer.stats.gate_language import Check
+from pytest_steer.stats.gates import GateResult
 
 PER_SHARD_KEYS = ("time", "git_commit", "versions", "shards", "shard", "provenance")  # may differ between shards
 PER_SHARD_DATASET_KEYS = ("n_prompts",)
@@ -207,15 +207,14 @@ def _everything_selected(records: Sequence[dict[str, Any]]) -> list[ConfigSelect
 
 
 def decide_selected(
-    results: RunResults, gates: Sequence[GateResult], expressions: tuple[Sequence[Gate], Sequence[Gate]]
+    results: RunResults, gates: Sequence[GateResult], checks: Sequence[Check]
 ) -> tuple[list[GateResult], RunSelection | None]:
     """The gates the merged selection decides, and the selection naming those it leaves undecided (as the runs did)."""
     if results.selection is None:
         return list(gates), None
     steering = {name: entry for name, entry in (results.run.get("steering") or {}).items() if isinstance(entry, dict)}
     configs = [SteeringConfig(name, entry.get("method"), tuple((entry.get("params") or {}).items())) for name, entry in steering.items()]
-    labels = [gate.text for gate in expressions[0]] + [FAIL_IF_LABEL + gate.text for gate in expressions[1]]
-    kept, _, selection = results.selection.decide(gates, [], configs=configs, expressions=labels)
+    kept, _, selection = results.selection.decide(gates, [], configs=configs, checks=checks)
     return kept, selection
 
 

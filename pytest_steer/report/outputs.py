@@ -35,6 +35,7 @@ class Written:
 def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path | None, *, config: Any = None) -> Written:
     """``report_dir`` None: the default directory of pytest ``config`` (see :func:`default_report_dir`);
     a run of a partial pytest selection writes beside it, never over the full run's report."""
+    # why: the writers load numpy and jinja2; the plugin imports this module in every run, steer tests or not
     from pytest_steer.report.files import REPORT_HTML, UnsafeReportDir, default_report_dir, write_report
     from pytest_steer.report.json import write_results
     from pytest_steer.report.markdown import write_markdown

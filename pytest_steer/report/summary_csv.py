@@ -14,8 +14,8 @@ from typing import Any
 
 from pytest_steer.report.table import config_rows
 from pytest_steer.run.results import RunResults
-from pytest_steer.stats.aggregate import METRICS
 from pytest_steer.stats.bootstrap import Interval
+from pytest_steer.stats.metrics import METRICS
 from pytest_steer.store.atomic import atomic_open
 
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from pytest_steer.run.records import unsteered_reason
 from pytest_steer.run.results import RunResults
-from pytest_steer.stats.aggregate import METRICS, QUALITY_METRIC, not_estimable
+from pytest_steer.stats.aggregate import not_estimable
 from pytest_steer.stats.bootstrap import Interval
+from pytest_steer.stats.metrics import METRICS, QUALITY_METRIC
 
 METRIC_TITLES = {
     "strict_prompt_accuracy": "strict prompt",

@@ -23,8 +23,8 @@ from pytest_steer.report.table import (
     unsteered_lines,
 )
 from pytest_steer.run.results import RunResults
-from pytest_steer.stats.aggregate import METRICS
 from pytest_steer.stats.bootstrap import Interval
+from pytest_steer.stats.metrics import METRICS
 
 Cell = list[str]  # the lines of one table cell
 Grid = list[list[Cell]]  # first row is the header

@@ -8,7 +8,8 @@ from typing import Any
 from pytest_steer.plan.options import SteerSettings
 from pytest_steer.stats.aggregate import ConfigAggregate
 from pytest_steer.stats.baseline import BaselineError, load_run, mismatches
-from pytest_steer.stats.gates import ComparisonResult, GateResult, compare_runs, evaluate_gates, parse_compare_fail
+from pytest_steer.stats.comparison import ComparisonResult, compare_runs, parse_compare_fail
+from pytest_steer.stats.gates import GateResult, evaluate_gates
 
 
 @dataclass

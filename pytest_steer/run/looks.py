@@ -8,7 +8,7 @@ a look leaves no check open, the cases of every later block are skipped, never g
 
 In one process every case of the earlier blocks has run by then. Under xdist each worker
 looks for itself, on every worker's records: a worker writes the records of each batch
-it generates to a directory the controller shares (:class:`SharedRecords`) and, before
+it generates to a directory the controller shares (:mod:`pytest_steer.run.shared_records`) and, before
 the first case of a later block, waits until the earlier blocks' records are all there.
 Every worker thus takes the same decisions as a serial run, from the same records. The
 controller hands out work units in block order (``--loadscope-no-reorder``), so the
@@ -17,23 +17,13 @@ cases a worker waits for are always on workers that can reach them.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import pytest
-
-from pytest_steer.plan.cases import case_id
 from pytest_steer.plan.options import SteerSettings
 from pytest_steer.stats.eprocess import decide_looks
+from pytest_steer.stats.levels import CONFIDENCE, one_sided_error
 from pytest_steer.stats.sequential import SequentialSettings, aggregates_over, check_streams
-from pytest_steer.store.atomic import write_text
-
-CONFIDENCE = 0.95  # the run's two-sided level, as its aggregates use
 
 
 def sequential_settings(settings: SteerSettings) -> SequentialSettings:
@@ -123,11 +113,9 @@ class SequentialStop:
         looked = self.blocks[: self.looked]
         s, sequential = self.settings, sequential_settings(self.settings)
         aggregates = aggregates_over(records, seed=s.seed, confidence=CONFIDENCE)({key for block in looked for key in block}, {})
-        streams = check_streams(
-            s.gate, s.fail_if, aggregates, quality_clip=sequential.quality_clip, max_instructions=self.max_instructions
-        )
+        streams = check_streams(s.gate, s.fail_if, aggregates, quality_clip=sequential.quality_clip, max_instructions=self.max_instructions)
         looks = decide_looks(
-            streams, looked, (1.0 - CONFIDENCE) / 2.0, min_prompts=s.min_prompts, share=sequential.share, correction=s.gate_correction
+            streams, looked, one_sided_error(CONFIDENCE), min_prompts=s.min_prompts, share=sequential.share, correction=s.gate_correction
         )
         if not (streams and looks):
             return
@@ -135,82 +123,3 @@ class SequentialStop:
             self.config_stopped_after.setdefault(config, looks[-1].index)
         if not looks[-1].open:
             self.stopped_after = looks[-1].index
-
-
-class SharedRecords:
-    """Case records that xdist workers share through a directory, for their looks.
-
-    Each batch's records go into a file of their own, written whole (a rename). The
-    controller leaves a ``halted`` file when the run can no longer give every case a
-    record: a worker crashed or stopped, or the run stops early.
-    """
-
-    HALTED = "halted"
-    POLL_SECONDS = 0.05
-
-    def __init__(self, directory: str | Path, writer: str = "controller") -> None:
-        self.directory = Path(directory)
-        self.writer = writer
-        self._written: set[str] = set()
-        self._read: dict[str, list[dict[str, Any]]] = {}  # file name -> its records
-        self._read_ids: set[str] = set()
-
-    def share(self, records: Mapping[str, Any]) -> None:
-        """Write the records (case id -> CaseRecord, which only grows) not shared yet."""
-        if len(records) == len(self._written):
-            return
-        new = [record.to_dict() for key, record in records.items() if key not in self._written]
-        self._written.update(records)
-        # named by the count shared so far, which every write raises: one file per batch, never overwritten
-        write_text(self.directory / f"{self.writer}-{len(self._written):07d}.json", json.dumps(new))
-
-    def halt(self, reason: str) -> None:
-        """No further look can wait for every record: each worker's next look gives up, with ``reason``."""
-        if self.halted() is None:
-            write_text(self.directory / self.HALTED, reason)
-
-    def halted(self) -> str | None:
-        """Why the looks were halted, or None."""
-        path = self.directory / self.HALTED
-        return path.read_text() if path.exists() else None
-
-    def wait_for(self, case_ids: Iterable[str]) -> list[dict[str, Any]]:
-        """Every shared record, once those of ``case_ids`` are all in; raises LooksHalted if they never will be."""
-        wanted = set(case_ids)
-        while True:
-            for path in sorted(self.directory.glob("*.json")):
-                if path.name not in self._read:
-                    self._read[path.name] = batch = json.loads(path.read_text())
-                    self._read_ids.update(case_id(r["key"], r["config"], r["trial"]) for r in batch)
-            if wanted <= self._read_ids:
-                return [record for batch in self._read.values() for record in batch]
-            halted = self.halted()
-            if halted is not None:
-                raise LooksHalted(halted)
-            time.sleep(self.POLL_SECONDS)
-
-
-def shared_records(config: pytest.Config, key: str) -> SharedRecords | None:
-    """The records this process shares for its looks: on an xdist worker, the directory the controller
-    passed as ``workerinput[key]``; on the controller, a new one; None in a plain run."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        return SharedRecords(workerinput[key], writer=workerinput["workerid"])
-    if config.getoption("dist", "no") == "no":
-        return None
-    if config.getoption("dist") != "load":
-        raise pytest.UsageError(
-            f"--steer-sequential hands out the blocks in order under --dist load (the default of -n), not --dist "
-            f"{config.getoption('dist')}: drop --dist, or run the fixed design and replay it with "
-            "python -m pytest_steer merge OUT RUN --sequential"
-        )
-    remote = [spec for spec in config.getoption("tx", None) or [] if "popen" not in spec]
-    if remote:
-        raise pytest.UsageError(
-            f"--steer-sequential under xdist shares records through a local directory, and {remote[0]!r} is no local "
-            "worker: run with -n N, or run the fixed design and replay it with python -m pytest_steer merge OUT RUN --sequential"
-        )
-    config.option.loadscopereorder = False  # units go out in block order (--loadscope-no-reorder)
-    directory = tempfile.mkdtemp(prefix="steer-sequential-")
-    config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
-    return SharedRecords(directory)

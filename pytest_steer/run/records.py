@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from pytest_steer.plan.cases import case_id
+
 
 @dataclass(frozen=True)
 class CaseRecord:
@@ -80,8 +82,6 @@ class CaseRecord:
 
     @property
     def case_id(self) -> str:
-        from pytest_steer.plan.cases import case_id
-
         return case_id(self.key, self.config, self.trial)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +94,11 @@ class CaseRecord:
         if problems:
             raise RecordError("; ".join(problems))
         return cls(**{name: data[name] for name in _field_types() if name in data})
+
+
+def record_case_id(record: Mapping[str, Any]) -> str:
+    """The case id of a record in its dict form (as JSON carries it)."""
+    return case_id(record["key"], record["config"], record["trial"])
 
 
 class RecordError(ValueError):
@@ -196,4 +201,3 @@ def unsteered_reason(record: Mapping[str, Any]) -> str | None:
     highlights = record.get("highlights") or []
     missing = set(record.get("missing_spans") or [])
     return NO_HIGHLIGHT_FOUND if highlights and all(h in missing for h in highlights) else None
-

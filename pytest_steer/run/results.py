@@ -10,7 +10,8 @@ from pytest_steer.plan.options import SteerSettings
 from pytest_steer.run.selection import RunSelection
 from pytest_steer.stats.aggregate import ConfigAggregate, aggregate, deltas_vs_baseline, instruction_deltas_vs_baseline
 from pytest_steer.stats.bootstrap import Interval
-from pytest_steer.stats.gates import ComparisonResult, GateResult
+from pytest_steer.stats.comparison import ComparisonResult
+from pytest_steer.stats.gates import GateResult
 
 
 @dataclass(frozen=True)

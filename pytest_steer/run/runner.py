@@ -37,9 +37,10 @@ from pytest_steer.plan.options import SteerSettings
 from pytest_steer.plan.spec import RunSpec
 from pytest_steer.run.records import CaseRecord
 from pytest_steer.steering import PASTA, SteeringError
+from pytest_steer.steering.identity import method_identity
 from pytest_steer.steering.method import RunContext, SteeringMethod
 from pytest_steer.steering.stack import check_steering_stack
-from pytest_steer.store.responses import GENERATION, QUALITY, ResponseCache, generation_key, method_code, quality_key
+from pytest_steer.store.responses import GENERATION, QUALITY, ResponseCache, generation_key, quality_key
 
 Progress = Callable[..., None]  # (message or None, cases=..., generated=...): see pytest_steer.run.progress
 
@@ -371,7 +372,7 @@ class CaseRunner:
             steering_key = {
                 "method": steering.name,
                 "params": steering.params(),
-                "code": method_code(type(steering)),
+                "code": method_identity(type(steering)),
                 "highlights": list(case.highlights),
             }
         return generation_key(

@@ -17,10 +17,11 @@ from pytest_steer.plan.cases import BASELINE
 
 if TYPE_CHECKING:
     from pytest_steer.plan.cases import Case, SteeringConfig
-    from pytest_steer.stats.gates import ComparisonResult, GateResult
+    from pytest_steer.stats.comparison import ComparisonResult
+    from pytest_steer.stats.gate_language import Check
+    from pytest_steer.stats.gates import GateResult
 
 SELECTION_OPTIONS = "-k/-m/--deselect/--lf"
-FAIL_IF = "fail if "  # how a fail-if's label starts (pytest_steer.stats.gates)
 
 
 @dataclass(frozen=True)
@@ -128,17 +129,15 @@ class RunSelection:
         comparisons: Iterable[ComparisonResult],
         *,
         configs: Sequence[SteeringConfig] = (),
-        expressions: Sequence[str] = (),
+        checks: Sequence[Check] = (),
         compared: Sequence[str] = (),
     ) -> tuple[list[GateResult], list[ComparisonResult], RunSelection]:
         """Keep the checks whose configs are fully selected; the others become undecided.
 
-        ``expressions`` are the gate labels of the run (``fail if ...`` for fail-ifs) and
-        ``compared`` the metrics compared with a saved run: a config of ``configs`` that the
-        selection left without any case has no result to judge, and is named undecided too.
+        ``checks`` are the gates and fail-ifs of the run and ``compared`` the metrics compared
+        with a saved run: a config of ``configs`` that the selection left without any case has
+        no result to judge, and is named undecided too.
         """
-        from pytest_steer.stats.gates import parse_gate
-
         partial = self.partial_configs()
         baseline = next((config.name for config in self.configs if config.name == BASELINE), None)
         kept_gates, kept_comparisons, undecided = [], [], list(self.undecided)
@@ -146,13 +145,13 @@ class RunSelection:
             if gate.config is None and partial:  # selects only configs without a case: named below
                 continue
             involved = [gate.config] if gate.config is not None else []
-            if gate.config is not None and baseline is not None and parse_gate(gate.gate.removeprefix(FAIL_IF)).delta:
+            if gate.config is not None and baseline is not None and gate.check.gate.delta:
                 involved.append(baseline)
             reason = self._reason(involved, partial)
             if reason is None:
                 kept_gates.append(gate)
             else:
-                undecided.append(UndecidedCheck("gate", gate.gate, gate.config, reason))
+                undecided.append(UndecidedCheck("gate", gate.label, gate.config, reason))
         for comparison in comparisons:
             reason = self._reason([comparison.config], partial)
             if reason is None:
@@ -160,11 +159,11 @@ class RunSelection:
             else:
                 undecided.append(UndecidedCheck("comparison", comparison.metric, comparison.config, reason))
         unselected = [config for config in configs if config.name in partial and partial[config.name].cases_selected == 0]
-        for label in expressions:
-            parsed = parse_gate(label.removeprefix(FAIL_IF))
+        for check in checks:
+            gate = check.gate
             for config in unselected:
-                if parsed.selector.selects(config.name, config.alpha, baseline=not config.steered, delta=parsed.delta):
-                    undecided.append(UndecidedCheck("gate", label, config.name, str(self._reason([config.name], partial))))
+                if gate.selector.selects(config.name, config.alpha, baseline=not config.steered, delta=gate.delta):
+                    undecided.append(UndecidedCheck("gate", check.label, config.name, str(self._reason([config.name], partial))))
         for config in unselected:
             reason = str(self._reason([config.name], partial))
             undecided += [UndecidedCheck("comparison", metric, config.name, reason) for metric in compared]

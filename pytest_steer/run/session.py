@@ -20,24 +20,28 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_steer.plan.cases import case_id, may_name_a_case
+from pytest_steer.plan.cases import Case, SteeringConfig, may_name_a_case
+from pytest_steer.plan.collection import Plan, plan_cases, run_configs
+from pytest_steer.plan.estimate import RunPlan
 from pytest_steer.plan.options import SteerSettings
-from pytest_steer.report.outputs import Written
+from pytest_steer.plan.spec import RunSpec, run_provenance
 from pytest_steer.run.progress import Progress
+from pytest_steer.run.records import CaseRecord
+from pytest_steer.run.reported import ReportedRecord, lost_records, one_per_case, unreported
+from pytest_steer.run.selection import SELECTION_OPTIONS, RunSelection
+from pytest_steer.stats.gate_language import parse_checks
+from pytest_steer.stats.levels import CONFIDENCE
+from pytest_steer.steering.method import SteeringMethod
+from pytest_steer.steering.registry import method_registry
+from pytest_steer.store.responses import resolve_cache_dir
 
 if TYPE_CHECKING:
-    from pytest_steer.plan.cases import Case, SteeringConfig
-    from pytest_steer.plan.collection import Plan
-    from pytest_steer.plan.estimate import RunPlan
-    from pytest_steer.plan.spec import RunSpec
-    from pytest_steer.run.looks import SequentialStop, SharedRecords, Wanted
-    from pytest_steer.run.records import CaseRecord
+    from pytest_steer.run.looks import SequentialStop, Wanted
     from pytest_steer.run.results import RunResults
     from pytest_steer.run.runner import CaseRunner
-    from pytest_steer.run.selection import RunSelection
+    from pytest_steer.run.shared_records import SharedRecords
     from pytest_steer.stats.aggregate import ConfigAggregate
     from pytest_steer.stats.sequential import SequentialOutcome
-    from pytest_steer.steering.method import SteeringMethod
 
 
 def stop_reason(text: str) -> str:
@@ -49,17 +53,19 @@ def stop_reason(text: str) -> str:
     return f"stopped after {count} failure{'s' if count != 1 else ''} by -x/--maxfail"
 
 
+SESSION_KEY = pytest.StashKey["SteerSession"]()  # config.stash[SESSION_KEY]: the process's session
+
+
 class SteerSession:
     def __init__(self, config: pytest.Config, settings: SteerSettings) -> None:
         self.config = config
         self.settings = settings
         self.progress = Progress(config)
-        self.records: list[dict[str, Any]] = []  # received on the controller, in report order
+        self.records: list[ReportedRecord] = []  # received on the controller, in report order
         self.selected: dict[str, str] = {}  # node id -> case id of every selected steer test (on the controller too)
         self.stopped: str | None = None  # why the run ended before every case ran (Ctrl-C, -x, a model that cannot load)
         self.sent: set[str] = set()  # case ids whose records left this process on a test report
         self.from_workers: list[dict[str, Any]] = []  # records the xdist workers generated but sent on no report
-        self.written = Written()
         self.started = time.time()
         self._results: RunResults | None = None
         self._stack_checked = False
@@ -86,14 +92,10 @@ class SteerSession:
 
     @property
     def selection(self) -> RunSelection:
-        from pytest_steer.run.selection import RunSelection
-
         return RunSelection.of(self.plan.cases, set(self.selected.values()))
 
     def run_plan(self, workers: int = 1) -> RunPlan:
         """What the selected cases will cost; the progress lines count against it from now on."""
-        from pytest_steer.plan.estimate import RunPlan
-
         chosen = set(self.selected.values())
         cases = [case for case in self.plan.cases if case.id in chosen]
         plan = RunPlan(
@@ -112,15 +114,11 @@ class SteerSession:
 
     @cached_property
     def methods(self) -> dict[str, type[SteeringMethod]]:
-        from pytest_steer.steering.registry import method_registry
-
         return method_registry(self.config.hook.pytest_steer_methods())
 
     @cached_property
     def plan(self) -> Plan:
         """Load and validate the prompts once; bad input fails collection with one clear message."""
-        from pytest_steer.plan.collection import plan_cases
-
         return plan_cases(self.settings, self.methods, cache_dir=self.cache_dir)
 
     @property
@@ -134,7 +132,7 @@ class SteerSession:
 
     def _check_steering_stack(self) -> None:
         """Before any generation, when PASTA has cases to generate; a fully cached run skips it."""
-        from pytest_steer.run.runner import RunnerUnavailable
+        from pytest_steer.run.runner import RunnerUnavailable  # why: imports torch; this module loads with the plugin
 
         if self.runner.needs_generation("pasta"):
             try:
@@ -180,26 +178,20 @@ class SteerSession:
     @cached_property
     def configs(self) -> tuple[SteeringConfig, ...]:
         """The run's configs, known without collecting (an xdist controller collects nothing)."""
-        from pytest_steer.plan.collection import run_configs
-
         return run_configs(self.settings, self.methods)
 
     @cached_property
     def spec(self) -> RunSpec:
-        from pytest_steer.plan.spec import RunSpec
-
         return RunSpec.from_settings(self.settings, self.configs)
 
     @cached_property
     def cache_dir(self) -> Path | None:
-        from pytest_steer.store.responses import resolve_cache_dir
-
         s = self.settings
         return resolve_cache_dir(s.no_cache, s.cache_dir, s.rootdir, self.config)
 
     @cached_property
     def runner(self) -> CaseRunner:
-        from pytest_steer.run.runner import CaseRunner
+        from pytest_steer.run.runner import CaseRunner  # why: imports torch; this module loads with the plugin
 
         worker = getattr(self.config, "workerinput", {}).get("workerid")
         return CaseRunner(
@@ -222,8 +214,9 @@ class SteerSession:
             if self.runner.model_loaded:
                 gc.freeze()
 
-    def receive(self, record: dict[str, Any], nodeid: str) -> None:
-        self.records.append({**record, "nodeid": nodeid})
+    def receive(self, record: Mapping[str, Any], nodeid: str) -> None:
+        """A record as a test report carries it (a dict, from an xdist worker too)."""
+        self.records.append(ReportedRecord.received(record, nodeid))
 
     def unsent(self) -> list[dict[str, Any]]:
         """Records this process generated for selected cases that no test report carried (the run stopped first)."""
@@ -236,37 +229,29 @@ class SteerSession:
     def _receive_unreported(self) -> int:
         """Keep the records that were generated but never reported: this process's, the workers' that finished, and those
         shared for --steer-sequential's looks (of a worker that went down too). Returns how many."""
-        reported = {case_id(r["key"], r["config"], r["trial"]) for r in self.records}
         nodeids: dict[str, str] = {}
         for nodeid, case in self.selected.items():
             nodeids.setdefault(case, nodeid)
         shared = self.shared.wait_for(()) if self.shared is not None and self.is_controller else []
-        kept = 0
-        for record in [*self.unsent(), *self.from_workers, *shared]:
-            key = case_id(record["key"], record["config"], record["trial"])
-            if key in nodeids and key not in reported:
-                reported.add(key)
-                self.receive(record, nodeids[key])
-                kept += 1
-        return kept
+        kept = unreported([*self.unsent(), *self.from_workers, *shared], self.records, nodeids)
+        self.records += kept
+        return len(kept)
 
     def results(self) -> RunResults:
         """Aggregates and verdicts of every record received (built once, after the test loop)."""
         if self._results is None:
+            # why: imports numpy; this module loads with the plugin
             from pytest_steer.run.gating import decide
             from pytest_steer.run.results import RunResults
-            from pytest_steer.run.selection import SELECTION_OPTIONS
-            from pytest_steer.stats.gates import parse_compare_fail, parse_gate
+            from pytest_steer.stats.comparison import parse_compare_fail
 
-            unreported = self._receive_unreported()
-            records = self._case_records()
-            not_run = self._not_run({case_id(r["key"], r["config"], r["trial"]) for r in records})
+            n_unreported = self._receive_unreported()
+            reported = one_per_case(self.records)
+            not_run = self._not_run({record.case_id for record in reported})
             stopped = self.stopped if not_run else None  # a stopped run that ran every case is complete
             lost = [] if stopped else self._lost_records(not_run)  # a stop leaves cases out, as a selection does
-            records += lost
+            records = [record.to_dict() for record in [*reported, *lost]]
             model = next((r["model"] for r in records if r.get("model")), None) or {"name": self.settings.model}
-            from pytest_steer.plan.spec import run_provenance
-
             invocation = self.config.invocation_params
             devices = [r["device"] for r in records if r.get("device")]
             provenance = run_provenance(invocation.args, invocation.dir, self.started, devices)
@@ -281,16 +266,13 @@ class SteerSession:
                 verdicts.gates,
                 verdicts.comparisons,
                 configs=self.configs,
-                expressions=[
-                    *(parse_gate(text).text for text in self.settings.gate),
-                    *(f"fail if {parse_gate(text).text}" for text in self.settings.fail_if),
-                ],
+                checks=parse_checks(self.settings.gate, self.settings.fail_if),
                 compared=list(parse_compare_fail(self.settings.compare_fail)) if self.settings.baseline is not None else [],
             )
             verdicts.gates, verdicts.comparisons = gates, comparisons
-            if unreported:
+            if n_unreported:
                 why = f" ({self.stopped})" if self.stopped else ""  # else a test errored before it took its case
-                verdicts.notes.append(f"{unreported} generated case(s) were reported by no test{why}; this report keeps their records")
+                verdicts.notes.append(f"{n_unreported} generated case(s) were reported by no test{why}; this report keeps their records")
             if self.settings.sequential and self.sequential is None:
                 verdicts.notes.append(
                     f"--steer-sequential took no look: pytest's selection ({SELECTION_OPTIONS}) ran part of the cases, so every "
@@ -311,7 +293,7 @@ class SteerSession:
         stops nowhere: every selected case runs, and its checks on partly selected configs are not decided."""
         if not self.settings.sequential or self.selection.partial:
             return None
-        from pytest_steer.run.looks import SequentialStop
+        from pytest_steer.run.looks import SequentialStop  # why: imports numpy; this module loads with the plugin
 
         return SequentialStop(self.settings, self.plan.blocks, self._max_instructions)
 
@@ -336,14 +318,15 @@ class SteerSession:
     def _records_wanted(self, wanted: Wanted) -> list[dict[str, Any]]:
         """The records of the cases a look needs: on an xdist worker, once every worker has shared them."""
         if self.shared is None or self.is_controller:
-            return self._case_records()
+            return [record.to_dict() for record in one_per_case(self.records)]
         cases = [self.plan.by_id[case] for case in self.selected.values()]
         return self.shared.wait_for(case.id for case in cases if wanted(case.row.key, case.config.name))
 
     def _sequential_outcome(self, aggregates: list[ConfigAggregate], records: list[dict[str, Any]]) -> SequentialOutcome:
         """The checks decided as the live run looked at them, over the prompts it generated."""
+        # why: imports numpy; this module loads with the plugin
         from pytest_steer.run.gating import error_budget
-        from pytest_steer.run.looks import CONFIDENCE, sequential_settings
+        from pytest_steer.run.looks import sequential_settings
         from pytest_steer.stats.sequential import aggregates_over, decide_sequentially
 
         s = self.settings
@@ -359,13 +342,6 @@ class SteerSession:
             budget=[key for block in self.plan.blocks for key in block],
             max_instructions=self._max_instructions,
         )
-
-    def _case_records(self) -> list[dict[str, Any]]:
-        """One record per case, however many tests requested it (each test's report carries the same record)."""
-        by_case: dict[str, dict[str, Any]] = {}
-        for record in self.records:
-            by_case.setdefault(case_id(record["key"], record["config"], record["trial"]), record)
-        return list(by_case.values())
 
     def _not_run(self, reported: set[str]) -> dict[str, str]:
         """Case id -> node id of the selected cases without a record that the run needed."""
@@ -383,26 +359,11 @@ class SteerSession:
 
     def _ran(self, not_run: Collection[str], stopped: str) -> RunSelection:
         """The selection of a run that stopped early: the selected cases less those it did not run."""
-        from pytest_steer.run.selection import RunSelection
-
         return RunSelection.of(self.plan.cases, set(self.selected.values()) - set(not_run), stopped=stopped)
 
-    def _lost_records(self, not_run: Mapping[str, str]) -> list[dict[str, Any]]:
+    def _lost_records(self, not_run: Mapping[str, str]) -> list[ReportedRecord]:
         """Records of the selected cases that no test reported: errors, never misses."""
-        from pytest_steer.run.records import CaseRecord
-
         halted = self.shared.halted() if self.shared is not None else None
         if halted is not None:  # the workers skipped the cases after their last look: those the run needed are lost
-            reason = f"lost: not run: the sequential looks halted ({halted})"
-        else:
-            reason = "lost: the case never reported (its worker crashed)"
-        lost = []
-        for case_key, nodeid in not_run.items():
-            case = self.plan.by_id[case_key]
-            row = case.row
-            record = CaseRecord.failed(
-                key=row.key, config=case.config.name, alpha=case.config.alpha, trial=case.trial, error=reason,
-                seed=case.seed, prompt=row.prompt, instruction_id_list=list(row.instruction_id_list), method=case.config.method,
-            )
-            lost.append(record.to_dict() | {"nodeid": nodeid})
-        return lost
+            return lost_records(not_run, self.plan.by_id, f"lost: not run: the sequential looks halted ({halted})")
+        return lost_records(not_run, self.plan.by_id, "lost: the case never reported (its worker crashed)")

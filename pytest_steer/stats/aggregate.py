@@ -29,16 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_steer.stats.bootstrap import Bootstrap, Interval, bootstrap, paired_bootstrap
-
-ACCURACY_METRICS = (
-    "strict_prompt_accuracy",
-    "strict_instruction_accuracy",
-    "loose_prompt_accuracy",
-    "loose_instruction_accuracy",
-)
-QUALITY_METRIC = "quality"
-METRICS = (*ACCURACY_METRICS, QUALITY_METRIC)
-FOLLOW_RATE_PREFIXES = {"follow_rate": "strict", "loose_follow_rate": "loose"}
+from pytest_steer.stats.levels import CONFIDENCE
+from pytest_steer.stats.metrics import METRICS, QUALITY_METRIC, follow_rate_name, split_follow_rate
 
 _RECORD_FIELDS = (
     "key",
@@ -57,25 +49,6 @@ _RECORD_FIELDS = (
 PerPrompt = dict[str, tuple[float, float]]
 
 
-def follow_rate_name(instruction_id: str, *, loose: bool = False) -> str:
-    """Metric name of one instruction id's follow rate, e.g. ``follow_rate[detectable_format:title]``."""
-    return f"{'loose_follow_rate' if loose else 'follow_rate'}[{instruction_id}]"
-
-
-def split_follow_rate(metric: str) -> tuple[str, str] | None:
-    """``("strict" | "loose", instruction id)`` for a follow-rate metric name, else ``None``."""
-    for prefix, side in FOLLOW_RATE_PREFIXES.items():
-        if metric.startswith(prefix + "[") and metric.endswith("]"):
-            instruction_id = metric[len(prefix) + 1 : -1]
-            if instruction_id:
-                return side, instruction_id
-    return None
-
-
-def is_metric_name(metric: str) -> bool:
-    return metric in METRICS or split_follow_rate(metric) is not None
-
-
 @dataclass(frozen=True)
 class ConfigAggregate:
     """Aggregates of one steering config, with the settings its intervals were drawn with."""
@@ -89,7 +62,7 @@ class ConfigAggregate:
     per_instruction: dict[str, dict[str, Interval]]  # id -> {"strict": ..., "loose": ...}
     per_prompt: dict[str, PerPrompt]  # metric -> prompt key -> (numerator, denominator)
     method: str | None = None  # the steering method; None for the unsteered baseline
-    confidence: float = 0.95
+    confidence: float = CONFIDENCE
     n_resamples: int = 2000
     seed: int = 0
 
@@ -114,9 +87,7 @@ class ConfigAggregate:
         if values is None:
             return None
         keys = sorted(values)
-        return bootstrap(
-            [values[k][0] for k in keys], [values[k][1] for k in keys], n_resamples=self.n_resamples, seed=self.seed
-        )
+        return bootstrap([values[k][0] for k in keys], [values[k][1] for k in keys], n_resamples=self.n_resamples, seed=self.seed)
 
     def to_dict(self, *, include_per_prompt: bool = False) -> dict[str, Any]:
         """JSON-ready form; ``include_per_prompt`` keeps what a later paired comparison needs."""
@@ -129,16 +100,10 @@ class ConfigAggregate:
             "n_errors": self.n_errors,
             "confidence": self.confidence,
             "metrics": {m: iv.to_dict() for m, iv in self.metrics.items()},
-            "per_instruction": {
-                iid: {side: iv.to_dict() for side, iv in sides.items()}
-                for iid, sides in self.per_instruction.items()
-            },
+            "per_instruction": {iid: {side: iv.to_dict() for side, iv in sides.items()} for iid, sides in self.per_instruction.items()},
         }
         if include_per_prompt:
-            data["per_prompt"] = {
-                m: {key: [num, den] for key, (num, den) in values.items()}
-                for m, values in self.per_prompt.items()
-            }
+            data["per_prompt"] = {m: {key: [num, den] for key, (num, den) in values.items()} for m, values in self.per_prompt.items()}
             data["n_resamples"] = self.n_resamples
             data["seed"] = self.seed
         return data
@@ -161,14 +126,12 @@ class ConfigAggregate:
             n_errors=int(data["n_errors"]),
             metrics={m: Interval.from_dict(iv) for m, iv in data["metrics"].items()},
             per_instruction={
-                iid: {side: Interval.from_dict(iv) for side, iv in sides.items()}
-                for iid, sides in data["per_instruction"].items()
+                iid: {side: Interval.from_dict(iv) for side, iv in sides.items()} for iid, sides in data["per_instruction"].items()
             },
             per_prompt={
-                m: {key: (float(num), float(den)) for key, (num, den) in values.items()}
-                for m, values in data["per_prompt"].items()
+                m: {key: (float(num), float(den)) for key, (num, den) in values.items()} for m, values in data["per_prompt"].items()
             },
-            confidence=float(data.get("confidence", 0.95)),
+            confidence=float(data.get("confidence", CONFIDENCE)),
             n_resamples=int(data.get("n_resamples", 2000)),
             seed=int(data.get("seed", 0)),
         )
@@ -178,7 +141,7 @@ def aggregate(
     records: Iterable[Mapping[str, Any] | Any],
     *,
     seed: int = 0,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     n_resamples: int = 2000,
 ) -> list[ConfigAggregate]:
     """Aggregate case records per config, baseline first, then PASTA by ascending alpha, then other methods."""
@@ -186,10 +149,7 @@ def aggregate(
     for record in records:
         fields = _record_fields(record)
         by_config[str(fields["config"])].append(fields)
-    aggregates = [
-        _aggregate_config(name, config_records, seed, confidence, n_resamples)
-        for name, config_records in by_config.items()
-    ]
+    aggregates = [_aggregate_config(name, config_records, seed, confidence, n_resamples) for name, config_records in by_config.items()]
     return sorted(aggregates, key=config_order)
 
 
@@ -207,9 +167,7 @@ def compare(a: ConfigAggregate, b: ConfigAggregate, metric: str) -> Interval:
     return compare_bootstrap(a, b, metric).interval(a.confidence)
 
 
-def compare_bootstrap(
-    a: ConfigAggregate, b: ConfigAggregate, metric: str, prompts: Iterable[str] | None = None
-) -> Bootstrap:
+def compare_bootstrap(a: ConfigAggregate, b: ConfigAggregate, metric: str, prompts: Iterable[str] | None = None) -> Bootstrap:
     """The replicates behind :func:`compare`; ``prompts`` narrows the common prompts further."""
     for agg in (a, b):
         if metric not in agg.per_prompt:
@@ -238,16 +196,13 @@ def deltas_vs_baseline(aggregates: Iterable[ConfigAggregate]) -> dict[str, dict[
         return {}
     return {
         agg.name: {
-            metric: compare(agg, baseline, metric)
-            for metric in METRICS
-            if metric in agg.per_prompt and metric in baseline.per_prompt
+            metric: compare(agg, baseline, metric) for metric in METRICS if metric in agg.per_prompt and metric in baseline.per_prompt
         }
         for agg in aggregates
         if agg is not baseline
     }
 
 
-INSTRUCTION_DELTA_METRICS = ("follow_rate", "loose_follow_rate", QUALITY_METRIC)
 MIN_INTERVAL_PROMPTS = 2  # the interval over one prompt is that prompt's value, zero wide: no interval at all
 
 
@@ -261,9 +216,7 @@ def not_estimable(interval: Interval) -> bool:
     return not math.isnan(interval.mean) and (math.isnan(interval.ci_low) or math.isnan(interval.ci_high))
 
 
-def instruction_deltas_vs_baseline(
-    aggregates: Iterable[ConfigAggregate], *, min_prompts: int
-) -> dict[str, dict[str, dict[str, Interval]]]:
+def instruction_deltas_vs_baseline(aggregates: Iterable[ConfigAggregate], *, min_prompts: int) -> dict[str, dict[str, dict[str, Interval]]]:
     """Steered config -> instruction id -> paired delta vs the baseline, per prompt holding the id.
 
     ``follow_rate`` and ``loose_follow_rate`` are the deltas of that id's follow rates;
@@ -371,18 +324,13 @@ def _aggregate_config(
 
     def interval(values: PerPrompt) -> Interval:
         keys = sorted(values)
-        replicates = bootstrap(
-            [values[k][0] for k in keys], [values[k][1] for k in keys], n_resamples=n_resamples, seed=seed
-        )
+        replicates = bootstrap([values[k][0] for k in keys], [values[k][1] for k in keys], n_resamples=n_resamples, seed=seed)
         return replicates.interval(confidence)
 
     metrics = {m: interval(per_prompt[m]) for m in METRICS if m in per_prompt}
     instruction_ids = sorted({iid for p in prompts.values() for iid in p.instruction_ids})
     per_instruction = {
-        iid: {
-            side: interval(per_prompt[follow_rate_name(iid, loose=side == "loose")])
-            for side in ("strict", "loose")
-        }
+        iid: {side: interval(per_prompt[follow_rate_name(iid, loose=side == "loose")]) for side in ("strict", "loose")}
         for iid in instruction_ids
     }
     return ConfigAggregate(

@@ -103,4 +103,3 @@ def mismatches(current: dict[str, Any], saved: dict[str, Any]) -> tuple[list[str
 def _model_id(run: dict[str, Any]) -> str:
     model = run.get("model") or {}
     return f"{model.get('name')}@{model.get('revision', '?')} ({model.get('dtype', '?')})"
-

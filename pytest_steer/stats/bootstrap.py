@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from pytest_steer.stats.levels import CONFIDENCE, one_sided_error
+
 ArrayLike = Sequence[float] | np.ndarray
 
 
@@ -93,7 +95,7 @@ class Bootstrap:
         _check_confidence(confidence)
         if self.n_prompts == 0:
             return Interval.empty()
-        low, high = self.tails((1.0 - confidence) / 2.0)
+        low, high = self.tails(one_sided_error(confidence))
         return Interval(self.estimate, low, high, self.n_prompts)
 
     def p_value(self, threshold: float, *, above: bool, strict: bool) -> float:
@@ -154,17 +156,14 @@ def paired_bootstrap(
     nb, db = _as_ratio_arrays(num_b, den_b, "num_b", "den_b")
     if na.size != nb.size:
         raise ValueError(
-            f"paired arrays differ in length ({na.size} vs {nb.size}); "
-            "pass both sides over the same prompts in the same order"
+            f"paired arrays differ in length ({na.size} vs {nb.size}); pass both sides over the same prompts in the same order"
         )
     if na.size == 0:
         return Bootstrap(math.nan, np.empty(0), 0)
     mean = _ratio(na, da) - _ratio(nb, db)
     if na.size == 1:
         return Bootstrap(mean, np.empty(0), 1)
-    replicates = _replicates(
-        na.size, n_resamples, seed, lambda idx: _resampled_ratios(na, da, idx) - _resampled_ratios(nb, db, idx)
-    )
+    replicates = _replicates(na.size, n_resamples, seed, lambda idx: _resampled_ratios(na, da, idx) - _resampled_ratios(nb, db, idx))
     return Bootstrap(mean, replicates, na.size)
 
 
@@ -172,7 +171,7 @@ def bootstrap_ratio(
     numerators: ArrayLike,
     denominators: ArrayLike | None = None,
     *,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Interval:
@@ -191,7 +190,7 @@ def paired_difference(
     num_b: ArrayLike,
     den_b: ArrayLike | None,
     *,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Interval:
@@ -282,9 +281,7 @@ def _as_ratio_arrays(
         return num, None
     den = np.asarray(denominators, dtype=np.float64)
     if den.shape != num.shape:
-        raise ValueError(
-            f"{den_name} must match {num_name} one per prompt, got shapes {den.shape} and {num.shape}"
-        )
+        raise ValueError(f"{den_name} must match {num_name} one per prompt, got shapes {den.shape} and {num.shape}")
     if not np.all(np.isfinite(den)) or np.any(den <= 0):
         raise ValueError(f"{den_name} must be positive and finite for every prompt")
     return num, den

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pytest_steer.stats.holm import holm
+
 SEQUENTIAL_SHARE = 0.2  # of the family's one-sided error, spent on the looks; the rest decides at the budget
 BET_CAP = 0.95  # the largest stake: the share of the wealth the worst possible prompt may take
 FIXED_STAKE = BET_CAP / 2.0
@@ -207,19 +209,6 @@ def running_p_values(wealth: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, 1.0 / np.maximum.accumulate(np.maximum(wealth, 1.0), axis=-1))
 
 
-def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
-    """Holm's step-down rejections along the last axis at family-wise error ``alpha`` (ties keep their order)."""
-    p = np.asarray(p_values, dtype=np.float64)
-    m = p.shape[-1]
-    order = np.argsort(p, axis=-1, kind="stable")
-    ranked = np.take_along_axis(p, order, axis=-1)
-    levels = alpha / (m - np.arange(m))
-    passed = np.cumprod(ranked <= levels, axis=-1).astype(bool)
-    rejected = np.zeros_like(passed)
-    np.put_along_axis(rejected, order, passed, axis=-1)
-    return rejected
-
-
 def decide_looks(
     streams: Sequence[Stream],
     blocks: Sequence[Sequence[str]],
@@ -300,4 +289,3 @@ def decide_looks(
         if OPEN not in states:
             break
     return looks
-

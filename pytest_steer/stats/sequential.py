@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_steer.stats.aggregate import QUALITY_METRIC, ConfigAggregate, aggregate
+from pytest_steer.stats.aggregate import ConfigAggregate, aggregate
 from pytest_steer.stats.bootstrap import expanded_tail
 from pytest_steer.stats.eprocess import (
     FUTILITY_FACTOR,
@@ -33,7 +33,10 @@ from pytest_steer.stats.eprocess import (
     prompt_blocks,
     prompts_per_config,
 )
-from pytest_steer.stats.gates import FAIL_IF, GATE, Gate, GateResult, evaluate_gates, parse_gate
+from pytest_steer.stats.gate_language import Check, Gate, parse_checks, parse_gate
+from pytest_steer.stats.gates import GateResult, evaluate_gates
+from pytest_steer.stats.levels import CONFIDENCE, one_sided_error
+from pytest_steer.stats.metrics import QUALITY_METRIC
 
 INSTRUCTION_RATIOS = ("strict_instruction_accuracy", "loose_instruction_accuracy")  # per prompt: followed / instructions
 DEFAULT_BLOCK_SIZE = 8
@@ -79,9 +82,9 @@ class SequentialOutcome:
         }
 
 
-def check_name(form: str, gate: Gate, config: str) -> str:
-    """A check's name in looks, as its outcome's node id names it: ``<config>::<expression>``."""
-    return f"{config}::{gate.text if form == GATE else 'fail if ' + gate.text}"
+def check_name(check: Check, config: str) -> str:
+    """A check's name in looks, as its outcome's node id names it: ``<config>::<label>``."""
+    return f"{config}::{check.label}"
 
 
 def check_streams(
@@ -100,27 +103,26 @@ def check_streams(
     """
     baseline = next((agg for agg in aggregates if agg.is_baseline), None)
     streams: list[Stream] = []
-    for form, expressions in ((GATE, gates), (FAIL_IF, fail_ifs)):
-        for gate in expressions:
-            gate = parse_gate(gate) if isinstance(gate, str) else gate
-            for agg in aggregates:
-                if not gate.selector.matches(agg, delta=gate.delta):
-                    continue
-                values = _paired_values(gate, agg, baseline)
-                if values is None:
-                    continue
-                max_den = max((den for a in aggregates for _, den in a.per_prompt.get(gate.metric, {}).values()), default=1.0)
-                if max_instructions is not None and gate.metric in INSTRUCTION_RATIOS:
-                    max_den = float(max(max_instructions, 1))
-                bounded = None if gate.metric == QUALITY_METRIC else ((-1.0, 1.0) if gate.delta else (0.0, 1.0))
-                scores, low, high, clipped = centered_scores(
-                    values, gate.threshold, bounded, max_denominator=max_den, quality_clip=quality_clip
-                )
-                keys = tuple(sorted(scores))
-                above = gate.bound == "ci_low"
-                configs = (agg.name, baseline.name) if gate.delta and baseline is not None else (agg.name,)
-                name = check_name(form, gate, agg.name)
-                streams.append(Stream(name, keys, np.array([scores[k] for k in keys]), low, high, above, clipped, configs))
+    for check in parse_checks(gates, fail_ifs):
+        gate = check.gate
+        for agg in aggregates:
+            if not gate.selector.matches(agg, delta=gate.delta):
+                continue
+            values = _paired_values(gate, agg, baseline)
+            if values is None:
+                continue
+            max_den = max((den for a in aggregates for _, den in a.per_prompt.get(gate.metric, {}).values()), default=1.0)
+            if max_instructions is not None and gate.metric in INSTRUCTION_RATIOS:
+                max_den = float(max(max_instructions, 1))
+            bounded = None if gate.metric == QUALITY_METRIC else ((-1.0, 1.0) if gate.delta else (0.0, 1.0))
+            scores, low, high, clipped = centered_scores(
+                values, gate.threshold, bounded, max_denominator=max_den, quality_clip=quality_clip
+            )
+            keys = tuple(sorted(scores))
+            above = gate.bound == "ci_low"
+            configs = (agg.name, baseline.name) if gate.delta and baseline is not None else (agg.name,)
+            name = check_name(check, agg.name)
+            streams.append(Stream(name, keys, np.array([scores[k] for k in keys]), low, high, above, clipped, configs))
     return streams
 
 
@@ -157,7 +159,7 @@ def replay(
     max_errors: int | float,
     min_prompts: int,
     correction: str = "holm",
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
 ) -> tuple[list[ConfigAggregate], SequentialOutcome]:
     """Replay finished cases in the order a sequential run generates them; stop where it would.
 
@@ -199,10 +201,10 @@ def decide_sequentially(
     fail_ifs = [parse_gate(g) if isinstance(g, str) else g for g in fail_ifs]
     generated = {key for agg in full for values in agg.per_prompt.values() for key in values}
     keys = sorted(generated if budget is None else set(budget))
-    confidence = full[0].confidence if full else 0.95
+    confidence = full[0].confidence if full else CONFIDENCE
     streams = check_streams(gates, fail_ifs, full, quality_clip=settings.quality_clip, max_instructions=max_instructions)
     blocks = prompt_blocks(keys, settings.block_size, settings.seed)
-    alpha = (1.0 - confidence) / 2.0
+    alpha = one_sided_error(confidence)
     looks = decide_looks(streams, blocks, alpha, min_prompts=min_prompts, share=settings.share, correction=correction)
     order = [key for block in blocks for key in block]
     used = order[: looks[-1].prompts_used] if looks else order
@@ -253,9 +255,9 @@ def _combine(
     share: float,
     resamples: dict[str, int],
 ) -> GateResult:
-    name = f"{result.config}::{result.gate}"
-    decision = decisions.get(name)
-    if result.config is None or result.shown is None or decision is None:
+    name = check_name(result.check, result.config) if result.config is not None else None
+    decision = decisions.get(name) if name is not None else None
+    if result.shown is None or decision is None:
         return result  # not evaluated: it fails in both forms, as in a fixed run
     stream = streams[name]
     clip_note = f"; {stream.n_clipped} prompt value(s) clipped to the quality range" if stream.n_clipped else ""
@@ -266,14 +268,13 @@ def _combine(
         )
         return dataclasses.replace(result, message=result.message + note)
     shown = decision.state == SHOWN
-    passed = shown if result.form == GATE else not shown
+    passed = result.form.passed(shown)
     p_value = decision.p_shown if shown else decision.p_shown_not
     bound = "lower" if stream.above == shown else "upper"
-    head = result.message.split("; ")[0]
     futility = alpha * FUTILITY_FACTOR
     bar = f"Holm over the family at one-sided {alpha * share:g}" if shown else f"futility, this check alone at one-sided {futility:g}"
     message = (
-        f"{head}; {'passes if shown' if result.form == GATE else 'fails if shown'}: "
+        f"{result.observation()}; {result.form.rule}: "
         f"{decision.state} at look {decision.look} of {n_looks} ({decision.prompts} prompts) on the {bound} bound, "
         f"e-value {1.0 / max(p_value, 1e-300):.3g} ({bar}){clip_note} -> {decision.state}, {'PASS' if passed else 'FAIL'}"
     )

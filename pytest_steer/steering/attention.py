@@ -51,15 +51,36 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from pytest_steer.steering.errors import SteeringError, UnsupportedModelError
+from pytest_steer.steering.rows import check_prompt_rows
 
 STEERED_IMPLEMENTATIONS = {"eager": "steer_eager", "sdpa": "steer_sdpa"}
 
 # transformers.models.<family> packages whose eager_attention_forward is Llama's, optionally with logit
 # softcapping and attention sinks, which eager_attention reproduces (tests/steering/test_families.py checks each).
-GROUPED_EAGER_FAMILIES = frozenset({
-    "cohere", "gemma", "gemma2", "gemma3", "glm4", "gpt_neox", "gpt_oss", "granite", "llama", "mistral", "mixtral",
-    "olmo2", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "smollm3", "stablelm", "starcoder2",
-})
+GROUPED_EAGER_FAMILIES = frozenset(
+    {
+        "cohere",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "glm4",
+        "gpt_neox",
+        "gpt_oss",
+        "granite",
+        "llama",
+        "mistral",
+        "mixtral",
+        "olmo2",
+        "phi3",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "smollm3",
+        "stablelm",
+        "starcoder2",
+    }
+)
 # What decoder layers call their self-attention, across transformers' families.
 ATTENTION_CHILDREN = ("self_attn", "attention", "attn", "self_attention")
 # The model forward's keyword for the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before.
@@ -130,6 +151,7 @@ def family_eager_attention(attention_class: type) -> AttentionFunction:
 
 
 def _steered(base: str) -> AttentionFunction:
+    # why: collection imports this module (check_model_family), and must not load transformers
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def steered_attention(
@@ -153,7 +175,7 @@ def register_steered_attention() -> None:
     global _registered
     if _registered:
         return
-    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers import AttentionInterface, AttentionMaskInterface  # why: as in _steered
     from transformers.masking_utils import eager_mask, sdpa_mask
 
     masks = {"eager": eager_mask, "sdpa": sdpa_mask}
@@ -282,23 +304,6 @@ def _attention_child(layer: nn.Module) -> nn.Module | None:
         if isinstance(child, nn.Module):
             return child
     return None
-
-
-def check_prompt_rows(input_ids: torch.Tensor | None, prompt_ids: torch.Tensor, batch_shape: tuple[int, ...], method: str) -> None:
-    """Refuse a forward inside a steering block whose tokens hold the prompt's length but are not the
-    steered prompts (each prompt row repeated for its responses); shorter forwards are decode steps."""
-    if input_ids is None or input_ids.shape[1] < prompt_ids.shape[1]:
-        return
-    rows, prompt_rows = input_ids.shape[0], prompt_ids.shape[0]
-    if rows % prompt_rows == 0:
-        expected = prompt_ids.repeat_interleave(rows // prompt_rows, dim=0).to(input_ids.device)
-        if torch.equal(input_ids[:, : prompt_ids.shape[1]], expected):
-            return
-    raise SteeringError(
-        f"a forward inside the steering block starts with input_ids of shape {tuple(input_ids.shape)} that are not "
-        f"the steered prompt batch {tuple(batch_shape)}; run the model (or generate) on the input_ids "
-        f"given to {method}.apply(), or open a new apply() block for other prompts"
-    )
 
 
 def _keys_from_position_zero(cache: Any) -> bool:
@@ -446,9 +451,7 @@ class PromptKeyBias:
             return torch.where(mask, bias, masked)
         return mask + bias.to(mask.dtype)
 
-    def _bias_over_keys(
-        self, heads: HeadSet, batch: int, first: int, keys: int, dtype: torch.dtype, device: torch.device
-    ) -> torch.Tensor:
+    def _bias_over_keys(self, heads: HeadSet, batch: int, first: int, keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(batch, heads, 1, keys): the bias of absolute positions first..first+keys-1, zero past the prompt."""
         prompt_bias = self._head_bias[heads]
         if self._rows is not None:

@@ -18,6 +18,7 @@ from pytest_steer.steering.method import PreparedPrompt, SteeringMethod
 
 class Emphasis(SteeringMethod):
     name = "emphasis"
+    version = 1
 
     def __init__(self, marker: str = "**") -> None:
         if not isinstance(marker, str) or not marker:

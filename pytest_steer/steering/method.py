@@ -12,7 +12,7 @@ A method changes what the model is given, at one or both of two points:
   yields with the prompt row of every response row.
 
 ``params()`` names everything a response depends on besides the prompt; it goes into the
-response cache key (with a digest of the method's code, :func:`pytest_steer.store.responses.method_code`),
+response cache key (with what names the method's code, :func:`pytest_steer.steering.identity.method_identity`),
 the run's fingerprint, results.json and the report. The parameters ``--steer-method
 name:key=value`` may give are those of ``__init__``, typed by its annotations, or the
 class's ``parameters`` (:mod:`pytest_steer.steering.parameters`); they are checked and
@@ -72,9 +72,15 @@ class SteeringMethod:
     Subclasses set ``name`` (letters, digits and ``_``; it starts each config name) and
     override ``prepare``, ``steer`` or both, and ``params``. A subclass whose ``create``
     takes other parameters than its ``__init__`` lists them in ``parameters``.
+
+    ``version`` names the code of a built-in method (one defined in ``pytest_steer``) in the
+    response cache key, in place of its source (:mod:`pytest_steer.steering.identity`): a
+    built-in method's version is bumped whenever its responses change. A method defined
+    elsewhere is keyed by its source files, and its ``version`` is not read.
     """
 
     name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
     parameters: ClassVar[tuple[Parameter, ...] | None] = None  # None: the keyword parameters of __init__
 
     @classmethod

@@ -50,6 +50,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from pytest_steer.model.config import HEAD_COUNT, LAYER_COUNT, config_size, config_value
 from pytest_steer.steering.attention import PromptKeyBias, check_model_family, steerable_attention
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
 from pytest_steer.steering.heads import default_head_layers, normalize_head_config, parse_heads, resolve_heads
@@ -64,9 +65,7 @@ SCALE_POSITIONS: tuple[str, ...] = ("include", "exclude", "generation")
 _STEERED_MODELS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
-def prompt_key_bias(
-    highlight: torch.Tensor, real: torch.Tensor, alpha: float, scale_position: ScalePosition
-) -> torch.Tensor:
+def prompt_key_bias(highlight: torch.Tensor, real: torch.Tensor, alpha: float, scale_position: ScalePosition) -> torch.Tensor:
     """The additive logit bias of every prompt key, (batch, prompt_length) float32.
 
     ``highlight`` marks keys inside the union of a row's spans, ``real`` its unpadded
@@ -91,6 +90,7 @@ class PASTA(SteeringMethod):
     """
 
     name = "pasta"
+    version = 1
     parameters = (Parameter("alpha", float), Parameter("heads", str | None, None), Parameter("scale_position", ScalePosition, "include"))
 
     @classmethod
@@ -103,7 +103,7 @@ class PASTA(SteeringMethod):
         if "alpha" not in params:
             raise ValueError("PASTA needs an alpha, e.g. pasta:alpha=10")
         _check_family(model_config)
-        num_layers = int(_config_value(model_config, "num_hidden_layers"))
+        num_layers = _size(model_config, LAYER_COUNT, "layer count")
         heads = params.get("heads")
         if heads is None:
             head_config: Any = default_head_layers(num_layers)
@@ -126,7 +126,7 @@ class PASTA(SteeringMethod):
 
     def check_model_config(self, model_config: Mapping[str, Any]) -> None:
         _check_family(model_config)
-        resolve_heads(self.layer_selection, int(model_config["num_hidden_layers"]), int(model_config["num_attention_heads"]))
+        resolve_heads(self.layer_selection, _size(model_config, LAYER_COUNT, "layer count"), _size(model_config, HEAD_COUNT, "head count"))
 
     def __init__(
         self,
@@ -196,8 +196,9 @@ class PASTA(SteeringMethod):
             missing.append(row_missing)
         if any(missing):
             listed = "; ".join(f"row {row}: {', '.join(map(repr, lost))}" for row, lost in enumerate(missing) if lost)
-            warnings.warn(f"PASTA did not find these substrings in their prompts, so they are not steered: {listed}",
-                          SteeringWarning, stacklevel=2)
+            warnings.warn(
+                f"PASTA did not find these substrings in their prompts, so they are not steered: {listed}", SteeringWarning, stacklevel=2
+            )
 
         key_bias = prompt_key_bias(highlight, attention_mask.bool(), self.alpha, self.scale_position)
         return SteeredRun(
@@ -210,14 +211,19 @@ class PASTA(SteeringMethod):
         )
 
 
-def _config_value(model_config: Any, name: str) -> Any:
-    return model_config.get(name) if isinstance(model_config, Mapping) else getattr(model_config, name, None)
-
-
 def _check_family(model_config: Any) -> None:
-    check_model_family(
-        _config_value(model_config, "model_type"), is_encoder_decoder=bool(_config_value(model_config, "is_encoder_decoder"))
-    )
+    check_model_family(config_value(model_config, "model_type"), is_encoder_decoder=bool(config_value(model_config, "is_encoder_decoder")))
+
+
+def _size(model_config: Any, names: tuple[str, ...], what: str) -> int:
+    """The model's layer or head count under whichever name its family uses; SteeringError when its config holds none."""
+    size = config_size(model_config, names)
+    if size is None:
+        raise SteeringError(
+            f"PASTA cannot read the {what} of this {config_value(model_config, 'model_type')} model from its config "
+            f"(none of {', '.join(names)} is set)"
+        )
+    return size
 
 
 @dataclass
@@ -247,8 +253,6 @@ class SteeredRun:
         _STEERED_MODELS.add(self._model)
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None) -> None:
         self._bias.uninstall()
         _STEERED_MODELS.discard(self._model)

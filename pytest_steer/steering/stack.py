@@ -55,15 +55,26 @@ def check_steering_stack(attn_implementation: str = "eager") -> None:
 
 
 def _first_problem(attn_implementation: str) -> str | None:
-    import torch
+    import torch  # why: collection imports this module, and a fully cached run never loads torch or transformers
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from pytest_steer.steering.attention import PromptKeyBias, steerable_attention
 
     config = Qwen2Config(
-        vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        use_sliding_window=True, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        use_sliding_window=True,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
     )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
@@ -100,8 +111,13 @@ def _first_problem(attn_implementation: str) -> str | None:
         try:
             full = forward(input_ids, attention_mask)
             out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                do_sample=False, output_logits=True, return_dict_in_generate=True,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
             )
             recomputed = []
             for step in range(new_tokens):

@@ -1,4 +1,4 @@
-"""Writing a file whole or not at all.
+"""Writing a file, or a directory of files, whole or not at all.
 
 Every output is written to a temporary name in its own directory and renamed over the
 target once complete: a full disk or an error halfway leaves the previous file (or no
@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -51,3 +53,19 @@ def write_bytes(path: Path, data: bytes) -> Path:
     with atomic_open(path, "wb") as handle:
         handle.write(data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """A temporary directory beside ``path`` to fill, which replaces ``path`` (and all it held) when the block ends
+    without error; on an error it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield temporary
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise

@@ -7,10 +7,9 @@ What is stored:
   response depends on: model fingerprint, device type, library versions, engine version,
   prompt, steering (alpha, resolved heads, scale position, highlight spans), generation
   settings and the case seed. Changing any of them misses only the affected cases. A
-  steering method is keyed by its ``params()`` and by its code (:func:`method_code`: the
-  source files that define the method's class and its bases), so editing a method's code
-  regenerates its responses even when ``params()`` did not change; what a method reads
-  from elsewhere (a vector file, another module) must be named by ``params()``.
+  steering method is keyed by its ``params()`` and by what names its code
+  (:func:`pytest_steer.steering.identity.method_identity`: a built-in's version, the source
+  files of a user's method).
 - ``quality`` entries: the quality score of one cached response under one scorer
   (:func:`quality_key`; for a reward model, the revision of its weights too). Fluency is
   a forward pass of the model and a reward model may be large, so scores are kept too;
@@ -20,8 +19,7 @@ What is stored:
   plans its batches without loading the tokenizer.
 
 Layout: ``<dir>/<namespace>/<first two hex digits>/<sha256 of the key>.json``. Each file is
-written to a temporary file in the same folder and renamed into place (``os.replace``),
-so readers never see half a file. Each file repeats its key hash and carries a SHA-256
+written whole (:mod:`pytest_steer.store.atomic`), so readers never see half a file. Each file repeats its key hash and carries a SHA-256
 checksum of its payload; a file that does not parse, names another key, fails its
 checksum or holds fields of the wrong type is a miss, and the regenerated entry
 replaces it.
@@ -29,16 +27,13 @@ replaces it.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
-import os
-import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pytest_steer.store.atomic import write_bytes
 
 CACHE_FORMAT = 1
 GENERATION = "generation"
@@ -87,35 +82,6 @@ def generation_key(
     )
 
 
-@functools.cache
-def method_code(method: type) -> str:
-    """A digest of a steering method's code: of each file that defines the class or one of its bases
-    (``SteeringMethod`` and ``object`` aside). A class whose file cannot be read (defined
-    interactively) is keyed by its qualified name alone."""
-    from pytest_steer.steering.method import SteeringMethod
-
-    return digest(
-        [
-            {"class": f"{cls.__module__}.{cls.__qualname__}", "source": _defining_file_digest(cls)}
-            for cls in method.__mro__
-            if cls not in (SteeringMethod, object)
-        ]
-    )
-
-
-def _defining_file_digest(cls: type) -> str | None:
-    """SHA-256 of the source file of ``cls``: where its functions were compiled, else its module's file."""
-    functions = (getattr(value, "__func__", value) for value in vars(cls).values())
-    candidates = [getattr(getattr(function, "__code__", None), "co_filename", None) for function in functions]
-    candidates.append(getattr(sys.modules.get(cls.__module__), "__file__", None))
-    for candidate in filter(None, candidates):
-        try:
-            return hashlib.sha256(Path(candidate).read_bytes()).hexdigest()
-        except OSError:  # "<string>", a deleted file: try the next one
-            continue
-    return None
-
-
 def quality_key(generation: str, scorer: Mapping[str, Any]) -> str:
     """Key of the quality score of the response cached under ``generation``."""
     return digest({"format": CACHE_FORMAT, "generation": generation, "scorer": dict(scorer)})
@@ -160,16 +126,7 @@ class ResponseCache:
         entry = {"format": CACHE_FORMAT, "key": key, "payload": payload, "checksum": digest(payload)}
         path = self.path(namespace, key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(_canonical(entry))
-                os.replace(temporary, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+            write_bytes(path, _canonical(entry))
         except OSError as exc:
             self.write_errors.append(f"{path}: {exc}")
 

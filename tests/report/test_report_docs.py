@@ -22,7 +22,8 @@ from pytest_steer.report.merge import merge_reports
 from pytest_steer.run.records import CaseRecord
 from pytest_steer.run.results import RunResults
 from pytest_steer.stats.bootstrap import Interval
-from pytest_steer.stats.gates import ComparisonResult, evaluate_gates
+from pytest_steer.stats.comparison import ComparisonResult
+from pytest_steer.stats.gates import evaluate_gates
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "report.md"
 HEADING = re.compile(r"^\*\*(?P<name>[^*]+)\*\*")

@@ -8,15 +8,11 @@ import numpy as np
 import pytest
 from report_fixtures import make_method_results, make_records, make_run
 
-from pytest_steer.report.figures import (
-    ALPHA_LABEL,
-    Point,
-    instruction_delta_figure,
-    instruction_heatmap_figure,
-    pareto_frontier,
-    png_bytes,
-    trade_off_figure,
-)
+from pytest_steer.report.deltas_figure import instruction_delta_figure
+from pytest_steer.report.heatmap_figure import instruction_heatmap_figure
+from pytest_steer.report.pareto_panel import Point, pareto_frontier
+from pytest_steer.report.plotting import png_bytes
+from pytest_steer.report.tradeoff_figure import ALPHA_LABEL, trade_off_figure
 from pytest_steer.run.results import RunResults
 from pytest_steer.stats.aggregate import instruction_deltas_vs_baseline, instruction_quality
 from pytest_steer.stats.bootstrap import Interval
@@ -166,9 +162,7 @@ def test_figures_without_quality_or_steering_say_so() -> None:
     assert [t.get_text() for t in quality.texts] == ["no quality scores in this run"]
     assert [t.get_text() for t in pareto.texts] == ["needs accuracy and quality"]
     assert not math.isnan(accuracy.get_lines()[0].get_ydata()[0])  # the baseline reference is still drawn
-    assert [t.get_text() for t in instruction_delta_figure(results).axes[0].texts] == [
-        "no steered config with a baseline to compare with"
-    ]
+    assert [t.get_text() for t in instruction_delta_figure(results).axes[0].texts] == ["no steered config with a baseline to compare with"]
 
 
 def test_png_bytes_are_a_png(results: RunResults) -> None:
@@ -193,7 +187,11 @@ def test_a_method_swept_over_one_parameter_is_a_strength_series_of_its_own() -> 
     records = [r for r in base.records if r["config"] != "myvec"]
     coeffs = {"actadd_layer15_coeff4": 4.0, "actadd_layer15_coeff1": 1.0, "actadd_layer15_coeff2": 2.0}  # out of order on purpose
     for name, coeff in coeffs.items():
-        records += [r | {"config": name, "method": "actadd", "alpha": None, "quality": r["quality"] - coeff} for r in base.records if r["config"] == "alpha10"]
+        records += [
+            r | {"config": name, "method": "actadd", "alpha": None, "quality": r["quality"] - coeff}
+            for r in base.records
+            if r["config"] == "alpha10"
+        ]
     steering = {**base.run["steering"], **{n: {"method": "actadd", "params": {"layer": 15, "coeff": c}} for n, c in coeffs.items()}}
     results = RunResults.from_records(base.run | {"steering": steering}, records, seed=0)
     accuracy, quality, _ = trade_off_figure(results).axes

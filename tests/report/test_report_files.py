@@ -14,7 +14,7 @@ from pytest_steer.report.cases import read_cases, write_cases
 from pytest_steer.report.json import SCHEMA_VERSION, read_results, results_dict, write_results
 from pytest_steer.report.summary_csv import write_summary_csv
 from pytest_steer.run.results import RunResults
-from pytest_steer.stats.aggregate import METRICS
+from pytest_steer.stats.metrics import METRICS
 
 
 def test_results_json_schema_and_numbers(results: RunResults, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import re
 import pytest
 from report_fixtures import make_records, make_run
 
-from pytest_steer.report.figures import instruction_delta_figure
+from pytest_steer.report.deltas_figure import instruction_delta_figure
 from pytest_steer.report.html import render_html
 from pytest_steer.report.json import results_dict, results_from_dict
 from pytest_steer.report.markdown import render_markdown
@@ -55,7 +55,9 @@ def test_the_delta_keeps_its_mean_and_count_but_no_interval(results: RunResults)
     assert (rare.mean, rare.n_prompts) == (1.0, 1) and math.isnan(rare.ci_low) and math.isnan(rare.ci_high)
     common = deltas["alpha10"]["detectable_format:title"]["follow_rate"]
     assert common.n_prompts == 4 and common.is_defined
-    assert not instruction_deltas_vs_baseline(results.aggregates, min_prompts=5)["alpha10"]["detectable_format:title"]["follow_rate"].is_defined
+    assert not instruction_deltas_vs_baseline(results.aggregates, min_prompts=5)["alpha10"]["detectable_format:title"][
+        "follow_rate"
+    ].is_defined
 
 
 def test_results_json_has_null_bounds_and_a_flag(results: RunResults) -> None:

@@ -11,19 +11,13 @@ from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, Gemma2Config, Gemma2ForCausalLM
 
 from pytest_steer.engine.decoding import cache_argument
+from pytest_steer.model.config import HIDDEN_SIZE, LAYER_COUNT, config_size
 from pytest_steer.plan.data import PromptRow, Selection, load_rows, select
-from pytest_steer.plan.options import _method, method_sweep
+from pytest_steer.plan.method_spec import method_sweep, parse_method
 from pytest_steer.steering import ActAdd, RunContext, SteeringError, SteeringWarning, UnsupportedModelError
-from pytest_steer.steering.actadd import (
-    HIDDEN_SIZE,
-    LAYER_COUNT,
-    NO_INSTRUCTION_TEXT,
-    NO_SHARED_ID,
-    config_size,
-    decoder_layers,
-    remove_text,
-    steer_rows,
-)
+from pytest_steer.steering.actadd import steer_rows
+from pytest_steer.steering.decoder import decoder_layers
+from pytest_steer.steering.instruction_vectors import NO_INSTRUCTION_TEXT, NO_SHARED_ID, remove_text
 from pytest_steer.steering.method import PromptBatch
 from pytest_steer.steering.registry import bind_method_parameters
 
@@ -34,9 +28,19 @@ COEFF = 3.0
 
 def gemma2(tiny, attn: str):
     config = Gemma2Config(
-        hidden_size=64, head_dim=16, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        vocab_size=len(tiny.tokenizer), max_position_embeddings=256, sliding_window=8, pad_token_id=tiny.tokenizer.pad_token_id,
-        bos_token_id=tiny.tokenizer.bos_token_id, eos_token_id=tiny.tokenizer.eos_token_id, attn_implementation=attn,
+        hidden_size=64,
+        head_dim=16,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tiny.tokenizer),
+        max_position_embeddings=256,
+        sliding_window=8,
+        pad_token_id=tiny.tokenizer.pad_token_id,
+        bos_token_id=tiny.tokenizer.bos_token_id,
+        eos_token_id=tiny.tokenizer.eos_token_id,
+        attn_implementation=attn,
     )
     torch.manual_seed(0)
     return Gemma2ForCausalLM(config).eval()
@@ -195,10 +199,18 @@ def split_rows() -> list[PromptRow]:
         ("b", "tell me a story . answer in all caps .", ["answer in all caps ."], ["change_case:english_capital"]),
         ("c", "hello world . do not use any commas .", ["do not use any commas ."], ["punctuation:no_comma"]),
         ("d", "write a poem about the sky . do not use any commas .", ["do not use any commas ."], ["punctuation:no_comma"]),
-        ("e", "tell me about the cat . answer in all caps . do not use any commas .",
-         ["answer in all caps .", "do not use any commas ."], ["change_case:english_capital", "punctuation:no_comma"]),
-        ("f", "the dog sat on the mat . end with is there anything else i can help with ?",
-         ["end with is there anything else i can help with ?"], ["startend:end_checker"]),
+        (
+            "e",
+            "tell me about the cat . answer in all caps . do not use any commas .",
+            ["answer in all caps .", "do not use any commas ."],
+            ["change_case:english_capital", "punctuation:no_comma"],
+        ),
+        (
+            "f",
+            "the dog sat on the mat . end with is there anything else i can help with ?",
+            ["end with is there anything else i can help with ?"],
+            ["startend:end_checker"],
+        ),
     ]
     return [PromptRow(key, prompt, tuple(texts), tuple(ids), tuple({} for _ in ids)) for key, prompt, texts, ids in rows]
 
@@ -241,7 +253,9 @@ def test_instruction_vectors_are_leave_one_out_means_of_the_other_prompts_differ
     for index, row in enumerate(rows):
         expected = torch.zeros(model.config.hidden_size)
         for instruction_id in row.instruction_id_list:
-            others = [diffs[(other.key, instruction_id)] for other in rows if other is not row and instruction_id in other.instruction_id_list]
+            others = [
+                diffs[(other.key, instruction_id)] for other in rows if other is not row and instruction_id in other.instruction_id_list
+            ]
             if others:
                 expected += torch.stack(others).mean(0)
         torch.testing.assert_close(applied[index], expected, atol=1e-4, rtol=1e-4)
@@ -261,14 +275,21 @@ def test_instruction_vectors_are_leave_one_out_means_of_the_other_prompts_differ
 
 def test_an_instruction_id_repeated_in_a_prompt_steers_it_by_the_other_prompts_only(tiny) -> None:
     model, tokenizer = tiny.model("llama", "eager"), tiny.tokenizer
-    twice = PromptRow("g", "hello world . answer in all caps . write in all caps .", ("answer in all caps .", "write in all caps ."),
-                      ("change_case:english_capital",) * 2, ({}, {}))
+    twice = PromptRow(
+        "g",
+        "hello world . answer in all caps . write in all caps .",
+        ("answer in all caps .", "write in all caps ."),
+        ("change_case:english_capital",) * 2,
+        ({}, {}),
+    )
     rows = [*split_rows()[:2], twice]
     method = bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows)
     texts = tiny.chat([row.prompt for row in rows])
     applied = method.apply(model, tokenizer, *tiny.batch(texts), texts=texts)._addition.additions / COEFF
-    others = [last_token_hidden(model, tokenizer, row.prompt) - last_token_hidden(model, tokenizer, remove_text(row.prompt, row.instructions[0]))
-              for row in rows[:2]]
+    others = [
+        last_token_hidden(model, tokenizer, row.prompt) - last_token_hidden(model, tokenizer, remove_text(row.prompt, row.instructions[0]))
+        for row in rows[:2]
+    ]
     torch.testing.assert_close(applied[2], torch.stack(others).mean(0), atol=1e-4, rtol=1e-4)
 
 
@@ -375,7 +396,9 @@ def test_a_vector_file_plugs_in_and_its_digest_names_it(tmp_path, suffix) -> Non
         np.save(path, vector.numpy())
     else:
         torch.save(vector, path)
-    method = ActAdd.create({"layer": 1, "coeff": 2.5, "vector": str(path)}, {"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64})
+    method = ActAdd.create(
+        {"layer": 1, "coeff": 2.5, "vector": str(path)}, {"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64}
+    )
     assert torch.equal(method._single_vector(), vector)
     params = method.params()
     assert params["layer"] == 1 and params["coeff"] == 2.5 and params["source"] == "vector"
@@ -464,7 +487,7 @@ def test_every_family_is_refused_at_collection_for_a_layer_it_lacks_or_a_vector_
         (f"actadd:layer=1,coeff=4,vector={vector}", f"holds 64 values; this {model_type} model's hidden size is 32"),
     ]
     for spec, message in refusals:
-        settings = SteerSettings(model=str(checkpoint), limit=4, method=(_method(spec),))
+        settings = SteerSettings(model=str(checkpoint), limit=4, method=(parse_method(spec),))
         with pytest.raises(pytest.Collector.CollectError, match=message):
             plan_cases(settings)
 
@@ -493,15 +516,20 @@ def test_comma_lists_sweep_a_parameter_into_one_config_each() -> None:
     from pytest_steer.plan.options import SteerSettings
     from pytest_steer.steering.registry import method_registry
 
-    name, params = _method("actadd:layer=15,coeff=2,4,8")
+    name, params = parse_method("actadd:layer=15,coeff=2,4,8")
     assert name == "actadd" and method_sweep(params) == [{"layer": "15", "coeff": c} for c in ("2", "4", "8")]  # text until collection
-    settings = SteerSettings(alpha=(10.0,), method=(_method("actadd:layer=14,15,coeff=0.5,scope=generated"), _method("emphasis")))
+    settings = SteerSettings(alpha=(10.0,), method=(parse_method("actadd:layer=14,15,coeff=0.5,scope=generated"), parse_method("emphasis")))
     names = [config.name for config in run_configs(settings, method_registry())]
-    assert names == ["baseline", "pasta_alpha10", "actadd_layer14_coeff0.5_scopegenerated", "actadd_layer15_coeff0.5_scopegenerated",
-                     "emphasis"]
+    assert names == [
+        "baseline",
+        "pasta_alpha10",
+        "actadd_layer14_coeff0.5_scopegenerated",
+        "actadd_layer15_coeff0.5_scopegenerated",
+        "emphasis",
+    ]
     with pytest.raises(ValueError, match="parameter '4' is not key=value"):
-        _method("actadd:4,layer=1")
-    swept = method_sweep(_method("actadd:layer=1,coeff=-1.5")[1])[0]
+        parse_method("actadd:4,layer=1")
+    swept = method_sweep(parse_method("actadd:layer=1,coeff=-1.5")[1])[0]
     assert math.isclose(bind_method_parameters(ActAdd, "actadd", swept.items())["coeff"], -1.5)
 
 
@@ -509,9 +537,23 @@ def test_a_sweep_runs_end_to_end_and_coeff_zero_gives_the_baseline_responses(pyt
     pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
     out = pytester.path / "results.json"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-instruction-ids", "change_case:english_capital",
-        "--steer-per-instruction", "3", "--steer-max-new-tokens", "4", "--steer-cache-dir", str(pytester.path / "cache"),
-        "--steer-method", "actadd:layer=1,coeff=0,8", "--steer-json", str(out), "-v",
+        "-p",
+        "no:cacheprovider",
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-instruction-ids",
+        "change_case:english_capital",
+        "--steer-per-instruction",
+        "3",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-cache-dir",
+        str(pytester.path / "cache"),
+        "--steer-method",
+        "actadd:layer=1,coeff=0,8",
+        "--steer-json",
+        str(out),
+        "-v",
     )
     assert result.ret == 0, result.stdout.str()
     data = json.loads(out.read_text())
@@ -527,8 +569,17 @@ def test_a_sweep_runs_end_to_end_and_coeff_zero_gives_the_baseline_responses(pyt
 
 def test_prompts_left_unsteered_are_counted_with_why_and_a_run_steering_none_is_refused(pytester: pytest.Pytester, tiny_checkpoint) -> None:
     pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
-    common = ("-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-max-new-tokens", "2", "--steer-no-cache",
-              "--steer-method", "actadd:layer=1,coeff=4")
+    common = (
+        "-p",
+        "no:cacheprovider",
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-max-new-tokens",
+        "2",
+        "--steer-no-cache",
+        "--steer-method",
+        "actadd:layer=1,coeff=4",
+    )
     refused = pytester.runpytest_subprocess(*common, "--steer-limit", "10")
     assert refused.ret == pytest.ExitCode.INTERRUPTED, refused.stdout.str()
     refused.stdout.fnmatch_lines(["*--steer-method actadd:layer=1,coeff=4.0: actadd's instruction vectors steer none of the run's 10*"])
@@ -537,11 +588,14 @@ def test_prompts_left_unsteered_are_counted_with_why_and_a_run_steering_none_is_
     assert result.ret == 0, result.stdout.str()
     expected = ActAdd(layer=1, coeff=4).unsteered(select(load_rows("builtin"), Selection(limit=30)))
     assert 0 < len(expected) < 30
-    result.stdout.fnmatch_lines([f"actadd_layer1_coeff4: {len(expected)} of 30 case(s) ran unsteered ({len(expected)} of 30 prompt(s)): "
-                                 f"{NO_SHARED_ID}"])
+    result.stdout.fnmatch_lines(
+        [f"actadd_layer1_coeff4: {len(expected)} of 30 case(s) ran unsteered ({len(expected)} of 30 prompt(s)): {NO_SHARED_ID}"]
+    )
     config = {c["name"]: c for c in json.loads((report / "results.json").read_text())["configs"]}["actadd_layer1_coeff4"]
     assert (config["n_unsteered"], config["n_unsteered_prompts"], config["unsteered_reasons"]) == (
-        len(expected), len(expected), {NO_SHARED_ID: len(expected)}
+        len(expected),
+        len(expected),
+        {NO_SHARED_ID: len(expected)},
     )
     cases = [json.loads(line) for line in (report / "cases.jsonl").read_text().splitlines()]
     assert {c["key"]: c["unsteered"] for c in cases if c["config"] == "actadd_layer1_coeff4" and c["unsteered"]} == expected

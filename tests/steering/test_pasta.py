@@ -25,9 +25,7 @@ PROMPT_LENGTH = 24
 
 def logits_of(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, tiny) -> torch.Tensor:
     with torch.no_grad():
-        return model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=tiny.positions(attention_mask)
-        ).logits
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=tiny.positions(attention_mask)).logits
 
 
 def expected_bias(scale_position: str, alpha: float, keys: int) -> torch.Tensor:
@@ -168,8 +166,12 @@ def test_cached_generation_equals_full_recomputation(tiny, family: str, attn: st
             assert torch.equal(last.argmax(-1), generated[:, step])
     with torch.no_grad():
         plain = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False,
-            output_logits=True, return_dict_in_generate=True,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=1,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
     assert (plain.logits[0] - out.logits[0]).abs().max() > 1e-2
 
@@ -184,8 +186,12 @@ def test_beam_search_rows_are_steered_like_their_prompt(tiny) -> None:
         with pasta.apply(model, tiny.tokenizer, input_ids, attention_mask, SUBSTRINGS[rows], texts=texts[rows]):
             with torch.no_grad():
                 out = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=4, min_new_tokens=4,
-                    num_beams=2, do_sample=False,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=4,
+                    min_new_tokens=4,
+                    num_beams=2,
+                    do_sample=False,
                 )
         return out[:, input_ids.shape[1] :]
 
@@ -327,9 +333,28 @@ def test_layers_and_heads_out_of_range_are_refused(tiny, head_config, message: s
         PASTA(head_config, 10.0).apply(model, tiny.tokenizer, input_ids, attention_mask, [["all caps"]])
 
 
-@pytest.mark.parametrize(
-    ("alpha", "scale_position"), [(0.0, "include"), (-1.0, "include"), (math.inf, "include"), (2.0, "middle")]
-)
+def test_a_gpt2_checkpoint_is_planned_from_its_own_config_names_and_an_absent_layer_refused(tmp_path) -> None:
+    from pytest_steer.plan.collection import plan_cases
+    from pytest_steer.plan.method_spec import parse_method
+    from pytest_steer.plan.options import SteerSettings
+
+    checkpoint = tmp_path / "gpt2"
+    AutoConfig.for_model("gpt2", n_layer=2, n_head=4, n_embd=32).save_pretrained(checkpoint)  # config.json says n_layer, n_head
+    plan = plan_cases(SteerSettings(model=str(checkpoint), limit=4, alpha=(10.0,)))
+    assert {case.config.name for case in plan.cases} == {"baseline", "pasta_alpha10"}
+    config = {"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 32}
+    PASTA.create({"alpha": 10.0}, config).check_model_config(config)
+    with pytest.raises(pytest.Collector.CollectError, match=r"heads '5' names layer 5, but the model has 2 layers \(0-1\)"):
+        plan_cases(SteerSettings(model=str(checkpoint), limit=4, method=(parse_method("pasta:alpha=10,heads=5"),)))
+    with pytest.raises(HeadConfigError, match=r"names layer 2, but the model has 2 layers \(0-1\)"):
+        PASTA([2], 10.0).check_model_config(config)
+    with pytest.raises(HeadConfigError, match="names head 4 of layer 1, but the model has 4 attention heads"):
+        PASTA({1: [4]}, 10.0).check_model_config(config)
+    with pytest.raises(SteeringError, match="PASTA cannot read the layer count of this gpt2 model from its config"):
+        PASTA.create({"alpha": 10.0}, {"model_type": "gpt2"})
+
+
+@pytest.mark.parametrize(("alpha", "scale_position"), [(0.0, "include"), (-1.0, "include"), (math.inf, "include"), (2.0, "middle")])
 def test_bad_parameters_are_refused(alpha: float, scale_position: str) -> None:
     with pytest.raises(ValueError):
         PASTA([0], alpha, scale_position)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import torch
 
 from pytest_steer.model.loading import load_model
 from pytest_steer.steering import PASTA, default_head_layers
-from pytest_steer.steering.attention import steerable_kernels
+from pytest_steer.steering.pasta.attention import steerable_kernels
 
 INSTRUCTIONS = [
     "Answer in all capital letters.",

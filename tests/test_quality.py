@@ -23,7 +23,7 @@ from pytest_steer.plan.options import OPTIONS, SteerSettings
 from pytest_steer.plan.spec import quality_spec
 from pytest_steer.run import runner as runner_module
 from pytest_steer.run.runner import CaseRunner, runner_for
-from pytest_steer.steering.attention import shared_kernels
+from pytest_steer.steering.pasta.attention import shared_kernels
 from pytest_steer.store.hub import HubUnavailableError
 
 CPU = torch.device("cpu")

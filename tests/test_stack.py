@@ -11,14 +11,14 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from pytest_steer.steering.stack import TESTED_TRANSFORMERS, IncompatibleStackError, check_steering_stack
+from pytest_steer.steering.pasta.stack import TESTED_TRANSFORMERS, IncompatibleStackError, check_steering_stack
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = str(REPO / "suites" / "ifeval")
 
 # A stack on which the bias never reaches attention: what a renamed dispatch would look like.
 BROKEN_STACK_PLUGIN = """
-from pytest_steer.steering.attention import PromptKeyBias
+from pytest_steer.steering.pasta.attention import PromptKeyBias
 
 def _ignore_bias(self, heads, query, key, mask):
     return mask
@@ -40,7 +40,7 @@ def test_the_installed_stack_passes(attn: str) -> None:
 
 
 def test_a_bias_that_never_reaches_attention_is_refused_in_one_message(monkeypatch) -> None:
-    from pytest_steer.steering.attention import PromptKeyBias
+    from pytest_steer.steering.pasta.attention import PromptKeyBias
 
     monkeypatch.setattr(PromptKeyBias, "steered_mask", lambda self, heads, query, key, mask: mask)
     with pytest.raises(IncompatibleStackError) as failure:
@@ -53,7 +53,7 @@ def test_a_bias_that_never_reaches_attention_is_refused_in_one_message(monkeypat
 
 
 def test_a_decode_that_loses_the_bias_is_refused(monkeypatch) -> None:
-    from pytest_steer.steering.attention import PromptKeyBias
+    from pytest_steer.steering.pasta.attention import PromptKeyBias
 
     original = PromptKeyBias.steered_mask
 
@@ -66,7 +66,7 @@ def test_a_decode_that_loses_the_bias_is_refused(monkeypatch) -> None:
 
 
 def test_a_crash_inside_attention_is_reported_as_the_incompatibility(monkeypatch) -> None:
-    from pytest_steer.steering.attention import PromptKeyBias
+    from pytest_steer.steering.pasta.attention import PromptKeyBias
 
     def crash(self, *args):
         raise TypeError("unexpected keyword 'cache'")

@@ -22,7 +22,7 @@ from pytest_steer.engine.sampling import RowSampler, greedy
 from pytest_steer.model.loading import LoadedModel
 from pytest_steer.model.prompts import prompt_lengths, render_prompt
 from pytest_steer.plan.batches import MAX_BATCH_SIZE
-from pytest_steer.steering.attention import shared_kernels
+from pytest_steer.steering.pasta.attention import shared_kernels
 from pytest_steer.steering.errors import SteeringWarning
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod
 

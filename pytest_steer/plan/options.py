@@ -21,7 +21,7 @@ from pytest_steer.plan.method_spec import parse_method
 from pytest_steer.plan.sharding import Shard, parse_shard
 from pytest_steer.stats.gate_language import parse_gate
 from pytest_steer.stats.levels import CORRECTIONS
-from pytest_steer.steering.heads import parse_heads
+from pytest_steer.steering.pasta.heads import parse_heads
 from pytest_steer.store.hub import looks_like_hub_id
 
 CASE_MODES = ("record", "strict")

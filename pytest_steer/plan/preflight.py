@@ -19,7 +19,7 @@ from pytest_steer.plan.options import QUALITY_NONE, REWARD_PREFIX, SteerSettings
 from pytest_steer.plan.spec import RunSpec
 from pytest_steer.stats.gate_language import GateSyntaxError, parse_gate
 from pytest_steer.stats.metrics import QUALITY_METRIC
-from pytest_steer.steering.heads import normalize_head_config, parse_heads, resolve_heads
+from pytest_steer.steering.pasta.heads import normalize_head_config, parse_heads, resolve_heads
 from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
 
 if TYPE_CHECKING:

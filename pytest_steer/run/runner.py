@@ -39,7 +39,7 @@ from pytest_steer.run.records import CaseRecord
 from pytest_steer.steering import PASTA, SteeringError
 from pytest_steer.steering.identity import method_identity
 from pytest_steer.steering.method import RunContext, SteeringMethod
-from pytest_steer.steering.stack import check_steering_stack
+from pytest_steer.steering.pasta.stack import check_steering_stack
 from pytest_steer.store.responses import GENERATION, QUALITY, ResponseCache, generation_key, quality_key
 
 Progress = Callable[..., None]  # (message or None, cases=..., generated=...): see pytest_steer.run.progress

@@ -20,16 +20,16 @@ from pytest_steer.steering.errors import (
     UnsupportedTokenizerError,
     describe_missing,
 )
-from pytest_steer.steering.heads import HeadConfig, default_head_layers, parse_heads
+from pytest_steer.steering.pasta.heads import HeadConfig, default_head_layers, parse_heads
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, RunContext, SteeredBatch, SteeringMethod
 from pytest_steer.steering.parameters import REQUIRED, FilePath, Parameter
-from pytest_steer.steering.spans import locate_spans
+from pytest_steer.steering.pasta.spans import locate_spans
 
 _LAZY = {
-    "ActAdd": "pytest_steer.steering.actadd",
-    "PASTA": "pytest_steer.steering.pasta",
-    "SteeredRun": "pytest_steer.steering.pasta",
-    "prompt_key_bias": "pytest_steer.steering.pasta",
+    "ActAdd": "pytest_steer.steering.actadd.method",
+    "PASTA": "pytest_steer.steering.pasta.method",
+    "SteeredRun": "pytest_steer.steering.pasta.method",
+    "prompt_key_bias": "pytest_steer.steering.pasta.method",
 }
 
 __all__ = [

@@ -14,8 +14,8 @@ METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 def builtin_methods() -> list[type[SteeringMethod]]:
-    from pytest_steer.steering.actadd import ActAdd  # why: they load torch, and the plugin lists methods without it
-    from pytest_steer.steering.pasta import PASTA
+    from pytest_steer.steering.actadd.method import ActAdd  # why: they load torch, and the plugin lists methods without it
+    from pytest_steer.steering.pasta.method import PASTA
 
     return [PASTA, Emphasis, ActAdd]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_steer.steering.attention import STEERED_IMPLEMENTATIONS, PromptKeyBias, register_steered_attention, steerable_attention
+from pytest_steer.steering.pasta.attention import STEERED_IMPLEMENTATIONS, PromptKeyBias, register_steered_attention, steerable_attention
 
 BATCH, HEADS, KV_HEADS, DIM, PROMPT = 2, 4, 2, 8, 5
 STEERED_HEADS = (0, 3)
@@ -51,7 +51,7 @@ def padded_allowed(queries: int, keys: int, padding: list[int]) -> torch.Tensor:
 
 
 def steered_batch(module: nn.Module, key_bias: torch.Tensor) -> PromptKeyBias:
-    from pytest_steer.steering.attention import STEERING_ATTRIBUTE, _LayerSteering
+    from pytest_steer.steering.pasta.attention import STEERING_ATTRIBUTE, _LayerSteering
 
     bias = PromptKeyBias(key_bias, torch.zeros(BATCH, PROMPT, dtype=torch.long), {0: STEERED_HEADS}, HEADS)
     setattr(module, STEERING_ATTRIBUTE, _LayerSteering(bias, STEERED_HEADS))
@@ -71,7 +71,7 @@ def expected_bias(key_bias: torch.Tensor, keys: int) -> torch.Tensor:
 @pytest.mark.parametrize("extra", [{}, {"cache": object()}, {"past_key_values": object()}, {"position_ids": None, "sliding_window": None}],
                          ids=["no-cache", "cache=", "past_key_values=", "other-keywords"])
 def test_the_bias_is_added_whatever_the_mask_and_keywords(base: str, mask_kind: str, queries: int, extra: dict) -> None:
-    from pytest_steer.steering.attention import STEERING_ATTRIBUTE
+    from pytest_steer.steering.pasta.attention import STEERING_ATTRIBUTE
 
     torch.manual_seed(0)
     keys = PROMPT + (0 if queries == PROMPT else 2)
@@ -113,7 +113,7 @@ def test_grouped_eager_attention_equals_the_familys_eager_with_repeated_heads(fa
     """The same outputs and weights as the family's eager function, which copies each key/value head per query head."""
     import importlib
 
-    from pytest_steer.steering.attention import eager_attention
+    from pytest_steer.steering.pasta.attention import eager_attention
 
     own = importlib.import_module(f"transformers.models.{family}.modeling_{family}").eager_attention_forward
     torch.manual_seed(1)

@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from pytest_steer.engine.decoding import decode
 from pytest_steer.steering import PASTA
-from pytest_steer.steering.attention import GROUPED_EAGER_FAMILIES, steerable_attention
+from pytest_steer.steering.pasta.attention import GROUPED_EAGER_FAMILIES, steerable_attention
 
 PROMPTS = ["write a short poem about the sea . answer in all caps , do not use any commas", "tell me a story"]
 SUBSTRINGS = [["answer in all caps"], ["a story"]]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pytest_steer.steering import HeadConfigError, default_head_layers, parse_heads
-from pytest_steer.steering.heads import normalize_head_config, resolve_heads
+from pytest_steer.steering.pasta.heads import normalize_head_config, resolve_heads
 
 
 def test_default_layers_match_the_reference_study_for_28_layers() -> None:

@@ -19,7 +19,7 @@ Where the vector comes from (one per prompt row):
   the mean difference of layer ``layer``'s output at the last real token of each text, chat
   template applied (CAA, DiffMean);
 - neither (the default): instruction vectors (Stolfo et al., ICLR 2025;
-  :mod:`pytest_steer.steering.instruction_vectors`). For each instruction
+  :mod:`pytest_steer.steering.actadd.instruction_vectors`). For each instruction
   of a prompt, the difference of layer ``layer``'s output at the last prompt token between
   the prompt and the prompt with that instruction's text (the ``instructions`` column of
   Split-IFEval rows) cut out. A prompt is steered by the sum, over its instruction ids, of
@@ -60,7 +60,7 @@ from pytest_steer.model.config import HIDDEN_SIZE, LAYER_COUNT, config_size, con
 from pytest_steer.steering.activations import instruction_differences, pair_vector
 from pytest_steer.steering.decoder import checked_layer, hidden_size
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
-from pytest_steer.steering.instruction_vectors import InstructionVectors, instruction_measures, unsteered_prompts
+from pytest_steer.steering.actadd.instruction_vectors import InstructionVectors, instruction_measures, unsteered_prompts
 from pytest_steer.steering.method import PromptBatch, RunContext, SteeringMethod
 from pytest_steer.steering.parameters import REQUIRED, FilePath, Parameter
 from pytest_steer.steering.rows import check_prompt_rows

@@ -58,7 +58,7 @@ def _first_problem(attn_implementation: str) -> str | None:
     import torch  # why: collection imports this module, and a fully cached run never loads torch or transformers
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from pytest_steer.steering.attention import PromptKeyBias, steerable_attention
+    from pytest_steer.steering.pasta.attention import PromptKeyBias, steerable_attention
 
     config = Qwen2Config(
         vocab_size=32,

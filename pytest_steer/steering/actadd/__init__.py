@@ -1,0 +1,1 @@
+"""actadd: activation addition, with the instruction vectors it measures from the run's own prompts."""

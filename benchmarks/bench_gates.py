@@ -49,12 +49,21 @@ def records(rng: np.random.Generator, n_prompts: int, trials: int, drop_at: floa
         for i in range(n_prompts):
             for t in range(trials):
                 verdicts = [bool(v) for v in follows[i, t]]
-                out.append({
-                    "key": f"{i:04d}", "config": config, "alpha": alpha, "trial": t,
-                    "instruction_id_list": ["a:x", "b:y"], "strict": verdicts, "loose": verdicts,
-                    "follow_all_strict": all(verdicts), "follow_all_loose": all(verdicts),
-                    "quality": None, "error": None,
-                })
+                out.append(
+                    {
+                        "key": f"{i:04d}",
+                        "config": config,
+                        "alpha": alpha,
+                        "trial": t,
+                        "instruction_id_list": ["a:x", "b:y"],
+                        "strict": verdicts,
+                        "loose": verdicts,
+                        "follow_all_strict": all(verdicts),
+                        "follow_all_loose": all(verdicts),
+                        "quality": None,
+                        "error": None,
+                    }
+                )
     return out
 
 

@@ -101,8 +101,11 @@ def restrict(aggregates: list[ConfigAggregate], keys: set[str], by_config: dict[
         kept = by_config.get(agg.name, keys)
         per_prompt = {m: {k: v for k, v in values.items() if k in kept} for m, values in agg.per_prompt.items()}
         trials = agg.n_cases // agg.n_prompts
-        out.append(ConfigAggregate(agg.name, agg.alpha, len(kept), len(kept) * trials, 0, {}, {}, per_prompt, agg.method,
-                                   n_resamples=agg.n_resamples))
+        out.append(
+            ConfigAggregate(
+                agg.name, agg.alpha, len(kept), len(kept) * trials, 0, {}, {}, per_prompt, agg.method, n_resamples=agg.n_resamples
+            )
+        )
     return out
 
 
@@ -114,8 +117,11 @@ def generated_share(outcome: SequentialOutcome, configs: list[ConfigAggregate], 
 
 def fail_ifs(scenario: str) -> list[str]:
     tolerance = "-0.25" if "tolerance" in scenario else "0"
-    metrics = ("strict_prompt_accuracy", "quality") if scenario.startswith("quality") else (
-        "strict_prompt_accuracy", "strict_instruction_accuracy")
+    metrics = (
+        ("strict_prompt_accuracy", "quality")
+        if scenario.startswith("quality")
+        else ("strict_prompt_accuracy", "strict_instruction_accuracy")
+    )
     return [f"{m} - baseline < {tolerance}" for m in metrics]
 
 
@@ -168,12 +174,21 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 ROWS = (
-    ("A/A", 48, 1), ("A/A", 48, 2), ("A/A", 200, 1), ("A/A", 200, 2),
-    ("A/A, tolerance 0.25", 48, 2), ("A/A, tolerance 0.25", 200, 1), ("A/A, tolerance 0.25", 200, 2),
-    ("drop 0.25", 48, 1), ("drop 0.25", 48, 2),
-    ("drop 0.5, tolerance 0.25", 200, 1), ("drop 0.5, tolerance 0.25", 200, 2),
-    ("quality A/A, left-skewed", 48, 2), ("quality A/A, left-skewed", 200, 2),
-    ("quality skewed shift", 48, 2), ("quality skewed shift", 200, 2),
+    ("A/A", 48, 1),
+    ("A/A", 48, 2),
+    ("A/A", 200, 1),
+    ("A/A", 200, 2),
+    ("A/A, tolerance 0.25", 48, 2),
+    ("A/A, tolerance 0.25", 200, 1),
+    ("A/A, tolerance 0.25", 200, 2),
+    ("drop 0.25", 48, 1),
+    ("drop 0.25", 48, 2),
+    ("drop 0.5, tolerance 0.25", 200, 1),
+    ("drop 0.5, tolerance 0.25", 200, 2),
+    ("quality A/A, left-skewed", 48, 2),
+    ("quality A/A, left-skewed", 200, 2),
+    ("quality skewed shift", 48, 2),
+    ("quality skewed shift", 200, 2),
 )
 
 LOOK_ROWS = (("A/A", 48, 1), ("A/A", 200, 2), ("quality A/A, left-skewed", 200, 2), ("quality skewed shift", 200, 2))
@@ -187,8 +202,10 @@ def main() -> None:
     parser.add_argument("--only", help="run only the rows whose scenario starts with this")
     args = parser.parse_args()
     start = time.perf_counter()
-    print(f"{'scenario':<26} {'prompts':>7} {'trials':>6}  {'measure':<15} {'sequential':>12}  {'at looks':>12}  "
-          f"{'fixed':>12}  {'fixed, precise':>14}  {'generations':>12}")
+    print(
+        f"{'scenario':<26} {'prompts':>7} {'trials':>6}  {'measure':<15} {'sequential':>12}  {'at looks':>12}  "
+        f"{'fixed':>12}  {'fixed, precise':>14}  {'generations':>12}"
+    )
     for scenario, n, trials in ROWS:
         if args.only and not scenario.startswith(args.only):
             continue
@@ -208,8 +225,10 @@ def main() -> None:
             continue
         rate, se = looks_only(args.looks_sims, n, trials, scenario)
         print(f"{scenario:<26} {n:>7} {trials:>6}  {rate:>21.4f} ±{se:.4f}", flush=True)
-    print(f"\n{args.sims} simulations per row (± one Monte-Carlo standard error), {args.resamples} bootstrap resamples, "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"\n{args.sims} simulations per row (± one Monte-Carlo standard error), {args.resamples} bootstrap resamples, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
 
 
 if __name__ == "__main__":

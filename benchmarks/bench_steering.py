@@ -70,10 +70,7 @@ def main() -> None:
     loaded = load_model(name="embedded", device="cpu", dtype="float32", attn_implementation=args.attn)
     model, tokenizer = loaded.model, loaded.tokenizer
     contents, substrings = prompts(args.batch)
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-        for c in contents
-    ]
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True) for c in contents]
     encoding = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
     input_ids, attention_mask = encoding["input_ids"], encoding["attention_mask"]
     pasta = PASTA(head_config=default_head_layers(model.config.num_hidden_layers), alpha=args.alpha)
@@ -115,14 +112,18 @@ def main() -> None:
 
     changed = (outputs["steered"] != outputs["unsteered"]).any(dim=1).sum().item()
     print(f"model: {loaded.fingerprint.name}, layers {model.config.num_hidden_layers}, torch threads {torch.get_num_threads()}")
-    print(f"batch {args.batch}, prompt length {input_ids.shape[1]}, {args.new_tokens} new tokens, {args.attn}, greedy, "
-          f"{pasta!r}, best of {args.rounds} rounds")
+    print(
+        f"batch {args.batch}, prompt length {input_ids.shape[1]}, {args.new_tokens} new tokens, {args.attn}, greedy, "
+        f"{pasta!r}, best of {args.rounds} rounds"
+    )
     print(f"unsteered: {best['unsteered']:.1f} tokens/s")
     print(f"steered:   {best['steered']:.1f} tokens/s")
     print(f"ratio steered/unsteered: {best['steered'] / best['unsteered']:.3f} (median of per-round ratios {paired:.3f})")
     # Other processes on the machine distort wall-clock figures; CPU time of this process much less so.
-    print(f"per CPU-second: unsteered {cpu_best['unsteered']:.1f}, steered {cpu_best['steered']:.1f} tokens, "
-          f"ratio {cpu_best['steered'] / cpu_best['unsteered']:.3f}")
+    print(
+        f"per CPU-second: unsteered {cpu_best['unsteered']:.1f}, steered {cpu_best['steered']:.1f} tokens, "
+        f"ratio {cpu_best['steered'] / cpu_best['unsteered']:.3f}"
+    )
     print(f"rows whose greedy output steering changed: {changed}/{args.batch}")
 
 

@@ -93,17 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay the cases in the order a sequential run generates them and report where it would stop and its verdicts",
     )
     merge.add_argument(
-        "--sequential-block", type=_argument_type(_positive_int), default=DEFAULT_BLOCK_SIZE, metavar="N",
+        "--sequential-block",
+        type=_argument_type(_positive_int),
+        default=DEFAULT_BLOCK_SIZE,
+        metavar="N",
         help=f"prompts per look of --sequential; default {DEFAULT_BLOCK_SIZE}",
     )
     merge.add_argument(
-        "--sequential-quality-clip", type=_argument_type(_positive_float), default=DEFAULT_QUALITY_CLIP, metavar="R",
+        "--sequential-quality-clip",
+        type=_argument_type(_positive_float),
+        default=DEFAULT_QUALITY_CLIP,
+        metavar="R",
         help=f"--sequential clips per-prompt quality values to the threshold ± R; default {DEFAULT_QUALITY_CLIP:g}",
     )
     merge.add_argument("--summary-md", type=Path, metavar="PATH", help="also write a markdown summary here")
     return parser
-
-
 
 
 def package_version() -> str:
@@ -180,8 +184,13 @@ def _write_sequential(results: RunResults, gates: list[Gate], fail_ifs: list[Gat
     seed = int((results.run.get("generation") or {}).get("seed", 0))
     settings = SequentialSettings(seed=seed, block_size=args.sequential_block, quality_clip=args.sequential_quality_clip)
     _, outcome = replay(
-        results.records, gates, fail_ifs, settings,
-        max_errors=args.max_errors, min_prompts=args.min_prompts, correction=args.gate_correction,
+        results.records,
+        gates,
+        fail_ifs,
+        settings,
+        max_errors=args.max_errors,
+        min_prompts=args.min_prompts,
+        correction=args.gate_correction,
     )
     used = set(outcome.prompts_used)
     replayed = RunResults.from_records(

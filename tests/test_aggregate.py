@@ -136,8 +136,7 @@ def test_config_with_only_errors_is_kept_with_undefined_metrics() -> None:
 def test_aggregate_independent_of_record_order() -> None:
     rng = random.Random(0)
     records = [
-        make_record(str(k), config, trial=t, strict=(rng.random() < 0.5, rng.random() < 0.7), ids=(A, B),
-                    quality=rng.gauss(0, 1))
+        make_record(str(k), config, trial=t, strict=(rng.random() < 0.5, rng.random() < 0.7), ids=(A, B), quality=rng.gauss(0, 1))
         for k in range(30)
         for config in ("baseline", "alpha10")
         for t in range(3)
@@ -163,8 +162,7 @@ def test_records_as_objects_with_attributes() -> None:
         quality: float | None
         error: str | None
 
-    records = [Record(**{k: v for k, v in make_record(str(k)).items() if k in Record.__annotations__})
-               for k in range(3)]
+    records = [Record(**{k: v for k, v in make_record(str(k)).items() if k in Record.__annotations__}) for k in range(3)]
     (agg,) = aggregate(records, n_resamples=50)
     assert agg.metrics["strict_prompt_accuracy"].mean == 1.0
 
@@ -229,8 +227,7 @@ def test_deltas_vs_baseline_for_each_steered_config() -> None:
 def test_to_dict_is_json_and_round_trips_with_per_prompt() -> None:
     baseline, steered = aggregate(_paired_records(), n_resamples=100)
     data = steered.to_dict()
-    assert set(data) == {"name", "method", "alpha", "n_prompts", "n_cases", "n_errors", "confidence", "metrics",
-                         "per_instruction"}
+    assert set(data) == {"name", "method", "alpha", "n_prompts", "n_cases", "n_errors", "confidence", "metrics", "per_instruction"}
     assert data["alpha"] == 10.0
     assert set(data["metrics"]["quality"]) == {"mean", "ci_low", "ci_high", "n_prompts"}
     assert set(data["per_instruction"]["punctuation:no_comma"]) == {"strict", "loose"}
@@ -246,9 +243,17 @@ def test_instruction_deltas_are_paired_per_instruction_id() -> None:
 
     def record(key, config, alpha, ids, verdicts, quality):
         return {
-            "key": key, "config": config, "alpha": alpha, "trial": 0, "instruction_id_list": ids,
-            "strict": verdicts, "loose": verdicts, "follow_all_strict": all(verdicts),
-            "follow_all_loose": all(verdicts), "quality": quality, "error": None,
+            "key": key,
+            "config": config,
+            "alpha": alpha,
+            "trial": 0,
+            "instruction_id_list": ids,
+            "strict": verdicts,
+            "loose": verdicts,
+            "follow_all_strict": all(verdicts),
+            "follow_all_loose": all(verdicts),
+            "quality": quality,
+            "error": None,
         }
 
     records = []

@@ -27,9 +27,7 @@ ARGUMENTS: dict[str, frozenset[str]] = {
     "length_constraints:number_sentences": frozenset({"relation", "num_sentences"}),
     "length_constraints:number_paragraphs": frozenset({"num_paragraphs"}),
     "length_constraints:number_words": frozenset({"relation", "num_words"}),
-    "length_constraints:nth_paragraph_first_word": frozenset(
-        {"first_word", "num_paragraphs", "nth_paragraph"}
-    ),
+    "length_constraints:nth_paragraph_first_word": frozenset({"first_word", "num_paragraphs", "nth_paragraph"}),
     "detectable_content:number_placeholders": frozenset({"num_placeholders"}),
     "detectable_content:postscript": frozenset({"postscript_marker"}),
     "detectable_format:number_bullet_lists": frozenset({"num_bullets"}),
@@ -59,17 +57,37 @@ STUDY_IDS = (
 RELATIONS = {"less than", "at least"}
 RELATION_WORDING = {"less than": ("less than", "fewer than"), "at least": ("at least",)}
 COUNT_ARGUMENTS = {
-    "frequency", "let_frequency", "capital_frequency", "num_sentences", "num_paragraphs",
-    "num_words", "nth_paragraph", "num_placeholders", "num_bullets", "num_highlights",
+    "frequency",
+    "let_frequency",
+    "capital_frequency",
+    "num_sentences",
+    "num_paragraphs",
+    "num_words",
+    "nth_paragraph",
+    "num_placeholders",
+    "num_bullets",
+    "num_highlights",
     "num_sections",
 }
 POSTSCRIPT_MARKERS = {"P.S.", "P.P.S"}
 # Codes that both langdetect and the reference checker's language table know, with the
 # English name the instruction sentence must use.
 LANGUAGE_NAMES = {
-    "fr": "French", "es": "Spanish", "de": "German", "it": "Italian", "pt": "Portuguese",
-    "hi": "Hindi", "ru": "Russian", "ja": "Japanese", "ko": "Korean", "vi": "Vietnamese",
-    "sw": "Swahili", "fi": "Finnish", "pl": "Polish", "bn": "Bengali", "ar": "Arabic",
+    "fr": "French",
+    "es": "Spanish",
+    "de": "German",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "hi": "Hindi",
+    "ru": "Russian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "vi": "Vietnamese",
+    "sw": "Swahili",
+    "fi": "Finnish",
+    "pl": "Polish",
+    "bn": "Bengali",
+    "ar": "Arabic",
 }
 ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth", 7: "seventh"}
 ANSWER_CHOICES = ('"My answer is yes."', '"My answer is no."', '"My answer is maybe."')
@@ -92,9 +110,7 @@ def instructions_of(rows: list[dict[str, Any]]):
     for row in rows:
         yield from (
             (row, text, iid, kwargs)
-            for text, iid, kwargs in zip(
-                row["instructions"], row["instruction_id_list"], row["kwargs"], strict=True
-            )
+            for text, iid, kwargs in zip(row["instructions"], row["instruction_id_list"], row["kwargs"], strict=True)
         )
 
 
@@ -265,8 +281,5 @@ def test_prompts_are_not_taken_from_ifeval(rows):
     reference: set[tuple[str, ...]] = set()
     for row in _reference_rows():
         reference |= _runs(_words(row["prompt"]), size)
-    shared = {
-        row["key"]: sorted(" ".join(run) for run in _runs(_words(row["prompt"]), size) & reference)
-        for row in rows
-    }
+    shared = {row["key"]: sorted(" ".join(run) for run in _runs(_words(row["prompt"]), size) & reference) for row in rows}
     assert not {key: runs for key, runs in shared.items() if runs}

@@ -82,8 +82,11 @@ def test_unknown_instruction_id_names_row_field_position_and_close_matches(tmp_p
 def test_unknown_instruction_id_without_close_matches_lists_the_known_ids(tmp_path: Path) -> None:
     bad = json.loads(json.dumps(ROWS))
     bad[0]["instruction_id_list"] = ["made:up"]
-    with pytest.raises(DatasetError, match=r"row 0 \(key 1, line 1\): field 'instruction_id_list'\[0\]: unknown instruction id 'made:up'; "
-                       r"known ids: change_case:capital_word_frequency, .*punctuation:no_comma"):
+    with pytest.raises(
+        DatasetError,
+        match=r"row 0 \(key 1, line 1\): field 'instruction_id_list'\[0\]: unknown instruction id 'made:up'; "
+        r"known ids: change_case:capital_word_frequency, .*punctuation:no_comma",
+    ):
         load_rows(str(write(tmp_path / "bad.jsonl", bad)))
 
 
@@ -97,16 +100,23 @@ def test_bad_kwarg_names_row_and_argument(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (['"end"', None], r"field 'kwargs'\[0\] \(punctuation:no_comma\): must be a JSON object of the instruction's arguments \(or null\), "
-                        r"got str 'end'"),
+        (
+            ['"end"', None],
+            r"field 'kwargs'\[0\] \(punctuation:no_comma\): must be a JSON object of the instruction's arguments \(or null\), "
+            r"got str 'end'",
+        ),
         ([[1, 2], None], r"field 'kwargs'\[0\] \(punctuation:no_comma\): must be a JSON object .*got list \[1, 2\]"),
         ([7, None], r"field 'kwargs'\[0\] \(punctuation:no_comma\): must be a JSON object .*got int 7"),
         (["{}", '{"end_phrase": "Bye."'], r"field 'kwargs'\[1\] \(startend:end_checker\): is text but not JSON \(.*\); give a JSON object"),
     ],
 )
 def test_kwargs_that_are_not_objects_name_row_field_and_expectation(tmp_path: Path, kwargs: list, message: str) -> None:
-    row = {"key": "k7", "prompt": "Say hi. End with Bye.", "instruction_id_list": ["punctuation:no_comma", "startend:end_checker"],
-           "kwargs": kwargs}
+    row = {
+        "key": "k7",
+        "prompt": "Say hi. End with Bye.",
+        "instruction_id_list": ["punctuation:no_comma", "startend:end_checker"],
+        "kwargs": kwargs,
+    }
     if kwargs[1] is None:
         row["kwargs"] = [kwargs[0], {"end_phrase": "Bye."}]
     path = tmp_path / "bad.jsonl"

@@ -72,7 +72,9 @@ def test_steered_decode_with_dropped_rows_equals_each_row_alone(loaded) -> None:
     def steered(rows: list[int], fan_out: list[int]) -> list[list[int]]:
         sub = _batch(loaded, [PROMPTS[r] for r in rows])
         texts = [render_prompt(loaded.tokenizer, PROMPTS[r]) for r in rows]
-        run = pasta.apply(loaded.model, loaded.tokenizer, sub["input_ids"], sub["attention_mask"], [highlights[r] for r in rows], texts=texts)
+        run = pasta.apply(
+            loaded.model, loaded.tokenizer, sub["input_ids"], sub["attention_mask"], [highlights[r] for r in rows], texts=texts
+        )
         with torch.inference_mode(), run:
             return decode(
                 loaded.model, sub["input_ids"], sub["attention_mask"], torch.tensor(fan_out), torch.zeros(len(fan_out), dtype=torch.int64),
@@ -164,7 +166,13 @@ def test_models_with_sliding_window_layers_keep_the_dynamic_cache(tiny_checkpoin
     from transformers import DynamicCache, MistralConfig, MistralForCausalLM
 
     config = MistralConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=8
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
     )
     mistral = MistralForCausalLM(config)
     for fixed_shape in (False, True):

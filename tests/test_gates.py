@@ -67,24 +67,31 @@ RUN = [BASELINE, ALPHA10, ALPHA30]
     ("text", "selector", "metric", "delta", "op", "threshold"),
     [
         ("strict_prompt_accuracy >= 0.5", Selector("default"), "strict_prompt_accuracy", False, ">=", 0.5),
-        ("alpha=10: strict_prompt_accuracy - baseline >= 0", Selector("alpha", 10.0),
-         "strict_prompt_accuracy", True, ">=", 0.0),
+        ("alpha=10: strict_prompt_accuracy - baseline >= 0", Selector("alpha", 10.0), "strict_prompt_accuracy", True, ">=", 0.0),
         ("quality - baseline >= -0.5", Selector("default"), "quality", True, ">=", -0.5),
         ("quality-baseline>=-0.5", Selector("default"), "quality", True, ">=", -0.5),
-        ("alpha2.5: loose_prompt_accuracy < .9", Selector("name", "alpha2.5"), "loose_prompt_accuracy",
-         False, "<", 0.9),
-        ("baseline: strict_instruction_accuracy > 6e-1", Selector("name", "baseline"),
-         "strict_instruction_accuracy", False, ">", 0.6),
+        ("alpha2.5: loose_prompt_accuracy < .9", Selector("name", "alpha2.5"), "loose_prompt_accuracy", False, "<", 0.9),
+        ("baseline: strict_instruction_accuracy > 6e-1", Selector("name", "baseline"), "strict_instruction_accuracy", False, ">", 0.6),
         ("all: quality <= +3", Selector("all"), "quality", False, "<=", 3.0),
-        ("alpha = 2.5 : follow_rate[ detectable_format:title ] >= 0.8", Selector("alpha", 2.5),
-         "follow_rate[detectable_format:title]", False, ">=", 0.8),
-        ("loose_follow_rate[punctuation:no_comma] - baseline > -0.1", Selector("default"),
-         "loose_follow_rate[punctuation:no_comma]", True, ">", -0.1),
+        (
+            "alpha = 2.5 : follow_rate[ detectable_format:title ] >= 0.8",
+            Selector("alpha", 2.5),
+            "follow_rate[detectable_format:title]",
+            False,
+            ">=",
+            0.8,
+        ),
+        (
+            "loose_follow_rate[punctuation:no_comma] - baseline > -0.1",
+            Selector("default"),
+            "loose_follow_rate[punctuation:no_comma]",
+            True,
+            ">",
+            -0.1,
+        ),
     ],
 )
-def test_parse_valid_gates(
-    text: str, selector: Selector, metric: str, delta: bool, op: str, threshold: float
-) -> None:
+def test_parse_valid_gates(text: str, selector: Selector, metric: str, delta: bool, op: str, threshold: float) -> None:
     gate = parse_gate(text)
     assert gate == Gate(text, selector, metric, delta, op, threshold)
 
@@ -204,9 +211,7 @@ def test_missing_metric_fails_with_reason() -> None:
     (result,) = evaluate("alpha30: quality - baseline >= -1")
     assert not result.passed
     assert result.observed is None
-    assert result.message == (
-        "alpha30: quality - baseline not evaluated -> FAIL (quality is not available for alpha30)"
-    )
+    assert result.message == ("alpha30: quality - baseline not evaluated -> FAIL (quality is not available for alpha30)")
 
 
 def test_selector_with_no_match_fails() -> None:
@@ -349,9 +354,7 @@ def test_parse_compare_fail() -> None:
         "loose_instruction_accuracy": 0.02,
         "quality": 0.5,
     }
-    assert parse_compare_fail("follow_rate[detectable_format:title]:0.2") == {
-        "follow_rate[detectable_format:title]": 0.2
-    }
+    assert parse_compare_fail("follow_rate[detectable_format:title]:0.2") == {"follow_rate[detectable_format:title]": 0.2}
 
 
 @pytest.mark.parametrize(
@@ -460,7 +463,9 @@ def test_holm_steps_down_and_untested_checks_are_not_in_the_family() -> None:
 def test_fail_ifs_join_the_gates_family() -> None:
     threshold = _borderline_threshold()
     borderline = f"alpha10: strict_prompt_accuracy - baseline >= {threshold}"
-    results = evaluate_gates([borderline], RUN, fail_ifs=["alpha30: quality >= 0", "baseline: strict_prompt_accuracy < 0"], max_errors=0, min_prompts=1)
+    results = evaluate_gates(
+        [borderline], RUN, fail_ifs=["alpha30: quality >= 0", "baseline: strict_prompt_accuracy < 0"], max_errors=0, min_prompts=1
+    )
     assert [(r.form, r.passed) for r in results] == [("gate", False), ("fail_if", False), ("fail_if", True)]
     assert "Holm" in results[0].message
 

@@ -26,7 +26,9 @@ def socket_host(tmp_path: Path):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "execnet.script.socketserver", f"127.0.0.1:{port}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -55,7 +57,14 @@ def test_a_socket_gateway_gives_the_responses_of_a_serial_run(
     serial = pytester.runpytest_subprocess(suites, *args, f"--steer-json={tmp_path / 'serial.json'}")
     assert serial.ret == 0, serial.stdout.str()
     remote = pytester.runpytest_subprocess(
-        suites, *args, "-d", "--tx", f"socket={socket_host}", "--rsyncdir", suites, f"--steer-json={tmp_path / 'remote.json'}",
+        suites,
+        *args,
+        "-d",
+        "--tx",
+        f"socket={socket_host}",
+        "--rsyncdir",
+        suites,
+        f"--steer-json={tmp_path / 'remote.json'}",
     )
     assert remote.ret == 0, remote.stdout.str()
     remote.stdout.fnmatch_lines(["*workers: gw0 ran 6 cases*"])
@@ -70,12 +79,28 @@ def test_shard_jobs_and_a_merge_give_the_unsharded_run(pytester: pytest.Pytester
     args += ["--steer-alpha", "10", "--steer-max-new-tokens", "4", "--steer-no-cache"]
     suite = str(REPO / "suites" / "ifeval")
     for shard in (1, 2):
-        run = pytester.runpytest_subprocess(suite, *args, "--steer-shard", f"{shard}/2", "--steer-report-dir", str(tmp_path / f"shard-{shard}"))
+        run = pytester.runpytest_subprocess(
+            suite, *args, "--steer-shard", f"{shard}/2", "--steer-report-dir", str(tmp_path / f"shard-{shard}")
+        )
         assert run.ret == 0, run.stdout.str()
     whole = pytester.runpytest_subprocess(suite, *args, "--steer-report-dir", str(tmp_path / "whole"))
     assert whole.ret == 0, whole.stdout.str()
     fail_if = "alpha=10: strict_prompt_accuracy - baseline < 0"
-    assert main(["merge", str(tmp_path / "merged"), str(tmp_path / "shard-1"), str(tmp_path / "shard-2"), "--fail-if", fail_if, "--min-prompts", "2"]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                str(tmp_path / "merged"),
+                str(tmp_path / "shard-1"),
+                str(tmp_path / "shard-2"),
+                "--fail-if",
+                fail_if,
+                "--min-prompts",
+                "2",
+            ]
+        )
+        == 0
+    )
     merged, unsharded = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("merged", "whole"))
     # The same responses; the baseline's fluency is read off its generation's logits, whose float rounding
     # follows the padding of the batch it ran in, and shards batch the prompts differently.

@@ -14,9 +14,23 @@ SUITE = str(REPO / "suites" / "ifeval")
 
 def run_suite(pytester: pytest.Pytester, model: Path, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        SUITE, "-p", "no:cacheprovider", "--rootdir", str(REPO), "--steer-model", str(model),
-        "--steer-limit", "6", "--steer-alpha", "10", "--steer-max-new-tokens", "4", "--steer-min-prompts", "2",
-        "--steer-no-cache", *args,
+        SUITE,
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(REPO),
+        "--steer-model",
+        str(model),
+        "--steer-limit",
+        "6",
+        "--steer-alpha",
+        "10",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-min-prompts",
+        "2",
+        "--steer-no-cache",
+        *args,
     )
 
 
@@ -40,7 +54,9 @@ def test_invalid_gate_stops_at_start_with_the_position(pytester: pytest.Pytester
 def test_gates_on_too_few_prompts_are_refused_before_generation(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
     result = run_suite(pytester, tiny_checkpoint, "--steer-gate", "strict_prompt_accuracy >= 0", "--steer-min-prompts", "50")
     assert result.ret == pytest.ExitCode.INTERRUPTED  # an error during collection: nothing ran
-    result.stdout.fnmatch_lines(["*pytest-steer: --steer-min-prompts 50: *at least 50 evaluated prompts, and this run selects 6; raise --steer-limit*"])
+    result.stdout.fnmatch_lines(
+        ["*pytest-steer: --steer-min-prompts 50: *at least 50 evaluated prompts, and this run selects 6; raise --steer-limit*"]
+    )
     assert "[steer] loaded" not in result.stdout.str()
 
 
@@ -55,13 +71,17 @@ def test_baseline_regression_fails_and_mismatch_is_refused(pytester: pytest.Pyte
             if metric.endswith("accuracy"):
                 config["per_prompt"][metric] = {key: [den, den] for key, (num, den) in values.items()}
     saved.write_text(json.dumps(data))
-    result = run_suite(pytester, tiny_checkpoint, *twelve, "--steer-baseline", str(saved), "--steer-compare-fail", "strict_prompt_accuracy:0.1")
+    result = run_suite(
+        pytester, tiny_checkpoint, *twelve, "--steer-baseline", str(saved), "--steer-compare-fail", "strict_prompt_accuracy:0.1"
+    )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["FAILED *steer-baseline::baseline::strict_prompt_accuracy*"])
 
     other = run_suite(pytester, tiny_checkpoint, *twelve, "--steer-baseline", str(saved), "--steer-max-new-tokens", "5")
     assert other.ret == pytest.ExitCode.INTERRUPTED  # refused at collection, before anything is generated
-    other.stdout.fnmatch_lines(["*--steer-baseline * was saved with other settings than this run's: --steer-max-new-tokens 4 (this run: 5)*"])
+    other.stdout.fnmatch_lines(
+        ["*--steer-baseline * was saved with other settings than this run's: --steer-max-new-tokens 4 (this run: 5)*"]
+    )
 
 
 def test_junit_has_case_and_gate_testcases(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -96,8 +116,22 @@ def test_xdist_gives_the_same_results_as_a_serial_run(pytester: pytest.Pytester,
 def test_every_worker_is_busy_when_there_are_as_many_batches_as_workers(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
     # One config only (the baseline), in two batches of three: each worker runs one batch.
     result = pytester.runpytest_subprocess(
-        SUITE, "-p", "no:cacheprovider", "--rootdir", str(REPO), "--steer-model", str(tiny_checkpoint), "--steer-limit", "6",
-        "--steer-batch-size", "3", "--steer-max-new-tokens", "4", "--steer-no-cache", "-n", "2",
+        SUITE,
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(REPO),
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-limit",
+        "6",
+        "--steer-batch-size",
+        "3",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-no-cache",
+        "-n",
+        "2",
     )
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["workers: gw0 ran 3 cases, gw1 ran 3 cases"])
@@ -116,8 +150,16 @@ def test_a_crashed_worker_loses_only_its_case(pytester: pytest.Pytester, tiny_ch
     )
     out = tmp_path / "results.json"
     result = run_suite(
-        pytester, tiny_checkpoint, "-n", "2", "-p", "crash_one_case", "--steer-json", str(out),
-        "--steer-gate", "strict_prompt_accuracy >= 0",
+        pytester,
+        tiny_checkpoint,
+        "-n",
+        "2",
+        "-p",
+        "crash_one_case",
+        "--steer-json",
+        str(out),
+        "--steer-gate",
+        "strict_prompt_accuracy >= 0",
     )
     result.stdout.fnmatch_lines([f"*worker 'gw*' crashed while running*[[]{crashing}-pasta_alpha10-t0[]]*"])
     assert result.stdout.str().count("replacing crashed worker") == 1

@@ -97,7 +97,9 @@ def test_unknown_and_missing_parameters_name_the_method_and_what_it_takes() -> N
     with pytest.raises(ValueError) as caught:
         bind_method_parameters(Emphasis, "emphasis", [("foo", "1")])
     assert str(caught.value) == "--steer-method emphasis:foo=1: emphasis takes no parameter 'foo'; it takes marker (str, default '**')"
-    with pytest.raises(ValueError, match=r"^--steer-method vector:scale=2: vector needs the parameter 'layer'; it takes layer \(int, required\)"):
+    with pytest.raises(
+        ValueError, match=r"^--steer-method vector:scale=2: vector needs the parameter 'layer'; it takes layer \(int, required\)"
+    ):
         bind_method_parameters(Vector, "vector", [("scale", "2")])
     with pytest.raises(ValueError, match="^--steer-method vector:layer=1,vector=1: vector takes no parameter 'vector'"):
         bind_method_parameters(Vector, "vector", [("layer", "1"), ("vector", "1")])
@@ -113,7 +115,9 @@ def test_a_parameters_table_wins_over_init_and_kwargs_accept_any_name() -> None:
     assert bind_parameters(Vector, "vector", {"layer": "2", "scale": "3"}) == {"layer": 2, "scale": 3.0}
     assert Vector.create({"layer": 2}, None).vector == [1.0, 1.0, 1.0]
     assert bind_parameters(Loose, "loose", {"strength": "2", "extra": '{"a": 1}', "tag": "blue"}) == {
-        "strength": 2.0, "extra": {"a": 1}, "tag": "blue"
+        "strength": 2.0,
+        "extra": {"a": 1},
+        "tag": "blue",
     }
 
 
@@ -121,7 +125,9 @@ def test_the_built_in_methods_declare_their_parameters() -> None:
     from pytest_steer.steering import PASTA
 
     assert bind_parameters(PASTA, "pasta", {"alpha": "5", "heads": "0-3", "scale_position": "exclude"}) == {
-        "alpha": 5.0, "heads": "0-3", "scale_position": "exclude"
+        "alpha": 5.0,
+        "heads": "0-3",
+        "scale_position": "exclude",
     }
     with pytest.raises(ValueError, match="'alpha': 'strong' is not a float"):
         bind_parameters(PASTA, "pasta", {"alpha": "strong"})

@@ -38,7 +38,11 @@ def pytest_steer_methods():
 def test_configs_are_named_after_their_method_and_parameters() -> None:
     configs = steering_configs([20.0, 2.5], [("emphasis", {}), ("shout", {"times": 3})], heads="8-23")
     assert [c.name for c in configs] == ["baseline", "pasta_alpha2.5", "pasta_alpha20", "emphasis", "shout_times3"]
-    assert configs[1].to_dict() == {"name": "pasta_alpha2.5", "method": "pasta", "params": {"alpha": 2.5, "heads": "8-23", "scale_position": "include"}}
+    assert configs[1].to_dict() == {
+        "name": "pasta_alpha2.5",
+        "method": "pasta",
+        "params": {"alpha": 2.5, "heads": "8-23", "scale_position": "include"},
+    }
     assert [c.alpha for c in configs] == [None, 2.5, 20.0, None, None]
     assert not configs[0].steered and all(c.steered for c in configs[1:])
 
@@ -49,11 +53,17 @@ def test_a_file_parameter_names_its_config_by_the_files_stem_and_a_digest_of_its
 
     deep = "/home/me/runs/2024-06-01/llama-3-8b/layer-15/direction.safetensors"
     other = "/home/me/runs/2024-07-01/llama-3-8b/layer-15/direction.safetensors"
-    settings = SteerSettings(method=(parse_method(f"actadd:layer=15,coeff=0.5,vector={deep},{other}"), parse_method("actadd:layer=1,coeff=1,pairs=my-pairs.jsonl")))
+    settings = SteerSettings(
+        method=(
+            parse_method(f"actadd:layer=15,coeff=0.5,vector={deep},{other}"),
+            parse_method("actadd:layer=1,coeff=1,pairs=my-pairs.jsonl"),
+        )
+    )
     configs = run_configs(settings, method_registry())
     names = [config.name for config in configs[1:]]
     assert [re.sub(r"_[0-9a-f]{6}$", "_<digest>", name) for name in names] == [
-        "actadd_layer15_coeff0.5_vectordirection_<digest>", "actadd_layer15_coeff0.5_vectordirection_<digest>",
+        "actadd_layer15_coeff0.5_vectordirection_<digest>",
+        "actadd_layer15_coeff0.5_vectordirection_<digest>",
         "actadd_layer1_coeff1_pairsmy_pairs_<digest>",
     ]
     assert names[0] != names[1]  # one stem, two paths
@@ -107,8 +117,22 @@ def test_a_method_registered_in_a_conftest_runs_beside_emphasis(pytester: pytest
     pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
     out = pytester.path / "results.json"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-limit", "2", "--steer-max-new-tokens", "4",
-        "--steer-no-cache", "--steer-method", "shout:times=2", "--steer-method", "emphasis", "--steer-json", str(out), "-v",
+        "-p",
+        "no:cacheprovider",
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-limit",
+        "2",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-no-cache",
+        "--steer-method",
+        "shout:times=2",
+        "--steer-method",
+        "emphasis",
+        "--steer-json",
+        str(out),
+        "-v",
     )
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*test_answers[[]s001-shout_times2-t0[]]*", "*test_answers[[]s002-emphasis-t0[]]*"])
@@ -132,17 +156,38 @@ def test_strict_mode_fails_a_missed_case_in_any_test_that_requests_it(pytester: 
 
 def test_a_highlight_missing_from_its_prompt_warns_once_on_its_own_case(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
     rows = [
-        {"key": "fine", "prompt": "Write a poem. Do not use any commas.", "instructions": ["Do not use any commas."],
-         "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
-        {"key": "odd", "prompt": "Write a poem without commas.", "instructions": ["Do not use any commas."],
-         "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+        {
+            "key": "fine",
+            "prompt": "Write a poem. Do not use any commas.",
+            "instructions": ["Do not use any commas."],
+            "instruction_id_list": ["punctuation:no_comma"],
+            "kwargs": [{}],
+        },
+        {
+            "key": "odd",
+            "prompt": "Write a poem without commas.",
+            "instructions": ["Do not use any commas."],
+            "instruction_id_list": ["punctuation:no_comma"],
+            "kwargs": [{}],
+        },
     ]
     data = pytester.path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-dataset", str(data), "--steer-alpha", "10",
-        "--steer-max-new-tokens", "2", "--steer-no-cache", "-W", "always::pytest_steer.steering.SteeringWarning",
+        "-p",
+        "no:cacheprovider",
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-dataset",
+        str(data),
+        "--steer-alpha",
+        "10",
+        "--steer-max-new-tokens",
+        "2",
+        "--steer-no-cache",
+        "-W",
+        "always::pytest_steer.steering.SteeringWarning",
     )
     assert result.ret == 0, result.stdout.str()
     output = result.stdout.str()

@@ -83,8 +83,17 @@ def test_a_directory_without_a_model_or_a_file_is_a_clear_error(tmp_path: Path) 
 def test_a_directory_without_a_model_fails_collection_once(pytester: pytest.Pytester, tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     result = pytester.runpytest_subprocess(
-        str(repo / "suites" / "ifeval"), "-p", "no:cacheprovider", "--rootdir", str(repo), "--steer-model", str(tmp_path),
-        "--steer-alpha", "10", "--steer-limit", "2",
+        str(repo / "suites" / "ifeval"),
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(repo),
+        "--steer-model",
+        str(tmp_path),
+        "--steer-alpha",
+        "10",
+        "--steer-limit",
+        "2",
     )
     output = result.stdout.str()
     assert result.ret == 2, output
@@ -120,7 +129,9 @@ def test_embedded_model_is_converted_once_and_fingerprinted() -> None:
     assert embedded_checkpoint() == checkpoint
 
 
-def test_a_model_that_fails_to_load_is_one_error_and_stops_the_run(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_model_that_fails_to_load_is_one_error_and_stops_the_run(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     import shutil
 
     broken = tmp_path / "broken"
@@ -128,12 +139,22 @@ def test_a_model_that_fails_to_load_is_one_error_and_stops_the_run(pytester: pyt
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")  # config.json is fine: collection passes
     repo = Path(__file__).resolve().parents[1]
     result = pytester.runpytest_subprocess(
-        str(repo / "suites" / "ifeval"), "-p", "no:cacheprovider", "--rootdir", str(repo), "--steer-model", str(broken),
-        "--steer-limit", "3", "--steer-no-cache",
+        str(repo / "suites" / "ifeval"),
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(repo),
+        "--steer-model",
+        str(broken),
+        "--steer-limit",
+        "3",
+        "--steer-no-cache",
     )
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.INTERRUPTED, output
     assert result.parseoutcomes().get("errors") == 1  # the first case; the others never ran
     # the cases it could not run are left out, as a stopped run leaves them: its report is partial, not failed
-    result.stdout.fnmatch_lines(["partial run: the run ended early (pytest-steer: --steer-model *: the model failed to load: SafetensorError*"])
+    result.stdout.fnmatch_lines(
+        ["partial run: the run ended early (pytest-steer: --steer-model *: the model failed to load: SafetensorError*"]
+    )
     assert "crashed" not in output and "Traceback" not in output and "direct cause" not in output

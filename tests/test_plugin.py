@@ -17,18 +17,19 @@ def run_suite(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def test_shipped_suite_on_embedded_model(pytester: pytest.Pytester, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    result = run_suite(
-        pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-max-new-tokens", "8", "--steer-json", str(out), "-v"
-    )
+    result = run_suite(pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-max-new-tokens", "8", "--steer-json", str(out), "-v")
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines(["*test_follows_instructions[[]s001-baseline-t0[]]*", "*test_follows_instructions[[]s002-pasta_alpha10-t0[]]*"])
+    result.stdout.fnmatch_lines(
+        ["*test_follows_instructions[[]s001-baseline-t0[]]*", "*test_follows_instructions[[]s002-pasta_alpha10-t0[]]*"]
+    )
     result.stdout.fnmatch_lines(["*steering trade-off*", "config*prompts*strict prompt*", "baseline*2*", "pasta_alpha10*2*"])
     data = json.loads(out.read_text())
     assert data["schema_version"] == 2
     assert [(c["name"], c["method"]) for c in data["configs"]] == [("baseline", None), ("pasta_alpha10", "pasta")]
     assert data["configs"][1]["alpha"] == 10.0
     assert data["run"]["steering"]["pasta_alpha10"] == {
-        "method": "pasta", "params": {"alpha": 10.0, "heads": None, "scale_position": "include"}
+        "method": "pasta",
+        "params": {"alpha": 10.0, "heads": None, "scale_position": "include"},
     }
     assert set(data["configs"][0]["metrics"]) >= {
         "strict_prompt_accuracy",
@@ -106,8 +107,16 @@ def test_dataset_with_wrong_columns(pytester: pytest.Pytester, tmp_path: Path) -
 
 def test_strict_mode_fails_cases_with_reasons(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
     result = run_suite(
-        pytester, "--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-max-new-tokens", "4",
-        "--steer-case-mode", "strict", "--steer-greedy",
+        pytester,
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-limit",
+        "3",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-case-mode",
+        "strict",
+        "--steer-greedy",
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*instruction(s) not followed (strict)*"])
@@ -133,17 +142,30 @@ def test_uncached_hub_model_offline_fails_collection(pytester: pytest.Pytester, 
 
 def test_collect_only_lists_cases_and_the_plan_and_reports_nothing(pytester: pytest.Pytester, tmp_path: Path) -> None:
     result = run_suite(
-        pytester, "--steer-alpha", "10", "--steer-limit", "2", "--steer-trials", "2", "--steer-max-new-tokens", "16",
-        "--steer-cache-dir", str(tmp_path / "empty-cache"), "--collect-only", "-q",
+        pytester,
+        "--steer-alpha",
+        "10",
+        "--steer-limit",
+        "2",
+        "--steer-trials",
+        "2",
+        "--steer-max-new-tokens",
+        "16",
+        "--steer-cache-dir",
+        str(tmp_path / "empty-cache"),
+        "--collect-only",
+        "-q",
     )
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         ["*test_follows_instructions[[]s001-baseline-t0[]]", "*test_follows_instructions[[]s002-pasta_alpha10-t1[]]", "8 tests collected*"]
     )
-    result.stdout.fnmatch_lines([
-        "[[]steer[]] plan: 2 prompts × 2 configs × 2 trials = 8 cases; 8 to generate (0 in the response cache) × up to 16 new tokens "
-        "= 128 tokens at most; no estimate yet*"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "[[]steer[]] plan: 2 prompts × 2 configs × 2 trials = 8 cases; 8 to generate (0 in the response cache) × up to 16 new tokens "
+            "= 128 tokens at most; no estimate yet*"
+        ]
+    )
     assert "steering trade-off" not in result.stdout.str()
     assert "[steer] loaded" not in result.stdout.str()
 
@@ -176,7 +198,10 @@ def test_progress_lines_leave_the_status_letters_readable(pytester: pytest.Pytes
     ("args", "message"),
     [
         (["--steer-heads", "99"], "--steer-heads '99' names layer 99, but the model has 2 layers"),
-        (["--steer-max-new-tokens", "100000"], "--steer-max-new-tokens 100000: the longest prompt has * tokens and the model's context holds 512"),
+        (
+            ["--steer-max-new-tokens", "100000"],
+            "--steer-max-new-tokens 100000: the longest prompt has * tokens and the model's context holds 512",
+        ),
         (["--steer-gate", "alpha=7: quality >= 0"], "--steer-gate 'alpha=7: quality >= 0' selects alpha 7, which this run does not have"),
         (["--steer-json", "/proc/forbidden/r.json"], "--steer-json /proc/forbidden/r.json: cannot write there*"),
         (["--steer-baseline", "missing.json"], "--steer-baseline missing.json: no such file*"),
@@ -184,7 +209,9 @@ def test_progress_lines_leave_the_status_letters_readable(pytester: pytest.Pytes
     ],
     ids=["heads", "context", "gate-selector", "output-path", "baseline-file", "device"],
 )
-def test_bad_input_is_refused_at_collection_in_one_message(pytester: pytest.Pytester, tiny_checkpoint: Path, args: list[str], message: str) -> None:
+def test_bad_input_is_refused_at_collection_in_one_message(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, args: list[str], message: str
+) -> None:
     result = run_suite(pytester, "--steer-model", str(tiny_checkpoint), "--steer-alpha", "10", "--steer-limit", "2", *args)
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.INTERRUPTED, output  # an error during collection: nothing ran
@@ -195,8 +222,17 @@ def test_bad_input_is_refused_at_collection_in_one_message(pytester: pytest.Pyte
 
 def test_alpha_one_is_noted_and_reuses_the_baseline_responses(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = run_suite(
-        pytester, "--steer-model", str(tiny_checkpoint), "--steer-alpha", "1", "--steer-limit", "2", "--steer-max-new-tokens", "4",
-        "--steer-cache-dir", str(tmp_path / "cache"),
+        pytester,
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-alpha",
+        "1",
+        "--steer-limit",
+        "2",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-cache-dir",
+        str(tmp_path / "cache"),
     )
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*pasta_alpha1 is the identity (log 1 = 0): its responses are the baseline's*"])
@@ -214,8 +250,20 @@ def test_an_interrupted_run_says_so_and_blames_no_crash(pytester: pytest.Pyteste
     )
     out = tmp_path / "results.json"
     result = run_suite(
-        pytester, "-p", "interrupt_second", "--steer-model", str(tiny_checkpoint), "--steer-limit", "3", "--steer-max-new-tokens", "4",
-        "--steer-no-cache", "--steer-alpha", "10", "--steer-json", str(out),
+        pytester,
+        "-p",
+        "interrupt_second",
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-limit",
+        "3",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-no-cache",
+        "--steer-alpha",
+        "10",
+        "--steer-json",
+        str(out),
     )
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.INTERRUPTED, output

@@ -257,6 +257,7 @@ def test_baseline_that_is_a_directory(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- gates
 
+
 def configs(**alphas: float | None) -> list[SteeringConfig]:
     """Configs by name: None is the baseline, a number PASTA at that alpha, a string another method."""
     made = []
@@ -301,7 +302,9 @@ def test_gate_on_an_alpha_the_run_lacks() -> None:
 def test_gate_selection_follows_the_alphas_not_the_names() -> None:
     renamed = configs(unsteered=None, pasta_alpha10=10.0)
     check_gate_selectors(["alpha=10: quality >= 0", "pasta_alpha10: quality >= 0"], renamed)
-    with pytest.raises(PreflightError, match=r"selects config 'alpha10', which this run does not have \(configs: unsteered, pasta_alpha10\)"):
+    with pytest.raises(
+        PreflightError, match=r"selects config 'alpha10', which this run does not have \(configs: unsteered, pasta_alpha10\)"
+    ):
         check_gate_selectors(["alpha10: quality >= 0"], renamed)
 
 
@@ -388,8 +391,11 @@ def test_a_baseline_of_the_same_settings_passes_whatever_the_seed_trials_and_mod
         ({"dataset": "other.jsonl"}, "--steer-dataset 'builtin' (this run: 'other.jsonl')"),
         ({"instruction_ids": ("punctuation:no_comma",)}, "--steer-instruction-ids [] (this run: ['punctuation:no_comma'])"),
         ({"quality": "none"}, "--steer-quality 'fluency' (this run: 'none')"),
-        ({"scale_position": "exclude"}, "config pasta_alpha10 with {'method': 'pasta', 'params': {'alpha': 10.0, 'heads': None, "
-                                        "'scale_position': 'include'}} (this run: {"),
+        (
+            {"scale_position": "exclude"},
+            "config pasta_alpha10 with {'method': 'pasta', 'params': {'alpha': 10.0, 'heads': None, "
+            "'scale_position': 'include'}} (this run: {",
+        ),
     ],
 )
 def test_a_baseline_of_other_settings_is_refused_naming_option_values_and_fix(tmp_path: Path, changes: dict, message: str) -> None:

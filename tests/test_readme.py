@@ -23,11 +23,23 @@ def test_the_steering_method_example_runs(pytester, tiny_checkpoint: Path) -> No
     pytester.makeconftest(match.group(1))
     pytester.makepyfile(test_answers="def test_answers(steer_case):\n    pass\n")
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-limit", "2", "--steer-max-new-tokens", "4",
-        "--steer-no-cache", "--steer-method", "remind:times=2", "-v",
+        "-p",
+        "no:cacheprovider",
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-limit",
+        "2",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-no-cache",
+        "--steer-method",
+        "remind:times=2",
+        "-v",
     )
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines(["*test_answers[[]s001-remind_times2-t0[]]*", "configs: baseline (unsteered); remind_times2 (remind: times 2)"])
+    result.stdout.fnmatch_lines(
+        ["*test_answers[[]s001-remind_times2-t0[]]*", "configs: baseline (unsteered); remind_times2 (remind: times 2)"]
+    )
 
 
 def test_the_pasta_example_runs_and_says_substrings_hold_one_list_per_row() -> None:

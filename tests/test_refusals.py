@@ -106,7 +106,10 @@ def test_sequential_runs_refuse_at_collection_as_fixed_runs_do(
     gated = ["--steer-gate", "strict_prompt_accuracy >= 0", "--steer-min-prompts", "2"]
     args, message = {
         "no-gate": ([], "--steer-sequential stops generating once every gate and fail-if is decided, and this run has none; add a*"),
-        "missing-dataset": ([*gated, "--steer-dataset", str(tmp_path / "missing.jsonl")], f"--steer-dataset '{tmp_path / 'missing.jsonl'}'*"),
+        "missing-dataset": (
+            [*gated, "--steer-dataset", str(tmp_path / "missing.jsonl")],
+            f"--steer-dataset '{tmp_path / 'missing.jsonl'}'*",
+        ),
         "baseline-of-other-settings": (
             [*gated, "--steer-baseline", str(baseline_of_other_settings(tiny_checkpoint, tmp_path))],
             "--steer-baseline * was saved with other settings than this run's: --steer-max-new-tokens 8 (this run: 4)*",

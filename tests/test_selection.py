@@ -127,8 +127,15 @@ def test_several_tests_share_each_case(pytester: pytest.Pytester, tiny_checkpoin
     pytester.makepyfile(test_mine=TWO_TESTS)
     out, cache = tmp_path / "results.json", tmp_path / "cache"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-rA", *tiny_args(tiny_checkpoint, "--steer-limit", "2", "--steer-alpha", "10"),
-        "--steer-json", str(out), "--steer-cache-dir", str(cache), *workers,
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+        *tiny_args(tiny_checkpoint, "--steer-limit", "2", "--steer-alpha", "10"),
+        "--steer-json",
+        str(out),
+        "--steer-cache-dir",
+        str(cache),
+        *workers,
     )
     output = result.stdout.str()
     assert "INTERNALERROR" not in output, output
@@ -142,7 +149,10 @@ def test_several_tests_share_each_case(pytester: pytest.Pytester, tiny_checkpoin
     data = json.loads(out.read_text())
     assert data["n_cases"] == len(data["cases"]) == 4  # 2 prompts × 2 configs, each once however many tests read it
     assert sorted((c["key"], c["config"]) for c in data["cases"]) == [
-        ("s001", "baseline"), ("s001", "pasta_alpha10"), ("s002", "baseline"), ("s002", "pasta_alpha10")
+        ("s001", "baseline"),
+        ("s001", "pasta_alpha10"),
+        ("s002", "baseline"),
+        ("s002", "pasta_alpha10"),
     ]
     assert all(config["n_prompts"] == 2 and config["n_cases"] == 2 for config in data["configs"])
     assert data["selection"]["partial"] is False
@@ -185,23 +195,33 @@ def test_k_generates_only_the_selected_cases_and_decides_no_gate(pytester: pytes
     pytester.makepyfile(test_suite=SUITE_TEST)
     cache = tmp_path / "cache"
     result = pytester.runpytest_subprocess(
-        "--rootdir", str(pytester.path), "-v", "-k", "s001 and baseline", "--steer-cache-dir", str(cache),
+        "--rootdir",
+        str(pytester.path),
+        "-v",
+        "-k",
+        "s001 and baseline",
+        "--steer-cache-dir",
+        str(cache),
         *tiny_args(tiny_checkpoint, "--steer-limit", "3", "--steer-alpha", "10", "--steer-gate", "strict_prompt_accuracy >= 0"),
     )
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.OK, output  # nothing failed; the gates were not decided
-    result.stdout.fnmatch_lines([
-        "*plan: 3 prompts × 2 configs × 1 trial = 6 cases, 1 selected; 1 to generate (0 in the response cache)*",
-        "[[]steer[]] baseline: batch 1/1, 1/1 cases, *; run 1/1 cases*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*plan: 3 prompts × 2 configs × 1 trial = 6 cases, 1 selected; 1 to generate (0 in the response cache)*",
+            "[[]steer[]] baseline: batch 1/1, 1/1 cases, *; run 1/1 cases*",
+        ]
+    )
     assert len(list((cache / "generation").rglob("*.json"))) == 1  # one selected case, one response
     assert "pasta_alpha10: batch" not in output
-    result.stdout.fnmatch_lines([
-        "partial selection: pytest's selection (-k/-m/--deselect/--lf) ran 1 of 6 cases (1 of 3 prompts of baseline; "
-        "none of the 3 prompts of pasta_alpha10)*",
-        "gates: 0 passed, 0 failed, 2 not decided",
-        "  SKIP  baseline: strict_prompt_accuracy >= 0: not decided: pytest's selection ran 1 of 3 prompts of baseline; run without*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "partial selection: pytest's selection (-k/-m/--deselect/--lf) ran 1 of 6 cases (1 of 3 prompts of baseline; "
+            "none of the 3 prompts of pasta_alpha10)*",
+            "gates: 0 passed, 0 failed, 2 not decided",
+            "  SKIP  baseline: strict_prompt_accuracy >= 0: not decided: pytest's selection ran 1 of 3 prompts of baseline; run without*",
+        ]
+    )
     result.stdout.fnmatch_lines(["*steer-gates::baseline::gate[[]strict_prompt_accuracy >= 0[]] SKIPPED*"])
     percentages = [int(p) for p in re.findall(r"\[ *(\d+)%\]", output)]
     assert percentages and max(percentages) == 100 and percentages[-1] == 100  # the verdicts are counted: never past 100%
@@ -211,19 +231,27 @@ def test_k_generates_only_the_selected_cases_and_decides_no_gate(pytester: pytes
     result.stdout.fnmatch_lines(["*the full run's report in *steer-report is left as it was*"])
     assert data["selection"]["partial"] is True
     assert data["selection"]["configs"]["baseline"] == {
-        "cases_selected": 1, "cases_collected": 3, "prompts_selected": 1, "prompts_collected": 3
+        "cases_selected": 1,
+        "cases_collected": 3,
+        "prompts_selected": 1,
+        "prompts_collected": 3,
     }
     assert data["gates"] == [] and len(data["selection"]["undecided"]) == 2
     assert [c["name"] for c in data["configs"]] == ["baseline"]
 
 
 def test_last_failed_and_deselect_say_what_they_left_out(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    pytester.makepyfile(test_suite="""
+    pytester.makepyfile(
+        test_suite="""
         def test_follows_instructions(steer_case):
             assert steer_case.key not in ("s001", "s003")
-    """)
+    """
+    )
     args = [
-        "--rootdir", str(pytester.path), "--steer-cache-dir", str(tmp_path / "cache"),
+        "--rootdir",
+        str(pytester.path),
+        "--steer-cache-dir",
+        str(tmp_path / "cache"),
         *tiny_args(tiny_checkpoint, "--steer-limit", "4", "--steer-fail-if", "strict_prompt_accuracy < -1"),
     ]
     full = pytester.runpytest_subprocess(*args)
@@ -245,7 +273,9 @@ def test_last_failed_and_deselect_say_what_they_left_out(pytester: pytest.Pytest
     deselected = pytester.runpytest_subprocess(*args, "--deselect", "test_suite.py::test_follows_instructions[s002-baseline-t0]")
     deselected.stdout.fnmatch_lines(["*ran 3 of 4 cases (3 of 4 prompts of baseline)*"])
     assert deselected.parseoutcomes()["deselected"] == 1
-    deselected.stdout.fnmatch_lines(["*plan: 4 prompts × 1 config × 1 trial = 4 cases, 3 selected; 0 to generate (3 in the response cache)*"])
+    deselected.stdout.fnmatch_lines(
+        ["*plan: 4 prompts × 1 config × 1 trial = 4 cases, 3 selected; 0 to generate (3 in the response cache)*"]
+    )
 
 
 FAILS_ALL = """

@@ -199,12 +199,28 @@ def _records(n: int, drop: float, seed: int, config: str = "pasta_alpha10") -> l
         for i in range(n):
             for trial in range(2):
                 follows = [bool(rng.random() < np.sqrt(q[i])) for _ in range(2)]
-                out.append({
-                    "key": f"k{i:03d}", "config": config, "alpha": alpha, "method": None if alpha is None else "pasta",
-                    "trial": trial, "instruction_id_list": ["a:x", "b:y"], "strict": follows, "loose": follows,
-                    "follow_all_strict": all(follows), "follow_all_loose": all(follows), "quality": None, "error": None,
-                    "seed": trial, "prompt": f"prompt {i}", "response": "", "n_new_tokens": 1, "missing_spans": [], "cached": False,
-                })
+                out.append(
+                    {
+                        "key": f"k{i:03d}",
+                        "config": config,
+                        "alpha": alpha,
+                        "method": None if alpha is None else "pasta",
+                        "trial": trial,
+                        "instruction_id_list": ["a:x", "b:y"],
+                        "strict": follows,
+                        "loose": follows,
+                        "follow_all_strict": all(follows),
+                        "follow_all_loose": all(follows),
+                        "quality": None,
+                        "error": None,
+                        "seed": trial,
+                        "prompt": f"prompt {i}",
+                        "response": "",
+                        "n_new_tokens": 1,
+                        "missing_spans": [],
+                        "cached": False,
+                    }
+                )
     return out
 
 

@@ -130,7 +130,9 @@ def test_a_crashed_worker_halts_the_looks_and_the_run_ends(
         timeout=600,
     )  # fmt: skip
     crashed = (tmp_path / "crashed").read_text().split("::")[-1]
-    result.stdout.fnmatch_lines([f"*crashed while running *{crashed}*", "*not generated: the sequential looks stopped after 0 blocks*went down*"])
+    result.stdout.fnmatch_lines(
+        [f"*crashed while running *{crashed}*", "*not generated: the sequential looks stopped after 0 blocks*went down*"]
+    )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     data = json.loads((tmp_path / "report" / "results.json").read_text())
     assert data["sequential"]["looks"][-1]["open"]  # A/A-like deltas against 0: no look decides
@@ -263,12 +265,16 @@ def test_sequential_shards_that_stopped_early_are_not_merged(
 ) -> None:
     shards = [tmp_path / f"shard{index}" for index in (1, 2)]
     for index, report in enumerate(shards, start=1):
-        result = run(pytester, tiny_checkpoint, report, "--steer-sequential", "--steer-sequential-block", "2", "--steer-shard", f"{index}/2")
+        result = run(
+            pytester, tiny_checkpoint, report, "--steer-sequential", "--steer-sequential-block", "2", "--steer-shard", f"{index}/2"
+        )
         assert result.ret == 0, result.stdout.str()
         sequential = json.loads((report / "results.json").read_text())["sequential"]
         assert sequential["prompts_used"] < sequential["prompts_total"] == 6
     assert main(["merge", str(tmp_path / "merged"), *map(str, shards), "--fail-if", FAIL_IF, "--min-prompts", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot merge runs that stopped early:")
-    assert all(f"{report / 'results.json'}: its --steer-sequential looks stopped generation early: it generated " in err for report in shards)
+    assert all(
+        f"{report / 'results.json'}: its --steer-sequential looks stopped generation early: it generated " in err for report in shards
+    )
     assert not (tmp_path / "merged").exists()

@@ -89,8 +89,20 @@ def test_the_check_leaves_the_global_random_state_alone() -> None:
 def test_a_broken_stack_stops_the_run_before_any_generation(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(broken_stack=BROKEN_STACK_PLUGIN)
     result = pytester.runpytest_subprocess(
-        SUITE, "-p", "broken_stack", "-p", "no:cacheprovider", "--rootdir", str(REPO),
-        "--steer-alpha", "10", "--steer-limit", "2", "--steer-max-new-tokens", "4", "--steer-no-cache",
+        SUITE,
+        "-p",
+        "broken_stack",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(REPO),
+        "--steer-alpha",
+        "10",
+        "--steer-limit",
+        "2",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-no-cache",
     )
     output = result.stdout.str()
     assert result.ret == 2, output  # an error during collection: nothing ran

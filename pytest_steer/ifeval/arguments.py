@@ -127,9 +127,7 @@ def _require_regex(text: str) -> None:
     try:
         re.compile(text)
     except re.error as error:
-        raise ArgumentValueError(
-            f"is matched as a regular expression (as IFEval does) but {text!r} is not a valid one: {error}"
-        ) from None
+        raise ArgumentValueError(f"is matched as a regular expression (as IFEval does) but {text!r} is not a valid one: {error}") from None
 
 
 def normalize(instruction_id: str, spec: tuple[Arg, ...], kwargs: Any) -> dict[str, Any]:

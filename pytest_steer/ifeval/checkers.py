@@ -215,9 +215,7 @@ class LetterFrequency(CountingChecker):
     @classmethod
     def check_arguments(cls, parsed: dict[str, Any]) -> None:
         if len(parsed["letter"]) != 1:
-            raise InstructionError(
-                cls.instruction_id, "must stay a single character when lower-cased", argument="letter"
-            )
+            raise InstructionError(cls.instruction_id, "must stay a single character when lower-cased", argument="letter")
 
     @property
     def nouns(self) -> tuple[str, str]:  # type: ignore[override]
@@ -236,9 +234,7 @@ class LetterFrequency(CountingChecker):
 def _parse_language(value: Any) -> str:
     supported = text.supported_languages()
     if value not in supported:
-        raise ArgumentValueError(
-            f"must be a language code langdetect can detect ({', '.join(sorted(supported))}), got {value!r}"
-        )
+        raise ArgumentValueError(f"must be a language code langdetect can detect ({', '.join(sorted(supported))}), got {value!r}")
     return value
 
 
@@ -679,19 +675,14 @@ class RepeatPrompt(Checker):
         # Without prompt_to_repeat the whole prompt is the request to repeat.
         to_repeat = parsed.get("prompt_to_repeat") or prompt.strip()
         if not to_repeat:
-            raise InstructionError(
-                cls.instruction_id, "is missing and the prompt is empty", argument="prompt_to_repeat"
-            )
+            raise InstructionError(cls.instruction_id, "is missing and the prompt is empty", argument="prompt_to_repeat")
         return cls(prompt_to_repeat=to_repeat)
 
     def check(self, response: str) -> bool:
         return response.strip().lower().startswith(self.prompt_to_repeat.lower())
 
     def explain(self, response: str) -> str:
-        return (
-            f"starts with {_clip(response.strip())!r}, expected the request repeated word for word: "
-            f"{_clip(self.prompt_to_repeat)!r}"
-        )
+        return f"starts with {_clip(response.strip())!r}, expected the request repeated word for word: {_clip(self.prompt_to_repeat)!r}"
 
 
 # -- start and end ------------------------------------------------------------
@@ -760,9 +751,7 @@ def _checker_class(instruction_id: str) -> type[Checker]:
     try:
         return CHECKERS[instruction_id]
     except (KeyError, TypeError):
-        raise InstructionError(
-            str(instruction_id), f"unknown instruction id; known ids: {', '.join(INSTRUCTION_IDS)}"
-        ) from None
+        raise InstructionError(str(instruction_id), f"unknown instruction id; known ids: {', '.join(INSTRUCTION_IDS)}") from None
 
 
 def validate_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:

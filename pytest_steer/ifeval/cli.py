@@ -136,9 +136,7 @@ def write_report(scored: list[ScoredPrompt], out: TextIO) -> None:
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for item in scored:
         evaluation = item.evaluation
-        for instruction_id, strict, loose in zip(
-            evaluation.instruction_id_list, evaluation.strict, evaluation.loose, strict=True
-        ):
+        for instruction_id, strict, loose in zip(evaluation.instruction_id_list, evaluation.strict, evaluation.loose, strict=True):
             for name in (instruction_id.split(":")[0], instruction_id):
                 counts[name][0] += 1
                 counts[name][1] += strict

@@ -85,12 +85,9 @@ def evaluate(
     arguments = [None] * len(ids) if kwargs is None else list(kwargs)
     if len(arguments) != len(ids):
         raise ValueError(
-            f"instruction_id_list has {len(ids)} entries but kwargs has {len(arguments)}; "
-            "give one kwargs mapping per instruction"
+            f"instruction_id_list has {len(ids)} entries but kwargs has {len(arguments)}; give one kwargs mapping per instruction"
         )
-    checkers = [
-        build_checker(instruction_id, args, prompt) for instruction_id, args in zip(ids, arguments, strict=True)
-    ]
+    checkers = [build_checker(instruction_id, args, prompt) for instruction_id, args in zip(ids, arguments, strict=True)]
 
     variants = loose_variants(response)
     not_blank = bool(response.strip())

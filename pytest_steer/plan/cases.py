@@ -118,9 +118,7 @@ def case_seed(base_seed: int, key: str, trial: int) -> int:
     return int.from_bytes(digest, "big") >> 1  # torch seeds are signed 64-bit
 
 
-def build_cases(
-    rows: Sequence[PromptRow], configs: Sequence[SteeringConfig], *, trials: int, seed: int, highlight: str
-) -> list[Case]:
+def build_cases(rows: Sequence[PromptRow], configs: Sequence[SteeringConfig], *, trials: int, seed: int, highlight: str) -> list[Case]:
     """Config-major order, so each config's cases are contiguous for batching and scheduling."""
     spans = {row.key: highlights(row, highlight) for row in rows}
     return [

@@ -53,8 +53,5 @@ def select_shard(rows: Sequence[Row], shard: Shard) -> list[Row]:
     order = sorted(range(len(rows)), key=lambda i: rows[i].key)
     kept = {i for position, i in enumerate(order) if position % shard.count == shard.index - 1}
     if not kept:
-        raise ValueError(
-            f"shard {shard} holds no prompt: the selection has {len(rows)} prompt(s); "
-            f"use at most {len(rows)} shard(s)"
-        )
+        raise ValueError(f"shard {shard} holds no prompt: the selection has {len(rows)} prompt(s); use at most {len(rows)} shard(s)")
     return [row for i, row in enumerate(rows) if i in kept]

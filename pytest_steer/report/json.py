@@ -132,9 +132,7 @@ def read_results(path: Path, records: Sequence[dict[str, Any]] | None = None) ->
         raise ValueError(f"{path}: malformed entry ({type(exc).__name__}: {exc}); is it a results.json written by pytest-steer?") from None
 
 
-def results_from_dict(
-    data: Mapping[str, Any], records: Sequence[dict[str, Any]] | None = None, *, source: str = "results"
-) -> RunResults:
+def results_from_dict(data: Mapping[str, Any], records: Sequence[dict[str, Any]] | None = None, *, source: str = "results") -> RunResults:
     check_schema_version(data, source)
     records = list(data.get("cases", [])) if records is None else records
     aggregates = [ConfigAggregate.from_dict(entry) for entry in data["configs"]]

@@ -15,9 +15,7 @@ def results_path(location: Path) -> Path:
     location = Path(location)
     path = location if location.is_file() else location / RESULTS_JSON
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no {RESULTS_JSON} at {location}; pass a report directory (--steer-report-dir) or a results.json file"
-        )
+        raise FileNotFoundError(f"no {RESULTS_JSON} at {location}; pass a report directory (--steer-report-dir) or a results.json file")
     return path
 
 

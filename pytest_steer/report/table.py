@@ -128,9 +128,7 @@ def describe_run(results: RunResults) -> list[str]:
     generation = run.get("generation") or {}
     steering = {name: entry for name, entry in (run.get("steering") or {}).items() if isinstance(entry, dict)}
     decoding = (
-        "greedy"
-        if generation.get("greedy")
-        else f"sampling (temperature {generation.get('temperature')}, top-p {generation.get('top_p')})"
+        "greedy" if generation.get("greedy") else f"sampling (temperature {generation.get('temperature')}, top-p {generation.get('top_p')})"
     )
     lines = [
         f"model: {model.get('name', '?')} ({model.get('dtype', '?')}, {model.get('attn_implementation', '?')} attention)",
@@ -207,8 +205,7 @@ def unsteered_lines(results: RunResults) -> list[str]:
             continue
         why = "; ".join(reason if len(left.reasons) == 1 else f"{n} prompt(s): {reason}" for reason, n in left.reasons.items())
         lines.append(
-            f"{agg.name}: {left.n_cases} of {agg.n_cases} case(s) ran unsteered ({left.n_prompts} of {agg.n_prompts} "
-            f"prompt(s)): {why}"
+            f"{agg.name}: {left.n_cases} of {agg.n_cases} case(s) ran unsteered ({left.n_prompts} of {agg.n_prompts} prompt(s)): {why}"
         )
     return lines
 

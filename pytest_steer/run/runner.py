@@ -193,8 +193,13 @@ class CaseRunner:
         if self.cache is not None and self.measured["cases"]:
             m = self.measured
             record_throughput(
-                self.cache.directory, self.fingerprint.to_dict(), self.device.type,
-                tokens=int(m["tokens"]), cases=int(m["cases"]), max_new_tokens=self.settings.max_new_tokens, seconds=m["seconds"],
+                self.cache.directory,
+                self.fingerprint.to_dict(),
+                self.device.type,
+                tokens=int(m["tokens"]),
+                cases=int(m["cases"]),
+                max_new_tokens=self.settings.max_new_tokens,
+                seconds=m["seconds"],
             )
 
     def _prompts(self) -> list[Any]:

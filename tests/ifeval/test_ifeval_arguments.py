@@ -31,9 +31,7 @@ def test_no_argument_instructions_accept_empty_or_none() -> None:
 def test_word_lists_become_lists_and_strings_are_stripped_where_ifeval_strips() -> None:
     assert validate_kwargs("keywords:existence", {"keywords": ("cat", "dog")}) == {"keywords": ["cat", "dog"]}
     assert validate_kwargs("startend:end_checker", {"end_phrase": " Bye. "}) == {"end_phrase": "Bye."}
-    assert validate_kwargs(
-        "keywords:letter_frequency", {"letter": "Q", "let_frequency": 2, "let_relation": "at least"}
-    ) == {
+    assert validate_kwargs("keywords:letter_frequency", {"letter": "Q", "let_frequency": 2, "let_relation": "at least"}) == {
         "letter": "q",
         "let_frequency": 2,
         "let_relation": "at least",
@@ -132,9 +130,7 @@ def test_evaluate_rejects_mismatched_kwargs_length() -> None:
 
 def test_numpy_values_from_dataframes_are_accepted() -> None:
     numpy = pytest.importorskip("numpy")
-    normalized = validate_kwargs(
-        "keywords:frequency", {"keyword": numpy.str_("sun"), "frequency": numpy.int64(2), "relation": "at least"}
-    )
+    normalized = validate_kwargs("keywords:frequency", {"keyword": numpy.str_("sun"), "frequency": numpy.int64(2), "relation": "at least"})
     assert normalized == {"keyword": "sun", "frequency": 2, "relation": "at least"}
     assert type(normalized["frequency"]) is int
     assert validate_kwargs("keywords:existence", {"keywords": numpy.array(["a", "b"])}) == {"keywords": ["a", "b"]}

@@ -231,16 +231,12 @@ def test_repeat_prompt_falls_back_to_the_prompt_without_prompt_to_repeat() -> No
         ("punctuation:no_comma", {}, "fine", "punctuation:no_comma: followed"),
     ],
 )
-def test_describe_failure_says_what_was_found(
-    instruction_id: str, kwargs: dict[str, Any], response: str, message: str
-) -> None:
+def test_describe_failure_says_what_was_found(instruction_id: str, kwargs: dict[str, Any], response: str, message: str) -> None:
     assert describe_failure(instruction_id, kwargs, response) == message
 
 
 @pytest.mark.parametrize(("instruction_id", "kwargs", "response", "expected"), CASES)
-def test_every_failing_case_has_a_reason(
-    instruction_id: str, kwargs: dict[str, Any], response: str, expected: bool
-) -> None:
+def test_every_failing_case_has_a_reason(instruction_id: str, kwargs: dict[str, Any], response: str, expected: bool) -> None:
     result = evaluate("", response, [instruction_id], [kwargs])
     if expected:
         assert result.reasons == [None]

@@ -103,9 +103,7 @@ def test_unusable_responses_fail_with_a_clear_message(
     assert message in capsys.readouterr().err
 
 
-def test_allow_missing_scores_only_answered_inputs(
-    inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_allow_missing_scores_only_answered_inputs(inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path / "responses.jsonl", [{"key": 1, "response": "Hi there."}])
     assert main([str(inputs), str(path), "--allow-missing"]) == 0
     out = capsys.readouterr().out
@@ -113,9 +111,7 @@ def test_allow_missing_scores_only_answered_inputs(
     assert "1 inputs without a response were not scored" in out
 
 
-def test_invalid_json_and_bad_kwargs_are_reported_with_their_place(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_invalid_json_and_bad_kwargs_are_reported_with_their_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"key": 1, "prompt": "p", "instruction_id_list": [], "kwargs": []}\n{not json\n')
     responses = _write(tmp_path / "responses.jsonl", [{"key": 1, "response": "a"}])

@@ -11,9 +11,7 @@ from pytest_steer.ifeval.driver import loose_variants
 @pytest.mark.parametrize("response", ["", "   \n\t "])
 def test_blank_response_follows_nothing(response: str) -> None:
     # no_comma and forbidden_words would accept blank text: blank responses fail anyway
-    result = evaluate(
-        "p", response, ["punctuation:no_comma", "keywords:forbidden_words"], [{}, {"forbidden_words": ["x"]}]
-    )
+    result = evaluate("p", response, ["punctuation:no_comma", "keywords:forbidden_words"], [{}, {"forbidden_words": ["x"]}])
     assert result.strict == [False, False]
     assert result.loose == [False, False]
     assert not result.follow_all_strict and not result.follow_all_loose

@@ -31,9 +31,7 @@ def test_every_reference_verdict_is_reproduced(reference_data: Any) -> None:
             ("loose", result.loose, expected["follow_instruction_list_loose"]),
         ):
             verdicts += len(want)
-            for position, (instruction_id, mine, theirs) in enumerate(
-                zip(row["instruction_id_list"], got, want, strict=True)
-            ):
+            for position, (instruction_id, mine, theirs) in enumerate(zip(row["instruction_id_list"], got, want, strict=True)):
                 if mine != theirs:
                     disagreements.append(f"key {key} #{position} {instruction_id} {mode}: {mine} != {theirs}")
         assert result.follow_all_strict == expected["follow_all_instructions_strict"]
@@ -49,9 +47,7 @@ def test_every_reference_kwargs_validates(reference_data: Any) -> None:
             assert set(normalized) <= set(kwargs)
 
 
-def test_command_writes_the_reference_verdict_file(
-    reference_data: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_command_writes_the_reference_verdict_file(reference_data: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "verdicts.jsonl"
     directory = reference_data.directory
     status = main([str(directory / "input_data.jsonl"), str(directory / "gpt4_responses.jsonl"), "--out", str(out)])

@@ -97,7 +97,9 @@ def make_method_results() -> RunResults:
         if record["config"] not in ("baseline", "alpha10"):
             continue
         highlights = [f"include a title for {record['key']}"]
-        records.append(record | {"method": "pasta" if record["alpha"] else None, "prepared_prompt": record["prompt"], "highlights": highlights})
+        records.append(
+            record | {"method": "pasta" if record["alpha"] else None, "prepared_prompt": record["prompt"], "highlights": highlights}
+        )
         if record["config"] == "alpha10":
             if record["key"] == "p001":
                 records[-1]["missing_spans"] = highlights
@@ -105,5 +107,7 @@ def make_method_results() -> RunResults:
             records.append(records[-1] | {"config": "emphasis", "alpha": None, "method": "emphasis", "prepared_prompt": prepared})
             records.append(records[-1] | {"config": "myvec", "method": "myvec", "prepared_prompt": record["prompt"], "missing_spans": []})
     run = make_run(n_prompts=4, trials=1)
-    run["steering"] = {name: run["steering"].get(name, {"method": name, "params": {}}) for name in ("baseline", "alpha10", "emphasis", "myvec")}
+    run["steering"] = {
+        name: run["steering"].get(name, {"method": name, "params": {}}) for name in ("baseline", "alpha10", "emphasis", "myvec")
+    }
     return RunResults.from_records(run, records, seed=0)

@@ -20,7 +20,15 @@ from pytest_steer.run.results import RunResults
 from pytest_steer.run.selection import ConfigSelection, RunSelection
 from pytest_steer.stats.gates import evaluate_gates
 
-OUTPUTS = ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png", "instruction_deltas.png")
+OUTPUTS = (
+    "report.html",
+    "results.json",
+    "cases.jsonl",
+    "summary.csv",
+    "trade_off.png",
+    "instruction_heatmap.png",
+    "instruction_deltas.png",
+)
 
 
 def _numbers(path: Path) -> dict:
@@ -66,7 +74,10 @@ def _shards(tmp_path: Path, records: list[dict], **run_changes: dict) -> list[Pa
     halves = [[r for r in records if int(r["key"][1:]) % 2 == side] for side in (0, 1)]
     paths = []
     for index, half in enumerate(halves):
-        run = make_run(n_prompts=6, time=f"2026-01-0{index + 1}T00:00:00+00:00") | {"git_commit": f"commit{index}", "shard": f"{index + 1}/2"}
+        run = make_run(n_prompts=6, time=f"2026-01-0{index + 1}T00:00:00+00:00") | {
+            "git_commit": f"commit{index}",
+            "shard": f"{index + 1}/2",
+        }
         if index == 1:
             for section, values in run_changes.items():
                 run[section] = run[section] | values
@@ -274,7 +285,12 @@ def test_merge_of_a_k_run_leaves_its_checks_undecided(tmp_path: Path, capsys: py
     data = json.loads((tmp_path / "m" / "results.json").read_text())
     assert data["gates"] == []
     assert data["selection"]["partial"] is True and data["selection"]["cases_selected"] == 8
-    assert data["selection"]["configs"]["alpha10"] == {"cases_selected": 2, "cases_collected": 24, "prompts_selected": 1, "prompts_collected": 12}
+    assert data["selection"]["configs"]["alpha10"] == {
+        "cases_selected": 2,
+        "cases_collected": 24,
+        "prompts_selected": 1,
+        "prompts_collected": 12,
+    }
     reason = (
         "not decided: pytest's selection ran 1 of 12 prompts of alpha10 and 1 of 12 prompts of baseline; "
         "run without -k/-m/--deselect/--lf to decide it"
@@ -291,7 +307,11 @@ def test_merge_of_a_last_failed_run_decides_only_the_configs_it_ran_in_full(tmp_
     records = make_records()
     kept = [r for r in records if r["config"] == "baseline" or (r["config"] == "alpha10" and r["key"] in ("p003", "p005"))]
     run = _partial(tmp_path / "lf", records, kept)  # --lf: the baseline's failures were every case, alpha10's two prompts
-    on_baseline, delta, unselected = "baseline: strict_prompt_accuracy >= 0.99", "alpha=10: quality - baseline < -5", "alpha=5: quality > -9"
+    on_baseline, delta, unselected = (
+        "baseline: strict_prompt_accuracy >= 0.99",
+        "alpha=10: quality - baseline < -5",
+        "alpha=5: quality > -9",
+    )
     code = main(["merge", str(tmp_path / "m"), str(run), "--gate", on_baseline, "--gate", unselected, "--fail-if", delta])
     assert code == 1  # the one decided check fails
     data = json.loads((tmp_path / "m" / "results.json").read_text())
@@ -337,7 +357,9 @@ def _stopped(location: Path, used: int, total: int, by_config: dict[str, int] | 
 
 
 @pytest.mark.parametrize("sequential", [[], ["--sequential"]], ids=["fixed", "sequential"])
-def test_merge_refuses_sequential_shards_that_stopped_early(tmp_path: Path, capsys: pytest.CaptureFixture[str], sequential: list[str]) -> None:
+def test_merge_refuses_sequential_shards_that_stopped_early(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sequential: list[str]
+) -> None:
     first, second = (_stopped(path, 4, 6) for path in _shards(tmp_path, make_records()))
     fail_if = "alpha=10: strict_prompt_accuracy - baseline < 0"
     assert main(["merge", str(tmp_path / "m"), str(first), str(second), "--fail-if", fail_if, *sequential]) == 2
@@ -391,7 +413,9 @@ def test_a_malformed_case_line_exits_2_naming_file_line_and_field(
     assert err.startswith(f"error: {path}:2: ") and problem in err, err
 
 
-def test_a_malformed_case_of_a_standalone_results_json_names_its_index_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_malformed_case_of_a_standalone_results_json_names_its_index_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first, _ = _shards(tmp_path, make_records())
     data = json.loads((first / "results.json").read_text())
     data["run"]["shard"] = None

@@ -62,7 +62,7 @@ def test_table_figures_and_gates_are_on_the_page(results: RunResults) -> None:
     assert "Per instruction id: paired change from the baseline" in page
     for config in results_dict(results)["configs"]:
         value = config["metrics"]["strict_prompt_accuracy"]
-        assert f"<td>{value['mean']:.3f}<span class=\"ci\">[{value['ci_low']:.2f}, {value['ci_high']:.2f}]</span></td>" in page
+        assert f'<td>{value["mean"]:.3f}<span class="ci">[{value["ci_low"]:.2f}, {value["ci_high"]:.2f}]</span></td>' in page
     assert page.count('<span class="badge fail">FAIL</span>') == 1
     assert "alpha10: strict_prompt_accuracy - baseline = +0.250" in page
     assert "passes if shown: ci_low &gt;= 0.5" in page and "not shown, FAIL" in page

@@ -17,14 +17,38 @@ def test_run_writes_report_dir_markdown_and_pytest_html(pytester: pytest.Pyteste
     pytest.importorskip("pytest_html")
     cache = tmp_path / "cache"
     result = pytester.runpytest_subprocess(
-        SUITE, "--rootdir", str(REPO), "-o", f"cache_dir={cache}",
-        "--steer-model", str(tiny_checkpoint), "--steer-limit", "2", "--steer-max-new-tokens", "4", "--steer-alpha", "10",
-        "--steer-summary-md", str(tmp_path / "summary.md"), "--steer-min-prompts", "3",
-        "--html", str(tmp_path / "pytest-html.html"), "--self-contained-html",
+        SUITE,
+        "--rootdir",
+        str(REPO),
+        "-o",
+        f"cache_dir={cache}",
+        "--steer-model",
+        str(tiny_checkpoint),
+        "--steer-limit",
+        "2",
+        "--steer-max-new-tokens",
+        "4",
+        "--steer-alpha",
+        "10",
+        "--steer-summary-md",
+        str(tmp_path / "summary.md"),
+        "--steer-min-prompts",
+        "3",
+        "--html",
+        str(tmp_path / "pytest-html.html"),
+        "--self-contained-html",
     )
     assert result.ret == 0, result.stdout.str()
     report = cache / "d" / "steer-report"  # default: inside pytest's cache dir
-    for name in ("report.html", "results.json", "cases.jsonl", "summary.csv", "trade_off.png", "instruction_heatmap.png", "instruction_deltas.png"):
+    for name in (
+        "report.html",
+        "results.json",
+        "cases.jsonl",
+        "summary.csv",
+        "trade_off.png",
+        "instruction_heatmap.png",
+        "instruction_deltas.png",
+    ):
         assert (report / name).is_file(), name
     result.stdout.fnmatch_lines([f"[[]steer[]] report: {report / 'report.html'}"])
 

@@ -100,9 +100,7 @@ class Tiny:
 
     def chat(self, contents: list[str]) -> list[str]:
         return [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
+            self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
             for content in contents
         ]
 

@@ -68,8 +68,11 @@ def expected_bias(key_bias: torch.Tensor, keys: int) -> torch.Tensor:
 @pytest.mark.parametrize("base", ["eager", "sdpa"])
 @pytest.mark.parametrize("mask_kind", ["float", "bool", "none"])
 @pytest.mark.parametrize("queries", [PROMPT, 1], ids=["prefill", "decode"])
-@pytest.mark.parametrize("extra", [{}, {"cache": object()}, {"past_key_values": object()}, {"position_ids": None, "sliding_window": None}],
-                         ids=["no-cache", "cache=", "past_key_values=", "other-keywords"])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"cache": object()}, {"past_key_values": object()}, {"position_ids": None, "sliding_window": None}],
+    ids=["no-cache", "cache=", "past_key_values=", "other-keywords"],
+)
 def test_the_bias_is_added_whatever_the_mask_and_keywords(base: str, mask_kind: str, queries: int, extra: dict) -> None:
     from pytest_steer.steering.pasta.attention import STEERING_ATTRIBUTE
 
@@ -79,7 +82,9 @@ def test_the_bias_is_added_whatever_the_mask_and_keywords(base: str, mask_kind: 
     query = torch.randn(BATCH, HEADS, queries, DIM)
     key, value = torch.randn(BATCH, KV_HEADS, keys, DIM), torch.randn(BATCH, KV_HEADS, keys, DIM)
     allowed = padded_allowed(queries, keys, padding)
-    mask = {"float": torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min), "bool": allowed, "none": None}[mask_kind]
+    mask = {"float": torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min), "bool": allowed, "none": None}[
+        mask_kind
+    ]
     key_bias = torch.tensor([[0.0, -2.0, -2.0, 0.0, -2.0], [0.0, 0.0, 1.5, 0.0, 0.0]])
     module = FakeAttention().eval()
     steered_batch(module, key_bias)
@@ -99,8 +104,14 @@ def test_an_unsteered_module_runs_the_plain_computation(base: str) -> None:
     torch.manual_seed(0)
     query, key, value = torch.randn(1, HEADS, 3, DIM), torch.randn(1, KV_HEADS, 3, DIM), torch.randn(1, KV_HEADS, 3, DIM)
     allowed = padded_allowed(3, 3, [0])
-    output, _ = attention_function(base)(FakeAttention().eval(), query, key, value, allowed if base == "sdpa" else
-                                         torch.zeros(allowed.shape).masked_fill(~allowed, -1e30), scaling=DIM**-0.5)
+    output, _ = attention_function(base)(
+        FakeAttention().eval(),
+        query,
+        key,
+        value,
+        allowed if base == "sdpa" else torch.zeros(allowed.shape).masked_fill(~allowed, -1e30),
+        scaling=DIM**-0.5,
+    )
     torch.testing.assert_close(output, reference(query, key, value, allowed, torch.zeros(1)), atol=1e-5, rtol=1e-5)
 
 
@@ -167,7 +178,9 @@ def test_a_layer_called_with_its_cache_keyword_keeps_the_bias_in_every_decode_st
         )
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the deprecated keyword's notice
-            return layer(hidden_states=states, position_embeddings=embeddings, attention_mask=mask if attn == "eager" else mask == 0, **cache)[0]
+            return layer(
+                hidden_states=states, position_embeddings=embeddings, attention_mask=mask if attn == "eager" else mask == 0, **cache
+            )[0]
 
     try:
         full = run(0, PROMPT + 3)

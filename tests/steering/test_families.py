@@ -42,16 +42,20 @@ FAMILIES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "mistral": ({"sliding_window": WINDOW}, ("eager", "sdpa")),
     "mixtral": ({"sliding_window": WINDOW, **EXPERTS}, ("eager", "sdpa")),
     "qwen2": ({"use_sliding_window": True, **MIXED_LAYERS}, ("eager", "sdpa")),
-    "qwen2_moe": ({"num_experts": 2, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32},
-                  ("eager", "sdpa")),
+    "qwen2_moe": (
+        {"num_experts": 2, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32},
+        ("eager", "sdpa"),
+    ),
     "qwen3": ({"use_sliding_window": True, **MIXED_LAYERS}, ("eager", "sdpa")),
     "qwen3_moe": ({"num_experts": 2, "num_experts_per_tok": 2, "moe_intermediate_size": 32}, ("eager", "sdpa")),
     "gemma": ({}, ("eager", "sdpa")),
     "gemma2": ({"attn_logit_softcapping": 1.0, "query_pre_attn_scalar": 20, **MIXED_LAYERS}, ("eager",)),
     "gemma3_text": ({"query_pre_attn_scalar": 20, **MIXED_LAYERS}, ("eager", "sdpa")),
     "phi3": ({"sliding_window": WINDOW, "partial_rotary_factor": 0.5}, ("eager", "sdpa")),
-    "granite": ({"attention_multiplier": 0.3, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 2.0},
-                ("eager", "sdpa")),
+    "granite": (
+        {"attention_multiplier": 0.3, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 2.0},
+        ("eager", "sdpa"),
+    ),
     "olmo2": ({}, ("eager", "sdpa")),
     "smollm3": ({"use_sliding_window": True, **MIXED_LAYERS}, ("eager", "sdpa")),
     "cohere": ({"logit_scale": 1.0}, ("eager", "sdpa")),
@@ -86,10 +90,20 @@ def build(tiny, model_type: str) -> nn.Module:
     extra, _ = FAMILIES[model_type]
     tokenizer = tiny.tokenizer
     config = AutoConfig.for_model(
-        model_type, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False, **extra,
+        model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **extra,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
@@ -129,9 +143,11 @@ def biased_own_eager(model: nn.Module, bias_of: dict[nn.Module, torch.Tensor]) -
 def reference_logits(model: nn.Module, sequence: torch.Tensor, key_bias: torch.Tensor | None) -> torch.Tensor:
     """Next-token logits after ``sequence`` (one row, no padding), the whole sequence recomputed without a cache."""
     attention, num_heads = steerable_attention(model)
-    bias_of = {} if key_bias is None else {
-        attention[layer]: head_bias(key_bias, heads, num_heads, len(sequence)) for layer, heads in HEAD_CONFIG.items()
-    }
+    bias_of = (
+        {}
+        if key_bias is None
+        else {attention[layer]: head_bias(key_bias, heads, num_heads, len(sequence)) for layer, heads in HEAD_CONFIG.items()}
+    )
     with torch.no_grad(), biased_own_eager(model, bias_of):
         return model(input_ids=sequence[None], use_cache=False).logits[0, -1]
 
@@ -153,12 +169,20 @@ def test_steered_decoding_matches_each_row_alone_under_the_familys_own_eager_att
         steps.append(logits.clone())
         return logits.argmax(-1)
 
-    with torch.no_grad(), PASTA(HEAD_CONFIG, alpha=20.0).apply(
-        steered_model, tiny.tokenizer, input_ids, attention_mask, SUBSTRINGS, texts=texts
-    ) as run:
+    with (
+        torch.no_grad(),
+        PASTA(HEAD_CONFIG, alpha=20.0).apply(steered_model, tiny.tokenizer, input_ids, attention_mask, SUBSTRINGS, texts=texts) as run,
+    ):
         tokens = decode(
-            steered_model, input_ids, attention_mask, PROMPT_OF_ROW, torch.zeros(len(PROMPT_OF_ROW), dtype=torch.long),
-            max_new_tokens=NEW_TOKENS, eos_ids=(), choose=greedy, rows_changed=run.select_rows,
+            steered_model,
+            input_ids,
+            attention_mask,
+            PROMPT_OF_ROW,
+            torch.zeros(len(PROMPT_OF_ROW), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            eos_ids=(),
+            choose=greedy,
+            rows_changed=run.select_rows,
         )
     assert all(run.steered_rows) and len(steps) == NEW_TOKENS
 
@@ -167,8 +191,13 @@ def test_steered_decoding_matches_each_row_alone_under_the_familys_own_eager_att
 
 @pytest.mark.parametrize(
     ("model_type", "attn", "cache"),
-    [("mistral", "sdpa", "dynamic"), ("gemma3_text", "eager", "dynamic"), ("gemma3_text", "sdpa", "dynamic"),
-     ("gemma3_text", "eager", "static"), ("mistral", "sdpa", "static")],
+    [
+        ("mistral", "sdpa", "dynamic"),
+        ("gemma3_text", "eager", "dynamic"),
+        ("gemma3_text", "sdpa", "dynamic"),
+        ("gemma3_text", "eager", "static"),
+        ("mistral", "sdpa", "static"),
+    ],
 )
 def test_generate_inside_the_block_matches_each_row_alone_past_the_window(tiny, model_type: str, attn: str, cache: str) -> None:
     """transformers' generate, with its dynamic cache or a static one (whose sliding layers roll a buffer of the window)."""
@@ -179,20 +208,32 @@ def test_generate_inside_the_block_matches_each_row_alone_past_the_window(tiny, 
     steered_model.set_attn_implementation(attn)
     steered_model.generation_config.pad_token_id = tiny.tokenizer.pad_token_id
     model.set_attn_implementation("eager")
-    with torch.no_grad(), PASTA(HEAD_CONFIG, alpha=20.0).apply(
-        steered_model, tiny.tokenizer, input_ids, attention_mask, SUBSTRINGS, texts=texts
-    ) as run:
+    with (
+        torch.no_grad(),
+        PASTA(HEAD_CONFIG, alpha=20.0).apply(steered_model, tiny.tokenizer, input_ids, attention_mask, SUBSTRINGS, texts=texts) as run,
+    ):
         out = steered_model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-            do_sample=False, output_logits=True, return_dict_in_generate=True, cache_implementation=cache,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            cache_implementation=cache,
         )
     tokens = out.sequences[:, input_ids.shape[1] :].tolist()
     assert_rows_match_the_reference(model, input_ids, attention_mask, run.key_bias, [0, 1], tokens, list(out.logits))
 
 
 def assert_rows_match_the_reference(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_bias: torch.Tensor,
-    prompt_of_row: list[int], tokens: list[list[int]], steps: list[torch.Tensor],
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_bias: torch.Tensor,
+    prompt_of_row: list[int],
+    tokens: list[list[int]],
+    steps: list[torch.Tensor],
 ) -> None:
     """``steps[s][row]``, the steered logits after ``s`` generated tokens, against the reference on that row alone."""
     references: dict[tuple[int, ...], torch.Tensor] = {}  # rows that repeat a prompt share their sequences under greedy decoding
@@ -204,8 +245,13 @@ def assert_rows_match_the_reference(
             if tuple(sequence.tolist()) not in references:
                 references[tuple(sequence.tolist())] = reference_logits(model, sequence, key_bias)
             expected = references[tuple(sequence.tolist())]
-            torch.testing.assert_close(steps[step][row], expected, atol=1e-5, rtol=1e-4,
-                                       msg=lambda text, row=row, step=step: f"{model.config.model_type}, row {row}, step {step}: {text}")
+            torch.testing.assert_close(
+                steps[step][row],
+                expected,
+                atol=1e-5,
+                rtol=1e-4,
+                msg=lambda text, row=row, step=step: f"{model.config.model_type}, row {row}, step {step}: {text}",
+            )
     # The last step, where a sliding window holds both prompt keys (biased) and generated keys (not).
     unsteered = reference_logits(model, sequence, None)
     assert (unsteered - steps[-1][-1]).abs().max() > 1e-2, "the bias must change the logits, or this test proves nothing"

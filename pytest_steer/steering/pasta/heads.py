@@ -94,9 +94,7 @@ def _parse_json_heads(text: str, argument: str) -> dict[int, list[int]]:
         if not key.strip().isdigit():
             raise HeadConfigError(f"{argument} {text!r}: key {key!r} is not a layer number")
         if not isinstance(heads, list) or not heads or not all(_is_index(head) for head in heads):
-            raise HeadConfigError(
-                f"{argument} {text!r}: layer {key} must map to a non-empty list of head numbers, got {heads!r}"
-            )
+            raise HeadConfigError(f"{argument} {text!r}: layer {key} must map to a non-empty list of head numbers, got {heads!r}")
         config[int(key)] = sorted(set(heads))
     if not config:
         raise HeadConfigError(f"{argument} {text!r} selects no layer")
@@ -110,9 +108,7 @@ def _is_index(value: object) -> bool:
 def normalize_head_config(head_config: Iterable[int] | Mapping[int | str, Iterable[int]]) -> LayerHeads:
     """Check the form of a head configuration, without a model; None stands for every head."""
     if isinstance(head_config, (str, bytes)):
-        raise HeadConfigError(
-            f"head_config {head_config!r} is a string; parse it with parse_heads() or pass a list of layers"
-        )
+        raise HeadConfigError(f"head_config {head_config!r} is a string; parse it with parse_heads() or pass a list of layers")
     selection: LayerHeads = {}
     if isinstance(head_config, Mapping):
         for key, heads in head_config.items():
@@ -121,17 +117,13 @@ def normalize_head_config(head_config: Iterable[int] | Mapping[int | str, Iterab
                 raise HeadConfigError(f"head_config layer {layer} must map to a list of head indices, got {heads!r}")
             head_list = list(heads)
             if not head_list or not all(_is_index(head) for head in head_list):
-                raise HeadConfigError(
-                    f"head_config layer {layer} must map to a non-empty list of head indices >= 0, got {head_list!r}"
-                )
+                raise HeadConfigError(f"head_config layer {layer} must map to a non-empty list of head indices >= 0, got {head_list!r}")
             selection[layer] = tuple(sorted(set(head_list)))
     elif isinstance(head_config, Iterable):
         for item in head_config:
             selection[_layer_index(item)] = None
     else:
-        raise HeadConfigError(
-            f"head_config must be a list of layers or a dict of layer -> heads, got {type(head_config).__name__}"
-        )
+        raise HeadConfigError(f"head_config must be a list of layers or a dict of layer -> heads, got {type(head_config).__name__}")
     if not selection:
         raise HeadConfigError("head_config selects no layer; give at least one layer, e.g. default_head_layers(n)")
     return dict(sorted(selection.items()))

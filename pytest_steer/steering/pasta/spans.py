@@ -50,11 +50,7 @@ def locate_spans(
             missing.append(substring)
             continue
         char_end = char_start + len(substring)
-        covered = [
-            index
-            for index, (begin, end) in enumerate(offsets)
-            if end > begin and begin < char_end and end > char_start
-        ]
+        covered = [index for index, (begin, end) in enumerate(offsets) if end > begin and begin < char_end and end > char_start]
         if not covered:
             missing.append(substring)
             continue

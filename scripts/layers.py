@@ -31,7 +31,7 @@ LAYERS = {
     "model": "loading models and tokenizers, prompt rendering, devices",
     "stats": "bootstrap intervals, aggregates, the gate language, gates, e-processes, sequential checks",
     "ifeval": "the IFEval instruction checkers",
-    "store": "atomic writes, JSON lines, the response cache, code digests, hub access",
+    "store": "atomic writes, JSON lines, the response cache, the vector cache, hub access",
 }
 
 

@@ -22,9 +22,9 @@ from pytest_steer.engine.sampling import RowSampler, greedy
 from pytest_steer.model.loading import LoadedModel
 from pytest_steer.model.prompts import prompt_lengths, render_prompt
 from pytest_steer.plan.batches import MAX_BATCH_SIZE
-from pytest_steer.steering.pasta.attention import shared_kernels
 from pytest_steer.steering.errors import SteeringWarning
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod
+from pytest_steer.steering.pasta.attention import shared_kernels
 
 # Bumped whenever a change here alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.

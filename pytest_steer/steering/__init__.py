@@ -20,9 +20,9 @@ from pytest_steer.steering.errors import (
     UnsupportedTokenizerError,
     describe_missing,
 )
-from pytest_steer.steering.pasta.heads import HeadConfig, default_head_layers, parse_heads
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, RunContext, SteeredBatch, SteeringMethod
 from pytest_steer.steering.parameters import REQUIRED, FilePath, Parameter
+from pytest_steer.steering.pasta.heads import HeadConfig, default_head_layers, parse_heads
 from pytest_steer.steering.pasta.spans import locate_spans
 
 _LAZY = {

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from pytest_steer.model.prompts import render_prompt
-from pytest_steer.steering.pasta.attention import shared_kernels
-from pytest_steer.steering.decoder import checked_layer
 from pytest_steer.steering.actadd.instruction_vectors import InstructionMeasure
+from pytest_steer.steering.decoder import checked_layer
+from pytest_steer.steering.pasta.attention import shared_kernels
 
 ACTIVATION_BATCH = 16
 

@@ -15,9 +15,9 @@ from pytest_steer.model.config import HIDDEN_SIZE, LAYER_COUNT, config_size
 from pytest_steer.plan.data import PromptRow, Selection, load_rows, select
 from pytest_steer.plan.method_spec import method_sweep, parse_method
 from pytest_steer.steering import ActAdd, RunContext, SteeringError, SteeringWarning, UnsupportedModelError
+from pytest_steer.steering.actadd.instruction_vectors import NO_INSTRUCTION_TEXT, NO_SHARED_ID, remove_text
 from pytest_steer.steering.actadd.method import steer_rows
 from pytest_steer.steering.decoder import decoder_layers
-from pytest_steer.steering.actadd.instruction_vectors import NO_INSTRUCTION_TEXT, NO_SHARED_ID, remove_text
 from pytest_steer.steering.method import PromptBatch
 from pytest_steer.steering.registry import bind_method_parameters
 

@@ -57,10 +57,10 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from pytest_steer.model.config import HIDDEN_SIZE, LAYER_COUNT, config_size, config_value
+from pytest_steer.steering.actadd.instruction_vectors import InstructionVectors, instruction_measures, unsteered_prompts
 from pytest_steer.steering.activations import instruction_differences, pair_vector
 from pytest_steer.steering.decoder import checked_layer, hidden_size
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
-from pytest_steer.steering.actadd.instruction_vectors import InstructionVectors, instruction_measures, unsteered_prompts
 from pytest_steer.steering.method import PromptBatch, RunContext, SteeringMethod
 from pytest_steer.steering.parameters import REQUIRED, FilePath, Parameter
 from pytest_steer.steering.rows import check_prompt_rows

@@ -51,11 +51,11 @@ import torch
 from torch import nn
 
 from pytest_steer.model.config import HEAD_COUNT, LAYER_COUNT, config_size, config_value
-from pytest_steer.steering.pasta.attention import PromptKeyBias, check_model_family, steerable_attention
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
-from pytest_steer.steering.pasta.heads import default_head_layers, normalize_head_config, parse_heads, resolve_heads
 from pytest_steer.steering.method import PromptBatch, SteeringMethod
 from pytest_steer.steering.parameters import Parameter
+from pytest_steer.steering.pasta.attention import PromptKeyBias, check_model_family, steerable_attention
+from pytest_steer.steering.pasta.heads import default_head_layers, normalize_head_config, parse_heads, resolve_heads
 from pytest_steer.steering.pasta.spans import TokenSpan, locate_spans
 
 ScalePosition = Literal["include", "exclude", "generation"]

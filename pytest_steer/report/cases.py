@@ -35,3 +35,15 @@ def read_cases(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{number}: not a case record: {'; '.join(problems)}; was it written by pytest-steer?")
         records.append(record)
     return records
+
+
+def embedded_cases(path: Path, entries: Any) -> list[dict[str, Any]]:
+    """The ``cases`` a standalone results.json holds (``--steer-json``); a malformed entry raises ``ValueError``
+    naming the file, the entry's index and each bad field."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: 'cases' is not a list of case records; was it written by pytest-steer?")
+    for number, record in enumerate(entries):
+        problems = record_problems(record)
+        if problems:
+            raise ValueError(f"{path}: cases[{number}] is not a case record: {'; '.join(problems)}; was it written by pytest-steer?")
+    return entries

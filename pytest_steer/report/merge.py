@@ -27,11 +27,10 @@ from typing import Any
 from pytest_steer.plan.cases import SteeringConfig
 from pytest_steer.plan.sharding import Shard as ShardSpec
 from pytest_steer.plan.sharding import parse_shard
-from pytest_steer.report.cases import read_cases
+from pytest_steer.report.cases import embedded_cases, read_cases
 from pytest_steer.report.files import CASES_JSONL
 from pytest_steer.report.json import SCHEMA_VERSION, read_document
 from pytest_steer.report.saved import results_path
-from pytest_steer.run.records import record_problems
 from pytest_steer.run.results import RunResults
 from pytest_steer.run.selection import ConfigSelection, RunSelection
 from pytest_steer.stats.gate_language import Check
@@ -67,20 +66,13 @@ def read_shard(location: Path) -> Shard:
     if cases.is_file():
         records = read_cases(cases)
     elif isinstance(data.get("cases"), list):  # a standalone results.json (--steer-json)
-        records = [_case_record(path, number, record) for number, record in enumerate(data["cases"])]
+        records = embedded_cases(path, data["cases"])
     else:
         raise MergeError(f"{path.parent} has no {CASES_JSONL}; merging needs the case records of every run")
     n_lost = data.get("n_lost", 0)
     if not isinstance(n_lost, int):
         raise MergeError(f"{path}: 'n_lost' is {n_lost!r}, not a count; {HINT}")
     return Shard(path, data["run"], records, n_lost, _selection(path, data.get("selection")), _sequential(path, data.get("sequential")))
-
-
-def _case_record(path: Path, number: int, record: Any) -> dict[str, Any]:
-    problems = record_problems(record)
-    if problems:
-        raise MergeError(f"{path}: cases[{number}] is not a case record: {'; '.join(problems)}; was it written by pytest-steer?")
-    return record
 
 
 def _selection(path: Path, data: Any) -> RunSelection | None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pytest_steer.report.cases import read_cases
+from pytest_steer.report.cases import embedded_cases, read_cases
 from pytest_steer.report.files import CASES_JSONL, RESULTS_JSON
 from pytest_steer.report.json import read_results
 from pytest_steer.run.results import RunResults
@@ -24,4 +25,10 @@ def load_report(location: Path) -> RunResults:
     else the file's own ``cases`` (a standalone ``--steer-json`` file), else none."""
     path = results_path(location)
     cases = path.parent / CASES_JSONL
-    return read_results(path, read_cases(cases) if cases.is_file() else None)
+    if cases.is_file():
+        return read_results(path, read_cases(cases))
+    try:
+        own = json.loads(path.read_text()).get("cases")
+    except (ValueError, AttributeError):  # not JSON, or not an object: read_results says so
+        own = None
+    return read_results(path, embedded_cases(path, own) if own is not None else None)

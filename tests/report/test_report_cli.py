@@ -413,8 +413,9 @@ def test_a_malformed_case_line_exits_2_naming_file_line_and_field(
     assert err.startswith(f"error: {path}:2: ") and problem in err, err
 
 
+@pytest.mark.parametrize("command", ["merge", "report"])
 def test_a_malformed_case_of_a_standalone_results_json_names_its_index_and_field(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first, _ = _shards(tmp_path, make_records())
     data = json.loads((first / "results.json").read_text())
@@ -423,7 +424,8 @@ def test_a_malformed_case_of_a_standalone_results_json_names_its_index_and_field
     data["cases"][3]["n_new_tokens"] = 4.5
     path = tmp_path / "standalone.json"
     path.write_text(json.dumps(data))
-    assert main(["merge", str(tmp_path / "m"), str(path)]) == 2
+    args = ["merge", str(tmp_path / "m"), str(path)] if command == "merge" else ["report", str(path), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
     assert f"error: {path}: cases[3] is not a case record: field 'n_new_tokens' is 4.5; expected an integer" in capsys.readouterr().err
 
 

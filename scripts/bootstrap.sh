@@ -35,7 +35,7 @@ if [ -n "$constraints" ] && ! "$venv/bin/python" -c 'import sys; sys.exit(sys.ve
 fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 stamp="$venv/.steer-setup"
-wanted="$(cat "$root/pyproject.toml" "$0" ${constraints:+"$constraints"} | sha256sum | cut -c1-16)-$resolve-$torch_spec"
+wanted="$(cat "$root/pyproject.toml" "$0" "$root/scripts/unlisted_packages.py" ${constraints:+"$constraints"} | sha256sum | cut -c1-16)-$resolve-$torch_spec"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     echo "[setup] installing $torch_spec"
@@ -48,6 +48,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   if [ -n "$constraints" ]; then
     echo "[setup] installing pytest-steer and the tested set of its dependencies ($(basename "$constraints"))"
     "${pip[@]}" -c "$torch_pin" -c "$constraints" -e "$root[test]"
+    unlisted="$("$venv/bin/python" "$root/scripts/unlisted_packages.py" "$constraints")"
+    if [ -n "$unlisted" ]; then
+      echo "[setup] removing what $(basename "$constraints") does not list: $unlisted"
+      "$venv/bin/python" -m pip uninstall --quiet --disable-pip-version-check -y $unlisted
+    fi
   else
     echo "[setup] installing pytest-steer and the newest releases of its dependencies (STEER_RESOLVE=latest)"
     "${pip[@]}" -c "$torch_pin" --upgrade --upgrade-strategy eager -e "$root[test]"

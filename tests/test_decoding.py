@@ -295,3 +295,28 @@ def test_the_engine_compiles_its_step_under_a_compile_mode(loaded) -> None:
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     finally:
         _fresh_compiler()
+
+
+def test_the_prefill_hands_the_output_embedding_a_contiguous_input_and_lets_go(loaded) -> None:
+    """The prefill keeps the last position's logits only: the head gets that slice contiguous (one matmul, no
+    expanded copy of the output matrix per row); the logits are those of the model's own forward."""
+    from pytest_steer.engine.decoding import contiguous_head_input
+
+    batch = _batch(loaded, PROMPTS)
+    head = loaded.model.get_output_embeddings()
+    seen: list[bool] = []
+
+    def probe(module, args) -> None:
+        seen.append(args[0].is_contiguous())
+
+    with torch.inference_mode():
+        handle = head.register_forward_pre_hook(probe)
+        plain = loaded.model(**batch, logits_to_keep=1).logits
+        handle.remove()
+        with contiguous_head_input(loaded.model):
+            handle = head.register_forward_pre_hook(probe)  # runs after the engine's hook
+            fixed = loaded.model(**batch, logits_to_keep=1).logits
+            handle.remove()
+    assert seen == [False, True]
+    torch.testing.assert_close(fixed, plain)
+    assert not head._forward_pre_hooks  # removed on leaving

@@ -14,6 +14,7 @@ from pytest_steer.model.loading import (
     resolve_device,
     resolve_dtype,
 )
+from pytest_steer.model.numerics import measured_choice
 from pytest_steer.store.hub import HubUnavailableError
 
 
@@ -48,7 +49,8 @@ def test_auto_device_and_dtype_on_this_machine() -> None:
         assert resolve_dtype("auto", device) in (torch.bfloat16, torch.float32)
     else:
         assert device.type in ("cpu", "mps")
-        assert resolve_dtype("auto", device) == torch.float32
+        expected = torch.bfloat16 if device.type == "cpu" and measured_choice().dtype == "bfloat16" else torch.float32
+        assert resolve_dtype("auto", device) == expected
 
 
 def test_auto_device_pins_one_gpu_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,6 +121,26 @@ def forward_replaced(model: Any, forward: Callable[..., Any] | None) -> Any:
             model.forward = own
 
 
+@contextlib.contextmanager
+def contiguous_head_input(model: Any) -> Any:
+    """While inside, the output embedding (lm_head) receives its input contiguous.
+
+    A prefill keeps the logits of its last position only (``logits_to_keep``): a strided
+    (rows, 1, hidden) slice, which torch multiplies by expanding the whole output matrix once
+    per row (a (rows, hidden, vocab) copy: 58% of a bfloat16 prefill of 64 prompts on a CPU).
+    Made contiguous (rows x hidden values), it is one plain matmul.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module):
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]) if args else None)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class DecodeSteps(Protocol):
     """How the decode loop runs the model over one kind of KV cache."""
 
@@ -373,7 +393,8 @@ def decode(
         fixed_shape=fixed_shape or step_forward is not None, step_forward=step_forward,
     )  # fmt: skip
     prompt_of_row = prompt_of_row.to(device)
-    scores = steps.prefill(input_ids, attention_mask, prefilled)[prompt_of_row]
+    with contiguous_head_input(model):  # the steps' inputs are contiguous already
+        scores = steps.prefill(input_ids, attention_mask, prefilled)[prompt_of_row]
     steps.fan_out(prompt_of_row)
     seeds = seeds.to(device)
     eos = torch.tensor(sorted(eos_ids), device=device)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from huggingface_hub import try_to_load_from_cache
 
+from pytest_steer.model.numerics import choose_format
 from pytest_steer.store.atomic import atomic_directory
 from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
 
@@ -102,11 +103,9 @@ def _require_cuda_device(spec: str, device: torch.device) -> None:
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on GPUs that support it, float32 elsewhere."""
+    """``auto``: what :func:`pytest_steer.model.numerics.choose_format` chooses for the device (measured on a CPU)."""
     if spec == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        return DTYPES[choose_format(device).dtype]
     try:
         dtype = DTYPES[spec]
     except KeyError:

@@ -30,6 +30,7 @@ from pytest_steer.engine.generation import (
 from pytest_steer.engine.quality import QualityScorer, create_scorer
 from pytest_steer.ifeval import evaluate
 from pytest_steer.model.loading import LoadedModel, ModelFingerprint, load_model, model_fingerprint, read_model_config, resolve_device
+from pytest_steer.model.numerics import FormatChoice, choose_format
 from pytest_steer.plan.cases import Case, SteeringConfig
 from pytest_steer.plan.collection import Plan
 from pytest_steer.plan.estimate import Throughput, read_throughput, record_throughput
@@ -108,14 +109,15 @@ class CaseRunner:
             s = self.settings
             try:
                 self._loaded = load_model(
-                    s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index
+                    s.model, device=s.device, dtype=self.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index
                 )
             except Exception as exc:
                 self._load_failure = RunnerUnavailable(f"--steer-model {s.model}: the model failed to load: {type(exc).__name__}: {exc}")
                 raise self._load_failure from exc
             fp = self._loaded.fingerprint
             elapsed = time.perf_counter() - start
-            self.progress(f"loaded {fp.name} ({fp.dtype}, {fp.attn_implementation}) on {self._loaded.device} in {elapsed:.1f} s")
+            chosen = "" if self.format_choice is None else f"; dtype auto: {self.format_choice.reason}"
+            self.progress(f"loaded {fp.name} ({fp.dtype}, {fp.attn_implementation}{chosen}) on {self._loaded.device} in {elapsed:.1f} s")
         return self._loaded
 
     @property
@@ -133,10 +135,21 @@ class CaseRunner:
         return resolve_device(self.settings.device, self.worker_index)
 
     @functools.cached_property
+    def format_choice(self) -> FormatChoice | None:
+        """What ``--steer-dtype auto`` resolved to on this device and why (kept beside the response cache); None when set."""
+        if self.settings.dtype != "auto":
+            return None
+        return choose_format(self.device, self.cache.directory if self.cache is not None else None)
+
+    @property
+    def dtype(self) -> str:
+        return self.settings.dtype if self.format_choice is None else self.format_choice.dtype
+
+    @functools.cached_property
     def fingerprint(self) -> ModelFingerprint:
         """Of the weights this worker answers with, read from files: a fully cached run loads none."""
         s = self.settings
-        return model_fingerprint(s.model, device=self.device, dtype=s.dtype, attn_implementation=s.attn_implementation)
+        return model_fingerprint(s.model, device=self.device, dtype=self.dtype, attn_implementation=s.attn_implementation)
 
     @functools.cached_property
     def model_config(self) -> Any:

@@ -1,0 +1,136 @@
+"""The number format ``--steer-dtype auto`` computes in: bfloat16 where this machine multiplies it fast, else float32.
+
+On a GPU that supports bfloat16 it is bfloat16. On a CPU the choice is measured, not read off a
+list of CPU names: a matmul of a decode step's shape is timed in both formats, and bfloat16 is
+chosen where it runs at least ``BFLOAT16_GAIN`` times float32 (CPUs that multiply bfloat16 natively,
+avx512_bf16 or AMX, run it 2-4x faster; elsewhere it is emulated and slower). The decision is kept
+in ``number-format.json`` beside the response cache, per CPU and torch build, so that every worker
+and every rerun of a machine decides alike (a response cached under one dtype is not another's).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pytest_steer.store.atomic import write_text
+
+BFLOAT16_GAIN = 1.5  # below this, bfloat16's lost precision buys too little speed
+MEASURED_SHAPE = (64, 1024, 2048)  # rows x in x out: a 64-row decode step's projection of a small model
+NUMBER_FORMAT_FILE = "number-format.json"
+CPU_FEATURES = ("avx512_bf16", "amx_bf16", "avx512f", "avx2")  # named in the decision's reason, never used to decide
+
+
+@dataclass(frozen=True)
+class FormatChoice:
+    """What ``auto`` resolved to on this machine, and why."""
+
+    dtype: str  # "bfloat16" or "float32"
+    float32_gflops: float | None = None  # measured on a CPU; None where nothing was measured (a GPU)
+    bfloat16_gflops: float | None = None
+    features: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        """Why ``auto`` chose ``dtype`` here, for the load line."""
+        if self.float32_gflops is None or self.bfloat16_gflops is None:
+            return "the GPU computes in bfloat16" if self.dtype == "bfloat16" else f"{self.dtype} on this device"
+        gain = self.bfloat16_gflops / self.float32_gflops
+        flags = ", ".join(self.features) or "none of " + ", ".join(CPU_FEATURES)
+        verdict = "at least" if self.dtype == "bfloat16" else "under"
+        return f"a bfloat16 matmul ran {gain:.2f}x float32's here, {verdict} {BFLOAT16_GAIN}x; CPU flags: {flags}"
+
+
+def choose_format(device: torch.device, directory: Path | None = None) -> FormatChoice:
+    """The format ``auto`` stands for on ``device``: measured on a CPU (read back from ``directory`` when kept there)."""
+    if device.type == "cuda":
+        return FormatChoice("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
+    if device.type != "cpu":
+        return FormatChoice("float32")
+    key = machine_key()
+    kept = _read_kept(directory, key)
+    if kept is not None:
+        return kept
+    choice = measured_choice()
+    if directory is not None:
+        _keep(directory, key, choice)
+    return choice
+
+
+@functools.cache
+def measured_choice(repeats: int = 5) -> FormatChoice:
+    """Time the measured shape in float32 and bfloat16 (best of ``repeats``; a few milliseconds) and choose."""
+    rows, inputs, outputs = MEASURED_SHAPE
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(rows, inputs, dtype=dtype)
+        w = torch.randn(outputs, inputs, dtype=dtype)
+        with torch.inference_mode():
+            torch.nn.functional.linear(x, w)  # first call: kernel selection and packing
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                torch.nn.functional.linear(x, w)
+                best = min(best, time.perf_counter() - start)
+        rates[dtype] = 2 * rows * inputs * outputs / max(best, 1e-9) / 1e9
+    return decide(rates[torch.float32], rates[torch.bfloat16], cpu_features())
+
+
+def decide(float32_gflops: float, bfloat16_gflops: float, features: tuple[str, ...] = ()) -> FormatChoice:
+    dtype = "bfloat16" if bfloat16_gflops >= BFLOAT16_GAIN * float32_gflops else "float32"
+    return FormatChoice(dtype, round(float32_gflops, 1), round(bfloat16_gflops, 1), features)
+
+
+@functools.cache
+def cpu_features() -> tuple[str, ...]:
+    """Of ``CPU_FEATURES``, those /proc/cpuinfo lists (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return tuple(feature for feature in CPU_FEATURES if feature in flags)
+
+
+@functools.cache
+def machine_key() -> str:
+    """The CPU and torch build a decision holds for."""
+    model = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} | {','.join(cpu_features())} | torch {torch.__version__}"
+
+
+def _read_kept(directory: Path | None, key: str) -> FormatChoice | None:
+    if directory is None:
+        return None
+    try:
+        entry: dict[str, Any] = json.loads((Path(directory) / NUMBER_FORMAT_FILE).read_text(encoding="utf-8"))[key]
+        return FormatChoice(entry["dtype"], entry["float32_gflops"], entry["bfloat16_gflops"], tuple(entry["features"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none kept, or unreadable: measured again
+
+
+def _keep(directory: Path, key: str, choice: FormatChoice) -> None:
+    path = Path(directory) / NUMBER_FORMAT_FILE
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = asdict(choice)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(entries, indent=1, sort_keys=True))
+    except OSError:
+        pass  # an unwritable cache is reported by the response cache; the choice still holds for this process

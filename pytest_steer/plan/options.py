@@ -296,11 +296,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ID|PATH",
     ),
     Option("device", "torch device: auto (one CUDA device per xdist worker, else CPU), cpu, cuda, cuda:N, mps"),
-    Option(
-        "dtype",
-        "weights dtype: auto (bfloat16 on a GPU that supports it, and on a CPU where a measured bfloat16 matmul runs at least "
-        "1.5x float32's, i.e. one with avx512_bf16 or AMX; else float32), float32, bfloat16, float16",
-    ),
+    Option("dtype", "weights dtype: auto (bfloat16 on a GPU, or a CPU where it measures 1.5x float32), float32, bfloat16, float16"),
     Option("attn_implementation", "attention kernel: eager (default, as in the reference study) or sdpa", parse=_choice("eager", "sdpa")),
     Option(
         "dataset",

@@ -20,7 +20,7 @@ import pytest
 
 from pytest_steer.plan.options import add_options, settings_from_config
 from pytest_steer.report.outputs import Written, write_outputs
-from pytest_steer.run.session import SESSION_KEY, SteerSession, stop_reason
+from pytest_steer.run.session import NUMBER_FORMAT, SESSION_KEY, SteerSession, stop_reason
 
 if TYPE_CHECKING:
     from pytest_steer.steer_case import SteerCase
@@ -69,9 +69,11 @@ def steer_session(config: pytest.Config) -> SteerSession:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    shared = steer_session(node.config).shared
-    if shared is not None:
-        node.workerinput[SHARED_RECORDS] = str(shared.directory)
+    steer = steer_session(node.config)
+    if steer.shared is not None:
+        node.workerinput[SHARED_RECORDS] = str(steer.shared.directory)
+    if steer.number_format is not None:  # one decision for every worker, whatever each would measure while the others load
+        node.workerinput[NUMBER_FORMAT] = steer.number_format.to_json()
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -276,8 +276,7 @@ def test_second_run_of_the_suite_comes_from_the_cache(pytester: pytest.Pytester,
     assert second.ret == 0, second.stdout.str()
     second.stdout.fnmatch_lines(
         [
-            "*[[]steer[]] baseline: 2 cases from cache*",
-            "*[[]steer[]] pasta_alpha10: 2 cases from cache*",
+            "*[[]steer[]] baseline+pasta_alpha10: 4 cases from cache*",
             "responses: 4 of 4 cases from the response cache*",
         ]
     )

@@ -81,3 +81,66 @@ def test_unsteered_batches_run_on_the_steered_kernels_and_restore_the_model(tiny
         handle.remove()
     assert set(seen) == {"steer_eager"}
     assert loaded.model.config._attn_implementation == "eager"
+
+
+def _mixed_requests(engine: Engine) -> list[GenerationRequest]:
+    from pytest_steer.steering import PASTA
+    from pytest_steer.steering.actadd.method import ActAdd
+    from pytest_steer.steering.emphasis import Emphasis
+
+    hidden = engine.loaded.model.config.hidden_size
+    vector = torch.linspace(-1.0, 1.0, hidden)
+    highlights = ("a list",)
+    return [
+        GenerationRequest("Name three colours, please, in a list.", 11, highlights),  # the baseline
+        GenerationRequest("Name three colours, please, in a list.", 11, highlights, PASTA([0, 1], 10.0)),
+        GenerationRequest("Write a haiku about rain, not a list.", 12, highlights, PASTA({1: [0]}, 3.0, "exclude")),
+        GenerationRequest("Name three colours, please, in a list.", 13, highlights, ActAdd(1, 4.0, vector=vector)),
+        GenerationRequest("Hi, write a list.", 14, highlights, ActAdd(0, -2.0, vector=vector, scope="generated")),
+        GenerationRequest("Write a haiku about rain, not a list.", 15, highlights, Emphasis()),
+    ]
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_a_response_is_the_same_alone_and_in_a_batch_of_every_config(tiny_checkpoint: Path, greedy: bool) -> None:
+    """Rows of the baseline, two PASTA configs, two actadd configs and a prompt method share one batch; each row
+    gets its own steering and nothing of the others': its tokens are those it gets alone (float32, up to rounding,
+    which these short responses do not reach), and the baseline's log-probabilities match within the padding
+    tolerance."""
+    engine = Engine(load_model(str(tiny_checkpoint), device="cpu", dtype="float32"), GenerationSettings(max_new_tokens=8, greedy=greedy))
+    requests = _mixed_requests(engine)
+    alone = [engine.generate([request])[0] for request in requests]
+    mixed = engine.generate(requests)
+    assert [g.text for g in mixed] == [g.text for g in alone]
+    assert len({g.text for g in alone}) > 3, "the configs must steer the prompt differently for this test to mean anything"
+    assert mixed[0].unsteered is not None and alone[0].unsteered is not None
+    assert all(g.unsteered is None for g in mixed[1:])  # only the baseline's rows serve the fluency score
+    torch.testing.assert_close(torch.tensor(mixed[0].unsteered.log_probs), torch.tensor(alone[0].unsteered.log_probs), atol=1e-4, rtol=0)
+    reordered = engine.generate(requests[::-1])[::-1]  # the order of a batch changes nothing either
+    assert [g.text for g in reordered] == [g.text for g in mixed]
+
+
+def test_steering_of_a_shared_batch_is_not_left_behind(tiny_checkpoint: Path) -> None:
+    engine = Engine(load_model(str(tiny_checkpoint), device="cpu", dtype="float32"), GenerationSettings(max_new_tokens=4, greedy=True))
+    model = engine.loaded.model
+    before = engine.generate([GenerationRequest("Hi, write a list.", 1)])
+    engine.generate(_mixed_requests(engine))
+    layers = model.model.layers
+    assert not any(layer._forward_hooks for layer in layers) and not model.model._forward_pre_hooks
+    assert not any(hasattr(layer.self_attn, "_pytest_steer_layer") for layer in layers)
+    assert engine.generate([GenerationRequest("Hi, write a list.", 1)]) == before
+
+
+def test_a_method_that_cannot_share_a_batch_is_planned_apart() -> None:
+    from pytest_steer.steering.method import SteeringMethod, shares_batches
+    from pytest_steer.steering.registry import method_registry
+
+    class WholeBatches(SteeringMethod):
+        name = "whole"
+
+        def steer(self, batch):  # type: ignore[override]
+            return super().steer(batch)
+
+    builtin = method_registry()
+    assert shares_batches(None) and all(shares_batches(builtin[name]) for name in ("pasta", "actadd", "emphasis"))
+    assert not shares_batches(WholeBatches)

@@ -120,3 +120,32 @@ def test_progress_lines_carry_the_overall_count_and_an_eta(monkeypatch: pytest.M
         "baseline: batch 1/3; run 4/10 cases, ETA 12 s",
         "pasta: batch 1/2; run 10/10 cases, ETA 3 s",
     ]
+
+
+def test_configs_that_can_share_batches_fill_them_together_and_the_others_keep_their_own() -> None:
+    from pytest_steer.plan.collection import plan_batches
+    from pytest_steer.plan.options import SteerSettings
+    from pytest_steer.steering.method import SteeringMethod
+    from pytest_steer.steering.registry import method_registry
+
+    class WholeBatches(SteeringMethod):  # steers the model, without steer_together
+        name = "whole"
+
+        def steer(self, batch):  # type: ignore[override]
+            return super().steer(batch)
+
+    rows = [PromptRow(f"s{i:03d}", "x" * i, (), ("punctuation:no_comma",), ({},)) for i in range(1, 6)]
+    configs = steering_configs([10.0], [("emphasis", {}), ("whole", {})])
+    cases = build_cases(rows, configs, trials=1, seed=0, highlight="prompt")
+    lengths = {row.key: len(row.prompt) for row in rows}
+    methods = {**method_registry(), "whole": WholeBatches}
+    batches = plan_batches(cases, lengths, SteerSettings(batch_size=4), methods=methods)
+    assert list(batches) == ["baseline+pasta_alpha10+emphasis", "whole"]
+    shared = batches["baseline+pasta_alpha10+emphasis"]
+    assert [len(batch) for batch in shared] == [4, 4, 4, 3]  # 15 rows of three configs: full batches, one tail
+    assert {case.split("-")[1] for case in shared[0]} == {"baseline", "pasta_alpha10", "emphasis"}  # longest prompts first
+    assert [len(batch) for batch in batches["whole"]] == [4, 1]
+    blocks = (("s001", "s002"), ("s003", "s004", "s005"))  # sequential: no batch spans two blocks, configs apart
+    by_block = plan_batches(cases, lengths, SteerSettings(batch_size=64), blocks, methods)
+    assert list(by_block) == ["baseline", "pasta_alpha10", "emphasis", "whole"]
+    assert [len(batch) for batch in by_block["emphasis"]] == [2, 3]

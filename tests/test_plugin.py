@@ -175,22 +175,21 @@ def test_progress_lines_leave_the_status_letters_readable(pytester: pytest.Pytes
     args += ["--steer-no-cache"]
     serial = run_suite(pytester, *args)
     # the status letters go on under a batch's progress line; the file name they follow is written once
-    serial.stdout.fnmatch_lines(["[[]steer[]] pasta_alpha10: batch 1/1, 3/3 cases*", "[.m][.m][.m]*"], consecutive=True)
+    # the configs' rows share one batch: one progress line for the six cases
+    batch = "[[]steer[]] baseline+pasta_alpha10: batch 1/1, 6/6 cases*"
+    serial.stdout.fnmatch_lines([batch, "[.m][.m][.m][.m][.m][.m]*"], consecutive=True)
     assert serial.stdout.str().count("test_ifeval.py") == 1, serial.stdout.str()
     verbose = run_suite(pytester, *args, "-v")
     # under -v each test's id is written once, its outcome after any progress line its setup wrote
-    for config in ("baseline", "pasta_alpha10"):
-        batch = f"[[]steer[]] {config}: batch 1/1, 3/3 cases*"
-        verbose.stdout.fnmatch_lines([f"*test_follows_instructions[[]s001-{config}-t0[]] ", batch])
-        verbose.stdout.fnmatch_lines([batch, "[MP]*"], consecutive=True)
+    verbose.stdout.fnmatch_lines(["*test_follows_instructions[[]s001-baseline-t0[]] ", batch])
+    verbose.stdout.fnmatch_lines([batch, "[MP]*"], consecutive=True)
     assert all(verbose.stdout.str().count(f"[s00{k}-{c}-t0]") == 1 for k in (1, 2, 3) for c in ("baseline", "pasta_alpha10"))
     for mode in (["-q"], ["-v", "-rA", "--tb=short"]):
         parallel = run_suite(pytester, *args, "-n", "2", *mode)
         assert parallel.ret == 0, parallel.stdout.str()
         assert "INTERNALERROR" not in parallel.stdout.str()
         # workers' progress reaches the controller's terminal, on lines of its own
-        for config in ("baseline", "pasta_alpha10"):
-            parallel.stdout.re_match_lines([rf"\[steer\] gw[01]: {config}: batch 1/1, 3/3 cases.*"])
+        parallel.stdout.re_match_lines([r"\[steer\] gw[01]: baseline\+pasta_alpha10: batch 1/1, 6/6 cases.*"])
         assert all(line.startswith("[steer]") for line in parallel.stdout.lines if "[steer]" in line)
 
 
@@ -236,11 +235,12 @@ def test_alpha_one_is_noted_and_reuses_the_baseline_responses(pytester: pytest.P
     )
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*pasta_alpha1 is the identity (log 1 = 0): its responses are the baseline's*"])
-    result.stdout.fnmatch_lines(["[[]steer[]] pasta_alpha1: 2 cases from cache"])
+    result.stdout.fnmatch_lines(["[[]steer[]] baseline+pasta_alpha1: batch 1/1, 4/4 cases (2 from cache)*"])
 
 
 def test_an_interrupted_run_says_so_and_blames_no_crash(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """The baseline's batch was generated before the interrupt: its three records are kept; the steered config never ran."""
+    """The configs' shared batch was generated before the interrupt: all six records are kept, five of them reported by
+    no test."""
     pytester.makepyfile(
         interrupt_second="""
         def pytest_runtest_call(item):
@@ -267,11 +267,9 @@ def test_an_interrupted_run_says_so_and_blames_no_crash(pytester: pytest.Pyteste
     )
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.INTERRUPTED, output
-    result.stdout.fnmatch_lines([
-        "*note: 2 generated case(s) were reported by no test (interrupted); this report keeps their records",
-        "partial run: the run ended early (interrupted) and ran 3 of 6 cases (none of the 3 prompts of pasta_alpha10)*",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(["*note: 5 generated case(s) were reported by no test (interrupted); this report keeps their records"])
     assert "crashed" not in output and "did not report" not in output
     data = json.loads(out.read_text())
-    assert data["n_lost"] == 0 and data["selection"]["stopped"] == "interrupted"
-    assert sorted((c["key"], c["config"], c["error"]) for c in data["cases"]) == [(f"s00{i}", "baseline", None) for i in (1, 2, 3)]
+    assert data["n_lost"] == 0 and data["selection"]["stopped"] is None  # every case has its record: the report is whole
+    expected = sorted((f"s00{i}", config, None) for i in (1, 2, 3) for config in ("baseline", "pasta_alpha10"))
+    assert sorted((c["key"], c["config"], c["error"]) for c in data["cases"]) == expected

@@ -144,7 +144,8 @@ def test_the_lowest_set_pins_the_lowest_declared_release_of_every_dependency() -
 
 
 def test_a_steered_batch_generated_after_all_is_checked_first(tiny_checkpoint: Path, monkeypatch) -> None:
-    """The collection skips the check when every PASTA case is cached; the runner still checks before generating one."""
+    """The collection skips the check when every PASTA case is cached; the runner still checks before generating a
+    batch that holds a PASTA row (the baseline's rows share it), and a batch without one needs no check."""
     from pytest_steer.plan.collection import plan_cases
     from pytest_steer.plan.options import SteerSettings
     from pytest_steer.run import runner as runner_module
@@ -159,7 +160,7 @@ def test_a_steered_batch_generated_after_all_is_checked_first(tiny_checkpoint: P
     runner = runner_for(settings, plan)
     assert runner.needs_generation("pasta") and not runner.needs_generation("emphasis")
     baseline = next(case for case in plan.cases if case.config.method is None)
-    assert runner.record(baseline).error is None  # the unsteered model needs no check
-    steered = next(case for case in plan.cases if case.config.method == "pasta")
     with pytest.raises(RunnerUnavailable, match="a test's broken stack"):
-        runner.record(steered)
+        runner.record(baseline)
+    baseline_only = runner_for(settings, plan_cases(SteerSettings(model=str(tiny_checkpoint), limit=2, max_new_tokens=4)))
+    assert baseline_only.record(baseline).error is None  # the unsteered model needs no check

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,8 +22,8 @@ from pytest_steer.engine.sampling import RowSampler, greedy
 from pytest_steer.model.loading import LoadedModel
 from pytest_steer.model.prompts import prompt_lengths, render_prompt
 from pytest_steer.plan.batches import MAX_BATCH_SIZE
-from pytest_steer.steering.errors import SteeringWarning
-from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod
+from pytest_steer.steering.errors import SteeringError, SteeringWarning
+from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod, steers_the_model
 from pytest_steer.steering.pasta.attention import shared_kernels
 
 # Bumped whenever a change here alters the text generated for the same inputs; part of
@@ -48,6 +48,7 @@ class GenerationRequest:
     prompt: str
     seed: int
     highlights: tuple[str, ...] = ()
+    steering: SteeringMethod | None = field(default=None, compare=False)  # None: the unsteered baseline
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,14 +128,23 @@ class Engine:
         return prompt_lengths(self.loaded.tokenizer, prompts)
 
     def generate(self, requests: Sequence[GenerationRequest], steering: SteeringMethod | None = None) -> list[Generation]:
-        """One batch, unsteered (``steering`` None) or under a steering method.
+        """One batch; ``steering`` (when given) steers every request, else each request's own method steers it.
 
-        Requests with the same prompt and highlights share one prefill; under greedy
-        decoding they also share one response, since their seeds are not used.
+        A batch may hold the requests of several configs (:func:`pytest_steer.steering.method.shares_batches`): the
+        unsteered baseline, prompt methods (their prompts differ, the model does not) and the methods that steer
+        rows of other configs' batches (PASTA, actadd), each on its own rows. Requests with the same prompt,
+        highlights and method share one prefill; under greedy decoding they also share one response, since their
+        seeds are not used.
         """
+        if steering is not None:
+            requests = [replace(request, steering=steering) for request in requests]
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
-        prepared = [steering.prepare(r.prompt, r.highlights) if steering else PreparedPrompt(r.prompt) for r in requests]
-        prompts = [(render_prompt(tokenizer, p.text), r.highlights) for p, r in zip(prepared, requests)]
+        prepared = [r.steering.prepare(r.prompt, r.highlights) if r.steering else PreparedPrompt(r.prompt) for r in requests]
+        # a prompt row per (text, highlights, method that steers the model): rows of two PASTA configs are two prompt rows
+        prompts = [
+            (render_prompt(tokenizer, p.text), r.highlights, r.steering if steers_the_model(r.steering) else None)
+            for p, r in zip(prepared, requests)
+        ]
         distinct = list(dict.fromkeys(prompts))
         prompt_index = {prompt: i for i, prompt in enumerate(distinct)}
         responses = [(prompt, None if self.settings.greedy else r.seed) for prompt, r in zip(prompts, requests)]
@@ -142,35 +152,41 @@ class Engine:
         row_index = {response: i for i, response in enumerate(rows)}
         prompt_of_row = torch.tensor([prompt_index[prompt] for prompt, _ in rows])
         seeds = torch.tensor([seed or 0 for _, seed in rows], dtype=torch.int64)
-        texts = [text for text, _ in distinct]
+        texts = [text for text, _, _ in distinct]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.loaded.device)
-        missing: list[list[str]] = [[] for _ in distinct]
-        log_probs: list[list[float]] | None = None
+        # the unsteered baseline's log-probabilities and prompt prefills serve the fluency score
+        baseline = {prompt_index[prompt] for prompt, r in zip(prompts, requests) if r.steering is None}
         prefills: list[PromptPrefill | None] = [None] * len(distinct)
-        with torch.inference_mode(), shared_kernels(model):  # the same attention kernels, steered or not
-            if steering is None:  # the unsteered model's log-probabilities and prompt prefills serve the fluency score
 
-                def keep_prefills(cache: Any) -> None:
-                    prefills[:] = prompt_prefills(cache, batch["input_ids"], batch["attention_mask"])
+        def keep_prefills(cache: Any) -> None:
+            prefills[:] = prompt_prefills(cache, batch["input_ids"], batch["attention_mask"], baseline)
 
-                tokens, log_probs = self._decode(batch, prompt_of_row, seeds, logprobs=True, prefilled=keep_prefills)
-            else:
-                highlights = [list(row_highlights) for _, row_highlights in distinct]
-                prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, highlights)
-                with warnings.catch_warnings():  # the runner reports missing highlights per case, by prompt key
-                    warnings.simplefilter("ignore", SteeringWarning)
-                    with steering.steer(prompt_batch) as steered:
-                        missing = steered.missing
-                        tokens = self._decode(batch, prompt_of_row, seeds, steered.select_rows)
+        prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, [list(h) for _, h, _ in distinct])
+        with torch.inference_mode(), shared_kernels(model), contextlib.ExitStack() as stack:  # the same kernels, steered or not
+            with warnings.catch_warnings():  # the runner reports missing highlights per case, by prompt key
+                warnings.simplefilter("ignore", SteeringWarning)
+                steered = [stack.enter_context(block) for block in steering_blocks(distinct, prompt_batch)]
+            missing = [[span for block in steered for span in block.missing[i]] for i in range(len(distinct))]
+
+            def select_rows(prompt_rows: torch.Tensor) -> None:
+                for block in steered:
+                    block.select_rows(prompt_rows)
+
+            decoded = self._decode(
+                batch, prompt_of_row, seeds, select_rows if steered else None, logprobs=bool(baseline),
+                prefilled=keep_prefills if baseline else None,
+            )  # fmt: skip
+        tokens, log_probs = decoded if baseline else (decoded, None)
         generations = []
-        for response, ready in zip(responses, prepared):
+        for response, ready, request in zip(responses, prepared, requests):
             row = row_index[response]
             row_tokens = tokens[row]
-            row_missing = missing[prompt_index[response[0]]]
+            prompt = prompt_index[response[0]]
             text = self.loaded.tokenizer.decode(row_tokens, skip_special_tokens=True)
-            missing_spans = (*ready.missing, *row_missing)
-            prefill = prefills[prompt_index[response[0]]]
-            unsteered = None if log_probs is None else ScoredTokens(tuple(row_tokens), tuple(log_probs[row]), prefill)
+            missing_spans = (*ready.missing, *missing[prompt])
+            unsteered = None
+            if log_probs is not None and request.steering is None:
+                unsteered = ScoredTokens(tuple(row_tokens), tuple(log_probs[row]), prefills[prompt])
             generations.append(
                 Generation(text=text, n_new_tokens=len(row_tokens), missing_spans=missing_spans, prompt=ready.text, unsteered=unsteered)
             )
@@ -212,18 +228,47 @@ def compiled_forward(model: Any, mode: str) -> Any:
         return torch.compile(model.forward, mode=mode, dynamic=False)
 
 
-def prompt_prefills(cache: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PromptPrefill | None]:
+def steering_blocks(distinct: Sequence[tuple[str, Any, SteeringMethod | None]], batch: PromptBatch) -> list[Any]:
+    """The steering blocks a batch runs under: one per method class that steers the model, each on its own prompt rows.
+
+    A method alone on the whole batch steers it as ``steer`` does; methods sharing a batch with rows
+    of other configs steer through their class's ``steer_together``.
+    """
+    parts: dict[type, dict[SteeringMethod, list[int]]] = {}
+    for row, (_, _, method) in enumerate(distinct):
+        if method is not None:
+            parts.setdefault(type(method), {}).setdefault(method, []).append(row)
+    blocks = []
+    for method_class, members in parts.items():
+        (first, rows), *others = members.items()
+        if not others and len(rows) == len(distinct):
+            blocks.append(first.steer(batch))
+            continue
+        block = method_class.steer_together(list(members.items()), batch)
+        if block is None:
+            raise SteeringError(
+                f"{method_class.__name__} cannot steer a batch holding rows of other configs (it does not implement "
+                "steer_together); plan its configs' batches apart"
+            )
+        blocks.append(block)
+    return blocks
+
+
+def prompt_prefills(
+    cache: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, wanted: Collection[int] | None = None
+) -> list[PromptPrefill | None]:
     """Each left-padded prompt's KV cache after a prefill, cut to its own tokens but the last and copied.
 
     None for every prompt when a layer does not hold every position (a sliding window that
-    dropped keys), or for a prompt of one token (nothing before its last token).
+    dropped keys), for a prompt of one token (nothing before its last token), and for the
+    prompts not ``wanted`` (None: every prompt).
     """
     width = input_ids.shape[1]
     if any(layer.keys is None or layer.keys.shape[-2] != width for layer in cache.layers):
         return [None] * input_ids.shape[0]
     prefills: list[PromptPrefill | None] = []
     for row, padding in enumerate((attention_mask == 0).sum(dim=1).tolist()):
-        if width - padding < 2:
+        if width - padding < 2 or (wanted is not None and row not in wanted):
             prefills.append(None)
             continue
         layers = tuple((layer.keys[row, :, padding:-1].clone(), layer.values[row, :, padding:-1].clone()) for layer in cache.layers)

@@ -4,8 +4,9 @@ On a GPU that supports bfloat16 it is bfloat16. On a CPU the choice is measured,
 list of CPU names: a matmul of a decode step's shape is timed in both formats, and bfloat16 is
 chosen where it runs at least ``BFLOAT16_GAIN`` times float32 (CPUs that multiply bfloat16 natively,
 avx512_bf16 or AMX, run it 2-4x faster; elsewhere it is emulated and slower). The decision is kept
-in ``number-format.json`` beside the response cache, per CPU and torch build, so that every worker
-and every rerun of a machine decides alike (a response cached under one dtype is not another's).
+in ``number-format.json`` beside the response cache, per CPU and torch build, so that every rerun
+of a machine decides alike (a response cached under one dtype is not another's); under xdist the
+controller decides once and hands its decision to every worker.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ BFLOAT16_GAIN = 1.5  # below this, bfloat16's lost precision buys too little spe
 MEASURED_SHAPE = (64, 1024, 2048)  # rows x in x out: a 64-row decode step's projection of a small model
 NUMBER_FORMAT_FILE = "number-format.json"
 CPU_FEATURES = ("avx512_bf16", "amx_bf16", "avx512f", "avx2")  # named in the decision's reason, never used to decide
+DTYPES = (torch.float32, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,14 @@ class FormatChoice:
     float32_gflops: float | None = None  # measured on a CPU; None where nothing was measured (a GPU)
     bfloat16_gflops: float | None = None
     features: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> FormatChoice:
+        entry = json.loads(text)
+        return cls(entry["dtype"], entry["float32_gflops"], entry["bfloat16_gflops"], tuple(entry["features"]))
 
     @property
     def reason(self) -> str:
@@ -65,21 +75,21 @@ def choose_format(device: torch.device, directory: Path | None = None) -> Format
 
 
 @functools.cache
-def measured_choice(repeats: int = 5) -> FormatChoice:
-    """Time the measured shape in float32 and bfloat16 (best of ``repeats``; a few milliseconds) and choose."""
+def measured_choice(repeats: int = 7) -> FormatChoice:
+    """Time the measured shape in float32 and bfloat16, alternating (best of ``repeats`` each; tens of milliseconds),
+    and choose. Alternating and keeping the best lets a busy machine slow both formats alike."""
     rows, inputs, outputs = MEASURED_SHAPE
-    rates = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        x = torch.randn(rows, inputs, dtype=dtype)
-        w = torch.randn(outputs, inputs, dtype=dtype)
-        with torch.inference_mode():
+    operands = {dtype: (torch.randn(rows, inputs, dtype=dtype), torch.randn(outputs, inputs, dtype=dtype)) for dtype in DTYPES}
+    best = dict.fromkeys(DTYPES, float("inf"))
+    with torch.inference_mode():
+        for x, w in operands.values():
             torch.nn.functional.linear(x, w)  # first call: kernel selection and packing
-            best = float("inf")
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for dtype, (x, w) in operands.items():
                 start = time.perf_counter()
                 torch.nn.functional.linear(x, w)
-                best = min(best, time.perf_counter() - start)
-        rates[dtype] = 2 * rows * inputs * outputs / max(best, 1e-9) / 1e9
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    rates = {dtype: 2 * rows * inputs * outputs / max(seconds, 1e-9) / 1e9 for dtype, seconds in best.items()}
     return decide(rates[torch.float32], rates[torch.bfloat16], cpu_features())
 
 
@@ -115,8 +125,8 @@ def _read_kept(directory: Path | None, key: str) -> FormatChoice | None:
     if directory is None:
         return None
     try:
-        entry: dict[str, Any] = json.loads((Path(directory) / NUMBER_FORMAT_FILE).read_text(encoding="utf-8"))[key]
-        return FormatChoice(entry["dtype"], entry["float32_gflops"], entry["bfloat16_gflops"], tuple(entry["features"]))
+        entries: dict[str, Any] = json.loads((Path(directory) / NUMBER_FORMAT_FILE).read_text(encoding="utf-8"))
+        return FormatChoice.from_json(json.dumps(entries[key]))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # none kept, or unreadable: measured again
 

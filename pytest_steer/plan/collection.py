@@ -25,7 +25,7 @@ from pytest_steer.plan.options import SteerSettings
 from pytest_steer.plan.sharding import select_shard
 from pytest_steer.plan.spec import RunSpec
 from pytest_steer.steering import SteeringError, SteeringWarning
-from pytest_steer.steering.method import SteeringMethod
+from pytest_steer.steering.method import SteeringMethod, shares_batches
 from pytest_steer.steering.registry import bind_method_parameters, method_registry
 from pytest_steer.store.hub import HubUnavailableError
 from pytest_steer.store.responses import PROMPT_TOKENS, ResponseCache, prompt_tokens_key
@@ -35,11 +35,11 @@ from pytest_steer.store.responses import PROMPT_TOKENS, ResponseCache, prompt_to
 class Plan:
     configs: tuple[SteeringConfig, ...]
     cases: list[Case]
-    batches: dict[str, list[list[str]]]  # config name -> its generation batches, as case ids
+    batches: dict[str, list[list[str]]]  # group of configs ("baseline+pasta_alpha10") -> its batches, as case ids
     blocks: tuple[tuple[str, ...], ...] = ()  # --steer-sequential: the prompt keys of each block, in generation order
 
     def work_units(self) -> dict[str, str]:
-        """Case id -> the work unit that runs it under xdist: its config and batch."""
+        """Case id -> the work unit that runs it under xdist: its group of configs and batch."""
         return {
             case_id: f"{name}#{index}" for name, batches in self.batches.items() for index, batch in enumerate(batches) for case_id in batch
         }
@@ -132,7 +132,7 @@ def plan_cases(
             blocks = tuple(tuple(block) for block in prompt_blocks([row.key for row in rows], settings.sequential_block, settings.seed))
             block_of = {key: index for index, block in enumerate(blocks) for key in block}
             cases = sorted(cases, key=lambda case: block_of[case.row.key])  # stable: config-major within a block
-        return Plan(configs, cases, plan_batches(cases, lengths, settings, blocks), blocks)
+        return Plan(configs, cases, plan_batches(cases, lengths, settings, blocks, methods), blocks)
     except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
         raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
 
@@ -246,18 +246,36 @@ def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | 
 
 
 def plan_batches(
-    cases: list[Case], lengths: Mapping[str, int], settings: SteerSettings, blocks: tuple[tuple[str, ...], ...] = ()
+    cases: list[Case],
+    lengths: Mapping[str, int],
+    settings: SteerSettings,
+    blocks: tuple[tuple[str, ...], ...] = (),
+    methods: Mapping[str, type[SteeringMethod]] | None = None,
 ) -> dict[str, list[list[str]]]:
-    """Each config's cases in batches of similar prompt length: a pure function of the case list,
-    so every xdist worker and the controller plan the same batches without a model. With
-    sequential ``blocks``, no batch spans two blocks, so generation can stop after any block."""
+    """The run's generation batches, by group of configs that share them, as case ids: a pure function of the case
+    list, so every xdist worker and the controller plan the same batches without a model.
+
+    The configs whose rows can share a batch (the baseline, prompt methods, and methods with ``steer_together``:
+    :func:`pytest_steer.steering.method.shares_batches`) are one group, named after its configs, and their cases
+    fill batches together, so a batch is full whatever the number of configs; any other config keeps batches of
+    its own. Within a group, cases of similar prompt length share a batch. With sequential ``blocks``, no batch
+    spans two blocks, so generation can stop after any block, and each config keeps batches of its own.
+    """
     from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
 
+    methods = methods if methods is not None else method_registry()
     size = settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
     block_of = {key: index for index, block in enumerate(blocks) for key in block}
+    configs = list(dict.fromkeys(case.config for case in cases))
+    # sequential looks stop configs one by one, and a stopped config's rows must leave the batches: they share none yet
+    shared = (
+        set() if blocks else {c.name for c in configs if c.method is None or (c.method in methods and shares_batches(methods[c.method]))}
+    )
+    shared_group = "+".join(config.name for config in configs if config.name in shared) if shared else ""
     groups: dict[str, dict[int, list[Case]]] = {}
     for case in cases:
-        groups.setdefault(case.config.name, {}).setdefault(block_of.get(case.row.key, 0), []).append(case)
+        group = shared_group if case.config.name in shared else case.config.name
+        groups.setdefault(group, {}).setdefault(block_of.get(case.row.key, 0), []).append(case)
     return {
         name: [
             [group[i].id for i in batch]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,10 @@ class CaseRunner:
         worker_index: int | None = None,
         progress: Progress | None = None,
         cache_dir: Path | None = None,
+        number_format: FormatChoice | None = None,
     ) -> None:
         self.settings = settings
+        self._number_format = number_format  # what --steer-dtype auto resolved to for this run, decided by the session
         self.spec = spec
         self.methods = methods
         self._steering: dict[str, SteeringMethod | None] = {}
@@ -85,13 +88,15 @@ class CaseRunner:
         self.progress = progress or _silent
         self._cases = plan.cases
         self._selected: set[str] | None = None  # None: every case of the plan
-        self._cases_by_config: dict[str, list[Case]] = {}
-        for case in plan.cases:
-            self._cases_by_config.setdefault(case.config.name, []).append(case)
-        self.measured = {"tokens": 0, "cases": 0, "seconds": 0.0}  # generation work, for the next run's estimate
         by_id = {case.id: case for case in plan.cases}
-        self._batches = {name: [[by_id[i] for i in batch] for batch in batches] for name, batches in plan.batches.items()}
+        # group of configs that share batches -> its batches (pytest_steer.plan.collection.plan_batches)
+        self._batches = {group: [[by_id[i] for i in batch] for batch in batches] for group, batches in plan.batches.items()}
+        self._group_of_case = {case.id: group for group, batches in self._batches.items() for batch in batches for case in batch}
         self._batch_of_case = {case.id: batch for batches in self._batches.values() for batch in batches for case in batch}
+        self._cases_by_group: dict[str, list[Case]] = {}
+        for case in plan.cases:
+            self._cases_by_group.setdefault(self._group_of_case[case.id], []).append(case)
+        self.measured = {"tokens": 0, "cases": 0, "seconds": 0.0}  # generation work, for the next run's estimate
         self._records: dict[str, CaseRecord] = {}
         self._loaded: LoadedModel | None = None
         self._load_failure: Exception | None = None
@@ -139,6 +144,8 @@ class CaseRunner:
         """What ``--steer-dtype auto`` resolved to on this device and why (kept beside the response cache); None when set."""
         if self.settings.dtype != "auto":
             return None
+        if self._number_format is not None:
+            return self._number_format
         return choose_format(self.device, self.cache.directory if self.cache is not None else None)
 
     @property
@@ -183,10 +190,10 @@ class CaseRunner:
     def select(self, case_ids: set[str]) -> None:
         """Generate only these cases (pytest's selection); batches stay as planned from every case."""
         self._selected = set(case_ids)
-        selected = [case for case in self._cases if case.id in self._selected]
-        self._cases_by_config = {}
-        for case in selected:
-            self._cases_by_config.setdefault(case.config.name, []).append(case)
+        self._cases_by_group = {}
+        for case in self._cases:
+            if case.id in self._selected:
+                self._cases_by_group.setdefault(self._group_of_case[case.id], []).append(case)
 
     def is_selected(self, case: Case) -> bool:
         return self._selected is None or case.id in self._selected
@@ -255,26 +262,26 @@ class CaseRunner:
             self._run_batch([c for c in batch if c.id == case.id or (self.is_selected(c) and c.id not in self._records)])
         return self._records[case.id]
 
-    def _plan(self, config_name: str) -> list[list[Case]]:
-        """The config's batches that hold a selected case."""
-        return [batch for batch in self._batches[config_name] if any(self.is_selected(case) for case in batch)]
+    def _plan(self, group: str) -> list[list[Case]]:
+        """The group's batches that hold a selected case."""
+        return [batch for batch in self._batches[group] if any(self.is_selected(case) for case in batch)]
 
-    def _batch_number(self, config: SteeringConfig, batch: list[Case]) -> str:
-        plan = self._plan(config.name)
+    def _batch_number(self, group: str, batch: list[Case]) -> str:
+        plan = self._plan(group)
         index = next((i for i, planned in enumerate(plan) if any(case.id == batch[0].id for case in planned)), 0)
-        return f"batch {index + 1}/{len(plan)}"
+        return f"{group}: batch {index + 1}/{len(plan)}"
 
     def _run_batch(self, batch: list[Case]) -> None:
-        config = batch[0].config
+        group = self._group_of_case[batch[0].id]
         start = time.perf_counter()
         try:
-            keys, generations, cached = self._generations(batch, self.steering(config))
+            keys, generations, cached = self._generations(batch)
         except RunnerUnavailable:  # no batch can run: the caller stops the run
             raise
         except Exception as exc:  # one failed batch must not lose the rest of the run
             for case in batch:
                 self._records[case.id] = _error_record(case, f"generation failed: {type(exc).__name__}: {exc}")
-            self.progress(f"{config.name}: {self._batch_number(config, batch)} failed: {exc}", cases=len(batch))
+            self.progress(f"{self._batch_number(group, batch)} failed: {exc}", cases=len(batch))
             return
         elapsed = time.perf_counter() - start
         scoring_start = time.perf_counter()
@@ -284,7 +291,7 @@ class CaseRunner:
             for case, generation in zip(batch, generations):
                 message = f"quality scoring failed: {type(exc).__name__}: {exc}"
                 self._records[case.id] = _error_record(case, message, response=generation.text)
-            self.progress(f"{config.name}: {self._batch_number(config, batch)} quality scoring failed: {exc}", cases=len(batch))
+            self.progress(f"{self._batch_number(group, batch)} quality scoring failed: {exc}", cases=len(batch))
             return
         scoring = time.perf_counter() - scoring_start
         for case, generation, quality, hit in zip(batch, generations, qualities, cached):
@@ -292,15 +299,15 @@ class CaseRunner:
             self._records[case.id] = self._check(
                 case, generation.text, generation.n_new_tokens, missing, quality, cached=hit, prepared=generation.prompt
             )
-        self._report_progress(config, batch, generations, cached, elapsed, scoring)
+        self._report_progress(group, batch, generations, cached, elapsed, scoring)
 
     def _report_progress(
-        self, config: SteeringConfig, batch: list[Case], generations: list[Generation], cached: list[bool], elapsed: float, scoring: float
+        self, group: str, batch: list[Case], generations: list[Generation], cached: list[bool], elapsed: float, scoring: float
     ) -> None:
-        cases = self._cases_by_config.get(config.name, [])
+        cases = self._cases_by_group.get(group, [])
         done = sum(case.id in self._records for case in cases)
         hits = sum(cached)
-        self._from_cache[config.name] = self._from_cache.get(config.name, 0) + hits
+        self._from_cache[group] = self._from_cache.get(group, 0) + hits
         if hits < len(batch):
             tokens = sum(g.n_new_tokens for g, hit in zip(generations, cached) if not hit)
             self.measured["tokens"] += tokens
@@ -308,31 +315,43 @@ class CaseRunner:
             self.measured["seconds"] += elapsed + scoring
             from_cache = f" ({hits} from cache)" if hits else ""
             self.progress(
-                f"{config.name}: {self._batch_number(config, batch)}, {done}/{len(cases)} cases{from_cache}, "
+                f"{self._batch_number(group, batch)}, {done}/{len(cases)} cases{from_cache}, "
                 f"{tokens / elapsed:.0f} tokens/s, quality {scoring:.1f} s",
                 cases=len(batch),
                 generated=len(batch) - hits,
             )
         else:
             self.progress(None, cases=len(batch))
-        if done == len(cases) and self._from_cache[config.name]:
-            self.progress(f"{config.name}: {self._from_cache[config.name]} cases from cache")
+        if done == len(cases) and self._from_cache[group]:
+            self.progress(f"{group}: {self._from_cache[group]} cases from cache")
         if self.cache is not None and self.cache.write_errors and not self._cache_warned:
             self._cache_warned = True
             self.progress(f"response cache not written ({self.cache.write_errors[0]}); choose a writable --steer-cache-dir")
 
-    def _generations(self, batch: list[Case], steering: SteeringMethod | None) -> tuple[list[str | None], list[Generation], list[bool]]:
+    def _generations(self, batch: list[Case]) -> tuple[list[str | None], list[Generation], list[bool]]:
         """The batch's responses, its cache keys, and which responses came from the cache.
 
         Only the misses are generated, together as a smaller batch: a response depends on
-        its own prompt, seed and settings, not on the other rows of its batch.
+        its own prompt, seed, config and settings, not on the other rows of its batch.
         """
-        keys = [self._generation_key(case, steering) for case in batch] if self.cache is not None else [None] * len(batch)
+        steering = [self.steering(case.config) for case in batch]
+        keys = [self._generation_key(case, s) for case, s in zip(batch, steering)] if self.cache is not None else [None] * len(batch)
         found = [self._cached_generation(key) for key in keys]
-        misses = [i for i, generation in enumerate(found) if generation is None]
+        # a response keyed alike twice (a method at its identity beside the baseline) is generated once, then read as cached
+        first_of_key: dict[str, int] = {}
+        misses, repeats = [], []
+        for i, generation in enumerate(found):
+            if generation is None:
+                key = keys[i]
+                if key is not None and key in first_of_key:
+                    repeats.append(i)
+                    continue
+                if key is not None:
+                    first_of_key[key] = i
+                misses.append(i)
         if misses:
-            requests = [GenerationRequest(batch[i].row.prompt, batch[i].seed, batch[i].highlights) for i in misses]
-            for i, generation in zip(misses, self._generate(requests, steering)):
+            requests = [GenerationRequest(batch[i].row.prompt, batch[i].seed, batch[i].highlights, steering[i]) for i in misses]
+            for i, generation in zip(misses, self._generate(requests)):
                 found[i] = generation
                 if self.cache is not None:
                     payload = {
@@ -342,18 +361,20 @@ class CaseRunner:
                         "prompt": generation.prompt,
                     }
                     self.cache.put(GENERATION, keys[i], payload)
+        for i in repeats:
+            found[i] = replace(found[first_of_key[keys[i]]], unsteered=None)  # type: ignore[arg-type]
         missed = set(misses)
         return keys, [g for g in found if g is not None], [i not in missed for i in range(len(batch))]
 
-    def _generate(self, requests: list[GenerationRequest], steering: SteeringMethod | None) -> list[Generation]:
+    def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         """The planned batch, in as many passes as the device's memory needs (one on CPU)."""
-        if isinstance(steering, PASTA):  # checked at collection too when PASTA had cases to generate
+        if any(isinstance(request.steering, PASTA) for request in requests):  # checked at collection too when PASTA had cases
             self.check_steering_stack()
         rows = len(requests)
         if self.settings.batch_size is None and self.device.type == "cuda":
             lengths = self.engine.prompt_lengths([request.prompt for request in requests])
             rows = memory_batch_limit(self.loaded, max(lengths), self.settings.max_new_tokens)
-        return [g for start in range(0, len(requests), rows) for g in self.engine.generate(requests[start : start + rows], steering)]
+        return [g for start in range(0, len(requests), rows) for g in self.engine.generate(requests[start : start + rows])]
 
     def _cached_generation(self, key: str | None) -> Generation | None:
         entry = self.cache.get(GENERATION, key) if self.cache is not None and key is not None else None

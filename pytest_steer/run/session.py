@@ -36,6 +36,7 @@ from pytest_steer.steering.registry import method_registry
 from pytest_steer.store.responses import resolve_cache_dir
 
 if TYPE_CHECKING:
+    from pytest_steer.model.numerics import FormatChoice
     from pytest_steer.run.looks import SequentialStop, Wanted
     from pytest_steer.run.results import RunResults
     from pytest_steer.run.runner import CaseRunner
@@ -54,6 +55,7 @@ def stop_reason(text: str) -> str:
 
 
 SESSION_KEY = pytest.StashKey["SteerSession"]()  # config.stash[SESSION_KEY]: the process's session
+NUMBER_FORMAT = "steer_number_format"  # workerinput key: what --steer-dtype auto resolved to on the controller
 
 
 class SteerSession:
@@ -190,6 +192,20 @@ class SteerSession:
         return resolve_cache_dir(s.no_cache, s.cache_dir, s.rootdir, self.config)
 
     @cached_property
+    def number_format(self) -> FormatChoice | None:
+        """What ``--steer-dtype auto`` stands for in this run (None when a dtype is given): on a worker, the
+        controller's decision; elsewhere measured here (kept beside the response cache)."""
+        if self.settings.dtype != "auto":
+            return None
+        from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
+        from pytest_steer.model.numerics import FormatChoice, choose_format
+
+        given = getattr(self.config, "workerinput", {}).get(NUMBER_FORMAT)
+        if given is not None:
+            return FormatChoice.from_json(given)
+        return choose_format(resolve_device(self.settings.device), self.cache_dir)
+
+    @cached_property
     def runner(self) -> CaseRunner:
         from pytest_steer.run.runner import CaseRunner  # why: imports torch; this module loads with the plugin
 
@@ -202,6 +218,7 @@ class SteerSession:
             worker_index=int(worker.removeprefix("gw")) if worker else None,
             progress=self.progress,
             cache_dir=self.cache_dir,
+            number_format=self.number_format,
         )
 
     def settle(self) -> None:

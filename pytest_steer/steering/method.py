@@ -11,6 +11,11 @@ A method changes what the model is given, at one or both of two points:
   finished response dropped), generation calls ``select_rows`` on the object the block
   yields with the prompt row of every response row.
 
+A batch holds the rows of every config that can share it: the baseline's, prompt methods',
+and those of methods whose class implements ``steer_together(parts, batch)``, one block that
+steers each config's own prompt rows and leaves the others as the unsteered model computes
+them (PASTA and actadd do). The configs of any other method keep batches of their own.
+
 ``params()`` names everything a response depends on besides the prompt; it goes into the
 response cache key (with what names the method's code, :func:`pytest_steer.steering.identity.method_identity`),
 the run's fingerprint, results.json and the report. The parameters ``--steer-method
@@ -104,6 +109,21 @@ class SteeringMethod:
     def steer(self, batch: PromptBatch) -> Iterator[SteeredBatch]:
         yield SteeredBatch([[] for _ in batch.texts])
 
+    @classmethod
+    def steer_together(
+        cls, parts: Sequence[tuple[SteeringMethod, Sequence[int]]], batch: PromptBatch
+    ) -> contextlib.AbstractContextManager[SteeredBatch] | None:
+        """Steer one batch shared with other configs: each ``(method, prompt rows)`` of ``parts`` (methods of this
+        class) steers its own prompt rows of ``batch`` as its ``steer`` would; every other row is left exactly as the
+        unsteered model computes it. The block's ``select_rows`` then receives the prompt row of every response row of
+        the whole batch.
+
+        None (the default): this class steers whole batches only, and its configs' batches are planned apart. A
+        method that overrides it lets its rows share the engine's batches with the baseline's and other configs'
+        rows (:func:`shares_batches`), which keeps the batches full.
+        """
+        return None
+
     def check_model_config(self, model_config: Mapping[str, Any]) -> None:
         """Refuse a model this method cannot steer, from its config.json alone (no weights); raise SteeringError."""
 
@@ -135,3 +155,19 @@ class RunContext:
     model_key: Mapping[str, Any]
     cache_dir: Any  # pathlib.Path | None
     load_model: Callable[[], tuple[Any, Any]]
+
+
+def steers_the_model(method: SteeringMethod | type[SteeringMethod] | None) -> bool:
+    """Whether a method changes what the model computes (``steer``), not only the prompt it is given."""
+    if method is None:
+        return False
+    method_class = method if isinstance(method, type) else type(method)
+    return method_class.steer is not SteeringMethod.steer
+
+
+def shares_batches(method_class: type[SteeringMethod] | None) -> bool:
+    """Whether a config of this method (None: the baseline) can run in a batch with other configs' rows: it steers
+    only the prompt, or its class implements ``steer_together``."""
+    if method_class is None or not steers_the_model(method_class):
+        return True
+    return method_class.steer_together.__func__ is not SteeringMethod.steer_together.__func__  # type: ignore[attr-defined]

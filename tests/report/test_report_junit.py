@@ -45,6 +45,7 @@ def test_junit_properties_parse(pytester: pytest.Pytester, tiny_checkpoint: Path
     result = pytester.runpytest_subprocess(
         SUITE, "--rootdir", str(REPO), "-o", f"cache_dir={tmp_path / 'cache'}", *workers,
         "--steer-model", str(tiny_checkpoint), "--steer-limit", "2", "--steer-max-new-tokens", "4", "--steer-alpha", "10",
+        "--steer-dtype", "float32", "--steer-batch-size", "3",  # two batches of the configs' six rows: one per worker
         "--steer-method", "emphasis", "--steer-gate", GATE, "--steer-min-prompts", "2", "--junitxml", str(junit), "-o", "junit_family=xunit1", "-rA",
     )  # fmt: skip
     assert result.ret in (0, 1), result.stdout.str()

@@ -249,7 +249,7 @@ def test_instruction_vectors_are_leave_one_out_means_of_the_other_prompts_differ
     texts = tiny.chat([row.prompt for row in rows])
     input_ids, attention_mask = tiny.batch(texts)
     run = method.apply(model, tokenizer, input_ids, attention_mask, texts=texts)
-    applied = run._addition.additions / COEFF
+    applied = run._steps[0][1].additions / COEFF
     for index, row in enumerate(rows):
         expected = torch.zeros(model.config.hidden_size)
         for instruction_id in row.instruction_id_list:
@@ -285,7 +285,7 @@ def test_an_instruction_id_repeated_in_a_prompt_steers_it_by_the_other_prompts_o
     rows = [*split_rows()[:2], twice]
     method = bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows)
     texts = tiny.chat([row.prompt for row in rows])
-    applied = method.apply(model, tokenizer, *tiny.batch(texts), texts=texts)._addition.additions / COEFF
+    applied = method.apply(model, tokenizer, *tiny.batch(texts), texts=texts)._steps[0][1].additions / COEFF
     others = [
         last_token_hidden(model, tokenizer, row.prompt) - last_token_hidden(model, tokenizer, remove_text(row.prompt, row.instructions[0]))
         for row in rows[:2]
@@ -300,7 +300,7 @@ def test_the_prompts_left_unsteered_are_known_from_the_prompts_and_get_no_vector
     method = bound(ActAdd(layer=LAYER, coeff=COEFF), model, tokenizer, rows)
     assert method.unsteered(rows) == {"f": NO_SHARED_ID, "h": NO_INSTRUCTION_TEXT}
     texts = tiny.chat([row.prompt for row in rows])
-    applied = method.apply(model, tokenizer, *tiny.batch(texts), texts=texts)._addition.additions
+    applied = method.apply(model, tokenizer, *tiny.batch(texts), texts=texts)._steps[0][1].additions
     assert [row.key for row, addition in zip(rows, applied) if not addition.any()] == ["f", "h"]
     assert ActAdd(layer=LAYER, coeff=0).unsteered(rows) == {}  # the identity: its responses are the baseline's by design
     assert ActAdd(layer=LAYER, coeff=COEFF, vector=torch.ones(64)).unsteered(rows) == {}
@@ -347,7 +347,7 @@ def test_the_method_steers_a_prompt_batch_through_steer_and_select_rows(tiny) ->
     method = bound(ActAdd.create({"layer": LAYER, "coeff": COEFF}, model.config), model, tokenizer, rows)
     texts = tiny.chat([row.prompt for row in rows])
     input_ids, attention_mask = tiny.batch(texts)
-    vectors = method.apply(model, tokenizer, input_ids, attention_mask, texts=texts)._addition.additions / COEFF
+    vectors = method.apply(model, tokenizer, input_ids, attention_mask, texts=texts)._steps[0][1].additions / COEFF
     batch = PromptBatch(model, tokenizer, input_ids, attention_mask, texts, [[] for _ in rows])
     prompt_rows = torch.tensor([3, 1, 1])
     with method.steer(batch) as steered:
@@ -375,7 +375,7 @@ def test_pairs_give_the_mean_difference_at_the_last_token(tiny, tmp_path) -> Non
     path.write_text("".join(json.dumps({"positive": p, "negative": n}) + "\n" for p, n in pairs))
     method = ActAdd(layer=LAYER, coeff=COEFF, pairs=path)
     input_ids, attention_mask = tiny.batch(tiny.chat(PROMPTS))
-    applied = method.apply(model, tokenizer, input_ids, attention_mask)._addition.additions / COEFF
+    applied = method.apply(model, tokenizer, input_ids, attention_mask)._steps[0][1].additions / COEFF
     expected = torch.stack([last_token_hidden(model, tokenizer, p) - last_token_hidden(model, tokenizer, n) for p, n in pairs]).mean(0)
     for row in applied:
         torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-4)

@@ -54,7 +54,7 @@ def steered_batch(module: nn.Module, key_bias: torch.Tensor) -> PromptKeyBias:
     from pytest_steer.steering.pasta.attention import STEERING_ATTRIBUTE, _LayerSteering
 
     bias = PromptKeyBias(key_bias, torch.zeros(BATCH, PROMPT, dtype=torch.long), {0: STEERED_HEADS}, HEADS)
-    setattr(module, STEERING_ATTRIBUTE, _LayerSteering(bias, STEERED_HEADS))
+    setattr(module, STEERING_ATTRIBUTE, _LayerSteering(bias, bias.layer_heads[0]))
     return bias
 
 

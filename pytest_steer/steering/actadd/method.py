@@ -218,16 +218,38 @@ class ActAdd(SteeringMethod):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         rows = input_ids.shape[0]
+        if self.source == "instructions" and (texts is None or len(texts) != rows):
+            raise ValueError("instruction vectors are chosen by each row's text: pass texts=, one templated prompt per row")
+        vectors = self._vectors(model, tokenizer, rows, texts)
+        return steer_rows(model, input_ids, attention_mask, vectors, coeff=self.coeff, layer=self.layer, scope=self.scope)
+
+    @classmethod
+    def steer_together(cls, parts: Sequence[tuple[SteeringMethod, Sequence[int]]], batch: PromptBatch) -> ActAddRun:
+        """Several actadd configs on their own prompt rows of one batch: one addition per (layer, scope), each row's
+        own ``coeff × vector`` on its rows and exactly nothing on the others."""
+        model, input_ids = batch.model, batch.input_ids
+        rows, hidden = input_ids.shape[0], hidden_size(model)
+        additions: dict[tuple[int, str], torch.Tensor] = {}
+        for method, prompt_rows in parts:
+            assert isinstance(method, ActAdd)
+            vectors = method._vectors(model, batch.tokenizer, len(prompt_rows), [batch.texts[row] for row in prompt_rows])
+            added = additions.setdefault((method.layer, method.scope), torch.zeros(rows, hidden))
+            added[list(prompt_rows)] = method.coeff * vectors.float()
+        attention_mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(input_ids)
+        steps = [
+            (checked_layer(model, layer)[layer], _Addition(input_ids, attention_mask, added.to(input_ids.device), scope))
+            for (layer, scope), added in additions.items()
+        ]
+        return ActAddRun(missing=[[] for _ in range(rows)], _model=model, _steps=steps)
+
+    def _vectors(self, model: nn.Module, tokenizer: Any, rows: int, texts: Sequence[str] | None) -> torch.Tensor:
+        """(rows, hidden): the vector each row is steered along (zeros for the identity)."""
         hidden = hidden_size(model)
         if self.is_identity:
-            vectors = torch.zeros(rows, hidden)
-        elif self.source == "instructions":
-            if texts is None or len(texts) != rows:
-                raise ValueError("instruction vectors are chosen by each row's text: pass texts=, one templated prompt per row")
-            vectors = self._instruction_vectors(model, tokenizer).for_texts(texts, tokenizer, hidden)
-        else:
-            vectors = self._single_vector(model, tokenizer).expand(rows, -1)
-        return steer_rows(model, input_ids, attention_mask, vectors, coeff=self.coeff, layer=self.layer, scope=self.scope)
+            return torch.zeros(rows, hidden)
+        if self.source == "instructions":
+            return self._instruction_vectors(model, tokenizer).for_texts(texts or [], tokenizer, hidden)
+        return self._single_vector(model, tokenizer).expand(rows, -1)
 
     def _single_vector(self, model: nn.Module | None = None, tokenizer: Any = None) -> torch.Tensor:
         if self._fixed is None:
@@ -302,12 +324,8 @@ def steer_rows(
         raise ValueError(f"vectors must be (rows, hidden size) = ({rows}, {hidden}), got {tuple(vectors.shape)}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    return ActAddRun(
-        missing=[[] for _ in range(rows)],
-        _model=model,
-        _layer=layers[layer],
-        _addition=_Addition(input_ids, attention_mask, (coeff * vectors.float()).to(input_ids.device), scope),
-    )
+    addition = _Addition(input_ids, attention_mask, (coeff * vectors.float()).to(input_ids.device), scope)
+    return ActAddRun(missing=[[] for _ in range(rows)], _model=model, _steps=[(layers[layer], addition)])
 
 
 class _Addition:
@@ -369,27 +387,29 @@ class _Addition:
 
 @dataclass
 class ActAddRun:
-    """One batch's activation addition: the hooks' lifetime, and the row selection of the decode loop."""
+    """One batch's activation additions (one per steered layer and scope): the hooks' lifetime, and the row selection
+    of the decode loop."""
 
     missing: list[list[str]]  # per prompt row: nothing is ever missing; kept for the steer() interface
     _model: nn.Module = field(repr=False)
-    _layer: nn.Module = field(repr=False)
-    _addition: _Addition = field(repr=False)
+    _steps: list[tuple[nn.Module, _Addition]] = field(repr=False)  # (decoder layer, what is added to its output)
     _handles: list[RemovableHandle] = field(default_factory=list, repr=False)
 
     def select_rows(self, prompt_rows: torch.Tensor) -> None:
         """The forwards that follow run these prompt rows (see ``SteeredBatch.select_rows``)."""
-        self._addition.select_rows(prompt_rows)
+        for _, addition in self._steps:
+            addition.select_rows(prompt_rows)
 
     def __enter__(self) -> ActAddRun:
         if self._model in _STEERED_MODELS:
             raise SteeringError("this model is already inside an ActAdd.apply() block; leave it before opening another")
-        if bool(self._addition.additions.any()):
-            base = getattr(self._model, "base_model", self._model)
-            self._handles = [
-                base.register_forward_pre_hook(self._addition.before_forward, with_kwargs=True),
-                self._layer.register_forward_hook(self._addition.after_layer),
-            ]
+        base = getattr(self._model, "base_model", self._model)
+        for layer, addition in self._steps:
+            if bool(addition.additions.any()):
+                self._handles += [
+                    base.register_forward_pre_hook(addition.before_forward, with_kwargs=True),
+                    layer.register_forward_hook(addition.after_layer),
+                ]
         _STEERED_MODELS.add(self._model)
         return self
 
@@ -397,5 +417,6 @@ class ActAddRun:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._addition.rows = self._addition.mask = None
+        for _, addition in self._steps:
+            addition.rows = addition.mask = None
         _STEERED_MODELS.discard(self._model)

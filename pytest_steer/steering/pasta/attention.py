@@ -316,7 +316,7 @@ def _keys_from_position_zero(cache: Any) -> bool:
 class _LayerSteering:
     """What one attention module adds: its head set's share of the batch's prompt bias."""
 
-    def __init__(self, batch: PromptKeyBias, heads: HeadSet) -> None:
+    def __init__(self, batch: PromptKeyBias, heads: tuple[HeadSet, ...]) -> None:
         self.batch = batch
         self.heads = heads
         self.reached = False
@@ -330,20 +330,29 @@ class PromptKeyBias:
     """Installs and serves the steered masks for one batch of prompts.
 
     ``key_bias`` (batch, prompt_length) is the value added to the attention logits of each
-    prompt key; ``layer_heads`` says which query heads of which layers receive it.
+    prompt key; ``layer_heads`` says, per steered layer, which query heads receive it: one head
+    set for every row, or one per prompt row (rows of several PASTA configs sharing a batch).
     """
 
-    def __init__(self, key_bias: torch.Tensor, prompt_ids: torch.Tensor, layer_heads: dict[int, HeadSet], num_heads: int) -> None:
+    def __init__(
+        self, key_bias: torch.Tensor, prompt_ids: torch.Tensor, layer_heads: dict[int, HeadSet | tuple[HeadSet, ...]], num_heads: int
+    ) -> None:
         self.prompt_ids = prompt_ids
-        self.layer_heads = layer_heads
-        self._head_bias: dict[HeadSet, torch.Tensor] = {}
-        for heads in set(layer_heads.values()):
-            selected = torch.zeros(num_heads, dtype=key_bias.dtype, device=key_bias.device)
-            selected[list(heads)] = 1.0
-            self._head_bias[heads] = key_bias[:, None, None, :] * selected[None, :, None, None]
-        # head set -> (mask received, its signature, steered mask) of the current forward. Matched by identity, not
+        rows = key_bias.shape[0]
+        self.layer_heads: dict[int, tuple[HeadSet, ...]] = {
+            layer: heads if heads and isinstance(heads[0], tuple) else (heads,) * rows  # type: ignore[misc]
+            for layer, heads in layer_heads.items()
+        }
+        self._head_bias: dict[tuple[HeadSet, ...], torch.Tensor] = {}
+        for row_heads in set(self.layer_heads.values()):
+            selected = torch.zeros(len(row_heads), num_heads, dtype=key_bias.dtype, device=key_bias.device)
+            for heads in set(row_heads):
+                rows = [row for row, own in enumerate(row_heads) if own == heads]
+                selected[torch.tensor(rows)[:, None], torch.tensor(heads, dtype=torch.long)[None, :]] = 1.0
+            self._head_bias[row_heads] = key_bias[:, None, None, :] * selected[:, :, None, None]
+        # per-row head sets -> (mask received, its signature, steered mask) of the current forward. Matched by identity, not
         # by id(): a compiled step then guards on no particular mask tensor, and retraces for no new batch.
-        self._latest: dict[HeadSet, list[tuple[torch.Tensor | None, tuple[Any, ...], torch.Tensor]]] = {}
+        self._latest: dict[tuple[HeadSet, ...], list[tuple[torch.Tensor | None, tuple[Any, ...], torch.Tensor]]] = {}
         self._positions: int | None = None  # positions the current model forward ends at; None: layers called directly
         self._model: nn.Module | None = None
         self._kernels = contextlib.ExitStack()
@@ -420,7 +429,7 @@ class PromptKeyBias:
                 "the prompt (emphasis)"
             )
 
-    def steered_mask(self, heads: HeadSet, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def steered_mask(self, heads: tuple[HeadSet, ...], query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, queries, keys = query.shape[0], query.shape[2], key.shape[2]
         positions = keys if self._positions is None else self._positions
         if positions < self.prompt_ids.shape[1]:
@@ -437,7 +446,7 @@ class PromptKeyBias:
         built.append((mask, signature, steered))
         return steered
 
-    def _build_mask(self, heads: HeadSet, mask: torch.Tensor | None, signature: tuple[Any, ...]) -> torch.Tensor:
+    def _build_mask(self, heads: tuple[HeadSet, ...], mask: torch.Tensor | None, signature: tuple[Any, ...]) -> torch.Tensor:
         batch, queries, keys, first, dtype, device = signature
         bias = self._bias_over_keys(heads, batch, first, keys, dtype, device)
         masked = torch.finfo(dtype).min
@@ -451,7 +460,9 @@ class PromptKeyBias:
             return torch.where(mask, bias, masked)
         return mask + bias.to(mask.dtype)
 
-    def _bias_over_keys(self, heads: HeadSet, batch: int, first: int, keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def _bias_over_keys(
+        self, heads: tuple[HeadSet, ...], batch: int, first: int, keys: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
         """(batch, heads, 1, keys): the bias of absolute positions first..first+keys-1, zero past the prompt."""
         prompt_bias = self._head_bias[heads]
         if self._rows is not None:

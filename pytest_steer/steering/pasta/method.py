@@ -54,7 +54,7 @@ from pytest_steer.model.config import HEAD_COUNT, LAYER_COUNT, config_size, conf
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
 from pytest_steer.steering.method import PromptBatch, SteeringMethod
 from pytest_steer.steering.parameters import Parameter
-from pytest_steer.steering.pasta.attention import PromptKeyBias, check_model_family, steerable_attention
+from pytest_steer.steering.pasta.attention import HeadSet, PromptKeyBias, check_model_family, steerable_attention
 from pytest_steer.steering.pasta.heads import default_head_layers, normalize_head_config, parse_heads, resolve_heads
 from pytest_steer.steering.pasta.spans import TokenSpan, locate_spans
 
@@ -179,27 +179,7 @@ class PASTA(SteeringMethod):
         if texts is not None and len(texts) != rows:
             raise ValueError(f"texts must hold one string per row: got {len(texts)} for {rows} rows")
 
-        highlight = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-        spans: list[list[TokenSpan]] = []
-        missing: list[list[str]] = []
-        for row in range(rows):
-            row_spans, row_missing = locate_spans(
-                tokenizer,
-                input_ids[row],
-                groups[row],
-                text=None if texts is None else texts[row],
-                attention_mask_row=attention_mask[row],
-            )
-            for start, end in row_spans:
-                highlight[row, start:end] = True
-            spans.append(row_spans)
-            missing.append(row_missing)
-        if any(missing):
-            listed = "; ".join(f"row {row}: {', '.join(map(repr, lost))}" for row, lost in enumerate(missing) if lost)
-            warnings.warn(
-                f"PASTA did not find these substrings in their prompts, so they are not steered: {listed}", SteeringWarning, stacklevel=2
-            )
-
+        highlight, spans, missing = _locate(tokenizer, input_ids, attention_mask, groups, texts, range(rows))
         key_bias = prompt_key_bias(highlight, attention_mask.bool(), self.alpha, self.scale_position)
         return SteeredRun(
             spans=spans,
@@ -207,8 +187,64 @@ class PASTA(SteeringMethod):
             key_bias=key_bias,
             _model=model,
             _attention=attention,
-            _bias=PromptKeyBias(key_bias, input_ids, layer_heads, num_heads),
+            _bias=PromptKeyBias(key_bias, input_ids, {layer: (heads,) * rows for layer, heads in layer_heads.items()}, num_heads),
         )
+
+    @classmethod
+    def steer_together(cls, parts: Sequence[tuple[SteeringMethod, Sequence[int]]], batch: PromptBatch) -> SteeredRun:
+        """Several PASTA configs (alphas, head sets, scale positions) on their own prompt rows of one batch; the other
+        rows get no bias at all. Each steered row gets exactly the bias ``apply`` gives it alone."""
+        model, input_ids, attention_mask = batch.model, batch.input_ids, batch.attention_mask
+        if model in _STEERED_MODELS:
+            raise SteeringError("this model is already inside a PASTA.apply() block; leave it before opening another")
+        attention, num_heads = steerable_attention(model)
+        rows = input_ids.shape[0]
+        groups = [list(highlights) for highlights in batch.highlights]
+        key_bias = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        spans: list[list[TokenSpan]] = [[] for _ in range(rows)]
+        missing: list[list[str]] = [[] for _ in range(rows)]
+        row_heads: dict[int, list[HeadSet]] = {}
+        real = attention_mask.bool()
+        for method, prompt_rows in parts:
+            assert isinstance(method, PASTA)
+            highlight, part_spans, part_missing = _locate(batch.tokenizer, input_ids, attention_mask, groups, batch.texts, prompt_rows)
+            index = torch.tensor(list(prompt_rows), device=input_ids.device)
+            key_bias[index] = prompt_key_bias(highlight[index], real[index], method.alpha, method.scale_position)
+            for row in prompt_rows:
+                spans[row], missing[row] = part_spans[row], part_missing[row]
+            for layer, heads in resolve_heads(method.layer_selection, len(attention), num_heads).items():
+                per_row = row_heads.setdefault(layer, [()] * rows)
+                for row in prompt_rows:
+                    per_row[row] = heads
+        bias = PromptKeyBias(key_bias, input_ids, {layer: tuple(heads) for layer, heads in row_heads.items()}, num_heads)
+        return SteeredRun(spans=spans, missing=missing, key_bias=key_bias, _model=model, _attention=attention, _bias=bias)
+
+
+def _locate(
+    tokenizer: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    groups: Sequence[Sequence[str]],
+    texts: Sequence[str] | None,
+    rows: Iterable[int],
+) -> tuple[torch.Tensor, list[list[TokenSpan]], list[list[str]]]:
+    """The highlighted keys (batch, length) of ``rows`` (False elsewhere), and each row's spans and missing substrings;
+    warns of the missing ones."""
+    highlight = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+    spans: list[list[TokenSpan]] = [[] for _ in range(input_ids.shape[0])]
+    missing: list[list[str]] = [[] for _ in range(input_ids.shape[0])]
+    for row in rows:
+        spans[row], missing[row] = locate_spans(
+            tokenizer, input_ids[row], groups[row], text=None if texts is None else texts[row], attention_mask_row=attention_mask[row]
+        )
+        for start, end in spans[row]:
+            highlight[row, start:end] = True
+    if any(missing):
+        listed = "; ".join(f"row {row}: {', '.join(map(repr, lost))}" for row, lost in enumerate(missing) if lost)
+        warnings.warn(
+            f"PASTA did not find these substrings in their prompts, so they are not steered: {listed}", SteeringWarning, stacklevel=3
+        )
+    return highlight, spans, missing
 
 
 def _check_family(model_config: Any) -> None:

@@ -50,6 +50,13 @@ def test_batches_are_longest_first_and_stable() -> None:
     assert batch_indices([3, 9, 3, 5, 9], 2) == [[1, 4], [3, 0], [2]]
 
 
+def test_a_planned_stream_holds_up_to_its_batches_rows() -> None:
+    from pytest_steer.plan.batches import STREAM_BATCHES, stream_indices
+
+    lengths = list(range(300))
+    assert stream_indices(lengths, 64) == batch_indices(lengths, STREAM_BATCHES * 64)
+
+
 @pytest.mark.parametrize("greedy", [False, True])
 def test_responses_do_not_depend_on_the_batch(tiny_checkpoint: Path, greedy: bool) -> None:
     engine = Engine(load_model(str(tiny_checkpoint), device="cpu", dtype="float32"), GenerationSettings(max_new_tokens=6, greedy=greedy))
@@ -144,3 +151,36 @@ def test_a_method_that_cannot_share_a_batch_is_planned_apart() -> None:
     builtin = method_registry()
     assert shares_batches(None) and all(shares_batches(builtin[name]) for name in ("pasta", "actadd", "emphasis"))
     assert not shares_batches(WholeBatches)
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_rows_that_enter_a_running_batch_get_the_responses_they_get_alone(tiny_checkpoint: Path, greedy: bool) -> None:
+    """More rows than slots: queued rows enter as others end (each config's, several trials of one prompt, rows that
+    end early and late); each gets its own response, as alone, and the baseline's log-probabilities and prompt
+    prefills for the fluency score."""
+    engine = Engine(load_model(str(tiny_checkpoint), device="cpu", dtype="float32"), GenerationSettings(max_new_tokens=8, greedy=greedy))
+    requests = _mixed_requests(engine)
+    requests += [GenerationRequest("Hi.", 20 + trial) for trial in range(3)]  # trials of one prompt: one prefill
+    alone = [engine.generate([request])[0] for request in requests]
+    from pytest_steer.engine import stream
+
+    entries: list[int] = []
+    enter = stream.Stream.enter
+
+    def counted(self, rows, *args):
+        entries.append(len(rows))
+        return enter(self, rows, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stream.Stream, "enter", counted)
+        streamed = engine.generate(requests, slots=3)
+    rows = 7 if greedy else 9  # greedy trials of one prompt share one response
+    assert entries[0] == 3 and sum(entries) == rows and len(entries) > 1  # rows entered mid-run
+    assert [g.text for g in streamed] == [g.text for g in alone]
+    assert [g.n_new_tokens for g in streamed] == [g.n_new_tokens for g in alone]
+    for got, own in zip(streamed, alone):
+        assert (got.unsteered is None) == (own.unsteered is None)
+        if own.unsteered is not None:
+            torch.testing.assert_close(torch.tensor(got.unsteered.log_probs), torch.tensor(own.unsteered.log_probs), atol=1e-4, rtol=0)
+            assert got.unsteered.prompt is not None and got.unsteered.prompt.ids == own.unsteered.prompt.ids
+    assert [g.text for g in engine.generate(requests, slots=5)] == [g.text for g in alone]  # whatever the slots

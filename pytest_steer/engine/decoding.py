@@ -43,8 +43,8 @@ import torch
 from pytest_steer.engine.kv_cache import CacheKind, advance, row_cache
 from pytest_steer.steering.errors import UnsupportedModelError
 
-# (scores of the running rows, their seeds, step) -> the next token of each row
-ChooseToken = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# (scores of the running rows, their seeds, the step: one, or each row's own) -> the next token of each row
+ChooseToken = Callable[[torch.Tensor, torch.Tensor, "int | torch.Tensor"], torch.Tensor]
 # Called with the prompt row of every running row, before each forward whose rows changed.
 RowsChanged = Callable[[torch.Tensor], None]
 # Called once with the KV cache right after the prompts' prefill, one row per distinct prompt.

@@ -19,6 +19,7 @@ import torch
 
 from pytest_steer.engine.decoding import decode
 from pytest_steer.engine.sampling import RowSampler, greedy
+from pytest_steer.engine.stream import decode_stream, supports_streams
 from pytest_steer.model.loading import LoadedModel
 from pytest_steer.model.prompts import prompt_lengths, render_prompt
 from pytest_steer.plan.batches import MAX_BATCH_SIZE
@@ -123,12 +124,19 @@ class Engine:
         eos = loaded.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else loaded.tokenizer.eos_token_id])
         self.choose = greedy if settings.greedy else RowSampler(settings.temperature, settings.top_p)
+        self._stream_support: bool | None = None
 
     def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
         return prompt_lengths(self.loaded.tokenizer, prompts)
 
-    def generate(self, requests: Sequence[GenerationRequest], steering: SteeringMethod | None = None) -> list[Generation]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], steering: SteeringMethod | None = None, *, slots: int | None = None
+    ) -> list[Generation]:
         """One batch; ``steering`` (when given) steers every request, else each request's own method steers it.
+
+        With ``slots``, at most that many responses decode at once: when there are more, they run as a stream
+        (:mod:`pytest_steer.engine.stream`), queued rows entering as others end, where the model's cache allows
+        (plain full-attention layers, no ``--steer-compile``); elsewhere in batches of ``slots``.
 
         A batch may hold the requests of several configs (:func:`pytest_steer.steering.method.shares_batches`): the
         unsteered baseline, prompt methods (their prompts differ, the model does not) and the methods that steer
@@ -138,6 +146,8 @@ class Engine:
         """
         if steering is not None:
             requests = [replace(request, steering=steering) for request in requests]
+        if slots is not None and len(requests) > slots and not self._streams():
+            return [g for start in range(0, len(requests), slots) for g in self.generate(requests[start : start + slots])]
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
         prepared = [r.steering.prepare(r.prompt, r.highlights) if r.steering else PreparedPrompt(r.prompt) for r in requests]
         # a prompt row per (text, highlights, method that steers the model): rows of two PASTA configs are two prompt rows
@@ -158,8 +168,15 @@ class Engine:
         baseline = {prompt_index[prompt] for prompt, r in zip(prompts, requests) if r.steering is None}
         prefills: list[PromptPrefill | None] = [None] * len(distinct)
 
-        def keep_prefills(cache: Any) -> None:
-            prefills[:] = prompt_prefills(cache, batch["input_ids"], batch["attention_mask"], baseline)
+        def keep_prefills(cache: Any, prompts: Any = None, input_ids: Any = None, attention_mask: Any = None) -> None:
+            if prompts is None:  # one prefill of every prompt
+                prefills[:] = prompt_prefills(cache, batch["input_ids"], batch["attention_mask"], baseline)
+                return
+            indices = prompts.tolist()  # a stream's prefill of some prompts
+            wanted = [i for i, prompt in enumerate(indices) if prompt in baseline]
+            for prompt, prefill in zip(indices, prompt_prefills(cache, input_ids, attention_mask, wanted)):
+                if prefill is not None:
+                    prefills[prompt] = prefill
 
         prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, [list(h) for _, h, _ in distinct])
         with torch.inference_mode(), shared_kernels(model), contextlib.ExitStack() as stack:  # the same kernels, steered or not
@@ -172,11 +189,19 @@ class Engine:
                 for block in steered:
                     block.select_rows(prompt_rows)
 
-            decoded = self._decode(
-                batch, prompt_of_row, seeds, select_rows if steered else None, logprobs=bool(baseline),
-                prefilled=keep_prefills if baseline else None,
-            )  # fmt: skip
-        tokens, log_probs = decoded if baseline else (decoded, None)
+            if slots is not None and len(rows) > slots:
+                tokens, log_probs = decode_stream(
+                    model, batch["input_ids"], batch["attention_mask"], prompt_of_row, seeds, slots=slots,
+                    max_new_tokens=self.settings.max_new_tokens, eos_ids=self.eos_ids, choose=self.choose,
+                    rows_changed=select_rows if steered else None, prefilled=keep_prefills if baseline else None,
+                    logprobs=bool(baseline),
+                )  # fmt: skip
+            else:
+                decoded = self._decode(
+                    batch, prompt_of_row, seeds, select_rows if steered else None, logprobs=bool(baseline),
+                    prefilled=keep_prefills if baseline else None,
+                )  # fmt: skip
+                tokens, log_probs = decoded if baseline else (decoded, None)
         generations = []
         for response, ready, request in zip(responses, prepared, requests):
             row = row_index[response]
@@ -191,6 +216,12 @@ class Engine:
                 Generation(text=text, n_new_tokens=len(row_tokens), missing_spans=missing_spans, prompt=ready.text, unsteered=unsteered)
             )
         return generations
+
+    def _streams(self) -> bool:
+        """Whether this engine runs more rows than slots as a stream (else in batches of slots)."""
+        if self._stream_support is None:
+            self._stream_support = self.step_forward is None and supports_streams(self.loaded.model)
+        return self._stream_support
 
     def _decode(
         self,

@@ -30,7 +30,7 @@ class CacheKind(Enum):
 
 
 @functools.cache
-def _layer_classes() -> tuple[type, type]:
+def _layer_classes() -> tuple[type, type, type]:
     from transformers.cache_utils import CacheLayerMixin  # imported here: a run with every response cached never imports transformers
 
     class PreallocatedLayer(CacheLayerMixin):
@@ -44,16 +44,17 @@ def _layer_classes() -> tuple[type, type]:
         is_compileable = False
         is_sliding = False
 
-        def __init__(self, capacity: int) -> None:
+        def __init__(self, capacity: int, start: int = 0) -> None:
             super().__init__()
             self.capacity = capacity
-            self.length = 0
+            self.length = start  # a prefill may start past columns that are padding for all its rows: they hold zeros
             self.rows = 0
 
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             self.rows = key_states.shape[0]
-            self._keys = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[-1])
-            self._values = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[-1])
+            allocate = key_states.new_zeros if self.length else key_states.new_empty
+            self._keys = allocate(*key_states.shape[:2], self.capacity, key_states.shape[-1])
+            self._values = allocate(*value_states.shape[:2], self.capacity, value_states.shape[-1])
             self.device = key_states.device
             self.is_initialized = True
 
@@ -152,7 +153,89 @@ def _layer_classes() -> tuple[type, type]:
             """Point ``keys`` and ``values`` at the written slots (what a prefill's reader expects)."""
             self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 
-    return PreallocatedLayer, FixedShapeLayer
+    class StreamLayer(CacheLayerMixin):
+        """One layer of a running batch (:mod:`pytest_steer.engine.stream`): ``slots`` rows of ``prompt`` columns (each
+        row's padded prompt) and then its own new tokens, the t-th written at column ``prompt + t``.
+
+        Rows at different steps share a forward: before each step the loop sets ``columns``, the column each running
+        row writes, and ``length``, the columns the step's keys span (``get_seq_length`` answers one less, so that a
+        steering method reads key ``j`` as position ``j``). Unwritten columns hold zeros and are masked by the caller.
+        """
+
+        is_compileable = False
+        is_sliding = False
+
+        def __init__(self, slots: int, capacity: int) -> None:
+            super().__init__()
+            self.slots = slots
+            self.capacity = capacity
+            self.length = 0
+            self.columns: torch.Tensor | None = None
+
+        def allocate(self, like: torch.Tensor) -> None:
+            """Zeroed buffers shaped after a prefill's keys (rows, kv heads, length, head dim)."""
+            self._keys = like.new_zeros(self.slots, like.shape[1], self.capacity, like.shape[-1])
+            self._values = like.new_zeros(self.slots, like.shape[1], self.capacity, like.shape[-1])
+            self.device = like.device
+            self.is_initialized = True
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.allocate(key_states)
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+            assert self.columns is not None, "the stream sets the columns before each step"
+            rows = key_states.shape[0]
+            index = torch.arange(rows, device=key_states.device)
+            self._keys[index, :, self.columns] = key_states[:, :, 0]
+            self._values[index, :, self.columns] = value_states[:, :, 0]
+            return self._keys[:rows, :, : self.length], self._values[:rows, :, : self.length]
+
+        def get_mask_sizes(self, query: int | torch.Tensor) -> tuple[int, int]:
+            return self.length, 0
+
+        def get_seq_length(self) -> int:
+            return self.length - 1
+
+        def get_max_length(self) -> int:
+            return self.capacity
+
+        get_max_cache_shape = get_max_length
+
+        def place(self, slots: torch.Tensor, prefill: Any, rows: torch.Tensor) -> None:
+            """Copy the prompt columns of ``prefill``'s rows ``rows`` (a prefill layer) into ``slots``."""
+            width = prefill._keys.shape[2]
+            self._keys[slots, :, :width] = prefill._keys[rows]
+            self._values[slots, :, :width] = prefill._values[rows]
+            self._keys[slots, :, width:] = 0
+            self._values[slots, :, width:] = 0
+
+        def move(self, targets: torch.Tensor, sources: torch.Tensor, columns: int) -> None:
+            """Rows ``sources`` take the slots ``targets`` (their first ``columns`` columns)."""
+            for buffer in (self._keys, self._values):
+                buffer[targets, :, :columns] = buffer[sources, :, :columns]
+
+    return PreallocatedLayer, FixedShapeLayer, StreamLayer
+
+
+def prefill_cache(model: Any, capacity: int, start: int) -> Any:
+    """A cache for a prefill of ``capacity`` columns whose first ``start`` columns are padding for every row."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache
+
+    preallocated = _layer_classes()[0]
+    return Cache(layers=[preallocated(capacity, start) for _ in DynamicCache(config=model.config).layers])
+
+
+def stream_cache(model: Any, slots: int, capacity: int) -> Any | None:
+    """The cache of a running batch, or None for models whose layers are not all plain full attention."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    dynamic = DynamicCache(config=model.config)
+    if not dynamic.layers or any(type(layer) is not DynamicLayer for layer in dynamic.layers):
+        return None
+    stream = _layer_classes()[2]
+    return Cache(layers=[stream(slots, capacity) for _ in dynamic.layers])
 
 
 def row_cache(model: Any, capacity: int, *, fixed_shape: bool = False) -> tuple[Any, CacheKind]:
@@ -168,7 +251,7 @@ def row_cache(model: Any, capacity: int, *, fixed_shape: bool = False) -> tuple[
     dynamic = DynamicCache(config=model.config)
     if not dynamic.layers or any(type(layer) is not DynamicLayer for layer in dynamic.layers):
         return dynamic, CacheKind.DYNAMIC
-    preallocated, fixed = _layer_classes()
+    preallocated, fixed, _ = _layer_classes()
     if not fixed_shape:
         return Cache(layers=[preallocated(capacity) for _ in dynamic.layers]), CacheKind.PREALLOCATED
     write_at = torch.zeros(1, dtype=torch.int64, device=model.device)

@@ -22,8 +22,8 @@ class RowSampler:
         self.temperature = temperature
         self.top_p = top_p
 
-    def __call__(self, scores: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
-        """(rows, vocab) logits and (rows,) int64 seeds -> (rows,) token ids."""
+    def __call__(self, scores: torch.Tensor, seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+        """(rows, vocab) logits, (rows,) int64 seeds and the step (one, or each row's) -> (rows,) token ids."""
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:
             scores = nucleus(scores, self.top_p)
@@ -32,7 +32,7 @@ class RowSampler:
         return torch.searchsorted(cdf, target[:, None]).clamp_(max=scores.shape[-1] - 1)[:, 0]
 
 
-def greedy(scores: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
+def greedy(scores: torch.Tensor, seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
     """The most likely token of each row (seeds and step are unused)."""
     return scores.argmax(dim=-1)
 
@@ -58,7 +58,8 @@ def _splitmix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
-def uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
-    """One float64 in (0, 1) per seed for this step (SplitMix64 of seed and step)."""
-    z = _splitmix64(_splitmix64(seeds) ^ _splitmix64(torch.full_like(seeds, step)))
+def uniform(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """One float64 in (0, 1) per seed for this step, or for each row's own step (SplitMix64 of seed and step)."""
+    steps = step.to(seeds.device, torch.int64) if isinstance(step, torch.Tensor) else torch.full_like(seeds, step)
+    z = _splitmix64(_splitmix64(seeds) ^ _splitmix64(steps))
     return (_shift_right(z, 11).double() + 0.5) * 2.0**-53

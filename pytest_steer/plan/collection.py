@@ -17,7 +17,7 @@ import pytest
 
 from pytest_steer.model.prompts import prompt_lengths
 from pytest_steer.plan import preflight
-from pytest_steer.plan.batches import batch_indices, planned_batch_size
+from pytest_steer.plan.batches import planned_batch_size, stream_indices
 from pytest_steer.plan.cases import Case, SteeringConfig, build_cases, steering_configs
 from pytest_steer.plan.data import DatasetError, PromptRow, Selection, load_rows, select
 from pytest_steer.plan.method_spec import method_sweep
@@ -258,8 +258,10 @@ def plan_batches(
     The configs whose rows can share a batch (the baseline, prompt methods, and methods with ``steer_together``:
     :func:`pytest_steer.steering.method.shares_batches`) are one group, named after its configs, and their cases
     fill batches together, so a batch is full whatever the number of configs; any other config keeps batches of
-    its own. Within a group, cases of similar prompt length share a batch. With sequential ``blocks``, no batch
-    spans two blocks, so generation can stop after any block, and each config keeps batches of its own.
+    its own. Within a group, cases of similar prompt length share a stream of up to ``STREAM_BATCHES`` batches'
+    rows, of which the engine keeps a batch running. With sequential ``blocks``, no batch
+    spans two blocks (a block's rows of every config run together), so generation can stop after any block; the
+    rows of a config the looks stopped leave its batches (``CaseRunner.record``).
     """
     from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
 
@@ -267,11 +269,8 @@ def plan_batches(
     size = settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
     block_of = {key: index for index, block in enumerate(blocks) for key in block}
     configs = list(dict.fromkeys(case.config for case in cases))
-    # sequential looks stop configs one by one, and a stopped config's rows must leave the batches: they share none yet
-    shared = (
-        set() if blocks else {c.name for c in configs if c.method is None or (c.method in methods and shares_batches(methods[c.method]))}
-    )
-    shared_group = "+".join(config.name for config in configs if config.name in shared) if shared else ""
+    shared = {c.name for c in configs if c.method is None or (c.method in methods and shares_batches(methods[c.method]))}
+    shared_group = "+".join(config.name for config in configs if config.name in shared)
     groups: dict[str, dict[int, list[Case]]] = {}
     for case in cases:
         group = shared_group if case.config.name in shared else case.config.name
@@ -280,7 +279,7 @@ def plan_batches(
         name: [
             [group[i].id for i in batch]
             for _, group in sorted(by_block.items())
-            for batch in batch_indices([lengths[c.row.key] for c in group], size)
+            for batch in stream_indices([lengths[c.row.key] for c in group], size)
         ]
         for name, by_block in groups.items()
     }

@@ -32,6 +32,7 @@ from pytest_steer.engine.quality import QualityScorer, create_scorer
 from pytest_steer.ifeval import evaluate
 from pytest_steer.model.loading import LoadedModel, ModelFingerprint, load_model, model_fingerprint, read_model_config, resolve_device
 from pytest_steer.model.numerics import FormatChoice, choose_format
+from pytest_steer.plan.batches import running_rows
 from pytest_steer.plan.cases import Case, SteeringConfig
 from pytest_steer.plan.collection import Plan
 from pytest_steer.plan.estimate import Throughput, read_throughput, record_throughput
@@ -254,12 +255,15 @@ class CaseRunner:
         """Case id -> record of every case this runner has made so far."""
         return self._records
 
-    def record(self, case: Case) -> CaseRecord:
+    def record(self, case: Case, wanted: Callable[[Case], bool] | None = None) -> CaseRecord:
+        """The case's record, its batch generated with it the first time: the batch's selected cases not recorded yet
+        that are ``wanted`` (None: all; a sequential run leaves out the configs its looks stopped)."""
         if case.id not in self._records:
             batch = self._batch_of_case.get(case.id)
             if batch is None:
                 raise KeyError(f"case {case.id} is not in the collected plan")
-            self._run_batch([c for c in batch if c.id == case.id or (self.is_selected(c) and c.id not in self._records)])
+            mates = [c for c in batch if c.id != case.id and self.is_selected(c) and c.id not in self._records]
+            self._run_batch([case, *(c for c in mates if wanted is None or wanted(c))])
         return self._records[case.id]
 
     def _plan(self, group: str) -> list[list[Case]]:
@@ -367,14 +371,14 @@ class CaseRunner:
         return keys, [g for g in found if g is not None], [i not in missed for i in range(len(batch))]
 
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        """The planned batch, in as many passes as the device's memory needs (one on CPU)."""
+        """The planned stream, a batch's rows running at once (on a GPU, as many as a third of its free memory holds)."""
         if any(isinstance(request.steering, PASTA) for request in requests):  # checked at collection too when PASTA had cases
             self.check_steering_stack()
-        rows = len(requests)
+        slots = running_rows(self.device.type, self.settings.batch_size)
         if self.settings.batch_size is None and self.device.type == "cuda":
             lengths = self.engine.prompt_lengths([request.prompt for request in requests])
-            rows = memory_batch_limit(self.loaded, max(lengths), self.settings.max_new_tokens)
-        return [g for start in range(0, len(requests), rows) for g in self.engine.generate(requests[start : start + rows])]
+            slots = memory_batch_limit(self.loaded, max(lengths), self.settings.max_new_tokens)
+        return self.engine.generate(requests, slots=slots)
 
     def _cached_generation(self, key: str | None) -> Generation | None:
         entry = self.cache.get(GENERATION, key) if self.cache is not None and key is not None else None

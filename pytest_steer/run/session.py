@@ -327,7 +327,7 @@ class SteerSession:
 
     def record(self, case: Case) -> CaseRecord:
         """The case's record (its batch generated as needed), shared with the other workers' looks."""
-        record = self.runner.record(case)
+        record = self.runner.record(case, wanted=lambda mate: self.skip_reason(mate) is None)
         if self.shared is not None:
             self.shared.share(self.runner.records)
         return record

@@ -184,9 +184,9 @@ def test_rerun_generates_nothing_and_changes_regenerate_only_what_changed(
     generated: list[int] = []
     original = Engine.generate
 
-    def counting(self: Engine, requests: Any, steering: Any = None) -> Any:
+    def counting(self: Engine, requests: Any, steering: Any = None, **options: Any) -> Any:
         generated.append(len(requests))
-        return original(self, requests, steering)
+        return original(self, requests, steering, **options)
 
     monkeypatch.setattr(Engine, "generate", counting)
     second = _run(_settings(tiny_checkpoint), tmp_path)

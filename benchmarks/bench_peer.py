@@ -10,7 +10,7 @@ each and the ratio of the medians (target <= 0.3).
 AISteer360 needs transformers < 5, so it runs in an environment of its own; the peers
 folder's README says how to make it.
 
-    python benchmarks/bench_peer.py --peer-python /path/to/aisteer360-venv/bin/python [--rounds 3]
+    python benchmarks/bench_peer.py --peer-python /path/to/aisteer360-venv/bin/python [--rounds 3] [--dtype float32|auto]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--peer-python", required=True, help="python of the environment with AISteer360 installed")
     parser.add_argument("--peers", type=Path, default=REPO.parent / "shared" / "peers", help="the folder with peer16.py")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", help="pytest-steer's --steer-dtype (AISteer360 runs float32)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="steer-peer-"))
@@ -51,6 +52,7 @@ def main() -> None:
         sys.executable, "-m", "pytest", str(REPO / "suites" / "ifeval"), "--steer-dataset", str(workload),
         "--steer-alpha", "10", "--steer-trials", str(TRIALS), "--steer-max-new-tokens", str(NEW_TOKENS),
         "--steer-quality", "none", "--steer-no-cache", "--steer-report-dir", str(work / "report"), "-q", "-p", "no:cacheprovider",
+        "--steer-dtype", args.dtype,
     ]  # fmt: skip
 
     timed(peer, work), timed(ours, REPO)  # warm-up

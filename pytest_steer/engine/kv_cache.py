@@ -217,22 +217,31 @@ def _layer_classes() -> tuple[type, type, type]:
     return PreallocatedLayer, FixedShapeLayer, StreamLayer
 
 
+def _dynamic_layers(model: Any) -> tuple[Any, bool]:
+    """transformers' own cache for this model, and whether its layers are all plain full attention (the layers
+    the engine's caches replace)."""
+    # imported here: a run with every response cached never imports transformers
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    dynamic = DynamicCache(config=model.config)
+    return dynamic, bool(dynamic.layers) and all(type(layer) is DynamicLayer for layer in dynamic.layers)
+
+
 def prefill_cache(model: Any, capacity: int, start: int) -> Any:
     """A cache for a prefill of ``capacity`` columns whose first ``start`` columns are padding for every row."""
-    from transformers import DynamicCache
     from transformers.cache_utils import Cache
 
     preallocated = _layer_classes()[0]
-    return Cache(layers=[preallocated(capacity, start) for _ in DynamicCache(config=model.config).layers])
+    return Cache(layers=[preallocated(capacity, start) for _ in _dynamic_layers(model)[0].layers])
 
 
 def stream_cache(model: Any, slots: int, capacity: int) -> Any | None:
     """The cache of a running batch, or None for models whose layers are not all plain full attention."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import Cache, DynamicLayer
+    from transformers.cache_utils import Cache
 
-    dynamic = DynamicCache(config=model.config)
-    if not dynamic.layers or any(type(layer) is not DynamicLayer for layer in dynamic.layers):
+    dynamic, plain = _dynamic_layers(model)
+    if not plain:
         return None
     stream = _layer_classes()[2]
     return Cache(layers=[stream(slots, capacity) for _ in dynamic.layers])
@@ -244,12 +253,10 @@ def row_cache(model: Any, capacity: int, *, fixed_shape: bool = False) -> tuple[
     Models whose dynamic cache is anything but plain full-attention layers keep that cache,
     even when ``fixed_shape`` is asked for.
     """
-    # imported here: a run with every response cached never imports transformers
-    from transformers import DynamicCache
-    from transformers.cache_utils import Cache, DynamicLayer
+    from transformers.cache_utils import Cache
 
-    dynamic = DynamicCache(config=model.config)
-    if not dynamic.layers or any(type(layer) is not DynamicLayer for layer in dynamic.layers):
+    dynamic, plain = _dynamic_layers(model)
+    if not plain:
         return dynamic, CacheKind.DYNAMIC
     preallocated, fixed, _ = _layer_classes()
     if not fixed_shape:

@@ -99,25 +99,28 @@ def decide(float32_gflops: float, bfloat16_gflops: float, features: tuple[str, .
 
 
 @functools.cache
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""  # not Linux: no flags, the platform's processor name
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith(name)), None)
+
+
+@functools.cache
 def cpu_features() -> tuple[str, ...]:
     """Of ``CPU_FEATURES``, those /proc/cpuinfo lists (empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ()
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = (_cpuinfo_field("flags") or "").split()
     return tuple(feature for feature in CPU_FEATURES if feature in flags)
 
 
 @functools.cache
 def machine_key() -> str:
     """The CPU and torch build a decision holds for."""
-    model = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), model)
-    except OSError:
-        pass
+    model = _cpuinfo_field("model name") or platform.processor() or platform.machine()
     return f"{model} | {','.join(cpu_features())} | torch {torch.__version__}"
 
 

@@ -34,7 +34,7 @@ from pytest_steer.engine.generation import Engine, GenerationRequest, Generation
 from pytest_steer.model.loading import LoadedModel, load_model
 from pytest_steer.plan.cases import build_cases, steering_configs
 from pytest_steer.plan.data import load_rows
-from pytest_steer.plan.options import COMPILE_MODES
+from pytest_steer.plan.option_values import COMPILE_MODES
 
 
 def best_seconds(work: Callable[[], Any], repeats: int) -> float:

@@ -1,4 +1,4 @@
-"""``python -m pytest_steer``: rebuild reports from saved runs, without a model.
+"""``python -m pytest_steer``: rebuild reports from saved runs without a model, and profile PASTA's heads.
 
 ``report DIR [--out DIR]``
     Regenerate every output (results.json, cases.jsonl, summary.csv, figures, report.html)
@@ -12,7 +12,14 @@
     selection left partial stay partial: a check reading a partly run config is not decided,
     as in the run. Runs whose sequential looks stopped early are refused.
 
-Both print the trade-off table; ``--summary-md PATH`` also writes the markdown summary.
+``profile OUT_DIR [--alpha A] [--top-k K] [--layers L] [--metric M] [--block N] [--share F] [-- PYTEST ARGS]``
+    Choose the heads PASTA steers by model profiling: steer each layer alone, then each head of
+    the best layers, on a seeded selection part of the prompts, dropping clear losers after each
+    block (:mod:`pytest_steer.run.profiling`). Writes heads.json (pass it to ``--steer-heads``),
+    results.json's ``profile``, profile.png, and the prompts: selection.jsonl and evaluation.jsonl
+    (report the chosen heads on the latter). Arguments after ``--`` go to every steer run.
+
+``report`` and ``merge`` print the trade-off table; ``--summary-md PATH`` also writes the markdown summary.
 ``--version`` prints the installed pytest-steer's version.
 Exit codes: 0 done (checks not decided included, as in a partial run), 1 a gate failed,
 2 bad arguments or inputs that cannot be used.
@@ -21,18 +28,22 @@ Exit codes: 0 done (checks not decided included, as in a partial run), 1 a gate 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.plan.options import OPTIONS, Option, _positive_float, _positive_int
+from pytest_steer.plan.option_values import metric, positive_float, positive_int, share, strength
+from pytest_steer.plan.options import OPTIONS, Option
 from pytest_steer.report.files import REPORT_HTML, write_report
 from pytest_steer.report.markdown import write_markdown
 from pytest_steer.report.table import describe_run
 from pytest_steer.report.terminal import check_lines, checks_count_line, render_table, undecided_lines
+from pytest_steer.run.profiling import ProfileError, ProfileSettings
 from pytest_steer.run.results import RunResults
 from pytest_steer.stats.gate_language import Gate, parse_checks, parse_gate
 from pytest_steer.stats.gates import evaluate_gates
@@ -94,19 +105,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument(
         "--sequential-block",
-        type=_argument_type(_positive_int),
+        type=_argument_type(positive_int),
         default=DEFAULT_BLOCK_SIZE,
         metavar="N",
         help=f"prompts per look of --sequential; default {DEFAULT_BLOCK_SIZE}",
     )
     merge.add_argument(
         "--sequential-quality-clip",
-        type=_argument_type(_positive_float),
+        type=_argument_type(positive_float),
         default=DEFAULT_QUALITY_CLIP,
         metavar="R",
         help=f"--sequential clips per-prompt quality values to the threshold ± R; default {DEFAULT_QUALITY_CLIP:g}",
     )
     merge.add_argument("--summary-md", type=Path, metavar="PATH", help="also write a markdown summary here")
+
+    profile = commands.add_parser(
+        "profile",
+        help="choose the heads PASTA steers: each layer, then each head of the best layers",
+        epilog="arguments after -- go to every steer run, e.g. -- --steer-max-new-tokens 32 -n 2",
+    )
+    profile.add_argument("out", type=Path, metavar="OUT_DIR", help="directory for heads.json, results.json, profile.png and the prompts")
+    defaults = ProfileSettings(Path())
+    profile.add_argument("--alpha", type=_argument_type(strength), default=defaults.alpha, help="PASTA's strength while profiling")
+    profile.add_argument("--top-k", type=_argument_type(positive_int), default=defaults.top_k, metavar="K", help="heads in the chosen set")
+    profile.add_argument(
+        "--layers",
+        type=_argument_type(positive_int),
+        default=defaults.layers,
+        metavar="L",
+        help="best layers whose heads are profiled one by one",
+    )
+    profile.add_argument(
+        "--metric", type=_argument_type(metric), default=defaults.metric, help="the following metric a head's lift is measured in"
+    )
+    profile.add_argument(
+        "--block",
+        type=_argument_type(positive_int),
+        default=defaults.block,
+        metavar="N",
+        help="prompts per look (clear losers are dropped after each)",
+    )
+    profile.add_argument(
+        "--share",
+        type=_argument_type(share),
+        default=defaults.share,
+        metavar="F",
+        help="share of the prompts profiling reads; the rest report",
+    )
+    profile.add_argument(
+        "--seed", type=_argument_type(positive_int), default=defaults.seed, help="seed of the split, the prompt order and the runs"
+    )
+    profile.add_argument("--dataset", default=defaults.dataset, metavar="SOURCE", help="prompts, as --steer-dataset takes them")
+    profile.add_argument(
+        "--limit", type=_argument_type(positive_int), default=None, metavar="N", help="use the first N prompts of the dataset"
+    )
     return parser
 
 
@@ -224,12 +276,61 @@ def _write(results: RunResults, out: Path, summary_md: Path | None, *, exit_on_g
     return EXIT_GATE_FAILED if exit_on_gates and failed else EXIT_OK
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from pytest_steer.report.plotting import png_bytes  # why: imports matplotlib; report and merge may not draw
+    from pytest_steer.report.profile_figure import profile_figure
+    from pytest_steer.run.profiling import profile_heads
+    from pytest_steer.store.atomic import write_bytes, write_text
+
+    passed = args.pytest_args
+    settings = ProfileSettings(
+        args.out,
+        args.alpha,
+        args.top_k,
+        args.layers,
+        args.metric,
+        args.block,
+        args.share,
+        args.seed,
+        args.dataset,
+        args.limit,
+        tuple(passed),
+    )
+    started = time.time()
+    profile = profile_heads(settings)
+    profile["seconds"] = round(time.time() - started, 1)
+    write_text(args.out / "results.json", json.dumps({"profile": profile}, indent=2) + "\n")
+    write_bytes(args.out / "profile.png", png_bytes(profile_figure(profile)))
+    layers, heads = profile["stages"]
+    best = sorted((c for c in layers["candidates"] if c["lift"] is not None), key=lambda c: -c["lift"])[: args.layers]
+    prompts = len(profile["selection_prompts"])
+    print(
+        f"profiled {profile['num_layers']} layers and {len(heads['candidates'])} heads on {prompts} prompts in {profile['seconds']:.0f} s"
+    )
+    print("best layers: " + ", ".join(f"{c['heads']} (lift {c['lift']:+.3f})" for c in best))
+    print(f"heads: {json.dumps(profile['heads'])}")
+    print(f"wrote {args.out / 'heads.json'}, results.json, profile.png")
+    print(
+        f"report them on the held-out prompts: pytest ... --steer-dataset {args.out / 'evaluation.jsonl'} "
+        f"--steer-method pasta:alpha={args.alpha:g},heads={args.out / 'heads.json'}"
+    )
+    return EXIT_OK
+
+
+COMMANDS = {"report": _report, "merge": _merge, "profile": _profile}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    command = _report if args.command == "report" else _merge
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # what follows "--" goes to pytest (profile)
+    args = parser.parse_args(argv[:cut])
+    args.pytest_args = tuple(argv[cut + 1 :])
     try:
-        return command(args)
+        return COMMANDS[args.command](args)
+    except ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (OSError, ValueError) as exc:  # unreadable, malformed or incompatible inputs, bad gates
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

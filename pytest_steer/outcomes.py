@@ -52,7 +52,7 @@ def count_verdicts(results: Any) -> int:
 
 def report_verdicts(config: pytest.Config, results: Any) -> int:
     """Report every gate, comparison, refused comparison and undecided check of ``results``; return how many."""
-    add_suite_properties(config, results.run)
+    add_suite_properties(config, results.run, results.choice)
     for gate in results.gates:
         report_outcome(config, gate_nodeid(gate.config, gate.label), _verdict(gate.passed), gate.message, gate.to_dict())
     for comparison in results.comparisons:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_steer.plan.choice import auto_parameter
 from pytest_steer.plan.options import add_options, settings_from_config
 from pytest_steer.report.outputs import Written, write_outputs
 from pytest_steer.run.session import NUMBER_FORMAT, SESSION_KEY, SteerSession, stop_reason
@@ -44,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
-SHARED_RECORDS = "steer_shared_records"  # workerinput key: the directory of --steer-sequential's shared records
+SHARED_RECORDS = "steer_shared_records"  # workerinput key: the directory of the records --steer-sequential and auto share
 UNSENT_RECORDS = "steer_unsent_records"  # workeroutput key: records a worker generated but sent on no report (the run stopped)
 
 
@@ -52,10 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = settings_from_config(config)
     session = SteerSession(config, settings)
     config.stash[SESSION_KEY] = session
-    if settings.sequential:
+    if settings.sequential or auto_parameter(settings.alpha, settings.method) is not None:
         from pytest_steer.run.shared_records import shared_records
 
-        session.shared = shared_records(config, SHARED_RECORDS)
+        session.shared = shared_records(config, SHARED_RECORDS, "--steer-sequential" if settings.sequential else "auto")
     config.pluginmanager.register(ReportReceiver(session), RECEIVER_PLUGIN)
     if importlib.util.find_spec("pytest_html") is not None:
         from pytest_steer.report import html_plugin

@@ -34,6 +34,8 @@ def test_the_readme_states_each_default(option: Option) -> None:
         assert (stated, option.default) == ("off", False)
     elif option.default in (None, ()):
         assert stated == ""
+    elif option.repeatable:
+        assert tuple(option.parse(part) for part in stated.strip("`").split(",")) == option.default
     else:
         assert option.parse(stated.strip("`")) == option.default
 

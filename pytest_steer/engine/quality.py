@@ -26,15 +26,15 @@ from pytest_steer.engine.decoding import cache_argument, forward_parameters
 from pytest_steer.engine.generation import PromptPrefill, ScoredTokens
 from pytest_steer.model.loading import LoadedModel, load_pretrained, resolve_dtype
 from pytest_steer.model.prompts import render_prompt
-from pytest_steer.plan.options import (
+from pytest_steer.plan.option_values import (
     LABELLED_REWARD_TRANSFORMS,
     QUALITY_FLUENCY,
     QUALITY_NONE,
     REFERENCE_REWARD_MODEL,
     REWARD_PREFIX,
-    SteerSettings,
     reward_model_alternatives,
 )
+from pytest_steer.plan.options import SteerSettings
 from pytest_steer.store.hub import looks_like_hub_id
 
 FLUENCY_BATCH_SIZE = 8  # responses per forward

@@ -43,7 +43,8 @@ class SteeringConfig:
 
         A :class:`~pytest_steer.steering.parameters.FilePath` value is named by the file's stem and a
         short digest of the path as given (``vector=runs/a/direction.safetensors`` gives
-        ``_vectordirection_`` and six hex digits): short, and two files with one stem stay apart.
+        ``_vectordirection_`` and six hex digits): short, and two files with one stem stay apart. A text value
+        ending in ``.json`` (a head set's file) is named the same way.
         """
         shown = params if named_by is None else {name: params[name] for name in named_by if name in params}
         suffix = "".join(f"_{name}{_name_part(value)}" for name, value in shown.items())
@@ -67,11 +68,12 @@ class SteeringConfig:
 
 
 def _name_part(value: Any) -> str:
-    if isinstance(value, FilePath):
+    if isinstance(value, FilePath) or (isinstance(value, str) and value.endswith(".json")):  # a file (a heads.json)
         stem = re.sub(r"[^A-Za-z0-9_.]+", "_", PurePath(value).stem).strip("_.")[:_STEM_LENGTH]
         return f"{stem or 'file'}_{hashlib.sha256(value.encode()).hexdigest()[:6]}"
     text = f"{value:g}" if isinstance(value, float) else str(value)
-    return re.sub(r"[^A-Za-z0-9_.]", "", text.replace("-", "m"))
+    # "-" reads as minus, ":" as a JSON head set's layer-to-heads ('{"12": [3]}' gives 12h3)
+    return re.sub(r"[^A-Za-z0-9_.]", "", text.replace("-", "m").replace(":", "h"))
 
 
 @dataclass(frozen=True)

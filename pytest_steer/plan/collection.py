@@ -19,8 +19,10 @@ from pytest_steer.model.prompts import prompt_lengths
 from pytest_steer.plan import preflight
 from pytest_steer.plan.batches import planned_batch_size, stream_indices
 from pytest_steer.plan.cases import Case, SteeringConfig, build_cases, steering_configs
+from pytest_steer.plan.choice import MIN_PART, ChoicePlan, auto_parameter, choice_grid, given_split, split_prompts
 from pytest_steer.plan.data import DatasetError, PromptRow, Selection, load_rows, select
-from pytest_steer.plan.method_spec import method_sweep
+from pytest_steer.plan.method_spec import Sweep, method_sweep
+from pytest_steer.plan.option_values import AUTO
 from pytest_steer.plan.options import SteerSettings
 from pytest_steer.plan.sharding import select_shard
 from pytest_steer.plan.spec import RunSpec
@@ -37,6 +39,7 @@ class Plan:
     cases: list[Case]
     batches: dict[str, list[list[str]]]  # group of configs ("baseline+pasta_alpha10") -> its batches, as case ids
     blocks: tuple[tuple[str, ...], ...] = ()  # --steer-sequential: the prompt keys of each block, in generation order
+    choice: ChoicePlan | None = None  # a run that chooses a strength (auto): its grid and its prompts' two parts
 
     def work_units(self) -> dict[str, str]:
         """Case id -> the work unit that runs it under xdist: its group of configs and batch."""
@@ -80,12 +83,39 @@ def run_configs(settings: SteerSettings, methods: Mapping[str, type[SteeringMeth
                 f"--steer-method {name!r} is not a known steering method; known: {', '.join(sorted(methods))} "
                 "(register more with the pytest_steer_methods hook)"
             )
+    grid = Sweep(f"{value:g}" for value in settings.grid)
     requested = [
         (name, bind_method_parameters(methods[name], name, params.items()))
         for name, swept in settings.method
-        for params in method_sweep(swept)
+        for params in method_sweep(tuple((key, grid if value == AUTO else value) for key, value in swept))
     ]
-    return tuple(steering_configs(settings.alpha, requested, heads=settings.heads, scale_position=settings.scale_position))
+    alphas = settings.grid if AUTO in settings.alpha else settings.alpha
+    return tuple(steering_configs(alphas, requested, heads=settings.heads, scale_position=settings.scale_position))
+
+
+def run_choice(
+    settings: SteerSettings, configs: Sequence[SteeringConfig], keys: Sequence[str], selection_keys: Sequence[str] = ()
+) -> ChoicePlan | None:
+    """What a run that chooses a strength plans: the grid's configs and the prompts' parts (None for a run that does not).
+
+    ``keys`` are --steer-dataset's prompts; ``selection_keys`` --steer-selection-data's, when given."""
+    chosen = auto_parameter(settings.alpha, settings.method)
+    if chosen is None:
+        if settings.selection_data is not None:
+            raise ValueError("--steer-selection-data chooses an auto value, and this run chooses none: add --steer-alpha auto, or drop it")
+        return None
+    if settings.sequential:
+        raise ValueError("auto is not yet chosen under --steer-sequential: drop one of them (the choice reads every selection prompt)")
+    if settings.shard is not None:
+        raise ValueError("auto chooses on the whole run's selection prompts, and --steer-shard splits them: run the choice unsharded")
+    method, parameter = chosen
+    grid = choice_grid(method, parameter, configs, settings.fail_if)
+    least = max(MIN_PART, settings.min_prompts)
+    if settings.selection_data is not None:
+        split = given_split(selection_keys, keys, min_part=least)
+    else:
+        split = split_prompts(keys, settings.selection_share, settings.seed, min_part=least)
+    return ChoicePlan(method, parameter, grid, split)
 
 
 def plan_cases(
@@ -112,6 +142,15 @@ def plan_cases(
                 limit=settings.limit,
             )
             rows = select(rows, selection, origin=settings.dataset)
+        selection_rows: list[PromptRow] = []
+        if settings.selection_data is not None:
+            with naming("--steer-selection-data"):
+                selection_rows = select(
+                    load_rows(settings.selection_data, split=settings.dataset_split), selection, origin=settings.selection_data
+                )
+        with naming("--steer-alpha auto" if AUTO in settings.alpha else "--steer-method"):
+            choice = run_choice(settings, configs, [row.key for row in rows], [row.key for row in selection_rows])
+        rows = [*selection_rows, *rows]
         preflight.check_min_prompts(settings, len(rows))  # the whole run's prompts: a shard or a -k selection holds fewer
         if settings.shard is not None:
             with naming("--steer-shard"):
@@ -126,6 +165,9 @@ def plan_cases(
             cases = build_cases(rows, configs, trials=settings.trials, seed=settings.seed, highlight=settings.highlight)
         lengths = {row.key: length for row, length in zip(rows, prompt_tokens)}
         blocks: tuple[tuple[str, ...], ...] = ()
+        if choice is not None:
+            cases, phases = choice_cases(cases, choice)
+            return Plan(configs, cases, plan_batches(cases, lengths, settings, phases, methods), choice=choice)
         if settings.sequential:
             from pytest_steer.stats.eprocess import prompt_blocks  # why: imports numpy; this module loads with the plugin
 
@@ -135,6 +177,19 @@ def plan_cases(
         return Plan(configs, cases, plan_batches(cases, lengths, settings, blocks, methods), blocks)
     except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
         raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
+
+
+def choice_cases(cases: list[Case], choice: ChoicePlan) -> tuple[list[Case], tuple[tuple[str, ...], ...]]:
+    """The cases of a run that chooses: the selection prompts under the baseline and the grid, first, then the
+    evaluation prompts under every config; and the two parts, which no generation batch spans."""
+    split = choice.split
+    chooses = [
+        case
+        for case in cases
+        if split.part_of(case.row.key) == "selection" and (not case.config.steered or case.config.name in choice.candidates)
+    ]
+    reports = [case for case in cases if split.part_of(case.row.key) == "evaluation"]
+    return chooses + reports, (split.selection, split.evaluation)
 
 
 class OptionError(ValueError):

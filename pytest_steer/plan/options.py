@@ -7,7 +7,6 @@ line wins. Values are validated here, so bad input stops pytest before anything 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,190 +14,23 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.ifeval import INSTRUCTION_IDS, unknown_instruction_id
+from pytest_steer.plan import option_values as values
+from pytest_steer.plan.choice import auto_parameter
 from pytest_steer.plan.data import HIGHLIGHTS
 from pytest_steer.plan.method_spec import parse_method
+from pytest_steer.plan.option_values import (
+    CASE_MODES,
+    COMPILE_MODES,
+    QUALITY_FLUENCY,
+    QUALITY_NONE,
+    REFERENCE_REWARD_MODEL,
+    REWARD_PREFIX,
+    SCALE_POSITIONS,
+    SEED_MAX,
+    TOP_P_MIN,
+)
 from pytest_steer.plan.sharding import Shard, parse_shard
-from pytest_steer.stats.gate_language import parse_gate
 from pytest_steer.stats.levels import CORRECTIONS
-from pytest_steer.steering.pasta.heads import parse_heads
-from pytest_steer.store.hub import looks_like_hub_id
-
-CASE_MODES = ("record", "strict")
-SCALE_POSITIONS = ("include", "exclude", "generation")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
-QUALITY_FLUENCY = "fluency"
-QUALITY_NONE = "none"
-REWARD_PREFIX = "reward:"
-REFERENCE_REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
-REWARD_TRANSFORMS = ("identity", "sigmoid")
-LABELLED_REWARD_TRANSFORMS = ("softmax", "log_softmax")
-
-
-def _whole_number(text: str, expected: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number; expected {expected}") from None
-
-
-def _finite_number(text: str, expected: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number; expected {expected}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number; expected {expected}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    expected = "a positive integer (1, 2, 3, ...)"
-    value = _whole_number(text, expected)
-    if value < 1:
-        raise ValueError(f"{text!r} must be a positive integer; expected {expected}")
-    return value
-
-
-SEED_MAX = 2**32 - 1  # the range every seed consumer accepts (numpy's bootstrap refuses negative seeds)
-
-
-def _seed(text: str) -> int:
-    expected = f"an integer seed from 0 to {SEED_MAX}, e.g. 0 or 1234"
-    value = _whole_number(text, expected)
-    if not 0 <= value <= SEED_MAX:
-        raise ValueError(f"{text!r} is out of range; expected {expected}")
-    return value
-
-
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"alpha {text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"alpha {text!r} must be a positive number (alpha > 1 steers towards the highlighted text)")
-    return value
-
-
-TOP_P_MIN = 1e-6
-
-
-def _top_p(text: str) -> float:
-    expected = f"a probability in [{TOP_P_MIN:g}, 1], e.g. 0.9"
-    value = _finite_number(text, expected)
-    if not 0 < value <= 1:
-        raise ValueError(f"{text!r} must be in (0, 1]; expected {expected}")
-    if value < TOP_P_MIN:  # keeps only the most likely token, and rounds to 0 in float32 scores below ~1e-45
-        raise ValueError(f"{text!r} is below {TOP_P_MIN:g} and would keep only the most likely token; use --steer-greedy for that")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    expected = "a positive number, e.g. 0.7"
-    value = _finite_number(text, expected)
-    if not value > 0:
-        raise ValueError(f"{text!r} must be a positive number; expected {expected}")
-    return value
-
-
-def _path(text: str) -> Path:
-    if not text.strip():
-        raise ValueError("the path is empty; expected a file or directory path")
-    return Path(text)
-
-
-def _heads(text: str) -> str:
-    parse_heads(text)  # the syntax now; the layers once the model's depth is known
-    return text
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _instruction_ids(text: str) -> tuple[str, ...]:
-    ids = _csv(text)
-    for instruction_id in ids:
-        if instruction_id not in INSTRUCTION_IDS:
-            raise ValueError(unknown_instruction_id(instruction_id, INSTRUCTION_IDS))
-    return ids
-
-
-def _gate(text: str) -> str:
-    parse_gate(text)  # a syntax error stops pytest here, with a caret at its position
-    return text
-
-
-def _error_budget(text: str) -> float:
-    expected = "a count (0, 1, 2, ...) or a fraction of the cases below 1, e.g. 0.05"
-    value = _finite_number(text, expected)
-    if value < 0:
-        raise ValueError(f"{text!r} is negative; expected {expected}")
-    return value
-
-
-def _compare_fail(text: str) -> str:
-    from pytest_steer.stats.comparison import parse_compare_fail  # why: imports numpy; this module loads with the plugin
-
-    parse_compare_fail(text)
-    return text
-
-
-def _batch_size(text: str) -> int | None:
-    if text == "auto":
-        return None
-    value = _whole_number(text, "auto or a positive integer")
-    if value < 1:
-        raise ValueError(f"{text!r} must be auto or a positive integer")
-    return value
-
-
-def _quality(text: str) -> str:
-    """``fluency``, ``none`` or ``reward:<model id or path>`` (the path must exist)."""
-    if text in (QUALITY_FLUENCY, QUALITY_NONE):
-        return text
-    if not text.startswith(REWARD_PREFIX):
-        raise ValueError(
-            f"{text!r} is not a quality scorer; use {QUALITY_FLUENCY}, {QUALITY_NONE} or "
-            f"{REWARD_PREFIX}<model id or path> (e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})"
-        )
-    name = text.removeprefix(REWARD_PREFIX).strip()
-    if not name:
-        raise ValueError(f"{text!r} names no reward model; use {REWARD_PREFIX}<model id or path>")
-    if not Path(name).expanduser().exists() and not looks_like_hub_id(name):
-        raise ValueError(f"reward model {name!r} is neither an existing local path nor a Hugging Face model id (org/name); check the path")
-    return REWARD_PREFIX + name
-
-
-def reward_model_alternatives() -> str:
-    """What to use instead of a reward model that cannot be downloaded."""
-    return (
-        f"a local reward model directory (--steer-quality {REWARD_PREFIX}/path/to/model), "
-        f"--steer-quality {QUALITY_FLUENCY} (needs no other model), or a populated HF cache"
-    )
-
-
-def _reward_transform(text: str) -> str:
-    """``identity``, ``sigmoid``, or ``softmax:<label>`` / ``log_softmax:<label>``."""
-    kind, colon, label = text.partition(":")
-    if kind in REWARD_TRANSFORMS and not colon:
-        return text
-    if kind in LABELLED_REWARD_TRANSFORMS and label.strip():
-        return f"{kind}:{label.strip()}"
-    raise ValueError(
-        f"{text!r} is not a reward transform; use identity or sigmoid (single-logit heads), or "
-        "softmax:<label> / log_softmax:<label> with a label index or name of a multi-label head"
-    )
 
 
 @dataclass(frozen=True)
@@ -217,7 +49,7 @@ class SteerSettings:
     sample_seed: int = 0
     limit: int | None = None
     highlight: str = "auto"
-    alpha: tuple[float, ...] = ()
+    alpha: tuple[float | str, ...] = ()  # "auto": chosen from the grid
     method: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # values are text, or a Sweep of texts
     heads: str | None = None
     scale_position: str = "include"
@@ -243,6 +75,10 @@ class SteerSettings:
     sequential_quality_clip: float = 1.0
     max_errors: float = 0
     min_prompts: int = 10
+    grid: tuple[float, ...] = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0)
+    selection_share: float = 0.5
+    selection_data: str | None = None
+    choose_by: str = "strict_prompt_accuracy"
     save: Path | None = None
     baseline: Path | None = None
     compare_fail: str = "0"
@@ -297,7 +133,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("device", "torch device: auto (one CUDA device per xdist worker, else CPU), cpu, cuda, cuda:N, mps"),
     Option("dtype", "weights dtype: auto (bfloat16 on a GPU, or a CPU where it measures 1.5x float32), float32, bfloat16, float16"),
-    Option("attn_implementation", "attention kernel: eager (default, as in the reference study) or sdpa", parse=_choice("eager", "sdpa")),
+    Option(
+        "attn_implementation", "attention kernel: eager (default, as in the reference study) or sdpa", parse=values.choice("eager", "sdpa")
+    ),
     Option(
         "dataset",
         "prompts: 'builtin' (the built-in sample suite), a hub id (ibm-research/Split-IFEval, google/IFEval) or a .jsonl/.json/.parquet/.csv file",
@@ -308,21 +146,23 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "instruction_ids",
         "keep prompts having any of these IFEval instruction ids (comma-separated; an unknown id is refused, with the nearest ones)",
-        parse=_instruction_ids,
+        parse=values.instruction_ids,
         metavar="IDS",
     ),
-    Option("per_instruction", "sample N prompts per instruction id (seeded by --steer-sample-seed)", parse=_positive_int, metavar="N"),
-    Option("sample_seed", f"seed of the per-instruction sampling, 0 to {SEED_MAX}", parse=_seed),
-    Option("limit", "keep the first N selected prompts", parse=_positive_int, metavar="N"),
+    Option(
+        "per_instruction", "sample N prompts per instruction id (seeded by --steer-sample-seed)", parse=values.positive_int, metavar="N"
+    ),
+    Option("sample_seed", f"seed of the per-instruction sampling, 0 to {SEED_MAX}", parse=values.seed),
+    Option("limit", "keep the first N selected prompts", parse=values.positive_int, metavar="N"),
     Option(
         "highlight",
         "spans the steering methods emphasize: auto (the 'instructions' column when present, else the last sentence), instructions, last-sentence, prompt",
-        parse=_choice(*HIGHLIGHTS),
+        parse=values.choice(*HIGHLIGHTS),
     ),
     Option(
         "alpha",
-        "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated)",
-        parse=_alpha,
+        "PASTA strength; one steered config per value, besides the unsteered baseline (repeatable or comma-separated); auto: the strongest --steer-grid value certified to meet the --steer-fail-if constraint on the selection prompts (docs/choosing.md)",
+        parse=values.alpha,
         repeatable=True,
         metavar="ALPHA",
     ),
@@ -336,50 +176,52 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "heads",
-        "steered heads: layers '8-23', '0-3,7', or JSON '{\"8\": [0, 1]}'; default: the middle layers of any model (8-23 of 28)",
-        parse=_heads,
+        "steered heads: layers '8-23', '0-3,7', JSON '{\"8\": [0, 1]}', or a heads.json that python -m pytest_steer profile wrote; default: the middle layers of any model (8-23 of 28)",
+        parse=values.heads,
         metavar="HEADS",
     ),
-    Option("scale_position", "PASTA scale position: include, exclude or generation", parse=_choice(*SCALE_POSITIONS)),
-    Option("trials", "sampled responses per prompt and config", parse=_positive_int),
-    Option("seed", f"base seed, 0 to {SEED_MAX}; each case's seed derives from (seed, prompt key, trial)", parse=_seed),
-    Option("max_new_tokens", "tokens generated per response", parse=_positive_int),
+    Option("scale_position", "PASTA scale position: include, exclude or generation", parse=values.choice(*SCALE_POSITIONS)),
+    Option("trials", "sampled responses per prompt and config", parse=values.positive_int),
+    Option("seed", f"base seed, 0 to {SEED_MAX}; each case's seed derives from (seed, prompt key, trial)", parse=values.seed),
+    Option("max_new_tokens", "tokens generated per response", parse=values.positive_int),
     Option("greedy", "greedy decoding instead of sampling", flag=True),
-    Option("temperature", "sampling temperature", parse=_positive_float),
+    Option("temperature", "sampling temperature", parse=values.positive_float),
     Option(
-        "top_p", f"nucleus sampling threshold, from {TOP_P_MIN:g} to 1 (for the most likely token alone use --steer-greedy)", parse=_top_p
+        "top_p",
+        f"nucleus sampling threshold, from {TOP_P_MIN:g} to 1 (for the most likely token alone use --steer-greedy)",
+        parse=values.top_p,
     ),
     Option(
         "compile",
         "compile the decode step with torch.compile in this mode (default, reduce-overhead: CUDA graphs, max-autotune, max-autotune-no-cudagraphs), on a fixed-shape KV cache; off when not given (see docs/scaling.md)",
-        parse=_choice(*COMPILE_MODES),
+        parse=values.choice(*COMPILE_MODES),
         metavar="MODE",
     ),
-    Option("batch_size", "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N", parse=_batch_size),
+    Option("batch_size", "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N", parse=values.batch_size),
     Option(
         "quality",
         f"quality scorer: {QUALITY_FLUENCY} (mean log-likelihood per response token under the unsteered model, nats), {QUALITY_NONE}, or {REWARD_PREFIX}<id or path> (a sequence-classification reward model, e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})",
-        parse=_quality,
+        parse=values.quality,
         metavar="SCORER",
     ),
     Option(
         "reward_transform",
         "reward head output to score: identity, sigmoid, or softmax:<label> / log_softmax:<label> (label index or name) for multi-label heads",
-        parse=_reward_transform,
+        parse=values.reward_transform,
         metavar="TRANSFORM",
     ),
-    Option("reward_batch_size", "(prompt, response) pairs per reward-model forward pass", parse=_positive_int, metavar="N"),
-    Option("reward_max_length", "reward-model input tokens per pair; longer pairs are truncated", parse=_positive_int, metavar="N"),
+    Option("reward_batch_size", "(prompt, response) pairs per reward-model forward pass", parse=values.positive_int, metavar="N"),
+    Option("reward_max_length", "reward-model input tokens per pair; longer pairs are truncated", parse=values.positive_int, metavar="N"),
     Option(
         "case_mode",
         "record: every case records its verdicts and passes (misses are shown apart); strict: a missed instruction fails the case, in any test that requests steer_case",
-        parse=_choice(*CASE_MODES),
+        parse=values.choice(*CASE_MODES),
     ),
-    Option("json", "also write results.json to this path", parse=_path, metavar="PATH"),
+    Option("json", "also write results.json to this path", parse=values.path, metavar="PATH"),
     Option(
         "gate",
         "CI gate: passes when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline > -0.1' (steering at alpha 10 is shown to lose under 0.1) (repeatable; see docs/gates.md)",
-        parse=_gate,
+        parse=values.gate,
         repeatable=True,
         metavar="EXPR",
         ini_name="steer_gates",
@@ -387,7 +229,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "fail_if",
         "CI check: fails when the data shows EXPR, e.g. 'alpha=10: strict_prompt_accuracy - baseline < 0' (fails only when steering is shown to hurt) (repeatable; see docs/gates.md)",
-        parse=_gate,
+        parse=values.gate,
         repeatable=True,
         metavar="EXPR",
         ini_name="steer_fail_if",
@@ -395,7 +237,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "gate_correction",
         "family-wise error control over all gates and fail-ifs of the run: holm (Holm's step-down) or none (each check at the run's level)",
-        parse=_choice(*CORRECTIONS),
+        parse=values.choice(*CORRECTIONS),
         metavar="METHOD",
     ),
     Option(
@@ -406,40 +248,61 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "sequential_block",
         "prompts per block of --steer-sequential: the checks are looked at after each block; no generation batch spans two blocks, so larger blocks batch better (docs/gates.md)",
-        parse=_positive_int,
+        parse=values.positive_int,
         metavar="N",
     ),
     Option(
         "sequential_quality_clip",
         "--steer-sequential clips each prompt's quality value to the check's threshold ± R (a bounded test needs bounded values; in the quality scorer's units, nats for fluency)",
-        parse=_positive_float,
+        parse=values.positive_float,
         metavar="R",
     ),
     Option(
-        "max_errors", "error budget of the gates: a count, or a fraction of a config's cases when below 1", parse=_error_budget, metavar="N"
+        "max_errors",
+        "error budget of the gates: a count, or a fraction of a config's cases when below 1",
+        parse=values.error_budget,
+        metavar="N",
     ),
     Option(
         "min_prompts",
         "gates and fail-ifs refuse to pass on fewer evaluated prompts than this, and the reports give no interval to a change per instruction id over fewer (not estimable)",
-        parse=_positive_int,
+        parse=values.positive_int,
         metavar="N",
     ),
-    Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=_path, metavar="PATH"),
-    Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=_path, metavar="PATH"),
+    Option(
+        "grid",
+        "the values auto chooses from (--steer-alpha auto, --steer-method NAME:PARAM=auto), tested weakest first",
+        parse=values.strength,
+        repeatable=True,
+        metavar="VALUES",
+    ),
+    Option("selection_share", "the share of the prompts that choose an auto value; the others report it", parse=values.share, metavar="F"),
+    Option(
+        "selection_data",
+        "choose an auto value on these prompts (a --steer-dataset source) and report it on all of --steer-dataset",
+        metavar="SOURCE",
+    ),
+    Option("choose_by", "the metric the certified auto values are ranked by", parse=values.metric, metavar="METRIC"),
+    Option("save", "save this run (per-prompt results) as a baseline file for --steer-baseline", parse=values.path, metavar="PATH"),
+    Option("baseline", "compare this run with a saved baseline file, paired per prompt", parse=values.path, metavar="PATH"),
     Option(
         "compare_fail",
         "regression tolerances against --steer-baseline: 'metric:tol,...', or one number for every accuracy metric",
-        parse=_compare_fail,
+        parse=values.compare_fail,
         metavar="SPEC",
     ),
     Option(
         "report_dir",
         "directory of the trade-off report (report.html, results.json, cases.jsonl, summary.csv, figures); default: steer-report in pytest's cache dir",
-        parse=_path,
+        parse=values.path,
         metavar="DIR",
     ),
-    Option("summary_md", 'also write a short markdown summary to this path, e.g. "$GITHUB_STEP_SUMMARY"', parse=_path, metavar="PATH"),
-    Option("cache_dir", "directory of the response cache; default: steer-responses in pytest's cache dir", parse=_path, metavar="DIR"),
+    Option(
+        "summary_md", 'also write a short markdown summary to this path, e.g. "$GITHUB_STEP_SUMMARY"', parse=values.path, metavar="PATH"
+    ),
+    Option(
+        "cache_dir", "directory of the response cache; default: steer-responses in pytest's cache dir", parse=values.path, metavar="DIR"
+    ),
     Option("no_cache", "neither read nor write cached responses: generate every case", flag=True),
     Option(
         "shard",
@@ -495,4 +358,9 @@ def settings_from_config(config: pytest.Config) -> SteerSettings:
                 values[option.name] = _parse_values(option, raw)
         except (ValueError, TypeError) as exc:  # TypeError: a toml ini value of the wrong type
             raise pytest.UsageError(f"{option.cli} (ini {option.ini}): {exc}") from None
-    return SteerSettings(**values, rootdir=Path(config.rootpath))
+    settings = SteerSettings(**values, rootdir=Path(config.rootpath))
+    try:
+        auto_parameter(settings.alpha, settings.method)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--steer-alpha/--steer-method: {exc}") from None
+    return settings

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_steer.plan.cases import SteeringConfig
-from pytest_steer.plan.options import QUALITY_NONE, REWARD_PREFIX, SteerSettings, reward_model_alternatives
+from pytest_steer.plan.option_values import QUALITY_NONE, REWARD_PREFIX, reward_model_alternatives
+from pytest_steer.plan.options import SteerSettings
 from pytest_steer.plan.spec import RunSpec
 from pytest_steer.stats.gate_language import GateSyntaxError, parse_gate
 from pytest_steer.stats.metrics import QUALITY_METRIC

@@ -20,6 +20,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from pytest_steer.report.choice import choice_lines
 from pytest_steer.report.table import (
     METRIC_TITLES,
     config_rows,
@@ -220,6 +221,7 @@ def render_html(results: RunResults, figures: Mapping[str, bytes], skipped: Mapp
     return TEMPLATES.get_template("report.html").render(
         model=(run.get("model") or {}).get("name", "model"),
         described=describe_run(results),
+        choice=choice_lines(results.choice) if results.choice is not None else [],
         commit=run.get("git_commit") or "unknown",
         finished=run.get("time", "?"),
         fingerprint=json.dumps(run, indent=2, ensure_ascii=False, default=str),

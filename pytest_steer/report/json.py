@@ -59,6 +59,8 @@ def results_dict(results: RunResults, *, include_cases: bool = False) -> dict[st
         data["selection"] = results.selection.to_dict()
     if results.sequential is not None:
         data["sequential"] = results.sequential
+    if results.choice is not None:
+        data["choice"] = results.choice
     if include_cases:
         data["cases"] = results.records
     return data
@@ -151,6 +153,7 @@ def results_from_dict(data: Mapping[str, Any], records: Sequence[dict[str, Any]]
         n_lost=int(data.get("n_lost", 0)),
         selection=RunSelection.from_dict(data["selection"]) if data.get("selection") else None,
         sequential=data.get("sequential"),
+        choice=data.get("choice"),
         **({"min_prompts": int(data["min_prompts"])} if "min_prompts" in data else {}),
     )
 

@@ -23,8 +23,8 @@ def properties(pairs: Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:
     return [(name, property_value(value)) for name, value in pairs]
 
 
-def suite_properties(run: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """What the run evaluated and with which software: model, data, shard, commit, versions."""
+def suite_properties(run: Mapping[str, Any], choice: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """What the run evaluated and with which software: model, data, shard, commit, versions; what auto chose."""
     model = run.get("model") or {}
     dataset = run.get("dataset") or {}
     provenance = run.get("provenance") or {}
@@ -40,15 +40,17 @@ def suite_properties(run: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("steer.python", provenance.get("python")),
     ]
     pairs += [(f"steer.version.{name}", version) for name, version in (run.get("versions") or {}).items() if version is not None]
+    if choice is not None:
+        pairs.append((f"steer.chosen.{choice['method']}.{choice['parameter']}", "none" if choice["chosen"] is None else choice["chosen"]))
     return properties((name, value) for name, value in pairs if value not in (None, ""))
 
 
-def add_suite_properties(config: Any, run: Mapping[str, Any]) -> None:
+def add_suite_properties(config: Any, run: Mapping[str, Any], choice: Mapping[str, Any] | None = None) -> None:
     """Add the run's suite properties to the JUnit file this process writes, if any (before it is written)."""
     from _pytest.junitxml import xml_key
 
     xml = config.stash.get(xml_key, None)
     if xml is None:  # no --junitxml, or an xdist worker
         return
-    for name, value in suite_properties(run):
+    for name, value in suite_properties(run, choice):
         xml.add_global_property(name, value)

@@ -69,6 +69,12 @@ def read_shard(location: Path) -> Shard:
         records = embedded_cases(path, data["cases"])
     else:
         raise MergeError(f"{path.parent} has no {CASES_JSONL}; merging needs the case records of every run")
+    if data.get("choice") is not None:
+        raise MergeError(
+            f"{path} chose {data['choice'].get('method')}'s {data['choice'].get('parameter')} on its own selection prompts (auto); "
+            "runs that each chose cannot be merged into one evaluation: run the choice once, unsharded, or give the chosen "
+            "value to every shard"
+        )
     n_lost = data.get("n_lost", 0)
     if not isinstance(n_lost, int):
         raise MergeError(f"{path}: 'n_lost' is {n_lost!r}, not a count; {HINT}")

@@ -66,5 +66,5 @@ def write_outputs(results: RunResults, settings: SteerSettings, report_dir: Path
         fix = "a run that runs every case" if stopped else "a run without -k/-m/--deselect/--lf"
         written.failures.append(f"--steer-save {settings.save}: not written ({why} only part of the cases; save a baseline from {fix})")
     elif settings.save:
-        written.attempt("--steer-save", settings.save, lambda: save_run(results.run, results.aggregates, settings.save))
+        written.attempt("--steer-save", settings.save, lambda: save_run(results.run, results.aggregates, settings.save, results.choice))
     return written

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_steer.report.choice import choice_summary
 from pytest_steer.run.records import unsteered_reason
 from pytest_steer.run.results import RunResults
 from pytest_steer.stats.aggregate import not_estimable
@@ -142,6 +143,8 @@ def describe_run(results: RunResults) -> list[str]:
     if results.sequential is not None:
         stopped = results.selection.stopped if results.selection is not None else None
         lines.append(describe_sequential(results.sequential, stopped=stopped))
+    if results.choice is not None:
+        lines.append(choice_summary(results.choice))
     return lines
 
 

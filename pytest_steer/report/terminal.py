@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pytest_steer.report.choice import choice_lines
 from pytest_steer.report.table import (
     METRIC_TITLES,
     ConfigRow,
@@ -168,6 +169,11 @@ def write_summary(terminalreporter: Any, results: RunResults) -> None:
     workers = Counter(record["worker"] for record in results.records if record.get("worker"))
     if workers:
         terminalreporter.write_line("workers: " + ", ".join(f"{worker} ran {n} cases" for worker, n in sorted(workers.items())))
+    if results.choice is not None:
+        terminalreporter.write_line("")
+        for line in choice_lines(results.choice):
+            terminalreporter.write_line(line)
+        terminalreporter.write_line("")
     terminalreporter.write_line("mean [95% CI over prompts]; Δ: paired difference from the baseline over the same prompts")
     terminalreporter.write_line("")
     for line in render_table(results, terminal_width(terminalreporter)):

@@ -28,6 +28,7 @@ class RunResults:
     selection: RunSelection | None = None  # what pytest's selection kept of the collected cases; None when not known
     sequential: dict[str, Any] | None = None  # where sequential decisions stopped: prompts_used, prompts_total, looks
     min_prompts: int = SteerSettings.min_prompts  # --steer-min-prompts: fewer prompts give no interval per instruction id
+    choice: dict[str, Any] | None = None  # auto: the path from the grid to the chosen value (stats.choice.StrengthChoice)
 
     @property
     def n_cached(self) -> int:
@@ -40,7 +41,10 @@ class RunResults:
 
     @classmethod
     def from_records(cls, run: dict[str, Any], records: Sequence[Mapping[str, Any]], *, seed: int, **verdicts: Any) -> RunResults:
-        """Aggregate records under a run fingerprint; ``verdicts`` are the remaining fields (gates, ...)."""
+        """Aggregate records under a run fingerprint; ``verdicts`` are the remaining fields (gates, ...). A run that
+        chose a value (``choice``) aggregates its evaluation prompts only: the selection prompts chose it."""
         ordered = sorted((dict(r) for r in records), key=lambda r: (r["config"], r["key"], r["trial"]))
-        aggregates = aggregate(ordered, seed=seed)
+        choice = verdicts.get("choice")
+        evaluation = set(choice["evaluation_prompts"]) if choice else None
+        aggregates = aggregate([r for r in ordered if evaluation is None or r["key"] in evaluation], seed=seed)
         return cls(run=run, records=ordered, aggregates=aggregates, deltas=deltas_vs_baseline(aggregates), **verdicts)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from pytest_steer.run.runner import CaseRunner
     from pytest_steer.run.shared_records import SharedRecords
     from pytest_steer.stats.aggregate import ConfigAggregate
+    from pytest_steer.stats.choice import StrengthChoice
     from pytest_steer.stats.sequential import SequentialOutcome
 
 
@@ -273,8 +274,9 @@ class SteerSession:
             devices = [r["device"] for r in records if r.get("device")]
             provenance = run_provenance(invocation.args, invocation.dir, self.started, devices)
             run = self.spec.fingerprint(model, len({r["key"] for r in records}), self.settings.rootdir, provenance)
+            choice = self.chosen.to_dict() if self.plan.choice is not None else None
             aggregated = RunResults.from_records(
-                run, records, seed=self.settings.seed, n_lost=len(lost), min_prompts=self.settings.min_prompts
+                run, records, seed=self.settings.seed, n_lost=len(lost), min_prompts=self.settings.min_prompts, choice=choice
             )
             outcome = self._sequential_outcome(aggregated.aggregates, records) if self.sequential is not None else None
             verdicts = decide(aggregated.aggregates, run, self.settings, gates=outcome.results if outcome else None)
@@ -294,6 +296,11 @@ class SteerSession:
                 verdicts.notes.append(
                     f"--steer-sequential took no look: pytest's selection ({SELECTION_OPTIONS}) ran part of the cases, so every "
                     "selected case ran; checks on configs it ran in full are decided by the fixed design, the others not at all"
+                )
+            if choice is not None and choice["chosen"] is None:
+                verdicts.notes.append(
+                    f"auto chose no {choice['method']} {choice['parameter']}: {choice['reason']}; only the baseline ran on the "
+                    "evaluation prompts, so a check on the steered configs selects none and fails: nothing is certified to ship"
                 )
             if all(not config.steered for config in self.configs):
                 verdicts.notes.append(
@@ -320,10 +327,31 @@ class SteerSession:
         return max((len(case.row.instruction_id_list) for case in self.plan.cases), default=1)
 
     def skip_reason(self, case: Case) -> str | None:
-        """Why a case is not generated (a sequential run decided before its block), or None."""
+        """Why a case is not generated (a sequential run decided before its block, auto chose another value), or None."""
+        choice = self.plan.choice
+        if choice is not None and choice.decides(case.row.key, case.config.name):
+            from pytest_steer.run.choosing import skip_reason  # why: imports numpy; this module loads with the plugin
+
+            return skip_reason(self.chosen, case.config.name)
         if self.sequential is None:
             return None
         return self.sequential.skip_reason(case.row.key, case.config.name, self._records_wanted)
+
+    @cached_property
+    def chosen(self) -> StrengthChoice:
+        """What auto chose, from every selection record (on an xdist worker, once every worker has shared them)."""
+        from pytest_steer.run.choosing import choose, needed_for_choice  # why: imports numpy; this module loads with the plugin
+        from pytest_steer.run.looks import LooksHalted
+
+        choice = self.plan.choice
+        unchosen = None
+        if self.selection.partial:
+            unchosen = f"pytest's selection ({SELECTION_OPTIONS}) ran part of the cases, and the choice needs every selection case"
+        try:
+            records = self._records_wanted(lambda key, config: needed_for_choice(choice, key, config)) if unchosen is None else []
+        except LooksHalted as exc:
+            records, unchosen = [], f"the selection records never all came: {exc}"
+        return choose(self.settings, choice, records, unchosen=unchosen)
 
     def record(self, case: Case) -> CaseRecord:
         """The case's record (its batch generated as needed), shared with the other workers' looks."""
@@ -371,6 +399,8 @@ class SteerSession:
                 continue
             if self.sequential is not None and self.sequential.never_generated(case.row.key, case.config.name):
                 continue  # never generated: the sequential run had decided every check before its block
+            if self.plan.choice is not None and self.skip_reason(case) is not None:
+                continue  # never generated: auto chose another value
             missing[case_key] = nodeid
         return missing
 

@@ -1,5 +1,5 @@
 """The case records xdist workers share through a directory, so that each worker's ``--steer-sequential``
-looks (:mod:`pytest_steer.run.looks`) read every worker's records."""
+looks (:mod:`pytest_steer.run.looks`) and auto's choice (:mod:`pytest_steer.run.choosing`) read every worker's records."""
 
 from __future__ import annotations
 
@@ -71,27 +71,30 @@ class SharedRecords:
             time.sleep(self.POLL_SECONDS)
 
 
-def shared_records(config: pytest.Config, key: str) -> SharedRecords | None:
-    """The records this process shares for its looks: on an xdist worker, the directory the controller
-    passed as ``workerinput[key]``; on the controller, a new one; None in a plain run."""
+def shared_records(config: pytest.Config, key: str, needed_by: str) -> SharedRecords | None:
+    """The records this process shares for its looks (``needed_by``: the option that looks): on an xdist worker,
+    the directory the controller passed as ``workerinput[key]``; on the controller, a new one; None in a plain run."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         return SharedRecords(workerinput[key], writer=workerinput["workerid"])
     if config.getoption("dist", "no") == "no":
         return None
+    replay = (
+        ", or run the fixed design and replay it with python -m pytest_steer merge OUT RUN --sequential"
+        if needed_by == "--steer-sequential"
+        else ""
+    )
     if config.getoption("dist") != "load":
         raise pytest.UsageError(
-            f"--steer-sequential hands out the blocks in order under --dist load (the default of -n), not --dist "
-            f"{config.getoption('dist')}: drop --dist, or run the fixed design and replay it with "
-            "python -m pytest_steer merge OUT RUN --sequential"
+            f"{needed_by} hands out the {'blocks' if replay else 'cases'} in order under --dist load (the default of -n), not --dist "
+            f"{config.getoption('dist')}: drop --dist{replay}"
         )
     remote = [spec for spec in config.getoption("tx", None) or [] if "popen" not in spec]
     if remote:
         raise pytest.UsageError(
-            f"--steer-sequential under xdist shares records through a local directory, and {remote[0]!r} is no local "
-            "worker: run with -n N, or run the fixed design and replay it with python -m pytest_steer merge OUT RUN --sequential"
+            f"{needed_by} under xdist shares records through a local directory, and {remote[0]!r} is no local worker: run with -n N{replay}"
         )
     config.option.loadscopereorder = False  # units go out in block order (--loadscope-no-reorder)
-    directory = tempfile.mkdtemp(prefix="steer-sequential-")
+    directory = tempfile.mkdtemp(prefix="steer-shared-")
     config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
     return SharedRecords(directory)

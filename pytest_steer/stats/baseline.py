@@ -34,8 +34,11 @@ class SavedRun:
     aggregates: list[ConfigAggregate]
 
 
-def save_run(run: dict[str, Any], aggregates: list[ConfigAggregate], path: Path) -> Path:
+def save_run(run: dict[str, Any], aggregates: list[ConfigAggregate], path: Path, choice: dict[str, Any] | None = None) -> Path:
+    """The run's per-prompt aggregates; for a run that chose a value (auto), what it chose and from what."""
     data = {"format": BASELINE_FORMAT, "run": run, "configs": [a.to_dict(include_per_prompt=True) for a in aggregates]}
+    if choice is not None:
+        data["choice"] = {key: choice[key] for key in ("method", "parameter", "constraint", "chosen", "chosen_config", "reason")}
     return write_text(path, json.dumps(data, indent=1, allow_nan=False))  # never a half-written baseline
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from pytest_steer.steering.errors import HeadConfigError
 
@@ -46,7 +47,9 @@ def parse_heads(text: str, num_layers: int | None = None, *, argument: str = "he
     if not stripped:
         raise HeadConfigError(f"{argument} is empty; give layers like '8-23' or a JSON object like '{{\"8\": [0, 1]}}'")
     config: HeadConfig
-    if stripped.startswith("{"):
+    if stripped.endswith(".json"):  # a head set in a file, as python -m pytest_steer profile writes it
+        config = _parse_json_heads(_read_head_file(stripped, argument), f"{argument} {stripped}")
+    elif stripped.startswith("{"):
         config = _parse_json_heads(text, argument)
     else:
         config = _parse_layer_list(text, argument)
@@ -59,6 +62,16 @@ def parse_heads(text: str, num_layers: int | None = None, *, argument: str = "he
                 f"(0-{num_layers - 1}); choose layers below {num_layers}"
             )
     return config
+
+
+def _read_head_file(path: str, argument: str) -> str:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise HeadConfigError(
+            f"{argument} {path!r} names no file; give the heads.json that python -m pytest_steer profile wrote, "
+            "layers like '8-23' or a JSON object like '{\"8\": [0, 1]}'"
+        )
+    return file.read_text()
 
 
 def _parse_layer_list(text: str, argument: str) -> list[int]:

@@ -54,3 +54,16 @@ def test_this_machine_measures_both_formats() -> None:
     choice = numerics.measured_choice()
     assert choice.float32_gflops and choice.float32_gflops > 0 and choice.bfloat16_gflops and choice.bfloat16_gflops > 0
     assert choice.dtype == decide(choice.float32_gflops, choice.bfloat16_gflops).dtype
+
+
+def test_a_run_without_the_response_cache_keeps_the_decision_too(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    """Two runs of one checkout (shards of one evaluation) must not decide apart: --steer-no-cache keeps the decision."""
+    pytester.makepyfile(test_steer="def test_case(steer_case):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-limit", "1", "--steer-max-new-tokens", "1",
+        "--steer-quality", "none", "--steer-no-cache", "--steer-dtype", "auto", "--rootdir", str(pytester.path),
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    kept = pytester.path / ".pytest_cache" / "d" / "steer-responses" / NUMBER_FORMAT_FILE
+    assert kept.is_file()
+    assert not [path for path in kept.parent.iterdir() if path.name != NUMBER_FORMAT_FILE]  # and no response was cached

@@ -204,7 +204,9 @@ class SteerSession:
         given = getattr(self.config, "workerinput", {}).get(NUMBER_FORMAT)
         if given is not None:
             return FormatChoice.from_json(given)
-        return choose_format(resolve_device(self.settings.device), self.cache_dir)
+        s = self.settings
+        kept_in = resolve_cache_dir(False, s.cache_dir, s.rootdir, self.config)  # under --steer-no-cache too: runs agree
+        return choose_format(resolve_device(s.device), kept_in)
 
     @cached_property
     def runner(self) -> CaseRunner:

@@ -48,6 +48,7 @@ from pytest_steer.run.results import RunResults
 from pytest_steer.stats.gate_language import Gate, parse_checks, parse_gate
 from pytest_steer.stats.gates import evaluate_gates
 from pytest_steer.stats.sequential import DEFAULT_BLOCK_SIZE, DEFAULT_QUALITY_CLIP, SequentialSettings, replay
+from pytest_steer.steering.pasta.heads import parse_heads
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -134,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.layers,
         metavar="L",
         help="best layers whose heads are profiled one by one",
+    )
+    profile.add_argument(
+        "--candidates",
+        type=_argument_type(_layer_list),
+        default=None,
+        metavar="LAYERS",
+        help="the layers stage 1 profiles, e.g. 8-23 or 0-3,7; default every layer",
     )
     profile.add_argument(
         "--metric", type=_argument_type(metric), default=defaults.metric, help="the following metric a head's lift is measured in"
@@ -276,26 +284,21 @@ def _write(results: RunResults, out: Path, summary_md: Path | None, *, exit_on_g
     return EXIT_GATE_FAILED if exit_on_gates and failed else EXIT_OK
 
 
+def _layer_list(text: str) -> tuple[int, ...]:
+    layers = parse_heads(text, argument="--candidates")
+    if not isinstance(layers, list):
+        raise ValueError(f"--candidates {text!r}: give layers like 8-23 or 0-3,7 (stage 2 picks the heads)")
+    return tuple(dict.fromkeys(layers))
+
+
 def _profile(args: argparse.Namespace) -> int:
     from pytest_steer.report.plotting import png_bytes  # why: imports matplotlib; report and merge may not draw
     from pytest_steer.report.profile_figure import profile_figure
     from pytest_steer.run.profiling import profile_heads
     from pytest_steer.store.atomic import write_bytes, write_text
 
-    passed = args.pytest_args
-    settings = ProfileSettings(
-        args.out,
-        args.alpha,
-        args.top_k,
-        args.layers,
-        args.metric,
-        args.block,
-        args.share,
-        args.seed,
-        args.dataset,
-        args.limit,
-        tuple(passed),
-    )
+    given = ("alpha", "top_k", "layers", "candidates", "metric", "block", "share", "seed", "dataset", "limit")
+    settings = ProfileSettings(args.out, **{name: getattr(args, name) for name in given}, pytest_args=args.pytest_args)
     started = time.time()
     profile = profile_heads(settings)
     profile["seconds"] = round(time.time() - started, 1)

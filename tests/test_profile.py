@@ -54,7 +54,7 @@ def test_profile_writes_a_head_set_that_a_run_steers_with(
     out = tmp_path / "profile"
     steer = ["--steer-model", str(tiny_checkpoint), "--steer-max-new-tokens", "3", "--steer-dtype", "float32",
              "--steer-cache-dir", str(tmp_path / "cache")]  # fmt: skip
-    code = main(["profile", str(out), "--limit", "8", "--block", "4", "--layers", "1", "--top-k", "2", "--", *steer])
+    code = main(["profile", str(out), "--limit", "8", "--block", "4", "--layers", "1", "--top-k", "2", "--candidates", "0-1", "--", *steer])
     assert code == 0
     printed = capsys.readouterr().out
     assert "profiled 2 layers and 4 heads on 4 prompts" in printed

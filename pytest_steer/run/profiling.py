@@ -48,6 +48,7 @@ class ProfileSettings:
     alpha: float = 10.0
     top_k: int = 8  # heads in the chosen set
     layers: int = 3  # layers of stage 1 whose heads stage 2 profiles
+    candidates: tuple[int, ...] | None = None  # the layers stage 1 profiles; None: every layer
     metric: str = "strict_instruction_accuracy"
     block: int = 8  # prompts per look
     share: float = 0.5  # of the prompts that profiling reads
@@ -91,8 +92,12 @@ def profile_heads(settings: ProfileSettings, echo: Callable[[str], None] = print
     _write_rows(out / "evaluation.jsonl", [by_key[key] for key in split.evaluation])
     write_text(out / "suite" / "test_profile.py", TEST_MODULE)
     num_layers, num_heads = _model_shape(settings.pytest_args)
+    candidates = settings.candidates if settings.candidates is not None else tuple(range(num_layers))
+    too_deep = [layer for layer in candidates if layer >= num_layers]
+    if too_deep:
+        raise ProfileError(f"--candidates names layer {too_deep[0]}, and the model has {num_layers} (0-{num_layers - 1})")
 
-    layers = Stage("layers", settings.layers, {_config(settings.alpha, str(layer)): str(layer) for layer in range(num_layers)})
+    layers = Stage("layers", settings.layers, {_config(settings.alpha, str(layer)): str(layer) for layer in candidates})
     _run_stage(settings, layers, len(selection), echo)
     best_layers = [int(layers.candidates[name]) for name in ranked(layers.lifts, _kept(layers))[: settings.layers]]
     heads_text = {(layer, head): json.dumps({str(layer): [head]}) for layer in best_layers for head in range(num_heads)}

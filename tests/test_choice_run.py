@@ -55,6 +55,8 @@ def test_auto_chooses_a_certified_strength_and_reports_it_on_the_evaluation_prom
     assert result.ret == 0, result.stdout.str()
     data = results(report)
     choice = data["choice"]
+    evaluated = len(choice["evaluation_prompts"])  # the plan does not count the strength auto will not choose
+    result.stdout.fnmatch_lines([f"*= {PROMPTS * 3} cases ({evaluated} of them wait for auto's choice and will not run);*"])
     assert (choice["method"], choice["parameter"], choice["constraint"]) == ("pasta", "alpha", [MET])
     assert choice["following"] == "strict_prompt_accuracy" and choice["error"] == pytest.approx(0.025)
     assert [(c["value"], c["config"]) for c in choice["candidates"]] == [(2.0, "pasta_alpha2"), (10.0, "pasta_alpha10")]

@@ -81,10 +81,11 @@ class RunPlan:
     max_new_tokens: int
     throughput: Throughput | None
     workers: int = 1
+    unchosen: int = 0  # cases of the strengths auto will not choose: they wait for the choice, then are skipped
 
     @property
     def to_generate(self) -> int:
-        return self.selected - (self.cached or 0)
+        return max(0, self.selected - (self.cached or 0) - self.unchosen)
 
     def estimate(self) -> float | None:
         if self.throughput is None:
@@ -96,6 +97,8 @@ class RunPlan:
         text = f"plan: {' × '.join(counts)} = {self.collected} cases"
         if self.selected < self.collected:
             text += f", {self.selected} selected"
+        if self.unchosen:
+            text += f" ({self.unchosen} of them wait for auto's choice and will not run)"
         cache = "no response cache" if self.cached is None else f"{self.cached} in the response cache"
         budget = self.to_generate * self.max_new_tokens
         text += f"; {self.to_generate} to generate ({cache}) × up to {self.max_new_tokens} new tokens = {budget:,} tokens at most"

@@ -101,6 +101,8 @@ class SteerSession:
         """What the selected cases will cost; the progress lines count against it from now on."""
         chosen = set(self.selected.values())
         cases = [case for case in self.plan.cases if case.id in chosen]
+        choice = self.plan.choice
+        waiting = [case for case in cases if choice is not None and choice.decides(case.row.key, case.config.name)]
         plan = RunPlan(
             prompts=len({case.row.key for case in self.plan.cases}),
             configs=len(self.plan.configs),
@@ -111,6 +113,7 @@ class SteerSession:
             max_new_tokens=self.settings.max_new_tokens,
             throughput=self.runner.throughput(),
             workers=workers,
+            unchosen=len(waiting) - len(waiting) // len(choice.grid) if choice is not None else 0,
         )
         self.progress.start(plan.selected, plan.to_generate)
         return plan

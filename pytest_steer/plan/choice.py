@@ -43,11 +43,16 @@ def _rank(seed: int, key: str) -> bytes:
     return hashlib.blake2b(f"split\x1f{seed}\x1f{key}".encode(), digest_size=8).digest()
 
 
+def seeded_order(keys: Sequence[str], seed: int) -> list[str]:
+    """``keys`` in the split's seeded random order: the selection part is its first keys."""
+    return sorted(keys, key=lambda key: _rank(seed, key))
+
+
 def split_prompts(keys: Sequence[str], share: float, seed: int, *, min_part: int = MIN_PART) -> PromptSplit:
     """Split ``keys`` into selection (``share`` of them) and evaluation parts, each in the given order."""
     if not 0 < share < 1:
         raise ValueError(f"--steer-selection-share {share:g} must be between 0 and 1 (exclusive), e.g. 0.5")
-    ranked = sorted(keys, key=lambda key: _rank(seed, key))
+    ranked = seeded_order(keys, seed)
     count = round(share * len(keys))
     chosen = set(ranked[:count])
     selection = tuple(key for key in keys if key in chosen)

@@ -70,22 +70,21 @@ def alpha(text: str) -> float | str:
     """A PASTA strength, or ``auto``: chosen from --steer-grid."""
     if text.strip() == AUTO:
         return AUTO
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"alpha {text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"alpha {text!r} must be a positive number (alpha > 1 steers towards the highlighted text)")
-    return value
+    return _positive_number(text, "alpha", "a positive number (alpha > 1 steers towards the highlighted text)")
 
 
 def strength(text: str) -> float:
+    """A value of --steer-grid (PASTA's alpha, or another method's strength)."""
+    return _positive_number(text, "strength", "a positive number, e.g. 10")
+
+
+def _positive_number(text: str, what: str, expected: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a number; expected a positive strength, e.g. 10") from None
+        raise ValueError(f"{what} {text!r} is not a number; expected {expected}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{text!r} must be a positive number, e.g. 10")
+        raise ValueError(f"{what} {text!r} must be a positive number; expected {expected}")
     return value
 
 

@@ -18,7 +18,6 @@ heads of stage 2 by estimated lift are the head set, written in ``--steer-heads`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import subprocess
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.plan.choice import split_prompts
+from pytest_steer.plan.choice import seeded_order, split_prompts
 from pytest_steer.plan.data import PromptRow, load_rows
 from pytest_steer.stats.aggregate import aggregate
 from pytest_steer.stats.levels import CONFIDENCE, one_sided_error
@@ -87,7 +86,7 @@ def profile_heads(settings: ProfileSettings, echo: Callable[[str], None] = print
     rows = load_rows(settings.dataset)[: settings.limit]
     split = split_prompts([row.key for row in rows], settings.share, settings.seed)
     by_key = {row.key: row for row in rows}
-    selection = [by_key[key] for key in sorted(split.selection, key=lambda key: _order(settings.seed, key))]
+    selection = [by_key[key] for key in seeded_order(split.selection, settings.seed)]
     _write_rows(out / "selection.jsonl", selection)
     _write_rows(out / "evaluation.jsonl", [by_key[key] for key in split.evaluation])
     write_text(out / "suite" / "test_profile.py", TEST_MODULE)
@@ -181,10 +180,6 @@ def _steer_run(settings: ProfileSettings, name: str, candidates: dict[str, str],
 def _config(alpha: float, heads: str) -> str:
     """The profile's own name of a candidate (the run names its config after all its parameters)."""
     return f"alpha{alpha:g}_heads_{heads}"
-
-
-def _order(seed: int, key: str) -> str:
-    return hashlib.blake2b(f"profile\x1f{seed}\x1f{key}".encode(), digest_size=8).hexdigest()
 
 
 def _write_rows(path: Path, rows: Sequence[PromptRow]) -> None:

@@ -29,7 +29,7 @@ from pytest_steer.steering.pasta.attention import shared_kernels
 
 # Bumped whenever a change here alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.
-ENGINE_VERSION = 5
+ENGINE_VERSION = 6
 COMPILED_STEPS = 64  # under --steer-compile: compiled variants of the decode step kept before the rest run uncompiled
 
 

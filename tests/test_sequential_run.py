@@ -62,6 +62,23 @@ def test_a_sequential_run_stops_where_its_replay_stops(pytester: pytest.Pytester
     assert case_keys(tmp_path / "replay") == case_keys(tmp_path / "live")
 
 
+def test_the_default_block_fills_one_batch(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # batches of 20 rows, 2 configs x 1 trial: 10 prompts per block, and no batch spans two blocks
+    live = run(pytester, tiny_checkpoint, tmp_path / "live", "--steer-sequential", "--steer-batch-size", "20")
+    assert live.ret == 0, live.stdout.str()
+    sequential = json.loads((tmp_path / "live" / "results.json").read_text())["sequential"]
+    assert sequential["block_size"] == 10
+    assert sequential["prompts_used"] in (10, 12)  # a look after 10 prompts, then after the last 2
+    fixed = run(pytester, tiny_checkpoint, tmp_path / "fixed")
+    assert fixed.ret == 0, fixed.stdout.str()
+    code = main([
+        "merge", str(tmp_path / "replay"), str(tmp_path / "fixed"), "--gate", GATE, "--fail-if", FAIL_IF, "--min-prompts", "2",
+        "--sequential", "--sequential-block", "10",
+    ])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "replay" / "results.json").read_text())["sequential"] == sequential
+
+
 def case_keys(report: Path) -> set[str]:
     return {json.loads(line)["key"] for line in (report / "cases.jsonl").read_text().splitlines() if line.strip()}
 

@@ -12,6 +12,8 @@ MAX_BATCH_SIZE = 64
 # longer tail of rows that entered late, and prefills of a few rows at a time, cost more than the fuller steps gained;
 # docs/scaling.md). A GPU whose free memory holds fewer rows than a planned batch runs it as a stream.
 STREAM_BATCHES = 1
+# --steer-sequential-block auto: a block fills one batch, but holds at least this many prompts
+MIN_SEQUENTIAL_BLOCK = 8
 
 
 def planned_batch_size(device_type: str) -> int:
@@ -22,6 +24,17 @@ def planned_batch_size(device_type: str) -> int:
 def running_rows(device_type: str, batch_size: int | None) -> int:
     """Rows that decode at once: ``--steer-batch-size``, else the device's planned size (a GPU's is cut to its memory)."""
     return batch_size or planned_batch_size(device_type)
+
+
+def sequential_block_size(batch_rows: int, rows_per_prompt: int) -> int:
+    """Prompts per sequential block when ``--steer-sequential-block`` is auto: as many as fill one batch.
+
+    No batch spans two blocks, and a step of few rows costs far more per row than a full one (on a 2-core CPU, the
+    matmuls of a 24-row step take about two thirds of a 64-row step's time), so a block that fills a batch pays
+    about what a fixed run pays per case; looking more often would not make the looks more valid (they are valid
+    after every prompt), only costlier.
+    """
+    return max(MIN_SEQUENTIAL_BLOCK, batch_rows // max(1, rows_per_prompt))
 
 
 def stream_indices(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -17,7 +17,7 @@ import pytest
 
 from pytest_steer.model.prompts import prompt_lengths
 from pytest_steer.plan import preflight
-from pytest_steer.plan.batches import planned_batch_size, stream_indices
+from pytest_steer.plan.batches import planned_batch_size, sequential_block_size, stream_indices
 from pytest_steer.plan.cases import Case, SteeringConfig, build_cases, steering_configs
 from pytest_steer.plan.choice import MIN_PART, ChoicePlan, auto_parameter, choice_grid, given_split, split_prompts
 from pytest_steer.plan.data import DatasetError, PromptRow, Selection, load_rows, select
@@ -39,6 +39,7 @@ class Plan:
     cases: list[Case]
     batches: dict[str, list[list[str]]]  # group of configs ("baseline+pasta_alpha10") -> its batches, as case ids
     blocks: tuple[tuple[str, ...], ...] = ()  # --steer-sequential: the prompt keys of each block, in generation order
+    block_size: int = 0  # --steer-sequential: prompts per block (the last may hold fewer)
     choice: ChoicePlan | None = None  # a run that chooses a strength (auto): its grid and its prompts' two parts
 
     def work_units(self) -> dict[str, str]:
@@ -165,16 +166,18 @@ def plan_cases(
             cases = build_cases(rows, configs, trials=settings.trials, seed=settings.seed, highlight=settings.highlight)
         lengths = {row.key: length for row, length in zip(rows, prompt_tokens)}
         blocks: tuple[tuple[str, ...], ...] = ()
+        block_size = 0
         if choice is not None:
             cases, phases = choice_cases(cases, choice)
             return Plan(configs, cases, plan_batches(cases, lengths, settings, phases, methods), choice=choice)
         if settings.sequential:
             from pytest_steer.stats.eprocess import prompt_blocks  # why: imports numpy; this module loads with the plugin
 
-            blocks = tuple(tuple(block) for block in prompt_blocks([row.key for row in rows], settings.sequential_block, settings.seed))
+            block_size = settings.sequential_block or sequential_block_size(batch_rows(settings), len(configs) * settings.trials)
+            blocks = tuple(tuple(block) for block in prompt_blocks([row.key for row in rows], block_size, settings.seed))
             block_of = {key: index for index, block in enumerate(blocks) for key in block}
             cases = sorted(cases, key=lambda case: block_of[case.row.key])  # stable: config-major within a block
-        return Plan(configs, cases, plan_batches(cases, lengths, settings, blocks, methods), blocks)
+        return Plan(configs, cases, plan_batches(cases, lengths, settings, blocks, methods), blocks, block_size=block_size)
     except (DatasetError, HubUnavailableError, ModelLoadError, SteeringError, ValueError) as exc:
         raise pytest.Collector.CollectError(f"pytest-steer: {exc}") from None
 
@@ -300,6 +303,13 @@ def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | 
     return [lengths[i] for i in range(len(prompts))]
 
 
+def batch_rows(settings: SteerSettings) -> int:
+    """Rows of a planned generation batch: ``--steer-batch-size``, else the device's planned size."""
+    from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
+
+    return settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
+
+
 def plan_batches(
     cases: list[Case],
     lengths: Mapping[str, int],
@@ -318,10 +328,8 @@ def plan_batches(
     spans two blocks (a block's rows of every config run together), so generation can stop after any block; the
     rows of a config the looks stopped leave its batches (``CaseRunner.record``).
     """
-    from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
-
     methods = methods if methods is not None else method_registry()
-    size = settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
+    size = batch_rows(settings)
     block_of = {key: index for index, block in enumerate(blocks) for key in block}
     configs = list(dict.fromkeys(case.config for case in cases))
     shared = {c.name for c in configs if c.method is None or (c.method in methods and shares_batches(methods[c.method]))}

@@ -175,7 +175,8 @@ def compare_fail(text: str) -> str:
     return text
 
 
-def batch_size(text: str) -> int | None:
+def positive_int_or_auto(text: str) -> int | None:
+    """A positive integer, or ``auto`` (None): the run sizes it."""
     if text == "auto":
         return None
     value = whole_number(text, "auto or a positive integer")

@@ -71,7 +71,7 @@ class SteerSettings:
     fail_if: tuple[str, ...] = ()
     gate_correction: str = "holm"
     sequential: bool = False
-    sequential_block: int = 8
+    sequential_block: int | None = None  # auto: a block fills one generation batch
     sequential_quality_clip: float = 1.0
     max_errors: float = 0
     min_prompts: int = 10
@@ -197,7 +197,11 @@ OPTIONS: tuple[Option, ...] = (
         parse=values.choice(*COMPILE_MODES),
         metavar="MODE",
     ),
-    Option("batch_size", "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N", parse=values.batch_size),
+    Option(
+        "batch_size",
+        "generation batch size: auto (64 rows; on a GPU fewer when its free memory needs) or N",
+        parse=values.positive_int_or_auto,
+    ),
     Option(
         "quality",
         f"quality scorer: {QUALITY_FLUENCY} (mean log-likelihood per response token under the unsteered model, nats), {QUALITY_NONE}, or {REWARD_PREFIX}<id or path> (a sequence-classification reward model, e.g. {REWARD_PREFIX}{REFERENCE_REWARD_MODEL})",
@@ -247,9 +251,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "sequential_block",
-        "prompts per block of --steer-sequential: the checks are looked at after each block; no generation batch spans two blocks, so larger blocks batch better (docs/gates.md)",
-        parse=values.positive_int,
-        metavar="N",
+        "prompts per block of --steer-sequential: the checks are looked at after each block, and no generation batch spans two blocks; auto (default): as many prompts as fill one batch with all their configs and trials, at least 8 (docs/gates.md)",
+        parse=values.positive_int_or_auto,
     ),
     Option(
         "sequential_quality_clip",

@@ -26,8 +26,9 @@ from pytest_steer.stats.levels import CONFIDENCE, one_sided_error
 from pytest_steer.stats.sequential import SequentialSettings, aggregates_over, check_streams
 
 
-def sequential_settings(settings: SteerSettings) -> SequentialSettings:
-    return SequentialSettings(seed=settings.seed, block_size=settings.sequential_block, quality_clip=settings.sequential_quality_clip)
+def sequential_settings(settings: SteerSettings, block_size: int) -> SequentialSettings:
+    """The looks' settings; ``block_size``: the plan's prompts per block (``--steer-sequential-block``, or auto's)."""
+    return SequentialSettings(seed=settings.seed, block_size=block_size, quality_clip=settings.sequential_quality_clip)
 
 
 class LooksHalted(Exception):
@@ -45,9 +46,10 @@ class SequentialStop:
     the first look that leaves no open check reading it (:func:`pytest_steer.stats.eprocess.decide_looks`).
     """
 
-    def __init__(self, settings: SteerSettings, blocks: Sequence[Sequence[str]], max_instructions: int) -> None:
+    def __init__(self, settings: SteerSettings, blocks: Sequence[Sequence[str]], block_size: int, max_instructions: int) -> None:
         self.settings = settings
         self.blocks = [list(block) for block in blocks]
+        self.block_size = block_size
         self.max_instructions = max_instructions  # of every prompt in the blocks: scales instruction accuracy alike at every look
         self._block_of = {key: index for index, block in enumerate(self.blocks) for key in block}
         self.looked = 0  # blocks looked at so far
@@ -111,7 +113,7 @@ class SequentialStop:
     def _look(self, records: Sequence[Mapping[str, Any]]) -> None:
         self.looked += 1
         looked = self.blocks[: self.looked]
-        s, sequential = self.settings, sequential_settings(self.settings)
+        s, sequential = self.settings, sequential_settings(self.settings, self.block_size)
         aggregates = aggregates_over(records, seed=s.seed, confidence=CONFIDENCE)({key for block in looked for key in block}, {})
         streams = check_streams(s.gate, s.fail_if, aggregates, quality_clip=sequential.quality_clip, max_instructions=self.max_instructions)
         looks = decide_looks(

@@ -228,14 +228,13 @@ class SteerSession:
         )
 
     def settle(self) -> None:
-        """After the test loop of a process that loaded a model, put the objects alive now out of the
-        garbage collector's sight (``gc.freeze``): the imports of torch and transformers leave some
-        360,000 long-lived objects, every full collection walks them all (0.2 s on a 2-core CPU),
-        and pytest runs several as it exits."""
+        """After the test loop of a process that ran cases, put the objects alive now out of the garbage
+        collector's sight (``gc.freeze``): the import of torch (and transformers, when a model loaded) leaves
+        hundreds of thousands of long-lived objects, every full collection walks them all (0.2 s on a
+        2-core CPU), and pytest runs several as it exits, also after a rerun served from the cache."""
         if "runner" in vars(self):
             self.runner.store_throughput()
-            if self.runner.model_loaded:
-                gc.freeze()
+            gc.freeze()
 
     def receive(self, record: Mapping[str, Any], nodeid: str) -> None:
         """A record as a test report carries it (a dict, from an xdist worker too)."""
@@ -324,7 +323,7 @@ class SteerSession:
             return None
         from pytest_steer.run.looks import SequentialStop  # why: imports numpy; this module loads with the plugin
 
-        return SequentialStop(self.settings, self.plan.blocks, self._max_instructions)
+        return SequentialStop(self.settings, self.plan.blocks, self.plan.block_size, self._max_instructions)
 
     @property
     def _max_instructions(self) -> int:
@@ -385,7 +384,7 @@ class SteerSession:
             aggregates_over(records, seed=s.seed, confidence=CONFIDENCE),
             s.gate,
             s.fail_if,
-            sequential_settings(s),
+            sequential_settings(s, self.plan.block_size),
             max_errors=error_budget(s.max_errors),
             min_prompts=s.min_prompts,
             correction=s.gate_correction,

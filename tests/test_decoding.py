@@ -98,7 +98,8 @@ def test_trials_of_one_prompt_share_its_prefill_and_keep_their_own_samples(loade
         together = engine.generate(requests)
     finally:
         handle.remove()
-    assert calls[0][0] == 2  # one prefill row per distinct prompt
+    assert calls[0] == (1, len(engine.template))  # the chat template's prefix, once (pytest_steer.engine.prefix)
+    assert calls[1][0] == 2  # then one prefill row per distinct prompt
     assert together == [engine.generate([request])[0] for request in requests]
     assert len({g.text for g in together[:3]}) > 1
 

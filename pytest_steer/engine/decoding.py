@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol, overload
 import torch
 
 from pytest_steer.engine.kv_cache import CacheKind, advance, row_cache
+from pytest_steer.engine.prefix import SharedPrefix, fill_prefix
 from pytest_steer.steering.errors import UnsupportedModelError
 
 # (scores of the running rows, their seeds, the step: one, or each row's own) -> the next token of each row
@@ -146,8 +147,12 @@ class DecodeSteps(Protocol):
 
     step_forward: Callable[..., Any] | None  # what ``model(...)`` runs for the steps; None: the model's own forward
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None) -> torch.Tensor:
-        """Run the left-padded prompts into the cache, then show it to ``prefilled``; each prompt's next-token logits."""
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None, prefix: SharedPrefix | None = None
+    ) -> torch.Tensor:
+        """Run the left-padded prompts into the cache, then show it to ``prefilled``; each prompt's next-token logits.
+        ``prefix``: keys and values every prompt starts with, computed once (:mod:`pytest_steer.engine.prefix`), which
+        the kinds that can start a cache with them write instead of recomputing."""
         ...
 
     def fan_out(self, prompt_of_row: torch.Tensor) -> None:
@@ -177,7 +182,10 @@ class _Steps:
         self.cache_name = cache_argument(model)
         self.forward_parameters = forward_parameters(model)
 
-    def _run_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_mask: torch.Tensor, **extra: Any) -> torch.Tensor:
+    def _run_prompts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_mask: torch.Tensor, skip: int = 0, **extra: Any
+    ) -> torch.Tensor:
+        """The prompts' forward over their columns from ``skip`` (the cache holds the columns before it)."""
         self.attention_mask = attention_mask
         self.keys = input_ids.shape[1]  # the keys the next step sees
         self.positions = attention_mask.long().cumsum(-1) - 1
@@ -185,9 +193,9 @@ class _Steps:
         if "logits_to_keep" in self.forward_parameters:
             extra = {"logits_to_keep": 1, **extra}
         out = self.model(
-            input_ids=input_ids,
+            input_ids=input_ids[:, skip:],
             attention_mask=prompt_mask,
-            position_ids=self.positions,
+            position_ids=self.positions[:, skip:],
             use_cache=True,
             **{self.cache_name: self.cache},
             **extra,
@@ -198,8 +206,16 @@ class _Steps:
 class _ShrinkingSteps(_Steps, abc.ABC):
     """Steps whose batch holds the running rows only: a row that ends leaves the batch and the cache."""
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None) -> torch.Tensor:
-        logits = self._run_prompts(input_ids, attention_mask, attention_mask)
+    starts_with_prefix = False  # whether its cache can begin with a shared prefix's keys and values
+
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None, prefix: SharedPrefix | None = None
+    ) -> torch.Tensor:
+        skip = 0
+        if prefix is not None and self.starts_with_prefix:
+            fill_prefix(self.cache, prefix, attention_mask)
+            skip = prefix.length
+        logits = self._run_prompts(input_ids, attention_mask, attention_mask, skip)
         if prefilled is not None:
             prefilled(self.cache)
         return logits
@@ -246,6 +262,8 @@ class PreallocatedSteps(_ShrinkingSteps):
     """The default cache: one additive mask for every step, of which a step sees its first ``keys`` columns;
     rows that end are replaced by rows from the end of the batch."""
 
+    starts_with_prefix = True
+
     def _step_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
         return padding_bias(attention_mask, self.capacity, self.model.dtype)
 
@@ -283,7 +301,9 @@ class FixedShapeSteps(_Steps):
         # transformers 5.0 reads a forward's slots from cache_position, else from the cache's length (a number a graph would bake in)
         self.slot_argument = "cache_position" in self.forward_parameters
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None) -> torch.Tensor:
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefilled: Prefilled | None, prefix: SharedPrefix | None = None
+    ) -> torch.Tensor:
         extra = {"cache_position": torch.arange(input_ids.shape[1], device=input_ids.device)} if self.slot_argument else {}
         logits = self._run_prompts(input_ids, attention_mask, prefill_mask(attention_mask, self.capacity, self.model.dtype), **extra)
         advance(self.cache, input_ids.shape[1])
@@ -347,7 +367,7 @@ def decode(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_of_row: torch.Tensor, seeds: torch.Tensor, *,
     max_new_tokens: int, eos_ids: Collection[int], choose: ChooseToken, rows_changed: RowsChanged | None = None,
     prefilled: Prefilled | None = None, logprobs: Literal[False] = False, step_forward: Callable[..., Any] | None = None,
-    fixed_shape: bool = False,
+    fixed_shape: bool = False, prefix: SharedPrefix | None = None,
 ) -> list[list[int]]: ...  # fmt: skip
 
 
@@ -356,7 +376,7 @@ def decode(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_of_row: torch.Tensor, seeds: torch.Tensor, *,
     max_new_tokens: int, eos_ids: Collection[int], choose: ChooseToken, rows_changed: RowsChanged | None = None,
     prefilled: Prefilled | None = None, logprobs: Literal[True], step_forward: Callable[..., Any] | None = None,
-    fixed_shape: bool = False,
+    fixed_shape: bool = False, prefix: SharedPrefix | None = None,
 ) -> tuple[list[list[int]], list[list[float]]]: ...  # fmt: skip
 
 
@@ -375,6 +395,7 @@ def decode(
     logprobs: bool = False,
     step_forward: Callable[..., Any] | None = None,
     fixed_shape: bool = False,
+    prefix: SharedPrefix | None = None,
 ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """New tokens of each response row, up to and including its first end-of-sequence token.
 
@@ -385,7 +406,8 @@ def decode(
     selected into response rows. With ``logprobs``, also each chosen token's log
     probability under the model's raw (temperature 1) distribution. ``step_forward``
     (the model's forward, compiled) runs the decode steps on a fixed-shape cache;
-    ``fixed_shape`` runs them so without one. The tokens are the same either way.
+    ``fixed_shape`` runs them so without one. The tokens are the same either way. ``prefix``: the keys and values
+    every prompt starts with, computed once, where the cache can start with them.
     """
     device = input_ids.device
     steps = decode_steps(
@@ -394,7 +416,7 @@ def decode(
     )  # fmt: skip
     prompt_of_row = prompt_of_row.to(device)
     with contiguous_head_input(model):  # the steps' inputs are contiguous already
-        scores = steps.prefill(input_ids, attention_mask, prefilled)[prompt_of_row]
+        scores = steps.prefill(input_ids, attention_mask, prefilled, prefix)[prompt_of_row]
     steps.fan_out(prompt_of_row)
     seeds = seeds.to(device)
     eos = torch.tensor(sorted(eos_ids), device=device)

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from pytest_steer.engine.decoding import decode
+from pytest_steer.engine.decoding import cache_argument, decode
+from pytest_steer.engine.prefix import MIN_SHARED_TOKENS, SharedPrefix, prefill_prefix, shared_tokens
 from pytest_steer.engine.sampling import RowSampler, greedy
 from pytest_steer.engine.stream import decode_stream, supports_streams
 from pytest_steer.model.loading import LoadedModel
-from pytest_steer.model.prompts import prompt_lengths, render_prompt
+from pytest_steer.model.prompts import prompt_lengths, render_prompt, template_prefix
 from pytest_steer.plan.batches import MAX_BATCH_SIZE
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
 from pytest_steer.steering.method import PreparedPrompt, PromptBatch, SteeringMethod, steers_the_model
@@ -117,7 +118,9 @@ class Engine:
     computes (a steered head set), the first time that shape or configuration runs.
     """
 
-    def __init__(self, loaded: LoadedModel, settings: GenerationSettings, *, compile_mode: str | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, settings: GenerationSettings, *, compile_mode: str | None = None, share_prefix: bool = True
+    ) -> None:
         self.loaded = loaded
         self.settings = settings
         self.step_forward = None if compile_mode is None else compiled_forward(loaded.model, compile_mode)
@@ -125,6 +128,8 @@ class Engine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else loaded.tokenizer.eos_token_id])
         self.choose = greedy if settings.greedy else RowSampler(settings.temperature, settings.top_p)
         self._stream_support: bool | None = None
+        # the chat template's leading tokens, prefilled once per batch (pytest_steer.engine.prefix); () shares none
+        self.template = template_prefix(loaded.tokenizer) if share_prefix else ()
 
     def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
         return prompt_lengths(self.loaded.tokenizer, prompts)
@@ -180,16 +185,20 @@ class Engine:
 
         prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, [list(h) for _, h, _ in distinct])
         with torch.inference_mode(), shared_kernels(model), contextlib.ExitStack() as stack:  # the same kernels, steered or not
+            streams = slots is not None and len(rows) > slots
+            prefix = None if streams or self.step_forward is not None else self._prefix(batch)  # unsteered: before the blocks
             with warnings.catch_warnings():  # the runner reports missing highlights per case, by prompt key
                 warnings.simplefilter("ignore", SteeringWarning)
                 steered = [stack.enter_context(block) for block in steering_blocks(distinct, prompt_batch)]
             missing = [[span for block in steered for span in block.missing[i]] for i in range(len(distinct))]
+            if prefix is not None:
+                prefix = prefix.cut(min([prefix.length, *(min(unsteered_tokens(block, len(distinct))) for block in steered)]))
 
             def select_rows(prompt_rows: torch.Tensor) -> None:
                 for block in steered:
                     block.select_rows(prompt_rows)
 
-            if slots is not None and len(rows) > slots:
+            if streams:
                 tokens, log_probs = decode_stream(
                     model, batch["input_ids"], batch["attention_mask"], prompt_of_row, seeds, slots=slots,
                     max_new_tokens=self.settings.max_new_tokens, eos_ids=self.eos_ids, choose=self.choose,
@@ -199,7 +208,7 @@ class Engine:
             else:
                 decoded = self._decode(
                     batch, prompt_of_row, seeds, select_rows if steered else None, logprobs=bool(baseline),
-                    prefilled=keep_prefills if baseline else None,
+                    prefilled=keep_prefills if baseline else None, prefix=prefix,
                 )  # fmt: skip
                 tokens, log_probs = decoded if baseline else (decoded, None)
         generations = []
@@ -217,6 +226,13 @@ class Engine:
             )
         return generations
 
+    def _prefix(self, batch: Any) -> SharedPrefix | None:
+        """The unsteered keys and values of the template tokens every prompt of ``batch`` starts with, if enough do."""
+        tokens = shared_tokens(batch["input_ids"], batch["attention_mask"], self.template)
+        if tokens < MIN_SHARED_TOKENS:
+            return None
+        return prefill_prefix(self.loaded.model, self.template[:tokens], cache_argument(self.loaded.model))
+
     def _streams(self) -> bool:
         """Whether this engine runs more rows than slots as a stream (else in batches of slots)."""
         if self._stream_support is None:
@@ -232,6 +248,7 @@ class Engine:
         *,
         logprobs: bool = False,
         prefilled: Any = None,
+        prefix: SharedPrefix | None = None,
     ) -> Any:
         # every (batch shape, steered head set) is one compiled step; past torch's default of 8 it would run uncompiled
         limit = contextlib.nullcontext() if self.step_forward is None else torch._dynamo.config.patch(recompile_limit=COMPILED_STEPS)
@@ -249,6 +266,7 @@ class Engine:
                 logprobs=logprobs,
                 prefilled=prefilled,
                 step_forward=self.step_forward,
+                prefix=prefix,
             )
 
 
@@ -257,6 +275,13 @@ def compiled_forward(model: Any, mode: str) -> Any:
     with warnings.catch_warnings():  # torch's compiler imports a deprecated API of torch's own
         warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
         return torch.compile(model.forward, mode=mode, dynamic=False)
+
+
+def unsteered_tokens(block: Any, rows: int) -> list[int]:
+    """Per prompt row, the first tokens a steering block leaves unsteered (none where the block does not say)."""
+    says = getattr(block, "unsteered_tokens", None)
+    counts = says() if callable(says) else None
+    return [0] * rows if counts is None else list(counts)
 
 
 def steering_blocks(distinct: Sequence[tuple[str, Any, SteeringMethod | None]], batch: PromptBatch) -> list[Any]:

@@ -70,6 +70,15 @@ def _layer_classes() -> tuple[type, type, type]:
             self.keys, self.values = self._keys[: self.rows, :, :end], self._values[: self.rows, :, :end]
             return self.keys, self.values
 
+        def start_from(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            """Begin, before any forward, with these (rows, kv heads, n, head dim) keys and values as the first n columns."""
+            self.length = 0
+            self.lazy_initialization(keys, values)
+            self.length = keys.shape[-2]
+            self._keys[:, :, : self.length] = keys
+            self._values[:, :, : self.length] = values
+            self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+
         def get_mask_sizes(self, query: int | torch.Tensor) -> tuple[int, int]:
             # the query's length (transformers 5.0 passes the query's cache positions instead)
             query_length = query if isinstance(query, int) else query.shape[0]

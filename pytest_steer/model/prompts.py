@@ -13,6 +13,18 @@ def render_prompt(tokenizer: Any, prompt: str) -> str:
     return prompt
 
 
+def template_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens every templated prompt starts with, whatever its text: the chat template's system prompt and the
+    user turn's opening, as this tokenizer splits them; empty without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ()
+    first, second = (tokenizer(render_prompt(tokenizer, text), add_special_tokens=False)["input_ids"] for text in ("A", "Z"))
+    shared = 0
+    while shared < min(len(first), len(second)) and first[shared] == second[shared]:
+        shared += 1
+    return tuple(first[:shared])
+
+
 def prompt_lengths(tokenizer: Any, prompts: Sequence[str]) -> list[int]:
     """Each prompt's length in tokens as the model receives it (chat template applied)."""
     texts = [render_prompt(tokenizer, p) for p in prompts]

@@ -70,6 +70,13 @@ class SteeredBatch:
         prompt row indices, repeats allowed). A method that keeps per-row state indexes it
         here; this one keeps none."""
 
+    def unsteered_tokens(self) -> list[int] | None:
+        """Per prompt row, how many of its first real tokens keep, under this block, the keys and values the
+        unsteered model gives them, so that the engine may compute the prefix the batch's prompts share once,
+        unsteered (:mod:`pytest_steer.engine.prefix`). None (the default, also for a block without this method):
+        any token may be steered, and every prompt is prefilled whole."""
+        return None
+
 
 class SteeringMethod:
     """Base class of steering methods: by default, it changes nothing.

@@ -185,6 +185,7 @@ class PASTA(SteeringMethod):
             spans=spans,
             missing=missing,
             key_bias=key_bias,
+            real=attention_mask.bool(),
             _model=model,
             _attention=attention,
             _bias=PromptKeyBias(key_bias, input_ids, {layer: (heads,) * rows for layer, heads in layer_heads.items()}, num_heads),
@@ -217,7 +218,7 @@ class PASTA(SteeringMethod):
                 for row in prompt_rows:
                     per_row[row] = heads
         bias = PromptKeyBias(key_bias, input_ids, {layer: tuple(heads) for layer, heads in row_heads.items()}, num_heads)
-        return SteeredRun(spans=spans, missing=missing, key_bias=key_bias, _model=model, _attention=attention, _bias=bias)
+        return SteeredRun(spans=spans, missing=missing, key_bias=key_bias, real=real, _model=model, _attention=attention, _bias=bias)
 
 
 def _locate(
@@ -269,6 +270,7 @@ class SteeredRun:
     spans: list[list[TokenSpan]]  # per row: [start, end) token spans found, in padded positions
     missing: list[list[str]]  # per row: substrings not found
     key_bias: torch.Tensor  # (batch, prompt_length): logit bias of each prompt key on steered heads
+    real: torch.Tensor  # (batch, prompt_length): the rows' real (unpadded) prompt keys
     _model: nn.Module = field(repr=False)
     _attention: list[nn.Module] = field(repr=False)
     _bias: PromptKeyBias = field(repr=False)
@@ -280,6 +282,15 @@ class SteeredRun:
     def select_rows(self, prompt_rows: torch.Tensor) -> None:
         """The forwards that follow run these prompt rows (see ``SteeredBatch.select_rows``)."""
         self._bias.select_rows(prompt_rows)
+
+    def unsteered_tokens(self) -> list[int]:
+        """Per prompt row, its tokens before the first key whose bias differs from its first real key's: a query
+        before that key sees one bias on every key it attends to, which the softmax cancels (the chat template's
+        prefix, under ``include``, unless a highlight lies in it)."""
+        first = self.real.int().argmax(dim=1)
+        differs = self.real & (self.key_bias != self.key_bias.gather(1, first[:, None]))
+        end = torch.where(differs.any(dim=1), differs.int().argmax(dim=1), self.real.shape[1])
+        return (end - first).tolist()
 
     def __enter__(self) -> SteeredRun:
         if self._model in _STEERED_MODELS:

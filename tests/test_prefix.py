@@ -10,7 +10,7 @@ import torch
 
 from pytest_steer.engine import decoding
 from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
-from pytest_steer.engine.prefix import MIN_SHARED_TOKENS, SharedPrefix, shared_tokens
+from pytest_steer.engine.prefix import SharedPrefix, shared_tokens
 from pytest_steer.model.loading import load_model
 from pytest_steer.model.prompts import template_prefix
 from pytest_steer.steering import PASTA
@@ -59,14 +59,6 @@ def test_shared_tokens_count_what_every_left_padded_row_starts_with() -> None:
     assert shared_tokens(ids, mask, (3,)) == 0
 
 
-def test_a_prefix_cut_below_the_minimum_is_none() -> None:
-    layer = (torch.zeros(1, 2, 20, 4), torch.zeros(1, 2, 20, 4))
-    prefix = SharedPrefix((layer,))
-    assert prefix.cut(25) is prefix
-    assert prefix.cut(MIN_SHARED_TOKENS).length == MIN_SHARED_TOKENS
-    assert prefix.cut(MIN_SHARED_TOKENS - 1) is None
-
-
 @pytest.mark.parametrize("greedy", [True, False])
 def test_a_shared_prefix_changes_no_response(tiny_checkpoint: Path, greedy: bool, shared: list[int]) -> None:
     sharing, whole = engines(tiny_checkpoint, greedy)
@@ -98,7 +90,7 @@ def test_a_shared_prefix_changes_no_response(tiny_checkpoint: Path, greedy: bool
 
 def test_no_prefix_is_shared_past_a_steered_token(tiny_checkpoint: Path, shared: list[int]) -> None:
     """A highlight inside the system prompt steers every query after it: the prefix stops before it (here below
-    the minimum, so nothing is shared), and the responses are those of whole prefills."""
+    the minimum, so nothing is shared, not even computed), and the responses are those of whole prefills."""
     sharing, whole = engines(tiny_checkpoint, greedy=True)
     requests = [GenerationRequest(PROMPTS[0], 1), GenerationRequest(PROMPTS[0], 1, ("helpful AI assistant",), PASTA([0, 1], 10.0))]
     with_prefix = sharing.generate(requests)

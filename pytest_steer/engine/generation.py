@@ -186,13 +186,13 @@ class Engine:
         prompt_batch = PromptBatch(model, tokenizer, batch["input_ids"], batch["attention_mask"], texts, [list(h) for _, h, _ in distinct])
         with torch.inference_mode(), shared_kernels(model), contextlib.ExitStack() as stack:  # the same kernels, steered or not
             streams = slots is not None and len(rows) > slots
-            prefix = None if streams or self.step_forward is not None else self._prefix(batch)  # unsteered: before the blocks
             with warnings.catch_warnings():  # the runner reports missing highlights per case, by prompt key
                 warnings.simplefilter("ignore", SteeringWarning)
-                steered = [stack.enter_context(block) for block in steering_blocks(distinct, prompt_batch)]
+                blocks = steering_blocks(distinct, prompt_batch)
+                # the shared prefix runs unsteered, so before the blocks are entered
+                prefix = None if streams or self.step_forward is not None else self._prefix(batch, blocks)
+                steered = [stack.enter_context(block) for block in blocks]
             missing = [[span for block in steered for span in block.missing[i]] for i in range(len(distinct))]
-            if prefix is not None:
-                prefix = prefix.cut(min([prefix.length, *(min(unsteered_tokens(block, len(distinct))) for block in steered)]))
 
             def select_rows(prompt_rows: torch.Tensor) -> None:
                 for block in steered:
@@ -226,9 +226,13 @@ class Engine:
             )
         return generations
 
-    def _prefix(self, batch: Any) -> SharedPrefix | None:
-        """The unsteered keys and values of the template tokens every prompt of ``batch`` starts with, if enough do."""
-        tokens = shared_tokens(batch["input_ids"], batch["attention_mask"], self.template)
+    def _prefix(self, batch: Any, blocks: Sequence[Any]) -> SharedPrefix | None:
+        """The unsteered keys and values of the template tokens every prompt of ``batch`` starts with and no steering
+        block steers, if enough are."""
+        rows = batch["input_ids"].shape[0]
+        tokens = min(
+            [shared_tokens(batch["input_ids"], batch["attention_mask"], self.template)] + [min(unsteered_tokens(b, rows)) for b in blocks]
+        )
         if tokens < MIN_SHARED_TOKENS:
             return None
         return prefill_prefix(self.loaded.model, self.template[:tokens], cache_argument(self.loaded.model))
@@ -278,7 +282,8 @@ def compiled_forward(model: Any, mode: str) -> Any:
 
 
 def unsteered_tokens(block: Any, rows: int) -> list[int]:
-    """Per prompt row, the first tokens a steering block leaves unsteered (none where the block does not say)."""
+    """Per prompt row, the first tokens a steering block leaves unsteered (none where the block does not say, or
+    says it only once entered)."""
     says = getattr(block, "unsteered_tokens", None)
     counts = says() if callable(says) else None
     return [0] * rows if counts is None else list(counts)

@@ -9,7 +9,7 @@ before the prefix's end hold its padding, then as much of the prefix as fits; th
 recomputes the rest of a shorter row's prefix, which changes nothing.
 
 A steered row shares the prefix only as far as its steering leaves it as the unsteered model
-computes it: the steering block says how far (``unsteered_tokens``, see
+computes it: the steering block says how far, before it is entered (``unsteered_tokens``, see
 :class:`pytest_steer.steering.method.SteeredBatch`); a block that does not say shares none.
 """
 
@@ -35,14 +35,6 @@ class SharedPrefix:
     @property
     def length(self) -> int:
         return self.layers[0][0].shape[-2]
-
-    def cut(self, tokens: int) -> SharedPrefix | None:
-        """The first ``tokens`` of it (attention is causal, so they do not depend on the rest); None below the minimum."""
-        if tokens < MIN_SHARED_TOKENS:
-            return None
-        if tokens >= self.length:
-            return self
-        return SharedPrefix(tuple((keys[:, :, :tokens], values[:, :, :tokens]) for keys, values in self.layers))
 
 
 def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: Sequence[int]) -> int:

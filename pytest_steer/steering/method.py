@@ -73,8 +73,9 @@ class SteeredBatch:
     def unsteered_tokens(self) -> list[int] | None:
         """Per prompt row, how many of its first real tokens keep, under this block, the keys and values the
         unsteered model gives them, so that the engine may compute the prefix the batch's prompts share once,
-        unsteered (:mod:`pytest_steer.engine.prefix`). None (the default, also for a block without this method):
-        any token may be steered, and every prompt is prefilled whole."""
+        unsteered (:mod:`pytest_steer.engine.prefix`). The engine asks the object ``steer`` or ``steer_together``
+        returns, before entering it. None (the default, also for a block without this method): any token may be
+        steered, and every prompt is prefilled whole."""
         return None
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from pytest_steer.model.prompts import prompt_lengths
 from pytest_steer.plan import preflight
-from pytest_steer.plan.batches import planned_batch_size, sequential_block_size, stream_indices
+from pytest_steer.plan.batches import running_rows, sequential_block_size, stream_indices
 from pytest_steer.plan.cases import Case, SteeringConfig, build_cases, steering_configs
 from pytest_steer.plan.choice import MIN_PART, ChoicePlan, auto_parameter, choice_grid, given_split, split_prompts
 from pytest_steer.plan.data import DatasetError, PromptRow, Selection, load_rows, select
@@ -307,7 +307,7 @@ def batch_rows(settings: SteerSettings) -> int:
     """Rows of a planned generation batch: ``--steer-batch-size``, else the device's planned size."""
     from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
 
-    return settings.batch_size or planned_batch_size(resolve_device(settings.device).type)
+    return running_rows(resolve_device(settings.device).type, settings.batch_size)
 
 
 def plan_batches(

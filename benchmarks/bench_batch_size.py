@@ -14,7 +14,8 @@ import argparse
 import statistics
 import time
 
-from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.engine.generation import Engine
+from pytest_steer.engine.requests import GenerationRequest, GenerationSettings
 from pytest_steer.model.loading import load_model
 from pytest_steer.plan.batches import CPU_BATCH_SIZE, batch_indices
 from pytest_steer.plan.cases import build_cases, steering_configs

@@ -31,7 +31,8 @@ import torch
 from tables import print_table  # benchmarks/tables.py, beside this script
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from pytest_steer.engine.generation import Engine, Generation, GenerationRequest, GenerationSettings
+from pytest_steer.engine.generation import Engine
+from pytest_steer.engine.requests import Generation, GenerationRequest, GenerationSettings
 from pytest_steer.engine.sampling import RowSampler
 from pytest_steer.model.loading import load_model
 from pytest_steer.model.prompts import render_prompt

@@ -30,7 +30,8 @@ import torch
 from tables import print_table  # benchmarks/tables.py, beside this script
 from torch import nn
 
-from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.engine.generation import Engine
+from pytest_steer.engine.requests import GenerationRequest, GenerationSettings
 from pytest_steer.model.loading import LoadedModel, load_model
 from pytest_steer.plan.cases import build_cases, steering_configs
 from pytest_steer.plan.data import load_rows

@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="--steer-device of the runs; the step bound is measured on a CPU only")
     args = parser.parse_args()
 
-    device = torch.device("cuda" if args.device.startswith("cuda") else args.device)
-    choice = choose_format(device)
+    device_type = "cuda" if args.device.startswith("cuda") else args.device
+    choice = choose_format(device_type)
     print(f"CPU flags found: {', '.join(cpu_features()) or 'none of those looked for'}; torch threads {torch.get_num_threads()}")
     print(f"--steer-dtype auto here: {choice.dtype} ({choice.reason})")
     work = ["--steer-limit", str(args.prompts), "--steer-alpha", "10", "--steer-method", "emphasis", "--steer-device", args.device]
@@ -95,11 +95,11 @@ def main() -> None:
         for dtype in args.dtypes.split(","):
             resolved = choice.dtype if dtype == "auto" else dtype
             common = [*work, "--steer-dtype", resolved]
-            bounds = [step_bound(resolved, mean_context)] if device.type == "cpu" else []
+            bounds = [step_bound(resolved, mean_context)] if device_type == "cpu" else []
             full, full_results = run(
                 [*common, "--steer-quality", "none", "--steer-max-new-tokens", str(args.new_tokens)], Path(scratch, f"{dtype}-full")
             )
-            bounds += [step_bound(resolved, mean_context)] if device.type == "cpu" else []
+            bounds += [step_bound(resolved, mean_context)] if device_type == "cpu" else []
             one, _ = run([*common, "--steer-quality", "none", "--steer-max-new-tokens", "1"], Path(scratch, f"{dtype}-one"))
             cases, tokens = generated(full_results)
             decode = (tokens - cases) / (full - one)
@@ -110,7 +110,7 @@ def main() -> None:
                 (label, "run at 1 new token", f"{one:.1f} s"),
                 (label, "decode tokens/s over the run", f"{decode:.0f}"),
             ]
-            if device.type == "cpu":
+            if device_type == "cpu":
                 bound = max([*bounds, step_bound(resolved, mean_context)])  # the fastest of before, between and after the runs
                 table += [
                     (label, f"{BOUND_ROWS}-row step bound, tokens/s", f"{bound:.0f} (of {len(bounds) + 1} measures, the highest)"),

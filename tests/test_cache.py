@@ -234,7 +234,8 @@ def test_cache_options_are_parsed(pytester: pytest.Pytester, tmp_path: Path) -> 
 
 def test_a_subset_of_a_batch_generates_the_same_responses(tiny_checkpoint: Path) -> None:
     """What lets the runner generate only the cache misses of a batch."""
-    from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+    from pytest_steer.engine.generation import Engine
+    from pytest_steer.engine.requests import GenerationRequest, GenerationSettings
     from pytest_steer.model.loading import load_model
     from pytest_steer.plan.collection import plan_cases
     from pytest_steer.steering import PASTA
@@ -287,31 +288,37 @@ def test_second_run_of_the_suite_comes_from_the_cache(pytester: pytest.Pytester,
     assert not any(cached for _, cached in one.values()) and all(cached for _, cached in two.values())
 
 
-REFUSE_TRANSFORMERS = """
+REFUSE_TORCH = """
 import sys
 
 
-class RefuseTransformers:
+class RefuseTorch:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "transformers":
+        if name.split(".")[0] in ("torch", "transformers"):
             raise ImportError(f"a fully cached run imported {name}")
 
 
-sys.meta_path.insert(0, RefuseTransformers())
+sys.meta_path.insert(0, RefuseTorch())
 """
 
 
-def test_a_fully_cached_rerun_imports_no_transformers(pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """No tokenizer for planning (prompt lengths are cached too) and no steering self-check: nothing to generate."""
+def test_a_fully_cached_rerun_imports_neither_torch_nor_transformers(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """No tokenizer for planning (prompt lengths are cached too), no steering self-check, no engine: nothing to generate.
+    The device (auto) and dtype (auto) are decided without torch where no GPU driver is on the machine."""
+    from pytest_steer.model.devices import device_type_without_torch
+
+    device = "auto" if device_type_without_torch("auto") == "cpu" else "cpu"
     cache = tmp_path / "cache"
-    assert _suite(pytester, tiny_checkpoint, cache, tmp_path / "r1").ret == 0
-    pytester.makepyfile(refuse_transformers=REFUSE_TRANSFORMERS)
-    second = _suite(pytester, tiny_checkpoint, cache, tmp_path / "r2", "-p", "refuse_transformers")
+    assert _suite(pytester, tiny_checkpoint, cache, tmp_path / "r1", "--steer-device", device).ret == 0
+    pytester.makepyfile(refuse_torch=REFUSE_TORCH)
+    second = _suite(pytester, tiny_checkpoint, cache, tmp_path / "r2", "--steer-device", device, "-p", "refuse_torch")
     assert second.ret == 0, second.stdout.str()
     second.stdout.fnmatch_lines(["responses: 4 of 4 cases from the response cache*"])
-    uncached = _suite(pytester, tiny_checkpoint, tmp_path / "empty", tmp_path / "r3", "-p", "refuse_transformers")
-    assert uncached.ret != 0  # the blocker works: a run with responses to generate needs transformers
-    assert "imported transformers" in uncached.stdout.str()
+    uncached = _suite(pytester, tiny_checkpoint, tmp_path / "empty", tmp_path / "r3", "--steer-device", device, "-p", "refuse_torch")
+    assert uncached.ret != 0  # the blocker works: a run with responses to generate needs torch
+    assert "a fully cached run imported" in uncached.stdout.str()
 
 
 def test_prompt_lengths_come_from_the_cache_until_the_tokenizer_changes(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
@@ -343,14 +350,17 @@ def test_prompt_lengths_come_from_the_cache_until_the_tokenizer_changes(tiny_che
 def test_a_process_that_ran_cases_leaves_its_objects_to_no_exit_collection(
     pytester: pytest.Pytester, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
+    from pytest_steer.model.devices import device_type_without_torch
+
     pytester.makepyfile(gc_report="import gc\n\ndef pytest_unconfigure(config):\n    print('frozen objects:', gc.get_freeze_count())\n")
     generated = _suite(pytester, tiny_checkpoint, tmp_path / "cache", tmp_path / "r1", "-p", "gc_report")
     assert generated.ret == 0, generated.stdout.str()
     assert int(generated.stdout.str().split("frozen objects: ")[1].split()[0]) > 100_000
-    # a rerun served from the cache loads no model, but imports torch to read it: its objects are spared too
+    # a rerun served from the cache imports no torch (where no GPU driver is): it has no heap worth sparing
     cached = _suite(pytester, tiny_checkpoint, tmp_path / "cache", tmp_path / "r2", "-p", "gc_report")
     assert "0 to generate" in cached.stdout.str()
-    assert int(cached.stdout.str().split("frozen objects: ")[1].split()[0]) > 100_000
+    frozen = int(cached.stdout.str().split("frozen objects: ")[1].split()[0])
+    assert frozen == 0 if device_type_without_torch("auto") == "cpu" else frozen > 100_000
 
 
 METHOD_SOURCE = """

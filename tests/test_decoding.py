@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pytest_steer.engine.decoding import cache_argument, compaction, decode
-from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.engine.generation import Engine
 from pytest_steer.engine.kv_cache import CacheKind, row_cache
+from pytest_steer.engine.requests import GenerationRequest, GenerationSettings
 from pytest_steer.engine.sampling import RowSampler, greedy
 from pytest_steer.model.loading import load_model
 from pytest_steer.model.prompts import render_prompt

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.engine.generation import Engine
+from pytest_steer.engine.requests import GenerationRequest, GenerationSettings
 from pytest_steer.engine.sampling import RowSampler, uniform
 from pytest_steer.model.loading import load_model
 from pytest_steer.plan.batches import batch_indices

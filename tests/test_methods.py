@@ -101,8 +101,32 @@ def test_the_registry_holds_the_built_in_methods_and_refuses_bad_ones() -> None:
         method_registry([[Nameless]])
     with pytest.raises(ValueError, match="two steering methods are named 'pasta'"):
         method_registry([[Clash]])
+
+    class Lazy(SteeringMethod):
+        name = "actadd"
+
+    with pytest.raises(ValueError, match="two steering methods are named 'actadd': ActAdd and Lazy"):
+        method_registry([[Lazy]])  # a built-in not imported yet clashes all the same
     with pytest.raises(TypeError, match="return SteeringMethod subclasses"):
         method_registry([[object]])
+
+
+def test_a_built_in_method_is_imported_when_a_run_names_it() -> None:
+    """PASTA's class describes it without torch; ActAdd's module, which loads torch, waits until a run names actadd."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pytest_steer.steering.registry import method_registry\n"
+        "methods = method_registry()\n"
+        "assert 'actadd' in methods and 'pytest_steer.steering.actadd.method' not in sys.modules\n"
+        "pasta = methods['pasta'].create({'alpha': 10.0}, {'model_type': 'llama', 'num_hidden_layers': 4})\n"
+        "assert pasta.params()['alpha'] == 10.0 and 'torch' not in sys.modules, sorted(sys.modules)\n"
+        "assert methods['actadd'].name == 'actadd' and 'torch' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_an_unknown_method_fails_collection_naming_the_known_ones() -> None:

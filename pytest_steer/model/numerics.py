@@ -16,10 +16,9 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from pytest_steer.store.atomic import write_text
 
@@ -27,7 +26,6 @@ BFLOAT16_GAIN = 1.5  # below this, bfloat16's lost precision buys too little spe
 MEASURED_SHAPE = (64, 1024, 2048)  # rows x in x out: a 64-row decode step's projection of a small model
 NUMBER_FORMAT_FILE = "number-format.json"
 CPU_FEATURES = ("avx512_bf16", "amx_bf16", "avx512f", "avx2")  # named in the decision's reason, never used to decide
-DTYPES = (torch.float32, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -58,11 +56,14 @@ class FormatChoice:
         return f"a bfloat16 matmul ran {gain:.2f}x float32's here, {verdict} {BFLOAT16_GAIN}x; CPU flags: {flags}"
 
 
-def choose_format(device: torch.device, directory: Path | None = None) -> FormatChoice:
-    """The format ``auto`` stands for on ``device``: measured on a CPU (read back from ``directory`` when kept there)."""
-    if device.type == "cuda":
+def choose_format(device_type: str, directory: Path | None = None) -> FormatChoice:
+    """The format ``auto`` stands for on a device of this type: measured on a CPU (read back from ``directory`` when kept
+    there, without importing torch)."""
+    if device_type == "cuda":
+        import torch  # why: this module decides a CPU's kept format without torch
+
         return FormatChoice("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
-    if device.type != "cpu":
+    if device_type != "cpu":
         return FormatChoice("float32")
     key = machine_key()
     kept = _read_kept(directory, key)
@@ -78,9 +79,12 @@ def choose_format(device: torch.device, directory: Path | None = None) -> Format
 def measured_choice(repeats: int = 7) -> FormatChoice:
     """Time the measured shape in float32 and bfloat16, alternating (best of ``repeats`` each; tens of milliseconds),
     and choose. Alternating and keeping the best lets a busy machine slow both formats alike."""
+    import torch  # why: this module decides a CPU's kept format without torch
+
     rows, inputs, outputs = MEASURED_SHAPE
-    operands = {dtype: (torch.randn(rows, inputs, dtype=dtype), torch.randn(outputs, inputs, dtype=dtype)) for dtype in DTYPES}
-    best = dict.fromkeys(DTYPES, float("inf"))
+    dtypes = (torch.float32, torch.bfloat16)
+    operands = {dtype: (torch.randn(rows, inputs, dtype=dtype), torch.randn(outputs, inputs, dtype=dtype)) for dtype in dtypes}
+    best = dict.fromkeys(dtypes, float("inf"))
     with torch.inference_mode():
         for x, w in operands.values():
             torch.nn.functional.linear(x, w)  # first call: kernel selection and packing
@@ -119,9 +123,9 @@ def cpu_features() -> tuple[str, ...]:
 
 @functools.cache
 def machine_key() -> str:
-    """The CPU and torch build a decision holds for."""
+    """The CPU and torch build a decision holds for (the installed torch's version, local build label included)."""
     model = _cpuinfo_field("model name") or platform.processor() or platform.machine()
-    return f"{model} | {','.join(cpu_features())} | torch {torch.__version__}"
+    return f"{model} | {','.join(cpu_features())} | torch {metadata.version('torch')}"
 
 
 def _read_kept(directory: Path | None, key: str) -> FormatChoice | None:

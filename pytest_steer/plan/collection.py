@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_steer.model.devices import device_type_without_torch
 from pytest_steer.model.prompts import prompt_lengths
 from pytest_steer.plan import preflight
 from pytest_steer.plan.batches import running_rows, sequential_block_size, stream_indices
@@ -127,7 +128,7 @@ def plan_cases(
     ``methods`` defaults to the built-in ones. Prompt lengths are read from the response
     cache under ``cache_dir`` when it holds them, so a fully cached run loads no tokenizer.
     """
-    from pytest_steer.model.loading import ModelLoadError  # why: imports torch; this module loads with the plugin
+    from pytest_steer.model.loading import ModelLoadError  # why: imports huggingface_hub; this module loads with the plugin
 
     methods = methods if methods is not None else method_registry()
     try:
@@ -202,7 +203,7 @@ class OptionError(ValueError):
 @contextlib.contextmanager
 def naming(option: str) -> Iterator[None]:
     """Put the option's name in front of the errors of library calls made for it."""
-    from pytest_steer.model.loading import ModelLoadError  # why: imports torch; this module loads with the plugin
+    from pytest_steer.model.loading import ModelLoadError  # why: imports huggingface_hub; this module loads with the plugin
 
     try:
         yield
@@ -241,7 +242,7 @@ def check_model(
     """What the model's config.json and tokenizer decide, without its weights: heads, architecture,
     context, and whether each method can steer the run's prompt ``rows``. Returns each prompt's length
     in tokens (in characters when the tokenizer is not at hand)."""
-    # why: imports torch; this module loads with the plugin
+    # why: imports huggingface_hub; this module loads with the plugin
     from pytest_steer.model.loading import (
         EMBEDDED,
         check_model_source,
@@ -284,7 +285,7 @@ def check_model(
 
 def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | None) -> list[int]:
     """Each prompt's length in tokens after the chat template; the tokenizer is loaded only for lengths not cached."""
-    # why: imports torch; this module loads with the plugin
+    # why: imports huggingface_hub; this module loads with the plugin
     from pytest_steer.model.loading import (
         load_tokenizer,
         tokenizer_revision,
@@ -305,9 +306,14 @@ def prompt_token_lengths(model: str, prompts: list[str], cache: ResponseCache | 
 
 def batch_rows(settings: SteerSettings) -> int:
     """Rows of a planned generation batch: ``--steer-batch-size``, else the device's planned size."""
-    from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
+    return running_rows(device_type(settings.device), settings.batch_size)
 
-    return running_rows(resolve_device(settings.device).type, settings.batch_size)
+
+def device_type(spec: str) -> str:
+    """The type of device ``--steer-device spec`` resolves to here; torch is asked only where a GPU may be."""
+    from pytest_steer.model.loading import resolve_device  # why: imports huggingface_hub; this module loads with the plugin
+
+    return device_type_without_torch(spec) or resolve_device(spec).type
 
 
 def plan_batches(

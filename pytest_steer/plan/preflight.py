@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_steer.model.devices import device_type_without_torch
 from pytest_steer.plan.cases import SteeringConfig
 from pytest_steer.plan.option_values import QUALITY_NONE, REWARD_PREFIX, reward_model_alternatives
 from pytest_steer.plan.options import SteerSettings
@@ -144,8 +145,10 @@ def check_context(
 
 
 def check_device(spec: str) -> None:
-    """``--steer-device`` names a device torch has here (``auto`` always does)."""
-    from pytest_steer.model.loading import ModelLoadError, resolve_device  # why: imports torch, which importing this module must not
+    """``--steer-device`` names a device torch has here (``auto`` and ``cpu`` always do, and torch is not asked)."""
+    if device_type_without_torch(spec) == "cpu":
+        return
+    from pytest_steer.model.loading import ModelLoadError, resolve_device  # why: asks torch, which importing this module must not import
 
     try:
         resolve_device(spec)
@@ -154,15 +157,17 @@ def check_device(spec: str) -> None:
 
 
 def check_dtype(spec: str, device: str = "auto") -> None:
-    """``--steer-dtype`` is auto or a supported dtype, and one the device can compute in."""
+    """``--steer-dtype`` is auto or a supported dtype, and one the device can compute in (any on a CPU)."""
     if spec == "auto":  # always valid; deciding it means measuring the CPU, which the worker that loads the model does
         return
-    from pytest_steer.model.loading import (
-        ModelLoadError,
-        resolve_device,
-        resolve_dtype,
-    )  # why: imports torch, which importing this module must not
+    from pytest_steer.model.loading import ModelLoadError, dtype_name, resolve_device, resolve_dtype  # why: as in check_device
 
+    try:
+        dtype_name(spec, "cpu")
+    except ModelLoadError as exc:
+        raise PreflightError(with_option("--steer-dtype", str(exc))) from None
+    if device_type_without_torch(device) == "cpu":
+        return
     try:
         device_type = resolve_device(device)
     except ModelLoadError:

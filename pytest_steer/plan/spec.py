@@ -130,7 +130,7 @@ def quality_spec(settings: SteerSettings) -> dict[str, Any]:
     """The scorer, and for a reward model which weights and how its head is read."""
     if settings.reward_model is None:
         return {"scorer": settings.quality}
-    from pytest_steer.model.loading import source_revision  # why: imports torch, which importing this module must not
+    from pytest_steer.model.loading import source_revision  # why: imports huggingface_hub, which importing this module must not
 
     return {
         "scorer": settings.quality,

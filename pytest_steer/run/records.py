@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from pytest_steer.plan.cases import case_id
+from pytest_steer.plan.cases import Case, case_id
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,23 @@ class CaseRecord:
     highlights: list[str] = field(default_factory=list)  # the spans the case asked steering to emphasize
     device: str | None = None  # the torch device of the process that ran the case
     unsteered: str | None = None  # why the method left this prompt unsteered, known before generation; None if it steered it
+
+    @classmethod
+    def failed_case(cls, case: Case, error: str, response: str = "") -> CaseRecord:
+        """``failed`` for a planned case."""
+        row = case.row
+        return cls.failed(
+            key=row.key,
+            config=case.config.name,
+            alpha=case.config.alpha,
+            trial=case.trial,
+            error=error,
+            seed=case.seed,
+            prompt=row.prompt,
+            instruction_id_list=list(row.instruction_id_list),
+            response=response,
+            method=case.config.method,
+        )
 
     @classmethod
     def failed(

@@ -18,18 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_steer.engine.generation import (
-    ENGINE_VERSION,
-    Engine,
-    Generation,
-    GenerationRequest,
-    GenerationSettings,
-    memory_batch_limit,
-)
-from pytest_steer.engine.quality import QualityScorer, create_scorer
+from pytest_steer.engine.requests import ENGINE_VERSION, Generation, GenerationRequest, GenerationSettings
 from pytest_steer.ifeval import evaluate
+from pytest_steer.model.devices import device_type_without_torch
 from pytest_steer.model.loading import LoadedModel, ModelFingerprint, load_model, model_fingerprint, read_model_config, resolve_device
 from pytest_steer.model.numerics import FormatChoice, choose_format
 from pytest_steer.plan.batches import running_rows
@@ -44,6 +37,10 @@ from pytest_steer.steering.identity import method_identity
 from pytest_steer.steering.method import RunContext, SteeringMethod
 from pytest_steer.steering.pasta.stack import check_steering_stack
 from pytest_steer.store.responses import GENERATION, QUALITY, ResponseCache, generation_key, quality_key
+
+if TYPE_CHECKING:
+    from pytest_steer.engine.generation import Engine
+    from pytest_steer.engine.quality import QualityScorer
 
 Progress = Callable[..., None]  # (message or None, cases=..., generated=...): see pytest_steer.run.progress
 
@@ -133,12 +130,21 @@ class CaseRunner:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            from pytest_steer.engine.generation import Engine  # why: imports torch, which reading cached responses must not
+
             self._engine = Engine(self.loaded, GenerationSettings(**self.spec.decoding), compile_mode=self.settings.compile)
         return self._engine
 
     @functools.cached_property
-    def device(self) -> Any:
-        return resolve_device(self.settings.device, self.worker_index)
+    def device_name(self) -> str:
+        """The device this worker generates on, as torch names it (``cpu``, ``cuda:1``); torch is asked only where a
+        GPU may be, so that a run served from the response cache can go without it."""
+        s = self.settings
+        return device_type_without_torch(s.device) or str(resolve_device(s.device, self.worker_index))
+
+    @property
+    def device_type(self) -> str:
+        return self.device_name.partition(":")[0]
 
     @functools.cached_property
     def format_choice(self) -> FormatChoice | None:
@@ -147,7 +153,7 @@ class CaseRunner:
             return None
         if self._number_format is not None:
             return self._number_format
-        return choose_format(self.device, self.cache.directory if self.cache is not None else None)
+        return choose_format(self.device_type, self.cache.directory if self.cache is not None else None)
 
     @property
     def dtype(self) -> str:
@@ -157,7 +163,7 @@ class CaseRunner:
     def fingerprint(self) -> ModelFingerprint:
         """Of the weights this worker answers with, read from files: a fully cached run loads none."""
         s = self.settings
-        return model_fingerprint(s.model, device=self.device, dtype=self.dtype, attn_implementation=s.attn_implementation)
+        return model_fingerprint(s.model, device_type=self.device_type, dtype=self.dtype, attn_implementation=s.attn_implementation)
 
     @functools.cached_property
     def model_config(self) -> Any:
@@ -171,6 +177,8 @@ class CaseRunner:
             raise self._scorer_failure
         if self._scorer is None:
             start = time.perf_counter()
+            from pytest_steer.engine.quality import create_scorer  # why: imports torch, which reading cached scores must not
+
             try:
                 self._scorer = create_scorer(self.settings, self.loaded)
             except Exception as exc:
@@ -207,7 +215,7 @@ class CaseRunner:
 
     def throughput(self) -> Throughput | None:
         """The throughput an earlier run measured on this model and device; None when none did."""
-        return read_throughput(self.cache.directory if self.cache is not None else None, self.fingerprint.to_dict(), self.device.type)
+        return read_throughput(self.cache.directory if self.cache is not None else None, self.fingerprint.to_dict(), self.device_type)
 
     def store_throughput(self) -> None:
         """Keep what this process measured beside the response cache, for the next run's estimate."""
@@ -216,7 +224,7 @@ class CaseRunner:
             record_throughput(
                 self.cache.directory,
                 self.fingerprint.to_dict(),
-                self.device.type,
+                self.device_type,
                 tokens=int(m["tokens"]),
                 cases=int(m["cases"]),
                 max_new_tokens=self.settings.max_new_tokens,
@@ -284,7 +292,7 @@ class CaseRunner:
             raise
         except Exception as exc:  # one failed batch must not lose the rest of the run
             for case in batch:
-                self._records[case.id] = _error_record(case, f"generation failed: {type(exc).__name__}: {exc}")
+                self._records[case.id] = CaseRecord.failed_case(case, f"generation failed: {type(exc).__name__}: {exc}")
             self.progress(f"{self._batch_number(group, batch)} failed: {exc}", cases=len(batch))
             return
         elapsed = time.perf_counter() - start
@@ -294,7 +302,7 @@ class CaseRunner:
         except Exception as exc:  # as for generation: these cases become errors, the run goes on
             for case, generation in zip(batch, generations):
                 message = f"quality scoring failed: {type(exc).__name__}: {exc}"
-                self._records[case.id] = _error_record(case, message, response=generation.text)
+                self._records[case.id] = CaseRecord.failed_case(case, message, response=generation.text)
             self.progress(f"{self._batch_number(group, batch)} quality scoring failed: {exc}", cases=len(batch))
             return
         scoring = time.perf_counter() - scoring_start
@@ -374,8 +382,10 @@ class CaseRunner:
         """The planned stream, a batch's rows running at once (on a GPU, as many as a third of its free memory holds)."""
         if any(isinstance(request.steering, PASTA) for request in requests):  # checked at collection too when PASTA had cases
             self.check_steering_stack()
-        slots = running_rows(self.device.type, self.settings.batch_size)
-        if self.settings.batch_size is None and self.device.type == "cuda":
+        from pytest_steer.engine.generation import memory_batch_limit  # why: as in engine
+
+        slots = running_rows(self.device_type, self.settings.batch_size)
+        if self.settings.batch_size is None and self.device_type == "cuda":
             lengths = self.engine.prompt_lengths([request.prompt for request in requests])
             slots = memory_batch_limit(self.loaded, max(lengths), self.settings.max_new_tokens)
         return self.engine.generate(requests, slots=slots)
@@ -430,7 +440,7 @@ class CaseRunner:
     def _environment(self) -> dict[str, Any]:
         """What changes the numerics without changing any setting: device kind, engine, libraries."""
         compiled = {} if self.settings.compile is None else {"compile": self.settings.compile}  # fused kernels round otherwise
-        return {"device": self.device.type, "engine": ENGINE_VERSION, **_library_versions(), **compiled}
+        return {"device": self.device_type, "engine": ENGINE_VERSION, **_library_versions(), **compiled}
 
     def _check(
         self,
@@ -450,7 +460,7 @@ class CaseRunner:
         try:
             verdict = evaluate(row.prompt, response, list(row.instruction_id_list), [dict(k) for k in row.kwargs])
         except Exception as exc:
-            return _error_record(case, f"checking failed: {type(exc).__name__}: {exc}", response=response)
+            return CaseRecord.failed_case(case, f"checking failed: {type(exc).__name__}: {exc}", response=response)
         return CaseRecord(
             key=row.key,
             config=case.config.name,
@@ -472,7 +482,7 @@ class CaseRunner:
             method=case.config.method,
             prepared_prompt=prepared,
             highlights=list(case.highlights),
-            device=str(self.device),
+            device=self.device_name,
             unsteered=self._unsteered[case.config.name].get(row.key),
         )
 
@@ -480,18 +490,3 @@ class CaseRunner:
 @functools.cache
 def _library_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("torch", "transformers")}
-
-
-def _error_record(case: Case, error: str, response: str = "") -> CaseRecord:
-    return CaseRecord.failed(
-        key=case.row.key,
-        config=case.config.name,
-        alpha=case.config.alpha,
-        trial=case.trial,
-        error=error,
-        seed=case.seed,
-        prompt=case.row.prompt,
-        instruction_id_list=list(case.row.instruction_id_list),
-        response=response,
-        method=case.config.method,
-    )

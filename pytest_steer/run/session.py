@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gc
 import re
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_steer.model.numerics import FormatChoice, choose_format
 from pytest_steer.plan.cases import Case, SteeringConfig, may_name_a_case
-from pytest_steer.plan.collection import Plan, plan_cases, run_configs
+from pytest_steer.plan.collection import Plan, device_type, plan_cases, run_configs
 from pytest_steer.plan.estimate import RunPlan
 from pytest_steer.plan.options import SteerSettings
 from pytest_steer.plan.spec import RunSpec, run_provenance
@@ -36,7 +38,6 @@ from pytest_steer.steering.registry import method_registry
 from pytest_steer.store.responses import resolve_cache_dir
 
 if TYPE_CHECKING:
-    from pytest_steer.model.numerics import FormatChoice
     from pytest_steer.run.looks import SequentialStop, Wanted
     from pytest_steer.run.results import RunResults
     from pytest_steer.run.runner import CaseRunner
@@ -138,7 +139,7 @@ class SteerSession:
 
     def _check_steering_stack(self) -> None:
         """Before any generation, when PASTA has cases to generate; a fully cached run skips it."""
-        from pytest_steer.run.runner import RunnerUnavailable  # why: imports torch; this module loads with the plugin
+        from pytest_steer.run.runner import RunnerUnavailable  # why: imports the IFEval checkers (nltk); this module loads with the plugin
 
         if self.runner.needs_generation("pasta"):
             try:
@@ -201,19 +202,16 @@ class SteerSession:
         controller's decision; elsewhere measured here (kept beside the response cache)."""
         if self.settings.dtype != "auto":
             return None
-        from pytest_steer.model.loading import resolve_device  # why: imports torch; this module loads with the plugin
-        from pytest_steer.model.numerics import FormatChoice, choose_format
-
         given = getattr(self.config, "workerinput", {}).get(NUMBER_FORMAT)
         if given is not None:
             return FormatChoice.from_json(given)
         s = self.settings
         kept_in = resolve_cache_dir(False, s.cache_dir, s.rootdir, self.config)  # under --steer-no-cache too: runs agree
-        return choose_format(resolve_device(s.device), kept_in)
+        return choose_format(device_type(s.device), kept_in)
 
     @cached_property
     def runner(self) -> CaseRunner:
-        from pytest_steer.run.runner import CaseRunner  # why: imports torch; this module loads with the plugin
+        from pytest_steer.run.runner import CaseRunner  # why: as in RunnerUnavailable above
 
         worker = getattr(self.config, "workerinput", {}).get("workerid")
         return CaseRunner(
@@ -228,13 +226,15 @@ class SteerSession:
         )
 
     def settle(self) -> None:
-        """After the test loop of a process that ran cases, put the objects alive now out of the garbage
-        collector's sight (``gc.freeze``): the import of torch (and transformers, when a model loaded) leaves
-        hundreds of thousands of long-lived objects, every full collection walks them all (0.2 s on a
-        2-core CPU), and pytest runs several as it exits, also after a rerun served from the cache."""
+        """After the test loop of a process that ran cases: keep what it measured and, where torch was imported, put
+        the objects alive now out of the garbage collector's sight (``gc.freeze``): the import of torch (and
+        transformers, when a model loaded) leaves hundreds of thousands of long-lived objects, every full collection
+        walks them all (0.2 s on a 2-core CPU), and pytest runs several as it exits. A rerun served from the response
+        cache imports neither and has nothing to spare."""
         if "runner" in vars(self):
             self.runner.store_throughput()
-            gc.freeze()
+            if "torch" in sys.modules:
+                gc.freeze()
 
     def receive(self, record: Mapping[str, Any], nodeid: str) -> None:
         """A record as a test report carries it (a dict, from an xdist worker too)."""

@@ -28,8 +28,8 @@ from pytest_steer.steering.pasta.spans import locate_spans
 _LAZY = {
     "ActAdd": "pytest_steer.steering.actadd.method",
     "PASTA": "pytest_steer.steering.pasta.method",
-    "SteeredRun": "pytest_steer.steering.pasta.method",
-    "prompt_key_bias": "pytest_steer.steering.pasta.method",
+    "SteeredRun": "pytest_steer.steering.pasta.steered",
+    "prompt_key_bias": "pytest_steer.steering.pasta.steered",
 }
 
 __all__ = [

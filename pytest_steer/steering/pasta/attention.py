@@ -42,8 +42,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +49,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from pytest_steer.steering.errors import SteeringError, UnsupportedModelError
+from pytest_steer.steering.pasta.family import check_model_family, no_interface
 from pytest_steer.steering.rows import check_prompt_rows
 
 STEERED_IMPLEMENTATIONS = {"eager": "steer_eager", "sdpa": "steer_sdpa"}
@@ -153,7 +152,7 @@ def family_eager_attention(attention_class: type) -> AttentionFunction:
 
 
 def _steered(base: str) -> AttentionFunction:
-    # why: collection imports this module (check_model_family), and must not load transformers
+    # why: importing this module must not load transformers (a run's engine imports it before any model is loaded)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def steered_attention(
@@ -223,39 +222,6 @@ def shared_kernels(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     return steerable_kernels(model)
 
 
-def check_model_family(model_type: str | None, *, is_encoder_decoder: bool = False) -> None:
-    """Refuse, from a config alone, a model type PASTA cannot steer.
-
-    PASTA steers decoder-only models whose transformers modeling code calls the attention
-    interface. A type transformers does not ship (remote code) passes here; the loaded model
-    is checked by ``steerable_attention``.
-    """
-    if is_encoder_decoder:
-        raise UnsupportedModelError(
-            f"PASTA steers decoder-only models; {model_type!r} is an encoder-decoder. Use a decoder-only model, or a method "
-            "that changes only the prompt (emphasis)"
-        )
-    if not model_type:
-        return
-    # Read from the installed files, not imported: collection must not import transformers (a fully cached run never does).
-    package = model_type.replace("-", "_")
-    try:
-        modeling = metadata.distribution("transformers").locate_file(f"transformers/models/{package}/modeling_{package}.py")
-        source = Path(modeling).read_text(encoding="utf-8")
-    except (metadata.PackageNotFoundError, OSError):  # a type transformers names otherwise, or does not ship: checked once loaded
-        return
-    if "ALL_ATTENTION_FUNCTIONS" not in source:
-        raise UnsupportedModelError(_no_interface(model_type, f"transformers.models.{package}.modeling_{package}"))
-
-
-def _no_interface(model_type: str | None, where: str) -> str:
-    return (
-        f"PASTA cannot steer {model_type!r}: its modeling code ({where}) does not run attention through transformers' "
-        "attention interface (ALL_ATTENTION_FUNCTIONS), where PASTA adds its bias. Use a model whose attention does, or a "
-        "method that changes only the prompt (emphasis)"
-    )
-
-
 def _model_type(model: nn.Module) -> str:
     return repr(getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__)
 
@@ -286,7 +252,7 @@ def steerable_attention(model: nn.Module) -> tuple[list[nn.Module], int]:
         )
     where = type(attention[0]).__module__
     if getattr(sys.modules.get(where), "ALL_ATTENTION_FUNCTIONS", None) is None:
-        raise UnsupportedModelError(_no_interface(model_type or type(model).__name__, where))
+        raise UnsupportedModelError(no_interface(model_type or type(model).__name__, where))
     return attention, int(text_config.num_attention_heads)
 
 

@@ -154,11 +154,8 @@ class PASTA(SteeringMethod):
         rows get no bias at all. Each steered row gets exactly the bias ``apply`` gives it alone."""
         from pytest_steer.steering.pasta.steered import steer_parts  # why: as in apply
 
-        pasta_parts = []
-        for method, prompt_rows in parts:
-            assert isinstance(method, PASTA)
-            pasta_parts.append((method, prompt_rows))
-        return steer_parts(pasta_parts, batch)
+        assert all(isinstance(method, PASTA) for method, _ in parts)
+        return steer_parts(parts, batch)
 
 
 def _check_family(model_config: Any) -> None:

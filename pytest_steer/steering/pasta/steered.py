@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
-from pytest_steer.steering.method import PromptBatch
+from pytest_steer.steering.method import PromptBatch, SteeringMethod
 from pytest_steer.steering.pasta.attention import HeadSet, PromptKeyBias, steerable_attention
 from pytest_steer.steering.pasta.heads import resolve_heads
 from pytest_steer.steering.pasta.spans import TokenSpan, locate_spans
@@ -81,8 +81,9 @@ def steer_batch(
     )
 
 
-def steer_parts(parts: Sequence[tuple[PASTA, Sequence[int]]], batch: PromptBatch) -> SteeredRun:
-    """Several PASTA configs on their own prompt rows of one batch (what ``PASTA.steer_together`` returns)."""
+def steer_parts(parts: Sequence[tuple[SteeringMethod, Sequence[int]]], batch: PromptBatch) -> SteeredRun:
+    """Several PASTA configs (each part's method a PASTA) on their own prompt rows of one batch (what
+    ``PASTA.steer_together`` returns)."""
     model, input_ids, attention_mask = batch.model, batch.input_ids, batch.attention_mask
     if model in _STEERED_MODELS:
         raise SteeringError("this model is already inside a PASTA.apply() block; leave it before opening another")

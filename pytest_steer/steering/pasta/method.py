@@ -146,7 +146,8 @@ class PASTA(SteeringMethod):
         """
         from pytest_steer.steering.pasta.steered import steer_batch  # why: imports torch; describing PASTA needs none
 
-        return steer_batch(self, model, tokenizer, input_ids, attention_mask, substrings, texts)
+        selection, alpha, position = self.layer_selection, self.alpha, self.scale_position
+        return steer_batch(selection, alpha, position, model, tokenizer, input_ids, attention_mask, substrings, texts)
 
     @classmethod
     def steer_together(cls, parts: Sequence[tuple[SteeringMethod, Sequence[int]]], batch: PromptBatch) -> SteeredRun:

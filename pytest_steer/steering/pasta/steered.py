@@ -9,7 +9,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,17 +17,14 @@ from torch import nn
 from pytest_steer.steering.errors import SteeringError, SteeringWarning
 from pytest_steer.steering.method import PromptBatch, SteeringMethod
 from pytest_steer.steering.pasta.attention import HeadSet, PromptKeyBias, steerable_attention
-from pytest_steer.steering.pasta.heads import resolve_heads
+from pytest_steer.steering.pasta.heads import LayerHeads, resolve_heads
 from pytest_steer.steering.pasta.spans import TokenSpan, locate_spans
-
-if TYPE_CHECKING:
-    from pytest_steer.steering.pasta.method import PASTA, ScalePosition
 
 # Models inside an apply() block; a second block on the same model would stack its bias.
 _STEERED_MODELS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
-def prompt_key_bias(highlight: torch.Tensor, real: torch.Tensor, alpha: float, scale_position: ScalePosition) -> torch.Tensor:
+def prompt_key_bias(highlight: torch.Tensor, real: torch.Tensor, alpha: float, scale_position: str) -> torch.Tensor:
     """The additive logit bias of every prompt key, (batch, prompt_length) float32.
 
     ``highlight`` marks keys inside the union of a row's spans, ``real`` its unpadded
@@ -44,7 +41,9 @@ def prompt_key_bias(highlight: torch.Tensor, real: torch.Tensor, alpha: float, s
 
 
 def steer_batch(
-    method: PASTA,
+    layer_selection: LayerHeads,
+    alpha: float,
+    scale_position: str,
     model: nn.Module,
     tokenizer: Any,
     input_ids: torch.Tensor,
@@ -52,11 +51,11 @@ def steer_batch(
     substrings: Sequence[Sequence[str] | str],
     texts: Sequence[str] | None,
 ) -> SteeredRun:
-    """The context manager that steers ``model`` on this batch with ``method`` (what ``PASTA.apply`` returns)."""
+    """The context manager that steers ``model`` on this batch with one PASTA config (what ``PASTA.apply`` returns)."""
     if model in _STEERED_MODELS:
         raise SteeringError("this model is already inside a PASTA.apply() block; leave it before opening another")
     attention, num_heads = steerable_attention(model)
-    layer_heads = resolve_heads(method.layer_selection, len(attention), num_heads)
+    layer_heads = resolve_heads(layer_selection, len(attention), num_heads)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     if attention_mask is None:
@@ -69,7 +68,7 @@ def steer_batch(
         raise ValueError(f"texts must hold one string per row: got {len(texts)} for {rows} rows")
 
     highlight, spans, missing = _locate(tokenizer, input_ids, attention_mask, groups, texts, range(rows))
-    key_bias = prompt_key_bias(highlight, attention_mask.bool(), method.alpha, method.scale_position)
+    key_bias = prompt_key_bias(highlight, attention_mask.bool(), alpha, scale_position)
     return SteeredRun(
         spans=spans,
         missing=missing,

@@ -65,18 +65,5 @@ def lost_records(not_run: Mapping[str, str], cases: Mapping[str, Case], reason: 
     """Error records of the cases in ``not_run`` (case id -> node id), which no test reported: errors, never misses."""
     lost = []
     for case_key, nodeid in not_run.items():
-        case = cases[case_key]
-        row = case.row
-        record = CaseRecord.failed(
-            key=row.key,
-            config=case.config.name,
-            alpha=case.config.alpha,
-            trial=case.trial,
-            error=reason,
-            seed=case.seed,
-            prompt=row.prompt,
-            instruction_id_list=list(row.instruction_id_list),
-            method=case.config.method,
-        )
-        lost.append(ReportedRecord(record, nodeid))
+        lost.append(ReportedRecord(CaseRecord.failed_case(cases[case_key], reason), nodeid))
     return lost

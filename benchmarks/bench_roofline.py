@@ -3,19 +3,22 @@
 The bound of one decode step at ``--batch`` rows is what no engine can beat on this
 machine: every weight matmul of the step (each decoder layer's projections and the
 lm_head, at the step's own shapes and dtype, with the weights in whichever layout
-multiplies fastest here) plus one read of the step's KV cache at the measured memory
-bandwidth. The KV cache read is that of the batch's mean context: the prompts' own tokens
-(no padding) plus half the new tokens.
+multiplies fastest here: as held, as an (in, out) matrix, or packed in oneDNN's layout)
+plus one read of the step's KV cache at the measured memory bandwidth. The KV cache read
+is that of the batch's mean context: the prompts' own tokens (no padding) plus half the
+new tokens.
 
 The engine generates the first ``--prompts`` prompts of the built-in suite (one sampled
 response each, the run's seeds, ``--new-tokens`` new tokens) in one batch; its decode
 tokens/s leaves out the prefill (the prompt's forward, timed by a forward hook) and counts
 every token after each row's first. Rounds alternate the dtypes' order and measure the
 bound and the engine back to back; minimum and median over rounds are printed, and the
-ratios are of each round's own figures.
+ratios are of each round's own figures. The bound of the two plain layouts alone (what it was
+before the engine could pack its weights) is printed beside it. The engine's linear layers
+run as a run would decide here (``--linear auto``), or as ``--linear`` says.
 
     python benchmarks/bench_roofline.py [--prompts 64] [--batch 64] [--new-tokens 64] [--rounds 3] [--dtypes float32,bfloat16]
-        [--compile MODE]
+        [--compile MODE] [--linear auto|plain|packed]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import nn
 
 from pytest_steer.engine.generation import Engine
 from pytest_steer.engine.requests import GenerationRequest, GenerationSettings
+from pytest_steer.model.kernels import PACKED_ROWS, measured_kernel, packed_linear
 from pytest_steer.model.loading import LoadedModel, load_model
 from pytest_steer.plan.cases import build_cases, steering_configs
 from pytest_steer.plan.data import load_rows
@@ -61,7 +65,8 @@ def step_linears(model: nn.Module) -> list[nn.Linear]:
 
 
 def matmul_seconds(model: nn.Module, rows: int, repeats: int) -> dict[str, float]:
-    """The step's matmuls, once with each weight as the model holds it and once as a contiguous (in, out) matrix."""
+    """The step's matmuls, with each weight as the model holds it, as a contiguous (in, out) matrix, and packed once in
+    oneDNN's layout (``pytest_steer.model.kernels``; where this torch build has oneDNN)."""
     linears = step_linears(model)
     dtype = linears[0].weight.dtype
     inputs = [torch.randn(rows, linear.in_features, dtype=dtype) for linear in linears]
@@ -71,6 +76,9 @@ def matmul_seconds(model: nn.Module, rows: int, repeats: int) -> dict[str, float
         "as held": lambda: [nn.functional.linear(x, w) for x, w in zip(inputs, as_held)],
         "(in, out)": lambda: [x @ w for x, w in zip(inputs, in_out)],
     }
+    if torch.backends.mkldnn.is_available():
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACKED_ROWS) for w in as_held]
+        layouts["packed"] = lambda: [packed_linear(x, w, None) for x, w in zip(inputs, packed)]
     with torch.inference_mode():
         return {name: best_seconds(work, repeats) for name, work in layouts.items()}
 
@@ -118,6 +126,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timings per bound measure and round (best kept)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--attn", default="eager", choices=("eager", "sdpa"))
+    parser.add_argument(
+        "--linear", default="auto", choices=("auto", "plain", "packed"),
+        help="the engine's linear layers: as a run decides here (auto), plain, or on packed weights",
+    )  # fmt: skip
     parser.add_argument("--compile", choices=COMPILE_MODES, help="the engine as under --steer-compile MODE (compiled before the rounds)")
     args = parser.parse_args()
 
@@ -127,7 +139,9 @@ def main() -> None:
     requests = [GenerationRequest(case.row.prompt, case.seed) for case in cases]
     engines: dict[str, tuple[Engine, PrefillTimer]] = {}
     for dtype in dtypes:
-        loaded: LoadedModel = load_model(device="cpu", dtype=dtype, attn_implementation=args.attn)
+        packed = args.linear == "packed" or (args.linear == "auto" and measured_kernel(dtype).packed and not args.compile)
+        print(f"{dtype} linear layers: {'packed' if packed else 'plain'} ({measured_kernel(dtype).reason})")
+        loaded: LoadedModel = load_model(device="cpu", dtype=dtype, attn_implementation=args.attn, packed_linears=packed)
         engine = Engine(loaded, GenerationSettings(max_new_tokens=args.new_tokens), compile_mode=args.compile)
         engines[dtype] = (engine, PrefillTimer(loaded.model))
         engine.generate(requests if args.compile else requests[:4])  # warm-up; compiled: at the measured batch's shape
@@ -147,15 +161,20 @@ def main() -> None:
             matmuls = matmul_seconds(model, args.batch, args.repeats)
             kv_seconds = args.batch * mean_context * kv_bytes_per_token(model) / bandwidth
             bound = args.batch / (min(matmuls.values()) + kv_seconds)
+            plain_bound = args.batch / (min(matmuls["as held"], matmuls["(in, out)"]) + kv_seconds)
             decode_rate, whole_rate = engine_rates(engine, timer, requests)
             record(dtype, "bandwidth GB/s", bandwidth / 1e9)
             record(dtype, "matmuls as held, ms/step", matmuls["as held"] * 1e3)
             record(dtype, "matmuls (in, out), ms/step", matmuls["(in, out)"] * 1e3)
+            if "packed" in matmuls:
+                record(dtype, "matmuls packed, ms/step", matmuls["packed"] * 1e3)
             record(dtype, "KV read, ms/step", kv_seconds * 1e3)
             record(dtype, "bound tokens/s", bound)
             record(dtype, "decode tokens/s", decode_rate)
             record(dtype, "engine with prefill tokens/s", whole_rate)
             record(dtype, "engine decode / bound", decode_rate / bound)
+            record(dtype, "bound of the plain layouts tokens/s", plain_bound)
+            record(dtype, "engine decode / plain layouts' bound", decode_rate / plain_bound)
         latest = (f"{d} bound {figures[d]['bound tokens/s'][-1]:.0f}, engine {figures[d]['decode tokens/s'][-1]:.0f}" for d in dtypes)
         print(f"round {round_index + 1}: " + "; ".join(latest), flush=True)
 

@@ -21,7 +21,7 @@ import pytest
 from pytest_steer.plan.choice import auto_parameter
 from pytest_steer.plan.options import add_options, settings_from_config
 from pytest_steer.report.outputs import Written, write_outputs
-from pytest_steer.run.session import NUMBER_FORMAT, SESSION_KEY, SteerSession, stop_reason
+from pytest_steer.run.session import LINEAR_KERNEL, NUMBER_FORMAT, SESSION_KEY, SteerSession, stop_reason
 
 if TYPE_CHECKING:
     from pytest_steer.steer_case import SteerCase
@@ -75,6 +75,8 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput[SHARED_RECORDS] = str(steer.shared.directory)
     if steer.number_format is not None:  # one decision for every worker, whatever each would measure while the others load
         node.workerinput[NUMBER_FORMAT] = steer.number_format.to_json()
+    if steer.linear_kernel is not None:
+        node.workerinput[LINEAR_KERNEL] = steer.linear_kernel.to_json()
 
 
 @pytest.hookimpl(optionalhook=True)

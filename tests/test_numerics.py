@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pytest_steer.model import numerics
+from pytest_steer.model.kernels import KERNEL_FILE
 from pytest_steer.model.numerics import BFLOAT16_GAIN, NUMBER_FORMAT_FILE, FormatChoice, choose_format, decide
 
 
@@ -66,4 +67,5 @@ def test_a_run_without_the_response_cache_keeps_the_decision_too(pytester: pytes
     assert result.ret == 0, result.stdout.str()
     kept = pytester.path / ".pytest_cache" / "d" / "steer-responses" / NUMBER_FORMAT_FILE
     assert kept.is_file()
-    assert not [path for path in kept.parent.iterdir() if path.name != NUMBER_FORMAT_FILE]  # and no response was cached
+    assert (kept.parent / KERNEL_FILE).is_file()  # how linear layers multiply, decided alike for the same reason
+    assert not [path for path in kept.parent.iterdir() if path.name not in (NUMBER_FORMAT_FILE, KERNEL_FILE)]  # no response cached

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 # Bumped whenever a change to the engine alters the text generated for the same inputs; part of
 # the response cache key, so cached responses of an older engine are not reused.
-ENGINE_VERSION = 6
+ENGINE_VERSION = 7
 
 
 @dataclass(frozen=True)

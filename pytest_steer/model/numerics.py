@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.store.atomic import write_text
+from pytest_steer.model.kept import keep, read_kept
 
 BFLOAT16_GAIN = 1.5  # below this, bfloat16's lost precision buys too little speed
 MEASURED_SHAPE = (64, 1024, 2048)  # rows x in x out: a 64-row decode step's projection of a small model
@@ -42,7 +42,10 @@ class FormatChoice:
 
     @classmethod
     def from_json(cls, text: str) -> FormatChoice:
-        entry = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> FormatChoice:
         return cls(entry["dtype"], entry["float32_gflops"], entry["bfloat16_gflops"], tuple(entry["features"]))
 
     @property
@@ -66,12 +69,15 @@ def choose_format(device_type: str, directory: Path | None = None) -> FormatChoi
     if device_type != "cpu":
         return FormatChoice("float32")
     key = machine_key()
-    kept = _read_kept(directory, key)
+    kept = read_kept(directory, NUMBER_FORMAT_FILE, key)
     if kept is not None:
-        return kept
+        try:
+            return FormatChoice.from_dict(kept)
+        except (KeyError, TypeError):
+            pass  # an older entry: measured again
     choice = measured_choice()
     if directory is not None:
-        _keep(directory, key, choice)
+        keep(directory, NUMBER_FORMAT_FILE, key, asdict(choice))
     return choice
 
 
@@ -126,28 +132,3 @@ def machine_key() -> str:
     """The CPU and torch build a decision holds for (the installed torch's version, local build label included)."""
     model = _cpuinfo_field("model name") or platform.processor() or platform.machine()
     return f"{model} | {','.join(cpu_features())} | torch {metadata.version('torch')}"
-
-
-def _read_kept(directory: Path | None, key: str) -> FormatChoice | None:
-    if directory is None:
-        return None
-    try:
-        entries: dict[str, Any] = json.loads((Path(directory) / NUMBER_FORMAT_FILE).read_text(encoding="utf-8"))
-        return FormatChoice.from_json(json.dumps(entries[key]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # none kept, or unreadable: measured again
-
-
-def _keep(directory: Path, key: str, choice: FormatChoice) -> None:
-    path = Path(directory) / NUMBER_FORMAT_FILE
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-        entries = entries if isinstance(entries, dict) else {}
-    except (OSError, ValueError):
-        entries = {}
-    entries[key] = asdict(choice)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(entries, indent=1, sort_keys=True))
-    except OSError:
-        pass  # an unwritable cache is reported by the response cache; the choice still holds for this process

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_steer.engine.requests import ENGINE_VERSION, Generation, GenerationRequest, GenerationSettings
 from pytest_steer.ifeval import evaluate
 from pytest_steer.model.devices import device_type_without_torch
+from pytest_steer.model.kernels import LinearKernel
 from pytest_steer.model.loading import LoadedModel, ModelFingerprint, load_model, model_fingerprint, read_model_config, resolve_device
 from pytest_steer.model.numerics import FormatChoice, choose_format
 from pytest_steer.plan.batches import running_rows
@@ -72,9 +73,11 @@ class CaseRunner:
         progress: Progress | None = None,
         cache_dir: Path | None = None,
         number_format: FormatChoice | None = None,
+        linear_kernel: LinearKernel | None = None,
     ) -> None:
         self.settings = settings
         self._number_format = number_format  # what --steer-dtype auto resolved to for this run, decided by the session
+        self.linear_kernel = linear_kernel  # how a CPU's linear layers multiply, decided by the session; None: plainly
         self.spec = spec
         self.methods = methods
         self._steering: dict[str, SteeringMethod | None] = {}
@@ -111,15 +114,19 @@ class CaseRunner:
             start = time.perf_counter()
             s = self.settings
             try:
+                packed = self.linear_kernel is not None and self.linear_kernel.packed
                 self._loaded = load_model(
-                    s.model, device=s.device, dtype=self.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index
-                )
+                    s.model, device=s.device, dtype=self.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index,
+                    packed_linears=packed,
+                )  # fmt: skip
             except Exception as exc:
                 self._load_failure = RunnerUnavailable(f"--steer-model {s.model}: the model failed to load: {type(exc).__name__}: {exc}")
                 raise self._load_failure from exc
             fp = self._loaded.fingerprint
             elapsed = time.perf_counter() - start
             chosen = "" if self.format_choice is None else f"; dtype auto: {self.format_choice.reason}"
+            if self.linear_kernel is not None and self._loaded.device.type == "cpu":
+                chosen += f"; linear: {self.linear_kernel.reason}"
             self.progress(f"loaded {fp.name} ({fp.dtype}, {fp.attn_implementation}{chosen}) on {self._loaded.device} in {elapsed:.1f} s")
         return self._loaded
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_steer.model.kernels import LinearKernel, choose_kernel
 from pytest_steer.model.numerics import FormatChoice, choose_format
 from pytest_steer.plan.cases import Case, SteeringConfig, may_name_a_case
 from pytest_steer.plan.collection import Plan, device_type, plan_cases, run_configs
@@ -58,6 +59,7 @@ def stop_reason(text: str) -> str:
 
 SESSION_KEY = pytest.StashKey["SteerSession"]()  # config.stash[SESSION_KEY]: the process's session
 NUMBER_FORMAT = "steer_number_format"  # workerinput key: what --steer-dtype auto resolved to on the controller
+LINEAR_KERNEL = "steer_linear_kernel"  # workerinput key: how the controller found linear layers multiply fastest
 
 
 class SteerSession:
@@ -210,6 +212,21 @@ class SteerSession:
         return choose_format(device_type(s.device), kept_in)
 
     @cached_property
+    def linear_kernel(self) -> LinearKernel | None:
+        """How a CPU's linear layers multiply in this run (:mod:`pytest_steer.model.kernels`): on a worker, the
+        controller's decision; elsewhere measured here (kept beside the response cache). None under
+        ``--steer-compile``, whose compiler lays out the weights itself."""
+        s = self.settings
+        if s.compile is not None:
+            return None
+        given = getattr(self.config, "workerinput", {}).get(LINEAR_KERNEL)
+        if given is not None:
+            return LinearKernel.from_json(given)
+        dtype = s.dtype if self.number_format is None else self.number_format.dtype
+        kept_in = resolve_cache_dir(False, s.cache_dir, s.rootdir, self.config)  # under --steer-no-cache too, as the number format
+        return choose_kernel(device_type(s.device), dtype, kept_in)
+
+    @cached_property
     def runner(self) -> CaseRunner:
         from pytest_steer.run.runner import CaseRunner  # why: as in RunnerUnavailable above
 
@@ -223,6 +240,7 @@ class SteerSession:
             progress=self.progress,
             cache_dir=self.cache_dir,
             number_format=self.number_format,
+            linear_kernel=self.linear_kernel,
         )
 
     def settle(self) -> None:

@@ -9,7 +9,8 @@ auto`` picks here, and the script prints why):
    (generated tokens − cases) ÷ (the run's wall time − the same run's at 1 new token), against the 64-row
    decode-step bound of ``bench_roofline.py`` (every weight matmul of a 64-row step plus one read of the KV cache
    at the measured bandwidth), measured in this process for the same dtype before, between and after the two runs,
-   the highest of the three kept (the machine's speed drifts; the highest bound makes the ratio the least flattering);
+   the highest of the three kept (the machine's speed drifts; the highest bound makes the ratio the least flattering),
+   with the fastest layout of the weights (packed included) and with the two plain layouts alone;
 2. the demo's two checks (``scripts/demo.sh``: a gate on strict prompt accuracy, a fail-if on fluency) fixed and
    under ``--steer-sequential`` (default block): (sequential wall ÷ fixed wall) ÷ (sequential cases ÷ fixed cases).
 
@@ -34,6 +35,7 @@ import torch
 from bench_roofline import kv_bytes_per_token, matmul_seconds, memory_bandwidth  # benchmarks/, beside this script
 from tables import print_table
 
+from pytest_steer.model.kernels import measured_kernel
 from pytest_steer.model.loading import load_model
 from pytest_steer.model.numerics import choose_format, cpu_features
 from pytest_steer.model.prompts import prompt_lengths
@@ -62,12 +64,14 @@ def generated(results: dict) -> tuple[int, int]:
     return len(cases), sum(case["n_new_tokens"] for case in cases)
 
 
-def step_bound(dtype: str, mean_context: float) -> float:
-    """Tokens/s of a 64-row decode step that only multiplies the weights and reads the KV cache once."""
+def step_bound(dtype: str, mean_context: float) -> tuple[float, float]:
+    """Tokens/s of a 64-row decode step that only multiplies the weights and reads the KV cache once: with the fastest
+    layout of the weights here (packed included), and with the fastest of the two plain layouts."""
     model = load_model(device="cpu", dtype=dtype).model
-    matmuls = min(matmul_seconds(model, BOUND_ROWS, repeats=3).values())
+    matmuls = matmul_seconds(model, BOUND_ROWS, repeats=3)
     kv_seconds = BOUND_ROWS * mean_context * kv_bytes_per_token(model) / memory_bandwidth()
-    return BOUND_ROWS / (matmuls + kv_seconds)
+    plain = min(matmuls["as held"], matmuls["(in, out)"])
+    return BOUND_ROWS / (min(matmuls.values()) + kv_seconds), BOUND_ROWS / (plain + kv_seconds)
 
 
 def main() -> None:
@@ -111,10 +115,14 @@ def main() -> None:
                 (label, "decode tokens/s over the run", f"{decode:.0f}"),
             ]
             if device_type == "cpu":
-                bound = max([*bounds, step_bound(resolved, mean_context)])  # the fastest of before, between and after the runs
+                bounds.append(step_bound(resolved, mean_context))
+                bound, plain = (max(values) for values in zip(*bounds))  # the fastest of before, between and after the runs
                 table += [
-                    (label, f"{BOUND_ROWS}-row step bound, tokens/s", f"{bound:.0f} (of {len(bounds) + 1} measures, the highest)"),
+                    (label, "linear layers (as measured here)", measured_kernel(resolved).reason),
+                    (label, f"{BOUND_ROWS}-row step bound, tokens/s", f"{bound:.0f} (of {len(bounds)} measures, the highest)"),
                     (label, "decode / bound", f"{decode / bound:.2f}"),
+                    (label, f"{BOUND_ROWS}-row step bound of the plain layouts", f"{plain:.0f}"),
+                    (label, "decode / plain layouts' bound", f"{decode / plain:.2f}"),
                 ]
             if args.no_sequential:
                 continue

@@ -6,6 +6,7 @@ load spreads over all of them. Prints, per size, the minimum and median tokens/s
 rounds and the median relative to the current default (``CPU_BATCH_SIZE``).
 
     python benchmarks/bench_batch_size.py [--sizes 4,8,16,32] [--prompts 32] [--trials 1] [--new-tokens 32] [--rounds 3]
+        [--dtype auto]
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1, help="sampled responses per prompt (they share its prefill)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", default="auto", help="--steer-dtype of the runs (auto: what a run picks here)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    engine = Engine(load_model(device="cpu"), GenerationSettings(max_new_tokens=args.new_tokens))
+    loaded = load_model(device="cpu", dtype=args.dtype)
+    engine = Engine(loaded, GenerationSettings(max_new_tokens=args.new_tokens))
     cases = build_cases(load_rows("builtin")[: args.prompts], steering_configs([]), trials=args.trials, seed=0, highlight="auto")
     requests = [GenerationRequest(case.row.prompt, case.seed, case.highlights) for case in cases]
     engine.generate(requests[:2])  # warm-up
@@ -48,7 +51,8 @@ def main() -> None:
             rates[size].append(tokens_per_second(engine, requests, size))
     reference = statistics.median(rates[CPU_BATCH_SIZE]) if CPU_BATCH_SIZE in rates else None
     print(
-        f"{args.prompts} prompts x {args.trials} trial(s) x {args.new_tokens} new tokens, sampling, {args.rounds} rounds; "
+        f"{args.prompts} prompts x {args.trials} trial(s) x {args.new_tokens} new tokens, sampling, {loaded.fingerprint.dtype}, "
+        f"{args.rounds} rounds; "
         f"default CPU batch {CPU_BATCH_SIZE}"
     )
     print("batch  min tokens/s  median tokens/s  median vs default")

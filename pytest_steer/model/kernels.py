@@ -134,7 +134,10 @@ class PackedForward:
     tensor made under ``torch.inference_mode``, which keeps no version count) is multiplied plainly."""
 
     def __init__(self, module: Any) -> None:
+        import torch  # why: as in measured_kernel
+
         self.module = module
+        self.torch = torch  # a layer's forward runs hundreds of times a step: no import there
         self.state: tuple[Any, ...] | None = None
         self.packed: Any = None  # the weight in oneDNN's layout; None: multiplied plainly
         self._pack()
@@ -149,27 +152,23 @@ class PackedForward:
         return id(weight), weight.data_ptr(), weight._version, weight.dtype
 
     def _pack(self) -> None:
-        import torch  # why: as in measured_kernel
-
         weight = self.module.weight
         self.state, self.packed = self._state(weight), None
         if self.state is not None:
             try:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_ROWS)
+                self.packed = self.torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_ROWS)
             except (RuntimeError, NotImplementedError):
                 pass  # a dtype oneDNN does not pack: multiplied plainly until the weight changes
 
     def __call__(self, x: Any) -> Any:
-        import torch  # why: as in measured_kernel
-
-        module = self.module
+        torch, module = self.torch, self.module
         weight = module.weight
         same_kind = x.dtype == weight.dtype and x.device.type == weight.device.type == "cpu"
         if same_kind and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
             if self._state(weight) != self.state:
                 self._pack()
             if self.packed is not None:
-                return packed_linear(x, self.packed, module.bias)
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed, module.bias, "none", [], "")
         return torch.nn.functional.linear(x, weight, module.bias)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import try_to_load_from_cache
 
-from pytest_steer.model.kernels import pack_linears
+from pytest_steer.model.kernels import measured_kernel, pack_linears
 from pytest_steer.model.numerics import choose_format
 from pytest_steer.store.atomic import atomic_directory
 from pytest_steer.store.hub import HubUnavailableError, looks_like_hub_id, require_hub, split_revision
@@ -366,10 +366,11 @@ def load_model(
     attn_implementation: str = "eager",
     cache_dir: Path | None = None,
     worker_index: int | None = None,
-    packed_linears: bool = False,
+    packed_linears: bool | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer ready for batched generation; ``packed_linears``: on a CPU, its linear layers
-    multiply on weights packed once (:mod:`pytest_steer.model.kernels`, where a measurement found that faster)."""
+    """Load a causal LM and its tokenizer ready for batched generation. ``packed_linears``: on a CPU, whether its linear
+    layers multiply on weights packed once (:mod:`pytest_steer.model.kernels`); None: where this process measures that
+    faster (a run passes the decision its session kept, so that every worker and rerun rounds alike)."""
     from transformers import AutoModelForCausalLM  # why: collection imports this module, never transformers
 
     if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
@@ -390,8 +391,11 @@ def load_model(
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
     model.to(torch_device).eval()
     model.requires_grad_(False)
-    if packed_linears and torch_device.type == "cpu":
-        pack_linears(model)
+    if torch_device.type == "cpu":
+        if packed_linears is None:
+            packed_linears = measured_kernel(str(torch_dtype).removeprefix("torch.")).packed
+        if packed_linears:
+            pack_linears(model)
     tokenizer = load_tokenizer(name, cache_dir=cache_dir)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -77,7 +77,7 @@ class CaseRunner:
     ) -> None:
         self.settings = settings
         self._number_format = number_format  # what --steer-dtype auto resolved to for this run, decided by the session
-        self.linear_kernel = linear_kernel  # how a CPU's linear layers multiply, decided by the session; None: plainly
+        self.linear_kernel = linear_kernel  # how a CPU's linear layers multiply, decided by the session; None: measured at load
         self.spec = spec
         self.methods = methods
         self._steering: dict[str, SteeringMethod | None] = {}
@@ -114,7 +114,7 @@ class CaseRunner:
             start = time.perf_counter()
             s = self.settings
             try:
-                packed = self.linear_kernel is not None and self.linear_kernel.packed
+                packed = False if s.compile else self.linear_kernel.packed if self.linear_kernel is not None else None
                 self._loaded = load_model(
                     s.model, device=s.device, dtype=self.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index,
                     packed_linears=packed,

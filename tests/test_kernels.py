@@ -99,6 +99,24 @@ def test_subclasses_and_layers_with_a_forward_of_their_own_keep_it() -> None:
     assert "forward" not in vars(model[1]) and vars(model[2])["forward"] is own
 
 
+@needs_onednn
+def test_nothing_is_packed_where_the_copies_would_take_over_half_the_available_memory() -> None:
+    model = tiny_model()
+    weights = sum(layer.weight.nbytes for layer in linears(model))
+    assert pack_linears(model, available=2 * weights - 1) == 0
+    assert not any("forward" in vars(layer) for layer in linears(model))
+    assert pack_linears(model, available=2 * weights) == len(linears(model))
+    kept = LinearKernel("float32", True, 1.5, 1.0)
+    assert kept.described(0).startswith("plain (packed copies") and kept.described(3) == kept.reason
+
+
+def test_the_available_memory_is_read_on_linux() -> None:
+    available = kernels.available_memory()
+    assert available is None or available > 0
+    if Path("/proc/meminfo").is_file():
+        assert available is not None
+
+
 def test_the_decision_is_kept_per_dtype_and_read_back_without_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     measures = {"float32": LinearKernel("float32", True, 1.5, 1.0), "bfloat16": LinearKernel("bfloat16", False, 1.0, 0.98)}
     monkeypatch.setattr(kernels, "measured_kernel", lambda dtype: measures[dtype])

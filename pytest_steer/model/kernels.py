@@ -68,6 +68,12 @@ class LinearKernel:
             return f"packed weights (oneDNN): a {self.dtype} matmul ran {gain:.2f}x the plain one here"
         return f"plain: packed weights ran {gain:.2f}x the plain matmul here, under {PACKED_GAIN}x"
 
+    def described(self, packed_layers: int) -> str:
+        """The load line's words on the linear layers of a model of which ``packed_layers`` were packed."""
+        if self.packed and not packed_layers:
+            return "plain (packed copies of the weights would take over half the available memory)"
+        return self.reason
+
 
 def choose_kernel(device_type: str, dtype: str, directory: Path | None = None) -> LinearKernel:
     """How linear layers multiply on a device of this type in ``dtype``: measured on a CPU (read back from ``directory``
@@ -172,22 +178,37 @@ class PackedForward:
         return torch.nn.functional.linear(x, weight, module.bias)
 
 
-def pack_linears(model: Any) -> int:
+def pack_linears(model: Any, available: int | None = None) -> int:
     """Give each plain ``torch.nn.Linear`` of ``model`` whose weight is on the CPU a forward on its packed weight
     (:class:`PackedForward`); how many layers now multiply packed. Subclasses (quantized layers, adapters' own
-    layers) and layers whose weight cannot be packed keep their forward."""
+    layers) and layers whose weight cannot be packed keep their forward. The packed copies take as much memory as
+    the weights: none is made where they would take over half of the ``available`` bytes (by default the memory
+    the system has available; unknown off Linux)."""
     import torch  # why: as in measured_kernel
 
+    layers = [module for module in model.modules() if type(module) is torch.nn.Linear and "forward" not in vars(module)]
+    layers = [layer for layer in layers if layer.weight.device.type == "cpu"]
+    available = available_memory() if available is None else available
+    if available is not None and 2 * sum(layer.weight.nbytes for layer in layers) > available:
+        return 0
     count = 0
-    for module in model.modules():
-        if type(module) is not torch.nn.Linear or "forward" in vars(module) or module.weight.device.type != "cpu":
-            continue
+    for module in layers:
         try:
             module.forward = PackedForward(module)
         except ValueError:
             continue  # a dtype oneDNN does not pack, or a weight made under inference mode
         count += 1
     return count
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system has available (``MemAvailable`` of /proc/meminfo); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def unpack_linears(model: Any) -> None:

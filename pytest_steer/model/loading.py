@@ -63,6 +63,7 @@ class LoadedModel:
     tokenizer: Any
     fingerprint: ModelFingerprint
     device: torch.device
+    packed_layers: int = 0  # linear layers multiplying on packed weights (pytest_steer.model.kernels)
 
 
 def default_cache_dir() -> Path:
@@ -391,15 +392,15 @@ def load_model(
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
     model.to(torch_device).eval()
     model.requires_grad_(False)
+    packed_layers = 0
     if torch_device.type == "cpu":
         if packed_linears is None:
             packed_linears = measured_kernel(str(torch_dtype).removeprefix("torch.")).packed
-        if packed_linears:
-            pack_linears(model)
+        packed_layers = pack_linears(model) if packed_linears else 0
     tokenizer = load_tokenizer(name, cache_dir=cache_dir)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     fingerprint = model_fingerprint(
         name, device_type=torch_device.type, dtype=dtype, attn_implementation=attn_implementation, cache_dir=cache_dir
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, device=torch_device)
+    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, device=torch_device, packed_layers=packed_layers)

@@ -126,7 +126,7 @@ class CaseRunner:
             elapsed = time.perf_counter() - start
             chosen = "" if self.format_choice is None else f"; dtype auto: {self.format_choice.reason}"
             if self.linear_kernel is not None and self._loaded.device.type == "cpu":
-                chosen += f"; linear: {self.linear_kernel.reason}"
+                chosen += f"; linear: {self.linear_kernel.described(self._loaded.packed_layers)}"
             self.progress(f"loaded {fp.name} ({fp.dtype}, {fp.attn_implementation}{chosen}) on {self._loaded.device} in {elapsed:.1f} s")
         return self._loaded
 

@@ -87,6 +87,21 @@ def test_a_call_that_needs_gradients_or_another_dtype_runs_plainly() -> None:
 
 
 @needs_onednn
+def test_a_compiled_forward_of_a_packed_model_traces_the_plain_matmul() -> None:
+    model = tiny_model()
+    pack_linears(model)
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model.forward, backend="eager", fullgraph=True)  # no graph break on the packed layers
+        with torch.no_grad():
+            traced, packed = compiled(ids).logits, model(ids).logits
+    finally:
+        torch._dynamo.reset()
+    assert torch.allclose(traced, packed, atol=1e-4 * packed.abs().max().item(), rtol=0)
+
+
+@needs_onednn
 def test_subclasses_and_layers_with_a_forward_of_their_own_keep_it() -> None:
     class Adapter(torch.nn.Linear):
         pass
@@ -133,7 +148,7 @@ def test_the_reason_says_what_was_measured() -> None:
     assert "packed weights (oneDNN)" in LinearKernel("float32", True, 1.5, 1.0).reason
     assert "1.50x" in LinearKernel("float32", True, 1.5, 1.0).reason
     assert "under 1.1x" in LinearKernel("float32", False, 1.0, 0.98).reason
-    assert LinearKernel("float32", False, problem="this torch build has no oneDNN").reason == "plain (this torch build has no oneDNN)"
+    assert LinearKernel("float32", False, note="this torch build has no oneDNN").reason == "plain (this torch build has no oneDNN)"
     kernel = LinearKernel("bfloat16", True, 2.0, 1.2)
     assert LinearKernel.from_json(kernel.to_json()) == kernel
 
@@ -141,12 +156,12 @@ def test_the_reason_says_what_was_measured() -> None:
 def test_packed_results_that_disagree_are_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "packed_linear", lambda x, weight, bias: torch.zeros(x.shape[0], 2048, dtype=x.dtype))
     kernel = kernels.measured_kernel.__wrapped__("float32", repeats=1)
-    assert not kernel.packed and kernel.problem is not None and "differ" in kernel.problem
+    assert not kernel.packed and kernel.note is not None and "differ" in kernel.note
 
 
 def test_this_machine_measures_both_ways() -> None:
     kernel = kernels.measured_kernel("float32")
-    if kernel.problem is None:
+    if kernel.note is None:
         assert kernel.plain_ms and kernel.packed_ms and kernel.packed == (kernel.plain_ms >= kernels.PACKED_GAIN * kernel.packed_ms)
     else:
         assert not kernel.packed
@@ -187,3 +202,24 @@ def test_the_kept_decision_is_what_every_worker_loads_with(pytester: pytest.Pyte
     assert {LinearKernel.from_json(path.read_text()) for path in reports} == {kept}
     if workers == 0:
         result.stdout.fnmatch_lines(["*linear: packed weights (oneDNN): a float32 matmul ran 3.00x the plain one here*"])
+
+
+@pytest.mark.parametrize("linear", ["plain", "packed"])
+def test_the_option_decides_without_measuring_or_keeping(pytester: pytest.Pytester, tiny_checkpoint: Path, linear: str) -> None:
+    pytester.makepyfile(test_steer="def test_case(steer_case):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--steer-model", str(tiny_checkpoint), "--steer-limit", "1", "--steer-max-new-tokens", "1",
+        "--steer-quality", "none", "--steer-cache-dir", str(pytester.path / "cache"), "--steer-dtype", "float32",
+        "--steer-linear", linear,
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    described = "plain" if linear == "plain" else "packed weights (oneDNN)"
+    result.stdout.fnmatch_lines([f"*(float32, eager; linear: {described} (--steer-linear {linear})) on cpu*"])
+    assert not (pytester.path / "cache" / KERNEL_FILE).exists()
+
+
+def test_a_bad_value_names_the_choices(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_steer="def test_case(steer_case):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--steer-linear", "fast")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*--steer-linear*'fast' is not one of auto, packed, plain*"])

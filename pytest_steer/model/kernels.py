@@ -16,7 +16,7 @@ worker rounds alike.
 
 A packed layer follows its weight. When the weight is replaced, moved or changed in place (for example by a
 steering method that edits weights), the layer packs it again before it multiplies. A call that needs gradients,
-or an input of another dtype or device, takes the plain path.
+an input of another dtype or device, or a call traced by ``torch.compile`` takes the plain path.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class LinearKernel:
     packed: bool
     plain_ms: float | None = None  # the measured shape's matmul; None where nothing was measured
     packed_ms: float | None = None
-    problem: str | None = None  # why packing was not measured (no oneDNN, not a CPU, a disagreement)
+    note: str | None = None  # why nothing was measured (asked for, no oneDNN, not a CPU, a disagreement)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -56,13 +56,13 @@ class LinearKernel:
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> LinearKernel:
-        return cls(entry["dtype"], entry["packed"], entry["plain_ms"], entry["packed_ms"], entry["problem"])
+        return cls(entry["dtype"], entry["packed"], entry["plain_ms"], entry["packed_ms"], entry["note"])
 
     @property
     def reason(self) -> str:
         """What the linear layers run on here and why, for the load line."""
-        if self.problem is not None:
-            return f"plain ({self.problem})"
+        if self.note is not None:
+            return f"{'packed weights (oneDNN)' if self.packed else 'plain'} ({self.note})"
         gain = (self.plain_ms or 0.0) / max(self.packed_ms or 0.0, 1e-9)
         if self.packed:
             return f"packed weights (oneDNN): a {self.dtype} matmul ran {gain:.2f}x the plain one here"
@@ -79,7 +79,7 @@ def choose_kernel(device_type: str, dtype: str, directory: Path | None = None) -
     """How linear layers multiply on a device of this type in ``dtype``: measured on a CPU (read back from ``directory``
     when kept there, without importing torch); elsewhere the device's own kernels."""
     if device_type != "cpu":
-        return LinearKernel(dtype, False, problem=f"{device_type} uses its own kernels")
+        return LinearKernel(dtype, False, note=f"{device_type} uses its own kernels")
     key = f"{machine_key()} | {dtype}"
     kept = read_kept(directory, KERNEL_FILE, key)
     if kept is not None:
@@ -100,7 +100,7 @@ def measured_kernel(dtype: str, repeats: int = 7) -> LinearKernel:
     import torch  # why: a kept decision is read without torch
 
     if not torch.backends.mkldnn.is_available():
-        return LinearKernel(dtype, False, problem="this torch build has no oneDNN")
+        return LinearKernel(dtype, False, note="this torch build has no oneDNN")
     rows, inputs, outputs = MEASURED_SHAPE
     torch_dtype = getattr(torch, dtype)
     generator = torch.Generator().manual_seed(0)
@@ -112,11 +112,11 @@ def measured_kernel(dtype: str, repeats: int = 7) -> LinearKernel:
             packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_ROWS)
             packed = packed_linear(x, packed_weight, None)
         except (RuntimeError, AttributeError, NotImplementedError) as exc:
-            return LinearKernel(dtype, False, problem=f"packing failed: {type(exc).__name__}: {str(exc)[:120]}")
+            return LinearKernel(dtype, False, note=f"packing failed: {type(exc).__name__}: {str(exc)[:120]}")
         scale = float(plain.float().abs().max()) or 1.0
         difference = float((packed.float() - plain.float()).abs().max())
         if not difference <= AGREEMENT.get(dtype, 1e-4) * scale:
-            return LinearKernel(dtype, False, problem=f"packed and plain matmuls differ by {difference / scale:.1e} of the output")
+            return LinearKernel(dtype, False, note=f"packed and plain matmuls differ by {difference / scale:.1e} of the output")
         best = {"plain": float("inf"), "packed": float("inf")}
         work = {"plain": lambda: torch.nn.functional.linear(x, weight), "packed": lambda: packed_linear(x, packed_weight, None)}
         for _ in range(repeats):
@@ -169,6 +169,8 @@ class PackedForward:
     def __call__(self, x: Any) -> Any:
         torch, module = self.torch, self.module
         weight = module.weight
+        if torch.compiler.is_compiling():  # a compiled graph multiplies plainly (its compiler lays weights out itself)
+            return torch.nn.functional.linear(x, weight, module.bias)
         same_kind = x.dtype == weight.dtype and x.device.type == weight.device.type == "cpu"
         if same_kind and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
             if self._state(weight) != self.state:

@@ -214,8 +214,8 @@ class SteerSession:
     @cached_property
     def linear_kernel(self) -> LinearKernel | None:
         """How a CPU's linear layers multiply in this run (:mod:`pytest_steer.model.kernels`): on a worker, the
-        controller's decision; elsewhere measured here (kept beside the response cache). None under
-        ``--steer-compile``, whose compiler lays out the weights itself."""
+        controller's decision; elsewhere ``--steer-linear``, or measured here (kept beside the response cache). None
+        under ``--steer-compile``, whose compiler lays out the weights itself."""
         s = self.settings
         if s.compile is not None:
             return None
@@ -223,6 +223,8 @@ class SteerSession:
         if given is not None:
             return LinearKernel.from_json(given)
         dtype = s.dtype if self.number_format is None else self.number_format.dtype
+        if s.linear != "auto":
+            return LinearKernel(dtype, s.linear == "packed", note=f"--steer-linear {s.linear}")
         kept_in = resolve_cache_dir(False, s.cache_dir, s.rootdir, self.config)  # under --steer-no-cache too, as the number format
         return choose_kernel(device_type(s.device), dtype, kept_in)
 

@@ -159,6 +159,15 @@ def test_packed_results_that_disagree_are_not_taken(monkeypatch: pytest.MonkeyPa
     assert not kernel.packed and kernel.note is not None and "differ" in kernel.note
 
 
+def test_a_torch_without_the_packed_ops_runs_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise AttributeError("'_OpNamespace' 'mkldnn' object has no attribute '_linear_pointwise'")
+
+    monkeypatch.setattr(kernels, "packed_linear", missing)
+    kernel = kernels.measured_kernel.__wrapped__("float32", repeats=1)
+    assert not kernel.packed and kernel.note is not None and kernel.note.startswith("packing failed: AttributeError")
+
+
 def test_this_machine_measures_both_ways() -> None:
     kernel = kernels.measured_kernel("float32")
     if kernel.note is None:

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.model.kept import keep, read_kept
 from pytest_steer.model.numerics import MEASURED_SHAPE, machine_key
+from pytest_steer.store.kept import keep, read_kept
 
 PACKED_GAIN = 1.1  # below this, packing buys too little to double the weights' memory
 PACKED_ROWS = 64  # the rows oneDNN lays the weights out for: a CPU's planned batch (any row count multiplies)

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.model.kept import keep, read_kept
+from pytest_steer.store.kept import keep, read_kept
 
 BFLOAT16_GAIN = 1.5  # below this, bfloat16's lost precision buys too little speed
 MEASURED_SHAPE = (64, 1024, 2048)  # rows x in x out: a 64-row decode step's projection of a small model

@@ -7,13 +7,12 @@ next run's plan reads it to estimate its time. Without a measurement the plan sa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.store.atomic import write_text
+from pytest_steer.store.kept import keep, read_kept
 
 THROUGHPUT_FILE = "throughput.json"
 
@@ -37,12 +36,12 @@ def throughput_key(model: Mapping[str, Any], device: str) -> str:
 
 
 def read_throughput(directory: Path | None, model: Mapping[str, Any], device: str) -> Throughput | None:
-    if directory is None:
+    entry = read_kept(directory, THROUGHPUT_FILE, throughput_key(model, device))
+    if entry is None:  # none measured yet: no estimate
         return None
     try:
-        entry = json.loads((Path(directory) / THROUGHPUT_FILE).read_text(encoding="utf-8"))[throughput_key(model, device)]
         tokens_per_s, fill = float(entry["tokens_per_s"]), float(entry["fill"])
-    except (OSError, ValueError, KeyError, TypeError):  # none measured yet, or a file that is not ours: no estimate
+    except (ValueError, KeyError, TypeError):  # an entry that is not ours: no estimate
         return None
     if not (tokens_per_s > 0 and 0 < fill <= 1):
         return None
@@ -55,17 +54,8 @@ def record_throughput(
     """Store a run's measurement (the last one wins); a cache that cannot be written costs only the estimate."""
     if tokens <= 0 or cases <= 0 or seconds <= 0:
         return
-    path = Path(directory) / THROUGHPUT_FILE
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-        entries = entries if isinstance(entries, dict) else {}
-    except (OSError, ValueError):
-        entries = {}
-    entries[throughput_key(model, device)] = {"tokens_per_s": tokens / seconds, "fill": min(1.0, tokens / (cases * max_new_tokens))}
-    try:
-        write_text(path, json.dumps(entries, indent=1, sort_keys=True))
-    except OSError:
-        pass
+    entry = {"tokens_per_s": tokens / seconds, "fill": min(1.0, tokens / (cases * max_new_tokens))}
+    keep(directory, THROUGHPUT_FILE, throughput_key(model, device), entry)
 
 
 @dataclass(frozen=True)

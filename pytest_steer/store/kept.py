@@ -1,5 +1,5 @@
-"""Decisions measured once per machine and kept beside the response cache, so that every rerun and every worker of a
-machine decides alike: one JSON file per decision, one entry per machine key."""
+"""Measurements kept beside the response cache for the next run: one JSON file per kind (a CPU's number format and
+linear kernel, a model's throughput), one entry per key (the machine, the model and device it was measured on)."""
 
 from __future__ import annotations
 
@@ -34,4 +34,4 @@ def keep(directory: Path, file_name: str, key: str, entry: dict[str, Any]) -> No
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(entries, indent=1, sort_keys=True))
     except OSError:
-        pass  # an unwritable cache is reported by the response cache; the decision still holds for this process
+        pass  # an unwritable cache is reported by the response cache; what was measured still holds for this process

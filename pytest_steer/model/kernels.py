@@ -45,7 +45,7 @@ class LinearKernel:
     packed: bool
     plain_ms: float | None = None  # the measured shape's matmul; None where nothing was measured
     packed_ms: float | None = None
-    note: str | None = None  # why nothing was measured (asked for, no oneDNN, not a CPU, a disagreement)
+    note: str | None = None  # why no timing decided: asked for, not a CPU, no oneDNN, a failed or disagreeing packed matmul
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -75,8 +75,7 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput[SHARED_RECORDS] = str(steer.shared.directory)
     if steer.number_format is not None:  # one decision for every worker, whatever each would measure while the others load
         node.workerinput[NUMBER_FORMAT] = steer.number_format.to_json()
-    if steer.linear_kernel is not None:
-        node.workerinput[LINEAR_KERNEL] = steer.linear_kernel.to_json()
+    node.workerinput[LINEAR_KERNEL] = steer.linear_kernel.to_json()
 
 
 @pytest.hookimpl(optionalhook=True)

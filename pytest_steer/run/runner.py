@@ -114,7 +114,7 @@ class CaseRunner:
             start = time.perf_counter()
             s = self.settings
             try:
-                packed = False if s.compile else self.linear_kernel.packed if self.linear_kernel is not None else None
+                packed = self.linear_kernel.packed if self.linear_kernel is not None else None
                 self._loaded = load_model(
                     s.model, device=s.device, dtype=self.dtype, attn_implementation=s.attn_implementation, worker_index=self.worker_index,
                     packed_linears=packed,

@@ -212,17 +212,17 @@ class SteerSession:
         return choose_format(device_type(s.device), kept_in)
 
     @cached_property
-    def linear_kernel(self) -> LinearKernel | None:
+    def linear_kernel(self) -> LinearKernel:
         """How a CPU's linear layers multiply in this run (:mod:`pytest_steer.model.kernels`): on a worker, the
-        controller's decision; elsewhere ``--steer-linear``, or measured here (kept beside the response cache). None
+        controller's decision; elsewhere ``--steer-linear``, or measured here (kept beside the response cache). Plain
         under ``--steer-compile``, whose compiler lays out the weights itself."""
         s = self.settings
-        if s.compile is not None:
-            return None
         given = getattr(self.config, "workerinput", {}).get(LINEAR_KERNEL)
         if given is not None:
             return LinearKernel.from_json(given)
         dtype = s.dtype if self.number_format is None else self.number_format.dtype
+        if s.compile is not None:
+            return LinearKernel(dtype, False, note="--steer-compile lays out the weights itself")
         if s.linear != "auto":
             return LinearKernel(dtype, s.linear == "packed", note=f"--steer-linear {s.linear}")
         kept_in = resolve_cache_dir(False, s.cache_dir, s.rootdir, self.config)  # under --steer-no-cache too, as the number format
